@@ -1,0 +1,74 @@
+"""The one backend interface. Every command dispatches through it; three built-ins implement it.
+
+Arrays cross the interface as NumPy, NCHW, float32 (float64 where a backend supports it, for
+gradient checks). Shape maths is never done here: it lives in `cvtool.arithmetic`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a backend can really do on this machine (not what its wheel was built with)."""
+
+    name: str
+    available: bool
+    reason: str | None = None  # why not available
+    version: str | None = None
+    devices: tuple[str, ...] = ()  # 'cpu', and 'cuda' only when a GPU is actually usable
+    providers: tuple[str, ...] = ()  # ORT execution providers a session really uses
+    threads: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("devices", "providers", "notes"):
+            d[k] = list(d[k])
+        return d
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    ops: bool = True  # the layer operations below
+    backward: bool = False  # hand-written or autograd dL/dx for the operations
+    train: bool = False  # can train a network
+    float64: bool = False  # accepts float64 arrays
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Operations on NCHW arrays. `padding` accepts every form of `cvtool.arithmetic.resolve_padding`."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    device: str
+
+    @classmethod
+    def status(cls) -> Status: ...
+
+    def conv2d(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
+               stride=1, padding=0, dilation=1, groups: int = 1) -> np.ndarray: ...
+
+    def conv_transpose2d(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
+                         stride=1, padding=0, output_padding=0, dilation=1, groups: int = 1) -> np.ndarray: ...
+
+    def max_pool2d(self, x: np.ndarray, *, kernel, stride=None, padding=0, dilation=1,
+                   ceil_mode: bool = False) -> np.ndarray: ...
+
+    def avg_pool2d(self, x: np.ndarray, *, kernel, stride=None, padding=0, ceil_mode: bool = False,
+                   count_include_pad: bool = True) -> np.ndarray: ...
+
+    def relu(self, x: np.ndarray) -> np.ndarray: ...
+
+    def sigmoid(self, x: np.ndarray) -> np.ndarray: ...
+
+    def tanh(self, x: np.ndarray) -> np.ndarray: ...
+
+
+OPS = ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "relu", "sigmoid", "tanh")

@@ -1,0 +1,59 @@
+"""The Typer CLI. Each command lives in its own module; heavy imports stay inside command bodies
+so that `cvtool --help` and `cvtool convcalc` never load torch or onnxruntime."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cvtool.errors import CvtoolError
+
+app = typer.Typer(
+    name="cvtool",
+    help="Understand, train, run and cross-check convolutional networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from cvtool.cli.backends_cmd import backends
+    from cvtool.cli.convcalc import convcalc
+    from cvtool.cli.demo import demo
+
+    app.command("convcalc")(convcalc)
+    app.command("backends")(backends)
+    app.command("demo")(demo)
+
+
+_register()
+
+
+def fail(message: str, hint: str | None = None, code: int = 1) -> int:
+    line = f"error: {message}"
+    if hint:
+        line += f" (hint: {hint})"
+    print(line, file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turn every expected failure into one line on stderr and an exit code."""
+    import click
+
+    try:
+        rv = app(args=argv, prog_name="cvtool", standalone_mode=False)
+    except CvtoolError as e:
+        sys.exit(fail(e.message, e.hint, e.exit_code))
+    except click.exceptions.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "cvtool"
+        sys.exit(fail(e.format_message(), f"see '{cmd} --help'", 2))
+    except click.exceptions.ClickException as e:
+        sys.exit(fail(e.format_message(), None, e.exit_code))
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.exit(fail("interrupted", None, 130))
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,25 @@
+"""`cvtool backends`: what each backend can really do on this machine."""
+
+from __future__ import annotations
+
+import typer
+
+from cvtool.cli.output import emit_json, out, table
+
+
+def backends(json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
+    """List the backends: available or why not, version, devices, providers/threads."""
+    import backends as registry
+
+    sts = [registry.status(n) for n in registry.names()]
+    if json_:
+        emit_json({"backends": [s.to_dict() for s in sts]})
+        return
+    rows = []
+    for s in sts:
+        extra = ", ".join(s.providers) if s.providers else (f"{s.threads} threads" if s.threads else "")
+        if s.providers and s.threads:
+            extra += f" ({s.threads} threads)"
+        rows.append([s.name, "yes" if s.available else f"no: {s.reason}", s.version or "-",
+                     ", ".join(s.devices) or "-", extra])
+    out().print(table("Backends", ["backend", "available", "version", "devices", "providers / threads"], rows))
