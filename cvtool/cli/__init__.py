@@ -41,7 +41,10 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turn every expected failure into one line on stderr and an exit code."""
-    import click
+    try:  # recent Typer vendors click as typer._click; older ones depend on click
+        from typer import _click as click
+    except ImportError:  # pragma: no cover
+        import click
 
     try:
         rv = app(args=argv, prog_name="cvtool", standalone_mode=False)
