@@ -1,0 +1,50 @@
+"""Files are written whole or not at all: write to a temp file beside the target, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from cvtool.errors import CvtoolError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success rename it over `path`, else delete it.
+
+    with atomic_path("out.png") as tmp:
+        image.save(tmp, format="PNG")
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise CvtoolError(f"cannot write {path}: {e.strerror or e}", exit_code=2) from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
+    """runs/train -> runs/train/exp1, exp2, ... (first unused)."""
+    root = Path(root)
+    n = 1
+    while (root / f"{prefix}{n}").exists():
+        n += 1
+    return root / f"{prefix}{n}"
