@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from cvtool.optim import OptimConfig  # noqa: F401  (re-exported: part of the trainer contract)
+
 
 @dataclass(frozen=True)
 class Status:
@@ -72,3 +74,33 @@ class Backend(Protocol):
 
 
 OPS = ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "relu", "sigmoid", "tanh")
+
+
+# --- networks (a ModelSpec from cvtool.spec, parameters as dict[str, np.ndarray]) -------------
+
+@runtime_checkable
+class Runner(Protocol):
+    """Inference: x (N, C, H, W) float32, normalised -> logits (N, K, H, W) float32."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """One network being trained. Optimiser state is named `<slot>.<param>` (exp_avg, exp_avg_sq,
+    momentum_buffer) on every backend, so checkpoints resume anywhere."""
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float: ...  # one update; the batch loss
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...  # eval-mode logits
+
+    def params(self) -> dict[str, np.ndarray]: ...  # parameters and BN buffers, float32 copies
+
+    def optim_state(self) -> tuple[dict[str, np.ndarray], int]: ...  # (named slots, step count)
+
+    def load_optim_state(self, state: dict[str, np.ndarray], step: int) -> None: ...
+
+# A backend that can train also has:
+#   trainer(spec, params, *, optim: OptimConfig, class_weights: np.ndarray | None, seed: int) -> Trainer
+# and one that runs networks:
+#   runner(spec, params) -> Runner

@@ -159,12 +159,14 @@ def pool_output(i: int, k: int, s: int | None = None, p: int = 0, d: int = 1, ce
     if not ceil_mode:
         return conv_output(i, k, s, p, d)
     _check_positive("input size", i)
+    _check_positive("dilation", d)
     ek = effective_kernel(k, d)
-    if ek > i + 2 * p:
-        raise UsageError(f"kernel {k} is larger than the padded input {i + 2 * p} ({i} + {p} + {p})")
+    # ceil may let the one window hang over the end of the padded input (PyTorch allows it)
     o = -(-(i + 2 * p - ek) // s) + 1
     if (o - 1) * s >= i + p:  # the last window would start in the right padding only
         o -= 1
+    if o < 1:
+        raise UsageError(f"kernel {k} is larger than the padded input {i + 2 * p} ({i} + {p} + {p})")
     return o
 
 

@@ -21,11 +21,15 @@ app = typer.Typer(
 def _register() -> None:
     from cvtool.cli.backends_cmd import backends
     from cvtool.cli.convcalc import convcalc
+    from cvtool.cli.data_cmd import data_app
     from cvtool.cli.demo import demo
+    from cvtool.cli.train import train
 
     app.command("convcalc")(convcalc)
     app.command("backends")(backends)
+    app.command("train")(train)
     app.command("demo")(demo)
+    app.add_typer(data_app, name="data")
 
 
 _register()
@@ -41,22 +45,32 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turn every expected failure into one line on stderr and an exit code."""
+    import os
+
+    from typer.exceptions import Abort, Exit
+
     try:  # recent Typer vendors click as typer._click; older ones depend on click
-        from typer import _click as click
+        from typer._click import exceptions as click_exc
     except ImportError:  # pragma: no cover
-        import click
+        from click import exceptions as click_exc
 
     try:
         rv = app(args=argv, prog_name="cvtool", standalone_mode=False)
     except CvtoolError as e:
         sys.exit(fail(e.message, e.hint, e.exit_code))
-    except click.exceptions.UsageError as e:
+    except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "cvtool"
         sys.exit(fail(e.format_message(), f"see '{cmd} --help'", 2))
-    except click.exceptions.ClickException as e:
+    except click_exc.ClickException as e:
         sys.exit(fail(e.format_message(), None, e.exit_code))
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except Exit as e:
+        sys.exit(e.exit_code)
+    except (Abort, KeyboardInterrupt):
         sys.exit(fail("interrupted", None, 130))
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as e:  # a bug: one line for users, the traceback on request
+        if os.environ.get("CVTOOL_DEBUG"):
+            raise
+        sys.exit(fail(f"internal error: {type(e).__name__}: {e}", "set CVTOOL_DEBUG=1 to see the traceback", 70))
     sys.exit(rv if isinstance(rv, int) else 0)

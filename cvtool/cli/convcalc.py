@@ -1,11 +1,705 @@
-"""`cvtool convcalc` (placeholder: being written)."""
+"""`cvtool convcalc`: convolution arithmetic explained with the numbers substituted.
+
+Modes (picked by the options given):
+    -k 2 -s 2                      o as a function of i, conv and transposed conv, over common sizes
+    -i 32 -k 3 -p 1                the output size, formula with the numbers in (--transposed, --pool)
+    -i 32 -k 4 --same              the padding that keeps the size (and what 'same' means for s > 1)
+    -i 32 -o 16 -k 3 [--solve]     paddings (and kernel/stride choices) that give the output
+    -i 64 --chain "conv k3 p1 c16; pool k2 s2"   shapes and receptive fields through a stack
+    --matrix --x ... --w ...       the convolution as its matrix C (and C^T for --transposed)
+    -i 32 -k 3 --verify            run it on every backend, compare with the NumPy reference
+Only --matrix and --verify import numpy, only --verify imports a backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
 import typer
 
+from cvtool import arithmetic as A
+from cvtool.chain import POOLS, LayerSpec, make_layer, output_hw, parse_ints, parse_padding
+from cvtool.cli.output import emit_json, out
+from cvtool.errors import BackendUnavailable, CvtoolError, UsageError
 
-def convcalc(json_: bool = typer.Option(False, "--json")) -> None:
-    """Output-size and padding arithmetic, explained."""
-    raise NotImplementedError
+COMMON_SIZES = (7, 8, 28, 32, 64, 224, 256)
+RTOL = 1e-4  # --verify: max |out - ref| / max |ref| allowed (float32)
+
+
+def convcalc(
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="Input size: 32 or HxW (224x160)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Wanted output size: solve for the padding."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="Kernel size: 3 or KHxKW."),
+    stride: Optional[str] = typer.Option(None, "--stride", "-s", help="Stride (default 1; pools: the kernel)."),
+    padding: str = typer.Option("0", "--padding", "-p", help="p, PHxPW, top,bottom,left,right, same or valid."),
+    dilation: str = typer.Option("1", "--dilation", "-d", help="Dilation: 2 or DHxDW."),
+    transposed: bool = typer.Option(False, "--transposed", "-t", help="Transposed convolution."),
+    output_padding: str = typer.Option("0", "--output-padding", help="Transposed convolution: output_padding."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Pooling instead: max or avg."),
+    ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Pooling: round up (PyTorch ceil_mode)."),
+    same: bool = typer.Option(False, "--same", help="The padding that keeps the size, explained."),
+    solve: bool = typer.Option(False, "--solve", help="With -i and -o: also search kernel 1..11, stride 1..4."),
+    chain: Optional[str] = typer.Option(None, "--chain", help='Layers: "conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8".'),
+    channels: Optional[int] = typer.Option(None, "--channels", "-c", help="--chain: input channels."),
+    matrix: bool = typer.Option(False, "--matrix", help="Show the convolution as its matrix C (small sizes)."),
+    x: Optional[str] = typer.Option(None, "--x", help="--matrix input: '4,5;1,8' (rows by ';') or a .npy file."),
+    w: Optional[str] = typer.Option(None, "--w", help="--matrix kernel: '1,4;1,4' or a .npy file."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated values (--matrix, --verify)."),
+    verify: bool = typer.Option(False, "--verify", help="Run it on every backend and compare with NumPy."),
+    backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
+    device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),
+    json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Convolution arithmetic explained: output sizes, 'same' padding, solving, chains, the matrix C, cross-checks."""
+    hw = _size(input, "input size") if input is not None else None
+    if chain is not None:
+        _refuse_with("--chain", kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
+                     solve=solve, matrix=matrix, verify=verify, output=output)
+        if hw is None:
+            raise UsageError("--chain needs the input size", hint='e.g. -i 64 --chain "conv k3 p1; pool k2"')
+        return _finish(chain_mode(chain, hw, channels), json_, render_chain)
+    _refuse_with("without --chain", channels=channels)
+    if matrix:
+        _refuse_with("--matrix", same=same, solve=solve, verify=verify, output=output)
+        spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
+                     default_kernel=None if w is None else "1")  # --w sets the kernel
+        return _finish(matrix_mode(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_matrix)
+    _refuse_with("without --matrix", x=x, w=w)
+    spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
+                 default_kernel="1" if solve and kernel is None else None)  # --solve searches the kernel
+    if verify:
+        _refuse_with("--verify", same=same, solve=solve, output=output)
+        if hw is None:
+            raise UsageError("--verify needs the input size", hint="e.g. -i 32")
+        doc = verify_mode(spec, hw, backend, device, seed)
+        _finish(doc, json_, render_verify)
+        if not doc["ok"]:
+            raise typer.Exit(1)
+        return None
+    if same:
+        _refuse_with("--same", output=output)
+        if padding != "0":
+            raise UsageError("--same works the padding out itself: drop --padding")
+        return _finish(same_mode(spec, hw), json_, render_same)
+    if output is not None or solve:
+        if hw is None or output is None:
+            raise UsageError("solving needs both --input and --output", hint="e.g. -i 32 -o 16 -k 3 --solve")
+        doc = solve_mode(spec, hw, _size(output, "output size"), solve, kernel is not None)
+        _finish(doc, json_, render_solve)
+        if not doc["found"]:
+            raise typer.Exit(1)
+        return None
+    if hw is None:
+        return _finish(formula_mode(spec), json_, render_formula)
+    return _finish(output_mode(spec, hw), json_, render_output)
+
+
+# --- option parsing ---------------------------------------------------------------------------
+
+def _size(text: str, what: str) -> tuple[int, int]:
+    hw = A.pair(A.parse_size(text, what), what)
+    if min(hw) < 1:
+        raise UsageError(f"{what} must be at least 1, got {text}")
+    return hw
+
+
+def _refuse_with(mode: str, **given: Any) -> None:
+    """Options that mean nothing in this mode are an error, not silently ignored."""
+    for name, v in given.items():
+        if v not in (None, False):
+            raise UsageError(f"--{name.replace('_', '-')} means nothing {mode}" if mode.startswith("without")
+                             else f"{mode} cannot be combined with --{name.replace('_', '-')}")
+
+
+def _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
+          default_kernel: str | None = None) -> LayerSpec:
+    """The one layer the options describe."""
+    if pool is not None and pool.lower() not in ("max", "avg"):
+        raise UsageError(f"unknown --pool {pool!r}", hint="use --pool max or --pool avg")
+    if pool is not None and transposed:
+        raise UsageError("--pool and --transposed exclude each other")
+    kernel = kernel if kernel is not None else default_kernel
+    if kernel is None:
+        raise UsageError("give the kernel size", hint="e.g. -k 3 or -k 3x5")
+    kind = "tconv" if transposed else (f"{pool.lower()}pool" if pool else "conv")
+    return make_layer(kind, parse_ints(kernel, "kernel"), None if stride is None else parse_ints(stride, "stride"),
+                      parse_padding(padding), parse_ints(dilation, "dilation"),
+                      parse_ints(output_padding, "output padding"), ceil_mode=ceil_mode)
+
+
+def _finish(doc: dict, json_: bool, render) -> None:
+    if json_:
+        emit_json(doc)
+    else:
+        render(doc)
+
+
+def dims(v) -> str:
+    """(3, 3) -> '3', (3, 5) -> '3x5'."""
+    v = tuple(v)
+    return str(v[0]) if len(set(v)) == 1 else "x".join(map(str, v))
+
+
+def hw_text(v) -> str:
+    """A size, always HxW: (32, 32) -> '32x32'."""
+    return "x".join(map(str, v))
+
+
+def pads_text(pads) -> str:
+    (t, b), (l, r) = pads
+    if t == b and l == r:
+        return dims((t, l))
+    return f"top {t}, bottom {b}, left {l}, right {r}"
+
+
+def params_text(spec: LayerSpec, pads=None, output_padding: bool = True) -> str:
+    parts = [f"kernel {dims(spec.kernel)}", f"stride {dims(spec.stride)}"]
+    if pads is not None:
+        named = f"{spec.padding} -> " if isinstance(spec.padding, str) else ""
+        parts.append(f"padding {named}{pads_text(pads)}")
+    elif spec.padding not in (0, "valid"):
+        parts.append(f"padding {spec.padding if isinstance(spec.padding, (int, str)) else dims(spec.padding)}")
+    if spec.dilation != (1, 1):
+        parts.append(f"dilation {dims(spec.dilation)}")
+    if spec.kind == "tconv" and output_padding:
+        parts.append(f"output_padding {dims(spec.output_padding)}")
+    if spec.ceil_mode:
+        parts.append("ceil_mode")
+    return ", ".join(parts)
+
+
+_ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "magenta": "35", "cyan": "36"}
+
+
+def _print(text: str = "", style: str | None = None) -> None:
+    """A line of text. Plain print, not rich: the formula modes stay clear of rich's import time."""
+    import os
+    import sys
+
+    if style and sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb":
+        text = f"\x1b[{';'.join(_ANSI[w] for w in style.split())}m{text}\x1b[0m"
+    print(text, flush=True)
+
+
+# --- o as a function of i ---------------------------------------------------------------------
+
+def _axes(spec: LayerSpec) -> list[tuple[str, int]]:
+    """[('', 0)] when H and W behave alike, else [('H: ', 0), ('W: ', 1)]."""
+    alike = all(v[0] == v[1] for v in (spec.kernel, spec.stride, spec.dilation, spec.output_padding))
+    if isinstance(spec.padding, tuple):
+        p = spec.padding
+        alike = alike and (p[0] == p[1] if len(p) == 2 else p[0:2] == p[2:4])
+    return [("", 0)] if alike else [("H: ", 0), ("W: ", 1)]
+
+
+def formula_mode(spec: LayerSpec) -> dict:
+    from cvtool import explain
+
+    pad_mode = spec.padding if isinstance(spec.padding, str) else None
+    pads = None if pad_mode == "same" else A.resolve_padding(spec.padding, kernel=spec.kernel)
+    if spec.kind in ("conv", "tconv"):
+        kinds = ["conv", "tconv"] if pad_mode != "same" else ["conv"]
+    else:
+        kinds = [spec.kind]
+    ops = []
+    for kind in kinds:
+        sym = []
+        for label, a in _axes(spec):
+            k, s, d = spec.kernel[a], spec.stride[a], spec.dilation[a]
+            if kind == "conv" and pad_mode == "same":
+                f = explain.same_symbolic(k, s, d)
+            elif kind == "conv":
+                f = explain.conv_symbolic(k, s, pads[a], d)
+            elif kind == "tconv":
+                f = explain.conv_transpose_symbolic(k, s, pads[a], spec.output_padding[a], d)
+            else:
+                f = explain.conv_symbolic(k, s, pads[a], d, rounding="ceil" if spec.ceil_mode else "floor")
+            sym.append({"axis": label.strip(": ") or "HW", "general": f.general, "substituted": f.substituted,
+                        "summary": f.summary, "min_input": f.min_input})
+        ops.append({"op": kind, "title": _title(kind), "params": params_text(_as(spec, kind), pads), "formulas": sym})
+    table = []
+    for i in COMMON_SIZES:
+        row: dict[str, Any] = {"input": i}
+        for kind in kinds:
+            try:
+                row[kind] = list(output_hw(_as(spec, kind), (i, i))[0])
+            except UsageError:
+                row[kind] = None
+        table.append(row)
+    note = "transposed convolution takes no padding 'same'" if pad_mode == "same" and spec.kind == "conv" else None
+    return {"mode": "formula", "ops": ops, "table": table, "note": note}
+
+
+def _title(kind: str) -> str:
+    from cvtool.chain import TITLES
+
+    return TITLES[kind].capitalize()
+
+
+def _as(spec: LayerSpec, kind: str) -> LayerSpec:
+    """The same geometry as another kind (conv <-> tconv)."""
+    if kind == spec.kind:
+        return spec
+    from dataclasses import replace
+
+    return replace(spec, kind=kind, output_padding=(0, 0) if kind != "tconv" else spec.output_padding)
+
+
+def render_formula(doc: dict) -> None:
+    for op in doc["ops"]:
+        _print(f"{op['title']}: {op['params']}", style="bold")
+        for f in op["formulas"]:
+            axis = "" if f["axis"] == "HW" else f"{f['axis']}: "
+            _print(f"  {axis}{f['general']}")
+            _print(f"  {axis}{f['substituted']}", style="cyan")
+            _print(f"      {f['summary']}; needs i >= {f['min_input']}", style="dim")
+    if doc["note"]:
+        _print(f"({doc['note']})", style="dim")
+    from cvtool.cli.output import table
+
+    kinds = [op["op"] for op in doc["ops"]]
+    rows = [[r["input"]] + [dims(r[k]) if r[k] else "-" for k in kinds] for r in doc["table"]]
+    out().print(table(None, ["input i x i"] + [_title(k).lower() for k in kinds], rows))
+
+
+# --- one output size --------------------------------------------------------------------------
+
+def output_mode(spec: LayerSpec, hw: tuple[int, int]) -> dict:
+    from cvtool.chain import formulas
+
+    o, pads = output_hw(spec, hw)
+    fs = formulas(spec, hw, pads)
+    notes = [n if len(fs) == 1 else f"{'HW'[a]}: {n}" for a, f in enumerate(fs) for n in f.notes]
+    if spec.padding == "same" and spec.stride != (1, 1):
+        notes.append("PyTorch refuses padding='same' with stride > 1; this is TensorFlow's 'SAME' (o = ceil(i/s))")
+    return {"mode": "output", "op": spec.kind, "title": _title(spec.kind), "input": list(hw), "params": spec.to_dict(),
+            "params_text": params_text(spec, pads), "padding": [list(p) for p in pads], "output": list(o),
+            "formula": fs[0].general, "substituted": [f.substituted for f in fs], "notes": list(dict.fromkeys(notes))}
+
+
+def render_output(doc: dict) -> None:
+    _print(f"{doc['title']}: input {hw_text(doc['input'])}, {doc['params_text']}", style="bold")
+    _print(f"  {doc['formula']}")
+    for s in doc["substituted"]:
+        _print(f"  {s}", style="cyan")
+    _print(f"  output: {hw_text(doc['output'])}", style="bold green")
+    for n in doc["notes"]:
+        _print(f"  note: {n}", style="dim")
+
+
+# --- padding 'same' ---------------------------------------------------------------------------
+
+def same_mode(spec: LayerSpec, hw: tuple[int, int] | None) -> dict:
+    from cvtool import explain
+
+    if spec.kind != "conv":
+        raise UsageError("--same is about convolutions", hint="drop --transposed / --pool")
+    alike = _axes(spec) == [("", 0)] and (hw is None or hw[0] == hw[1])
+    axes = [("HW", 0, "o")] if alike else [("H", 0, "OH"), ("W", 1, "OW")]
+    res = [explain.same(spec.kernel[a], spec.stride[a], spec.dilation[a], None if hw is None else hw[a], lhs)
+           for _, a, lhs in axes]
+    per_dim = res * 2 if alike else res  # (H, W)
+    doc: dict[str, Any] = {
+        "mode": "same", "op": "conv", "input": list(hw) if hw else None, "params": spec.to_dict(),
+        "params_text": params_text(spec), "pytorch_padding_same": spec.stride == (1, 1),
+        "padding": None if per_dim[0].pad is None else [list(r.pad) for r in per_dim],
+        "explanation": [{"axis": name, "lines": list(r.lines)} for (name, _, _), r in zip(axes, res)]}
+    if hw is not None:
+        doc["output"] = [r.output for r in per_dim]
+    elif spec.stride != (1, 1):  # the padding depends on i: show it for common sizes
+        doc["table"] = [{"input": i, "output": [A.ceil_div(i, s) for s in spec.stride],
+                         "padding": [list(A.same_pad(spec.kernel[a], spec.stride[a], spec.dilation[a], i))
+                                     for a in (0, 1)]}
+                        for i in COMMON_SIZES]
+    return doc
+
+
+def render_same(doc: dict) -> None:
+    where = f"input {hw_text(doc['input'])}, " if doc["input"] else ""
+    _print(f"Padding 'same' for a convolution: {where}{doc['params_text']}", style="bold")
+    for e in doc["explanation"]:
+        if e["axis"] != "HW":
+            _print(f" {e['axis']}:", style="bold")
+        for line in e["lines"]:
+            _print(f"  {line}", style="cyan" if line.startswith(("o =", "OH =", "OW =")) else None)
+    if doc["padding"]:
+        (t, b), (l, r) = doc["padding"]
+        _print(f"  padding: top {t}, bottom {b}, left {l}, right {r}" +
+               (f"  (F.pad(x, ({l}, {r}, {t}, {b})) then padding=0)" if (t, l) != (b, r) else ""), style="bold green")
+    if "output" in doc:
+        _print(f"  output: {hw_text(doc['output'])}", style="bold green")
+    if "table" in doc:
+        from cvtool.cli.output import table
+
+        rows = [[r["input"], dims(r["output"]), " / ".join(f"{p[0]},{p[1]}" for p in r["padding"])] for r in doc["table"]]
+        out().print(table("TensorFlow 'SAME' over common sizes (padding begin,end for H / W)",
+                          ["i", "output", "padding"], rows))
+
+
+# --- solving ----------------------------------------------------------------------------------
+
+def solve_mode(spec: LayerSpec, hw: tuple[int, int], want: tuple[int, int], search: bool, kernel_given: bool) -> dict:
+    from cvtool import solve as S
+
+    axes = [("", 0)] if hw[0] == hw[1] and want[0] == want[1] and _axes(spec) == [("", 0)] else [("H", 0), ("W", 1)]
+    per_axis = []
+    for label, a in axes:
+        i, o, k, s, d = hw[a], want[a], spec.kernel[a], spec.stride[a], spec.dilation[a]
+        entry: dict[str, Any] = {"axis": label or "HW", "input": i, "output": o}
+        if kernel_given:
+            sols = S.paddings(spec.kind, i, o, k, s, d, spec.ceil_mode)
+            entry["paddings"] = [dict(sol.to_dict(), check=_check_text(spec, sol, i)) for sol in sols]
+            if not sols:
+                entry["why_not"] = S.reachable(spec.kind, i, k, s, d, spec.ceil_mode)
+        if search:
+            sols = S.kernel_stride(spec.kind, i, o, d, spec.ceil_mode)
+            entry["kernel_stride"] = [dict(sol.to_dict(), check=_check_text(spec, sol, i)) for sol in sols]
+        per_axis.append(entry)
+    found = all(e.get("paddings") or e.get("kernel_stride") for e in per_axis)
+    return {"mode": "solve", "op": spec.kind, "title": _title(spec.kind), "input": list(hw), "output": list(want),
+            "params_text": params_text(spec, output_padding=False) if kernel_given else None, "search": search,
+            "bounds": {"kernel": [S.KERNELS[0], S.KERNELS[-1]], "stride": [S.STRIDES[0], S.STRIDES[-1]],
+                       "padding": "0..k//2" if spec.kind in POOLS else "0..k"} if search else None,
+            "axes": per_axis, "found": bool(found)}
+
+
+def _check_text(spec: LayerSpec, sol, i: int) -> str:
+    """The forward formula with this solution's numbers: the proof that it works."""
+    from cvtool import explain
+
+    if spec.kind == "conv":
+        return explain.conv(i, sol.kernel, sol.stride, sol.padding, sol.dilation).substituted
+    if spec.kind == "tconv":
+        return explain.conv_transpose(i, sol.kernel, sol.stride, sol.padding, sol.output_padding, sol.dilation).substituted
+    return explain.pool(i, sol.kernel, sol.stride, sol.padding[0], sol.dilation, sol.ceil_mode).substituted
+
+
+def render_solve(doc: dict) -> None:
+    from cvtool.cli.output import table
+
+    what = f"{doc['title'].lower()} {hw_text(doc['input'])} -> {hw_text(doc['output'])}"
+    _print(f"Solving: {what}" + (f" with {doc['params_text']}" if doc["params_text"] else ""), style="bold")
+    tconv = doc["op"] == "tconv"
+    b = doc["bounds"]
+    bounds = b and f"kernel {b['kernel'][0]}..{b['kernel'][1]}, stride {b['stride'][0]}..{b['stride'][1]}, padding {b['padding']}"
+    for e in doc["axes"]:
+        axis = "" if e["axis"] == "HW" else f" ({e['axis']}: {e['input']} -> {e['output']})"
+        if "paddings" in e:
+            if e["paddings"]:
+                asym = "no: ONNX pads only" if tconv else "no: extra pixel at the end"
+                rows = [[_pad_cell(p["padding"]), "yes" if p["symmetric"] else asym]
+                        + ([p["output_padding"]] if tconv else []) + [p["check"]] for p in e["paddings"]]
+                cols = ["padding", "symmetric"] + (["output_padding"] if tconv else []) + ["check"]
+                out().print(table(f"Paddings that give it{axis}", cols, rows))
+            else:
+                _print(f"  no padding gives {e['output']} from {e['input']}{axis}: {e['why_not']}", style="bold red")
+        if "kernel_stride" in e:
+            if e["kernel_stride"]:
+                rows = [[p["kernel"], p["stride"], p["padding"][0]] + ([p["output_padding"]] if tconv else [])
+                        + [p["check"]] for p in e["kernel_stride"]]
+                cols = ["kernel", "stride", "padding"] + (["output_padding"] if tconv else []) + ["check"]
+                out().print(table(f"Kernel / stride / padding choices ({bounds}){axis}", cols, rows))
+            else:
+                _print(f"  no {bounds} gives {e['output']} from {e['input']}{axis}", style="bold red")
+
+
+def _pad_cell(p) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]} begin, {p[1]} end"
+
+
+# --- a chain of layers ------------------------------------------------------------------------
+
+def chain_mode(text: str, hw: tuple[int, int], channels: int | None) -> dict:
+    from cvtool.chain import parse_chain, trace
+
+    if channels is not None and channels < 1:
+        raise UsageError(f"--channels must be at least 1, got {channels}")
+    steps = trace(parse_chain(text), hw, channels)
+    last = steps[-1]
+    return {"mode": "chain", "input": [channels, hw[0], hw[1]], "layers": [s.to_dict() for s in steps],
+            "output": list(last.out_shape[1:]), "shape": list(last.out_shape), "channels": last.out_shape[0],
+            "receptive_field": [f.size for f in last.rf],
+            "params": None if any(s.params is None for s in steps) else sum(s.params for s in steps)}
+
+
+def _shape_text(shape) -> str:
+    c, h, w = shape
+    return f"{'?' if c is None else c} x {h} x {w}"
+
+
+def render_chain(doc: dict) -> None:
+    from cvtool.cli.output import table
+
+    rows = [["0", "input", _shape_text(doc["input"]), "1", "1", "0", ""]]
+    for s in doc["layers"]:
+        rows.append([s["index"], s["layer"], _shape_text(s["shape"]), dims(s["receptive_field"]),
+                     dims(s["jump"]), dims(s["start"]), "?" if s["params"] is None else f"{s['params']:,}"])
+    out().print(table("Layer by layer (receptive field, jump and start in input pixels)",
+                      ["#", "layer", "C x H x W", "RF", "jump", "start", "params"], rows))
+    for s in doc["layers"]:
+        for f in s["formulas"]:
+            _print(f"  {s['index']}: {f}", style="cyan")
+    total = "" if doc["params"] is None else f", {doc['params']:,} parameters"
+    _print(f"output {_shape_text(doc['shape'])}; each output pixel sees {dims(doc['receptive_field'])} input "
+           f"pixels{total}", style="bold green")
+    _print("RF: first to last input pixel that can change an output pixel (max over pixels); jump: distance of "
+           "neighbouring output pixels; start: centre of the first one's field", style="dim")
+
+
+# --- the matrix C -----------------------------------------------------------------------------
+
+def matrix_mode(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
+    import numpy as np
+
+    from cvtool import convmatrix as M
+
+    if spec.kind == "maxpool":
+        raise UsageError("max pooling is not linear: it has no matrix", hint="use --pool avg, or a convolution")
+    if spec.ceil_mode:
+        raise UsageError("--matrix does not take --ceil-mode")
+    if spec.kind == "avgpool":  # a convolution with weights 1/(KH*KW)
+        if w_text is not None:
+            raise UsageError("--pool avg has fixed weights 1/(KH*KW): drop --w")
+        wv = np.full(spec.kernel, 1.0 / (spec.kernel[0] * spec.kernel[1]))
+    elif w_text is not None:
+        wv = M.parse_values(w_text, "--w")
+        if kernel_given and tuple(wv.shape) != spec.kernel:
+            raise UsageError(f"--w is {wv.shape[0]}x{wv.shape[1]} but --kernel says {dims(spec.kernel)}")
+        from dataclasses import replace
+
+        spec = replace(spec, kernel=tuple(wv.shape))
+    else:
+        wv = M.seeded_ints(spec.kernel, seed + 1, 5)
+    if x_text is not None:
+        xv = M.parse_values(x_text, "--x")
+        if hw is not None and tuple(xv.shape) != tuple(hw):
+            raise UsageError(f"--x is {xv.shape[0]}x{xv.shape[1]} but --input says {dims(hw)}")
+        hw = tuple(xv.shape)
+    else:
+        hw = hw or ((2, 2) if spec.kind == "tconv" else (4, 4))
+        xv = M.seeded_ints(hw, seed, 10)
+    o, pads = output_hw(spec, hw)
+    stride, dilation = spec.stride, spec.dilation
+    if spec.kind == "tconv":
+        # C maps the tconv's output size o down to its input size i; what is applied is C^T
+        M.check_size(hw[0] * hw[1], o[0] * o[1])
+        C = M.conv_matrix(wv, o, stride=stride, padding=spec.padding, dilation=dilation, out_hw=hw)
+        applied = C.T
+    else:
+        M.check_size(o[0] * o[1], hw[0] * hw[1])
+        C = M.conv_matrix(wv, hw, stride=stride, padding=pads_arg(pads), dilation=dilation)
+        applied = C
+    y = applied @ xv.ravel()
+    return {"mode": "matrix", "op": spec.kind, "title": _title(spec.kind), "input": list(hw), "output": list(o),
+            "params_text": params_text(spec, pads), "x": xv, "w": wv, "matrix": applied,
+            "matrix_shape": list(applied.shape), "applied": "C^T" if spec.kind == "tconv" else "C",
+            "result": y.reshape(o), "result_flat": y}
+
+
+def pads_arg(pads) -> tuple[int, int, int, int]:
+    return (pads[0][0], pads[0][1], pads[1][0], pads[1][1])
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
+
+
+def _grid(a) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    t = Table(show_header=False, box=box.SQUARE, padding=(0, 1))
+    for _ in range(a.shape[1]):
+        t.add_column(justify="right")
+    for r in a:
+        t.add_row(*(_num(v) for v in r))
+    return t
+
+
+def render_matrix(doc: dict) -> None:
+    from rich import box
+    from rich.table import Table
+
+    tconv = doc["op"] == "tconv"
+    xname = "y" if tconv else "x"
+    (ih, iw), (oh, ow) = doc["input"], doc["output"]
+    _print(f"{doc['title']} as a matrix: input {hw_text(doc['input'])} -> output {hw_text(doc['output'])}, "
+           f"{doc['params_text']}", style="bold")
+    _print(f"{xname} (input):")
+    out().print(_grid(doc["x"]))
+    _print("w (kernel):")
+    out().print(_grid(doc["w"]))
+    rows, cols = doc["matrix_shape"]
+    _print(f"{doc['applied']} ({rows}x{cols}): row r = output pixel r, column j = input pixel j, both flattened "
+           f"row by row ({xname}[j // {iw}, j % {iw}])", style="bold")
+    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    t.add_column("", style="dim")
+    for j in range(cols):
+        t.add_column(str(j), justify="right")
+    for n, row in enumerate(doc["matrix"]):
+        t.add_row(str(n), *(f"[dim]{_num(v)}[/dim]" if v == 0 else _num(v) for v in row))
+    out().print(t)
+    flat = ", ".join(_num(v) for v in doc["result_flat"])
+    _print(f"{doc['applied']} {xname} = [{flat}]", style="cyan")
+    what = "conv_transpose2d(y, w)" if tconv else ("avg_pool2d(x)" if doc["op"] == "avgpool" else "conv2d(x, w)")
+    _print(f"reshaped to {hw_text(doc['output'])} = {what}:", style="bold green")
+    out().print(_grid(doc["result"]))
+    if tconv:
+        _print(f"C is the matrix of the convolution with the same kernel, stride and padding from {hw_text(doc['output'])} "
+               f"down to {hw_text(doc['input'])}; C^T spreads each input pixel back over the window it came from "
+               "(C^T is also the gradient dL/dx of that convolution)", style="dim")
+
+
+# --- cross-checking on every backend ----------------------------------------------------------
+
+def verify_mode(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device: str, seed: int) -> dict:
+    import numpy as np
+
+    import backends as registry
+
+    names = registry.parse_list(backend_spec)
+    if device not in registry.DEVICES:
+        raise UsageError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
+    o, pads = output_hw(spec, hw)
+    N, Cin, Cout = 2, 3, 4
+    rng = np.random.default_rng(seed)
+    xv = rng.standard_normal((N, Cin, *hw)).astype(np.float32)
+    KH, KW = spec.kernel
+    wshape = (Cin, Cout, KH, KW) if spec.kind == "tconv" else (Cout, Cin, KH, KW)
+    wv = (rng.standard_normal(wshape) / np.sqrt(Cin * KH * KW)).astype(np.float32)
+    bv = rng.standard_normal(Cout).astype(np.float32)
+    expect = (N, Cin if spec.kind in ("maxpool", "avgpool") else Cout, *o)
+    statuses = {n: _status(registry, n) for n in names}
+    if device == "cuda" and not any(st.available and "cuda" in st.devices for st in statuses.values()):
+        raise BackendUnavailable("--device cuda: no usable CUDA GPU here (no selected backend reports one)",
+                                 hint="use --device cpu or auto")
+    ref_status = statuses.get("numpy") or _status(registry, "numpy")
+    if not ref_status.available:
+        raise BackendUnavailable(f"the NumPy reference backend is not available: {ref_status.reason}")
+    try:
+        ref_backend = registry.get("numpy", "cpu")
+    except Exception as e:
+        raise BackendUnavailable(f"the NumPy reference backend cannot run: {e}") from None
+    ref = np.asarray(run_layer(ref_backend, spec, xv, wv, bv))
+    rows = []
+    for n in names:
+        st = statuses[n]
+        row: dict[str, Any] = {"backend": n, "device": None, "available": st.available, "shape": None,
+                               "shape_ok": None, "max_abs_err": None, "max_rel_err": None, "ok": None, "error": None}
+        rows.append(row)
+        if not st.available:
+            row["error"] = f"unavailable: {st.reason}"
+            continue
+        try:
+            be = registry.get(n, device)
+        except CvtoolError as e:
+            row["available"], row["error"] = False, f"unavailable: {e.message}"
+            continue
+        row["device"] = getattr(be, "device", device)
+        try:
+            res = np.asarray(run_layer(be, spec, xv, wv, bv), dtype=np.float32)
+        except Exception as e:  # a backend's failure is a row of the table, not a crash
+            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            continue
+        row["shape"] = list(res.shape)
+        row["shape_ok"] = tuple(res.shape) == expect
+        if row["shape_ok"]:
+            err = float(np.max(np.abs(res.astype(np.float64) - ref))) if res.size else 0.0
+            row["max_abs_err"] = err
+            row["max_rel_err"] = err / max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-12)
+        row["ok"] = bool(row["shape_ok"] and row["max_rel_err"] <= RTOL)
+    ran = [r for r in rows if r["ok"] is not None]
+    return {"mode": "verify", "op": spec.kind, "title": _title(spec.kind), "params": spec.to_dict(),
+            "params_text": params_text(spec, pads), "input": [N, Cin, *hw], "output": list(o),
+            "expected_shape": list(expect), "tolerance": RTOL, "results": rows,
+            "ok": bool(ran) and all(r["ok"] for r in ran), "seed": seed}
+
+
+def _status(registry, name: str):
+    """A backend's status; one that cannot even be imported is unavailable, not a crash."""
+    from backends.base import Status
+
+    try:
+        return registry.status(name)
+    except Exception as e:  # a half-installed or broken plug-in
+        return Status(name=name, available=False, reason=f"{type(e).__name__}: {e}".splitlines()[0][:200])
+
+
+def run_layer(be, spec: LayerSpec, x, w, b):
+    """The one layer on a backend (padding passed as written: every backend resolves it itself)."""
+    if spec.kind == "conv":
+        return be.conv2d(x, w, b, stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=1)
+    if spec.kind == "tconv":
+        return be.conv_transpose2d(x, w, b, stride=spec.stride, padding=spec.padding,
+                                   output_padding=spec.output_padding, dilation=spec.dilation, groups=1)
+    if spec.kind == "maxpool":
+        return be.max_pool2d(x, kernel=spec.kernel, stride=spec.stride, padding=spec.padding,
+                             dilation=spec.dilation, ceil_mode=spec.ceil_mode)
+    return be.avg_pool2d(x, kernel=spec.kernel, stride=spec.stride, padding=spec.padding, ceil_mode=spec.ceil_mode,
+                         count_include_pad=True)
+
+
+def render_verify(doc: dict) -> None:
+    from cvtool.cli.output import fmt_float, table
+
+    _print(f"{doc['title']}: input {' x '.join(map(str, doc['input']))}, {doc['params_text']}", style="bold")
+    _print(f"  formula: output {hw_text(doc['output'])}, so the result must be {' x '.join(map(str, doc['expected_shape']))}")
+    rows = []
+    for r in doc["results"]:
+        if r["ok"] is None:
+            rows.append([r["backend"], r["device"] or "-", "-", "-", "-", "-", r["error"]])
+            continue
+        rows.append([r["backend"], r["device"], "x".join(map(str, r["shape"])) if r["shape"] else "-",
+                     "-" if r["shape_ok"] is None else ("yes" if r["shape_ok"] else "NO"),
+                     fmt_float(r["max_abs_err"]), fmt_float(r["max_rel_err"]),
+                     "pass" if r["ok"] else f"FAIL{': ' + r['error'] if r['error'] else ''}"])
+    out().print(table("Cross-check against the NumPy reference",
+                      ["backend", "device", "output", "= formula", "max abs err", "max rel err", "result"], rows))
+    _print(f"rel err = max|out - ref| / max|ref|; pass: shape as the formula says and rel err <= {doc['tolerance']:g}",
+           style="dim")
+    ran = [r for r in doc["results"] if r["ok"] is not None]
+    if not ran:
+        _print("nothing was checked: no selected backend is available", style="bold red")
+    else:
+        _print("all passed" if doc["ok"] else "FAILED", style="bold green" if doc["ok"] else "bold red")
+
+
+# --- the tour of `cvtool demo` ----------------------------------------------------------------
+
+TOUR = [
+    ("Stride 2, kernel 2: conv halves, transposed conv doubles", "--stride 2 --kernel 2", True),
+    ("An output size, the numbers substituted", "-i 224 -k 3 -s 2 -p 1", True),
+    ("Padding 'same' for an even kernel", "-i 32 -k 4 --same", True),
+    ("Padding 'same' with stride 2", "-i 224 -k 3 -s 2 --same", False),
+    ("Which padding gives 64 from 32 with a 4x4, stride-2 transposed conv?", "-i 32 -o 64 -k 4 -s 2 --transposed", True),
+    ("Which kernel and stride halve 32?", "-i 32 -o 16 --solve --pool max", False),
+    ("Shapes and receptive fields through a small encoder-decoder",
+     '-i 64 -c 1 --chain "conv k3 p1 c16; conv k3 p1 c16; pool k2 s2; conv k3 p1 c32; tconv k2 s2 c16"', True),
+    ("The lecture's example: a convolution as a matrix",
+     '--matrix --x "4,5,8,7;1,8,8,8;3,6,6,4;6,5,7,8" --w "1,4,1;1,4,3;3,3,1"', True),
+    ("The transposed convolution is C^T", '--matrix --transposed -k 3 -i 2', False),
+    ("Cross-check: a max pooling with ceil_mode on every backend", "-i 15 -k 3 -s 2 --pool max --ceil-mode --verify", False),
+    ("Cross-check: a transposed convolution on every backend", "-i 16 -k 3 -s 2 -p 1 --output-padding 1 -t --verify", False),
+    ("Cross-check: a strided convolution on every backend", "-i 32 -k 3 -s 2 -p 1 --verify", True),
+]
 
 
 def convcalc_tour(quick: bool = False) -> None:
-    raise NotImplementedError
+    """Several convcalc modes printed for a person, ending in a cross-backend --verify."""
+    import shlex
+
+    from cvtool.cli import app
+
+    cmd = typer.main.get_command(app)
+    for title, args, in_quick in TOUR:
+        if quick and not in_quick:
+            continue
+        out().rule(title, align="left")
+        _print(f"$ cvtool convcalc {args}", style="bold magenta")
+        rc = cmd.main(["convcalc", *shlex.split(args)], prog_name="cvtool", standalone_mode=False)
+        _print()
+        if rc not in (None, 0) and "--verify" in args:
+            raise CvtoolError("the cross-backend check failed (see the table above)")
+
+
+__all__ = ["convcalc", "convcalc_tour", "COMMON_SIZES"]

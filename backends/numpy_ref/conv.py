@@ -1,0 +1,310 @@
+"""2-D convolution and transposed convolution on NCHW arrays, forward and backward.
+
+One piece of maths, three uses. A convolution (a cross-correlation, as in every framework) is
+
+    out[n, f, oh, ow] = sum_{c,i,j} w[f, c, i, j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+
+so for each kernel offset (i, j) it is a matrix product W_ij (F, C) @ X_ij (C, M), where X_ij holds,
+for each of the M output pixels of the whole batch, the padded-input pixel that offset (i, j) sees:
+
+    forward            out   = sum_ij W_ij @ gather_ij(xpad)                 (_forward)
+    backward to x      dxpad = sum_ij scatter_ij(W_ij^T @ dout)              (_adjoint)
+    backward to w      dW_ij = dout @ gather_ij(xpad)^T                      (_wgrad)
+
+scatter_ij is gather_ij's adjoint (add each column back where it was read from). A transposed
+convolution IS a convolution's backward-to-input, and its backward-to-input is that convolution's
+forward, so conv_transpose2d_* call the same three functions with the roles of x and out swapped.
+
+Layout (stride 1, the common case): the padded batch is stored channel-major as one long row,
+(C, N*Hb*Wb + tail). Output pixel (n, oh, ow) is column m = (n*Hb + oh)*Wb + ow, and offset (i, j)
+reads column m + i*dh*Wb + j*dw: gather_ij is a contiguous slice, so each offset is one GEMM with
+no copy. Columns with oh >= OH or ow >= OW are garbage (their window wraps into the next row or
+image); the forward crops them, and backward puts zeros there so they add nothing.
+With stride > 1, gather_ij copies a strided view into (C, N*OH*OW) (1/s^2 of the input).
+Groups: channels split as (G, C/G), and every product is a batched matmul over G.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from backends.numpy_ref.arrays import as_float, offsets, window
+from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_kernel, pair, resolve_padding
+from cvtool.errors import UsageError
+
+
+class ConvGeom(NamedTuple):
+    """One convolution: input (N, C, H, W) -> output (N, F, OH, OW); w (F, C/G, KH, KW)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    KH: int
+    KW: int
+    G: int
+    OH: int
+    OW: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    top: int  # padding before row 0 / column 0 (the rest of the buffer is padding after)
+    left: int
+    Hb: int  # padded buffer: input + padding, and at least as far as the last window reaches
+    Wb: int
+
+    @property
+    def flat(self) -> bool:
+        return self.stride == (1, 1)
+
+    @property
+    def M(self) -> int:
+        """Columns of the GEMMs: every output pixel of the batch (plus garbage ones when flat)."""
+        return self.N * self.Hb * self.Wb if self.flat else self.N * self.OH * self.OW
+
+
+def _geom(N, C, H, W, F, KH, KW, G, OH, OW, stride, dilation, pads) -> ConvGeom:
+    (top, bottom), (left, right) = pads
+    Hb = max(top + H + bottom, (OH - 1) * stride[0] + effective_kernel(KH, dilation[0]))
+    Wb = max(left + W + right, (OW - 1) * stride[1] + effective_kernel(KW, dilation[1]))
+    return ConvGeom(N, C, H, W, F, KH, KW, G, OH, OW, stride, dilation, top, left, Hb, Wb)
+
+
+def _check(x: np.ndarray, w: np.ndarray, groups: int, what: str) -> None:
+    if x.ndim != 4 or w.ndim != 4:
+        raise UsageError(f"{what} needs x (N, C, H, W) and w 4-D, got x {x.shape} and w {w.shape}")
+    if groups < 1 or x.shape[1] % groups:
+        raise UsageError(f"{what}: {x.shape[1]} input channels cannot be split into {groups} groups")
+
+
+def conv_geom(xshape, wshape, *, stride=1, padding=0, dilation=1, groups: int = 1) -> ConvGeom:
+    """Geometry of conv2d: x (N, C, H, W), w (F, C/groups, KH, KW)."""
+    N, C, H, W = xshape
+    F, Cg, KH, KW = wshape
+    if Cg * groups != C or F % groups:
+        raise UsageError(f"conv2d: w {tuple(wshape)} does not fit {C} input channels in {groups} groups",
+                         hint="w is (out_channels, in_channels/groups, KH, KW); out_channels must divide by groups")
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    pads = resolve_padding(padding, kernel=(KH, KW), stride=stride, dilation=dilation, input_size=(H, W))
+    OH = conv_output(H, KH, stride[0], pads[0], dilation[0])
+    OW = conv_output(W, KW, stride[1], pads[1], dilation[1])
+    return _geom(N, C, H, W, F, KH, KW, groups, OH, OW, stride, dilation, pads)
+
+
+def conv_transpose_geom(xshape, wshape, *, stride=1, padding=0, output_padding=0, dilation=1,
+                        groups: int = 1) -> ConvGeom:
+    """Geometry of the convolution whose backward-to-input conv_transpose2d is.
+
+    x (N, C_in, H, W) is that convolution's output, w (C_in, C_out/groups, KH, KW) its weight
+    (C_in plays F), and the transposed output (N, C_out, OH', OW') its input.
+    """
+    N, Cin, H, W = xshape
+    Cw, Cog, KH, KW = wshape
+    if Cw != Cin:
+        raise UsageError(f"conv_transpose2d: w {tuple(wshape)} expects {Cw} input channels, x has {Cin}",
+                         hint="w is (in_channels, out_channels/groups, KH, KW)")
+    THW = conv_transpose2d_output((H, W), (KH, KW), stride, padding, output_padding, dilation)
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    pads = resolve_padding(padding, kernel=(KH, KW))
+    return _geom(N, Cog * groups, THW[0], THW[1], Cin, KH, KW, groups, H, W, stride, dilation, pads)
+
+
+# --- layouts: NCHW <-> the GEMM buffers ------------------------------------------------------
+
+def _grid(buf: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """The padded buffer as (C, N, Hb, Wb)."""
+    return buf[:, :g.N * g.Hb * g.Wb].reshape(g.C, g.N, g.Hb, g.Wb) if g.flat else buf
+
+
+def _interior(buf: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """The input's own pixels inside the padded buffer, (C, N, H, W)."""
+    return _grid(buf, g)[:, :, g.top:g.top + g.H, g.left:g.left + g.W]
+
+
+def _zeros_buffer(g: ConvGeom, dtype) -> np.ndarray:
+    if g.flat:  # the tail lets the last offset's slice run M columns past its start
+        tail = (g.KH - 1) * g.dilation[0] * g.Wb + (g.KW - 1) * g.dilation[1]
+        return np.zeros((g.C, g.M + tail), dtype)
+    return np.zeros((g.C, g.N, g.Hb, g.Wb), dtype)
+
+
+def _pad(x: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """(N, C, H, W) -> the zero-padded buffer the gathers read."""
+    buf = _zeros_buffer(g, x.dtype)
+    _interior(buf, g)[...] = x.transpose(1, 0, 2, 3)
+    return buf
+
+
+def _unpad(buf: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """Padded buffer -> (N, C, H, W): what lands in the padding is dropped."""
+    return np.ascontiguousarray(_interior(buf, g).transpose(1, 0, 2, 3))
+
+
+def _to_cols(y: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """Output-shaped (N, F, OH, OW) -> (G, F/G, M) GEMM operand, zeros in the garbage columns."""
+    if g.flat:
+        cols = np.zeros((g.F, g.N, g.Hb, g.Wb), y.dtype)
+        cols[:, :, :g.OH, :g.OW] = y.transpose(1, 0, 2, 3)
+    else:
+        cols = np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+    return cols.reshape(g.G, g.F // g.G, g.M)
+
+
+def _from_cols(cols: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """(G, F/G, M) -> (N, F, OH, OW), garbage columns cropped."""
+    grid = cols.reshape(g.F, g.N, g.Hb, g.Wb)[:, :, :g.OH, :g.OW] if g.flat else cols.reshape(g.F, g.N, g.OH, g.OW)
+    return np.ascontiguousarray(grid.transpose(1, 0, 2, 3))
+
+
+def _start(g: ConvGeom, i: int, j: int) -> int:
+    """Flat layout: offset (i, j) reads column m + start for output column m."""
+    return i * g.dilation[0] * g.Wb + j * g.dilation[1]
+
+
+def _blocks(g: ConvGeom, dtype) -> list[tuple[int, int]]:
+    """Column blocks of about 2 MiB per operand, so that the KH*KW products over one block stay in
+    cache (1.5-2x faster than whole-batch GEMMs with K = C). The strided layout is one block."""
+    if not g.flat:
+        return [(0, g.M)]
+    B = max(1024, (2 << 20) // (max(g.C, g.F) * np.dtype(dtype).itemsize))
+    return [(m0, min(m0 + B, g.M)) for m0 in range(0, g.M, B)]
+
+
+def _gather(buf: np.ndarray, g: ConvGeom, i: int, j: int, m0: int, m1: int) -> np.ndarray:
+    """Columns m0:m1 of what offset (i, j) sees for every output pixel: (G, C/G, m1-m0)."""
+    if g.flat:
+        start = _start(g, i, j)
+        cols = buf[:, start + m0:start + m1]
+    else:
+        cols = window(buf, i, j, g.OH, g.OW, g.stride, g.dilation).reshape(g.C, g.M)[:, m0:m1]  # a copy
+    return cols.reshape(g.G, g.C // g.G, m1 - m0)
+
+
+def _scatter_add(buf: np.ndarray, g: ConvGeom, i: int, j: int, m0: int, m1: int, cols: np.ndarray) -> None:
+    """Adjoint of _gather: buf[where offset (i, j) read columns m0:m1] += cols (G, C/G, m1-m0)."""
+    if g.flat:
+        start = _start(g, i, j)
+        buf[:, start + m0:start + m1] += cols.reshape(g.C, m1 - m0)
+    else:  # one block: all of M
+        window(buf, i, j, g.OH, g.OW, g.stride, g.dilation)[...] += cols.reshape(g.C, g.N, g.OH, g.OW)
+
+
+def _by_offset(w: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """(F, C/G, KH, KW) -> (KH, KW, G, F/G, C/G), contiguous so each W_ij goes straight to BLAS."""
+    return np.ascontiguousarray(w.reshape(g.G, g.F // g.G, g.C // g.G, g.KH, g.KW).transpose(3, 4, 0, 1, 2))
+
+
+def _from_offset(wk: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """(KH, KW, G, F/G, C/G) -> (F, C/G, KH, KW)."""
+    return np.ascontiguousarray(wk.transpose(2, 3, 4, 0, 1).reshape(g.F, g.C // g.G, g.KH, g.KW))
+
+
+# --- the three products ----------------------------------------------------------------------
+
+def _forward(buf: np.ndarray, wk: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """sum_ij W_ij @ gather_ij(buf): (G, F/G, M)."""
+    out = np.empty((g.G, g.F // g.G, g.M), buf.dtype)
+    blocks = _blocks(g, buf.dtype)
+    tmp = np.empty((g.G, g.F // g.G, blocks[0][1]), buf.dtype)
+    for m0, m1 in blocks:
+        o, t = out[..., m0:m1], tmp[..., :m1 - m0]
+        o[...] = 0
+        for i, j in offsets(g.KH, g.KW):
+            np.matmul(wk[i, j], _gather(buf, g, i, j, m0, m1), out=t)
+            o += t
+    return out
+
+
+def _adjoint(cols: np.ndarray, wk: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """sum_ij scatter_ij(W_ij^T @ cols): the padded buffer of dL/d(input)."""
+    buf = _zeros_buffer(g, cols.dtype)
+    blocks = _blocks(g, cols.dtype)
+    tmp = np.empty((g.G, g.C // g.G, blocks[0][1]), cols.dtype)
+    for m0, m1 in blocks:
+        t = tmp[..., :m1 - m0]
+        for i, j in offsets(g.KH, g.KW):
+            np.matmul(wk[i, j].swapaxes(-1, -2), cols[..., m0:m1], out=t)
+            _scatter_add(buf, g, i, j, m0, m1, t)
+    return buf
+
+
+def _wgrad(buf: np.ndarray, cols: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """dW_ij = cols @ gather_ij(buf)^T: (KH, KW, G, F/G, C/G)."""
+    dwk = np.zeros((g.KH, g.KW, g.G, g.F // g.G, g.C // g.G), cols.dtype)
+    for m0, m1 in _blocks(g, cols.dtype):
+        for i, j in offsets(g.KH, g.KW):
+            dwk[i, j] += cols[..., m0:m1] @ _gather(buf, g, i, j, m0, m1).swapaxes(-1, -2)
+    return dwk
+
+
+# --- public API ------------------------------------------------------------------------------
+
+class ConvCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+    geom: ConvGeom
+
+
+def _check_bias(b: np.ndarray | None, channels: int) -> None:
+    if b is not None and b.shape != (channels,):
+        raise UsageError(f"bias has shape {b.shape}, the output has {channels} channels")
+
+
+def _add_bias(out: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride=1, padding=0,
+                   dilation=1, groups: int = 1) -> tuple[np.ndarray, ConvCache]:
+    """x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache.
+
+    padding: any form of cvtool.arithmetic.resolve_padding (int, pair, 4-tuple, 'same', 'valid').
+    """
+    x, w, b = as_float(x, w, b)
+    _check(x, w, groups, "conv2d")
+    g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    _check_bias(b, g.F)
+    out = _from_cols(_forward(_pad(x, g), _by_offset(w, g), g), g)
+    return _add_bias(out, b), ConvCache(x, w, b is not None, g)
+
+
+def conv2d_backward(dout: np.ndarray, cache: ConvCache):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C/G, KH, KW), db (F,) or None."""
+    x, w, has_bias, g = cache
+    dout = np.asarray(dout, x.dtype)
+    d = _to_cols(dout, g)
+    dx = _unpad(_adjoint(d, _by_offset(w, g), g), g)
+    dw = _from_offset(_wgrad(_pad(x, g), d, g), g)
+    return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
+
+
+def conv_transpose2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride=1, padding=0,
+                             output_padding=0, dilation=1, groups: int = 1) -> tuple[np.ndarray, ConvCache]:
+    """x (N, C_in, H, W), w (C_in, C_out/groups, KH, KW) as torch/ONNX store it, b (C_out,) or None
+    -> out (N, C_out, OH, OW) with OH, OW from cvtool.arithmetic.conv_transpose2d_output."""
+    x, w, b = as_float(x, w, b)
+    _check(x, w, groups, "conv_transpose2d")
+    g = conv_transpose_geom(x.shape, w.shape, stride=stride, padding=padding, output_padding=output_padding,
+                            dilation=dilation, groups=groups)
+    _check_bias(b, g.C)
+    out = _unpad(_adjoint(_to_cols(x, g), _by_offset(w, g), g), g)
+    return _add_bias(out, b), ConvCache(x, w, b is not None, g)
+
+
+def conv_transpose2d_backward(dout: np.ndarray, cache: ConvCache):
+    """dout (N, C_out, OH, OW) -> dx (N, C_in, H, W), dw (C_in, C_out/G, KH, KW), db (C_out,) or None."""
+    x, w, has_bias, g = cache
+    dout = np.asarray(dout, x.dtype)
+    buf = _pad(dout, g)
+    dx = _from_cols(_forward(buf, _by_offset(w, g), g), g)
+    dw = _from_offset(_wgrad(buf, _to_cols(x, g), g), g)
+    return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
+
+
+__all__ = ["ConvCache", "ConvGeom", "conv_geom", "conv_transpose_geom", "conv2d_forward", "conv2d_backward",
+           "conv_transpose2d_forward", "conv_transpose2d_backward"]

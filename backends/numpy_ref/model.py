@@ -1,0 +1,225 @@
+"""The spec's network on the reference layers: forward over the graph, backward in reverse, a trainer.
+
+forward walks `spec.graph()` in order, keeping each node's layer cache on a tape and dropping a
+node's output as soon as its last consumer has run. backward walks the tape in reverse: a tensor
+that feeds several nodes (a U-Net skip feeds both a pool and a concat) gets the SUM of its
+consumers' gradients, and Concat's backward splits the gradient along channels. Each cache and
+each gradient is freed as soon as it has been used.
+
+The trainer mirrors backends.torch_backend.model.TorchTrainer: F.cross_entropy(weight, ignore_index=255)
+mean loss, BatchNorm in training mode during a step (running stats updated in place), evaluation mode
+in predict, and optim.py's update rules (numerically torch.optim's SGD / SGD(momentum) / Adam).
+The dtype (float32 or float64) is that of the parameters and input given to forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from backends.numpy_ref import layers, optim as rules
+from backends.numpy_ref.activations import ReluCache
+from cvtool import spec as S
+from cvtool.errors import UsageError
+from cvtool.optim import OptimConfig
+
+IGNORE_INDEX = 255
+
+_ACT_FORWARD = {"relu": layers.relu_forward, "sigmoid": layers.sigmoid_forward, "tanh": layers.tanh_forward}
+_ACT_BACKWARD = {"relu": layers.relu_backward, "sigmoid": layers.sigmoid_backward, "tanh": layers.tanh_backward}
+
+
+class Tape(NamedTuple):
+    """What backward needs: the nodes in graph order and each one's layer cache (name -> cache)."""
+
+    nodes: list[S.Node]
+    caches: dict[str, Any]
+
+
+def _last_use(nodes: list[S.Node]) -> dict[str, int]:
+    """Node name -> index of its last consumer (the graph output is never consumed)."""
+    last: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for src in n.inputs:
+            last[src] = i
+    return last
+
+
+def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool):
+    """One node: inputs -> (output, cache)."""
+    L = n.layer
+    if isinstance(L, S.Conv2d):
+        return layers.conv2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
+                                     padding=L.padding, dilation=L.dilation)
+    if isinstance(L, S.ConvTranspose2d):
+        return layers.conv_transpose2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
+                                               padding=L.padding, output_padding=L.output_padding)
+    if isinstance(L, S.BatchNorm2d):  # running stats change in place when training
+        return layers.batchnorm2d_forward(xs[0], p[f"{n.name}.weight"], p[f"{n.name}.bias"],
+                                          p[f"{n.name}.running_mean"], p[f"{n.name}.running_var"],
+                                          training=training, momentum=L.momentum, eps=L.eps)
+    if isinstance(L, S.Activation):
+        out, cache = _ACT_FORWARD[L.kind](xs[0])
+        if L.kind == "relu":  # out > 0 exactly where x > 0: keep the output, which the next conv caches anyway,
+            cache = ReluCache(out)  # so the pre-activation (the BN output) is freed now
+        return out, cache
+    if isinstance(L, S.MaxPool2d):
+        return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride)
+    if isinstance(L, S.Concat):
+        return np.concatenate(xs, axis=1), [x.shape[1] for x in xs]  # cache: channels per input
+    raise TypeError(f"no forward for layer {L!r}")
+
+
+def forward(nodes: list[S.Node], params: dict[str, np.ndarray], x: np.ndarray, *, training: bool,
+            keep: bool = True) -> tuple[np.ndarray, Tape | None]:
+    """x (N, C, H, W) -> logits (N, K, H, W), and the tape for backward (None when keep is False)."""
+    last = _last_use(nodes)
+    vals = {"input": x}
+    caches: dict[str, Any] = {}
+    for i, n in enumerate(nodes):
+        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training)
+        if keep:
+            caches[n.name] = cache
+        for s in n.inputs:
+            if last[s] == i:
+                del vals[s]
+        vals[n.name] = out
+        del out, cache
+    return vals[nodes[-1].name], (Tape(nodes, caches) if keep else None)
+
+
+def _node_backward(n: S.Node, dout: np.ndarray, cache, grads: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One node: dL/d(output) -> dL/d(inputs), in input order; parameter gradients go into `grads`."""
+    L = n.layer
+    if isinstance(L, (S.Conv2d, S.ConvTranspose2d)):
+        back = layers.conv2d_backward if isinstance(L, S.Conv2d) else layers.conv_transpose2d_backward
+        dx, dw, db = back(dout, cache)
+        grads[f"{n.name}.weight"] = dw
+        if db is not None:
+            grads[f"{n.name}.bias"] = db
+        return [dx]
+    if isinstance(L, S.BatchNorm2d):
+        dx, grads[f"{n.name}.weight"], grads[f"{n.name}.bias"] = layers.batchnorm2d_backward(dout, cache)
+        return [dx]
+    if isinstance(L, S.Activation):
+        return [_ACT_BACKWARD[L.kind](dout, cache)]
+    if isinstance(L, S.MaxPool2d):
+        return [layers.max_pool2d_backward(dout, cache)]
+    if isinstance(L, S.Concat):  # split the channels back; copies, so dout is freed with the first consumer
+        cuts = np.cumsum(cache)[:-1]
+        return [np.ascontiguousarray(d) for d in np.split(dout, cuts, axis=1)]
+    raise TypeError(f"no backward for layer {L!r}")
+
+
+def backward(dlogits: np.ndarray, tape: Tape) -> dict[str, np.ndarray]:
+    """dL/d(logits) -> dL/d(every trainable parameter), by name. Consumes the tape."""
+    nodes, caches = tape
+    dvals = {nodes[-1].name: dlogits}  # dL/d(node output), summed over consumers
+    grads: dict[str, np.ndarray] = {}
+    for n in reversed(nodes):
+        dout = dvals.pop(n.name)
+        dxs = _node_backward(n, dout, caches.pop(n.name), grads)
+        del dout
+        for src, dx in zip(n.inputs, dxs):
+            if src == "input":
+                continue  # nothing upstream of the input
+            if src in dvals:
+                dvals[src] += dx  # the second consumer of a skip tensor
+            else:
+                dvals[src] = dx
+        del dxs
+    return grads
+
+
+# --- a network to run ------------------------------------------------------------------------
+
+def _own(params: dict[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
+    """Private, writable copies in one dtype (BN running stats are updated in place)."""
+    return {k: np.array(v, dtype=dtype) for k, v in params.items()}
+
+
+class NumpyRunner:
+    """Evaluation-mode logits, in `dtype` (float32, or float64 for a reference)."""
+
+    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], dtype=np.float32):
+        S.check_params(spec, params)
+        self.spec, self.nodes, self.dtype = spec, spec.graph(), np.dtype(dtype)
+        self.p = _own(params, self.dtype)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        logits, _ = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=False, keep=False)
+        return logits
+
+
+# --- a network to train ----------------------------------------------------------------------
+
+def _update_rule(cfg: OptimConfig):
+    """OptimConfig -> update(w, dw, state, lr) with torch.optim's semantics."""
+    wd = cfg.weight_decay
+    if cfg.name == "sgd":
+        return lambda w, dw, st, lr: rules.sgd(w, dw, st, lr=lr, weight_decay=wd)
+    if cfg.name == "momentum":
+        return lambda w, dw, st, lr: rules.momentum(w, dw, st, lr=lr, mu=cfg.momentum, weight_decay=wd)
+    if cfg.name == "adam":
+        b1, b2 = cfg.betas
+        return lambda w, dw, st, lr: rules.adam(w, dw, st, lr=lr, beta1=b1, beta2=b2, eps=cfg.eps, weight_decay=wd)
+    raise UsageError(f"unknown optimizer {cfg.name!r}", hint="choose one of sgd, momentum, adam")
+
+
+class NumpyTrainer:
+    """The Trainer protocol (backends.base) on hand-written backward and update rules."""
+
+    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, optim: OptimConfig,
+                 class_weights: np.ndarray | None = None, seed: int = 0, dtype=np.float32):
+        S.check_params(spec, params)
+        self.spec, self.nodes, self.dtype = spec, spec.graph(), np.dtype(dtype)
+        self.seed = seed  # nothing here is random (no dropout); kept for the protocol's sake
+        self.p = _own(params, self.dtype)
+        self.names = [k for k in self.p if S.trainable(k)]  # torch's named_parameters() order
+        self.update = _update_rule(optim)
+        self.state: dict[str, dict] = {k: {} for k in self.names}  # per parameter, torch's slot names
+        self.weight = None if class_weights is None else np.asarray(class_weights, self.dtype)
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Training-mode forward (BN running stats move), the loss, and every parameter's gradient."""
+        logits, tape = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=True)
+        loss, dlogits = layers.softmax_cross_entropy(logits, y, weight=self.weight, ignore_index=IGNORE_INDEX)
+        del logits
+        return loss, backward(dlogits, tape)
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        loss, grads = self.loss_and_grads(x, y)
+        for name in self.names:
+            self.update(self.p[name], grads.pop(name), self.state[name], lr)
+        return loss
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        logits, _ = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=False, keep=False)
+        return logits
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: v.astype(np.float32) for k, v in self.p.items()}  # astype copies
+
+    def optim_state(self) -> tuple[dict[str, np.ndarray], int]:
+        out, step = {}, 0
+        for name, st in self.state.items():
+            for slot, v in st.items():
+                if slot == "step":
+                    step = int(v)
+                else:
+                    out[f"{slot}.{name}"] = v.astype(np.float32)
+        return out, step
+
+    def load_optim_state(self, state: dict[str, np.ndarray], step: int) -> None:
+        for key, v in state.items():
+            slot, _, name = key.partition(".")  # "exp_avg.enc0.conv1.weight"
+            if name not in self.state:
+                raise UsageError(f"optimiser state {key!r} names no parameter of this network")
+            st = self.state[name]
+            st[slot] = np.array(v, dtype=self.dtype).reshape(self.p[name].shape)
+            if "exp_avg" in st or "exp_avg_sq" in st:  # Adam's slots count steps
+                st["step"] = int(step)
+
+
+__all__ = ["Tape", "forward", "backward", "NumpyRunner", "NumpyTrainer"]

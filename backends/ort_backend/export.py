@@ -1,0 +1,107 @@
+"""ModelSpec + parameters -> a self-contained ONNX model, built node by node with onnx.helper.
+
+No tracing exporter: the graph is the spec's graph, so it prints no noise, needs no torch, and
+works the same for checkpoints trained by any backend. Dynamic batch, height and width.
+
+Interface (fixed, documented): input  "image"  float32 (N, C, H, W), normalised, H and W divisible by 2**depth
+                                output "logits" float32 (N, K, H, W)
+metadata_props["cvtool"]: JSON with spec, classes, colors, normalization, cvtool_version (and the
+source checkpoint's sha256, which `cvtool segment` uses as a cache key).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cvtool import spec as S
+
+INPUT, OUTPUT = "image", "logits"
+META_KEY = "cvtool"
+
+
+def _node(n: S.Node, dtype) -> tuple[list[onnx.NodeProto], list[str]]:
+    """ONNX node(s) for one spec node, and the names of the initializers it uses."""
+    L, ins, out = n.layer, list(n.inputs), n.name
+    ins = [INPUT if i == "input" else i for i in ins]
+    if isinstance(L, S.Conv2d):
+        inits = [f"{n.name}.weight"] + ([f"{n.name}.bias"] if L.bias else [])
+        p = L.padding
+        return [helper.make_node("Conv", ins + inits, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
+                                 strides=[L.stride] * 2, pads=[p] * 4, dilations=[L.dilation] * 2)], inits
+    if isinstance(L, S.ConvTranspose2d):
+        inits = [f"{n.name}.weight"] + ([f"{n.name}.bias"] if L.bias else [])
+        p = L.padding
+        return [helper.make_node("ConvTranspose", ins + inits, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
+                                 strides=[L.stride] * 2, pads=[p] * 4, output_padding=[L.output_padding] * 2)], inits
+    if isinstance(L, S.BatchNorm2d):
+        inits = [f"{n.name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+        return [helper.make_node("BatchNormalization", ins + inits, [out], name=n.name, epsilon=L.eps)], inits
+    if isinstance(L, S.Activation):
+        op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[L.kind]
+        return [helper.make_node(op, ins, [out], name=n.name)], []
+    if isinstance(L, S.MaxPool2d):
+        return [helper.make_node("MaxPool", ins, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
+                                 strides=[L.stride] * 2)], []
+    if isinstance(L, S.Concat):
+        return [helper.make_node("Concat", ins, [out], name=n.name, axis=1)], []
+    raise TypeError(f"no ONNX mapping for {type(L).__name__}")
+
+
+def build_model(spec: S.ModelSpec, params: dict[str, np.ndarray], meta: dict, *, opset: int,
+                half: bool = False) -> onnx.ModelProto:
+    """The spec's graph as ONNX. With `half`, weights and compute are float16 behind float32 I/O casts."""
+    S.check_params(spec, params)
+    wdt = np.float16 if half else np.float32
+    nodes: list[onnx.NodeProto] = []
+    if half:
+        nodes.append(helper.make_node("Cast", [INPUT], ["image_fp16"], name="cast_in", to=TensorProto.FLOAT16))
+    used: list[str] = []
+    graph = spec.graph()
+    for n in graph:
+        ns, inits = _node(n, wdt)
+        if half:
+            for node in ns:
+                node.input[:] = ["image_fp16" if i == INPUT else i for i in node.input]
+        nodes += ns
+        used += inits
+    last = graph[-1].name
+    if half:
+        nodes.append(helper.make_node("Cast", [last], [OUTPUT], name="cast_out", to=TensorProto.FLOAT))
+    else:
+        nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="output"))
+    initializers = [numpy_helper.from_array(np.asarray(params[k], wdt), name=k) for k in used]
+    x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", spec.in_channels, "height", "width"])
+    y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", spec.num_classes, "height", "width"])
+    g = helper.make_graph(nodes, "cvtool_unet", [x], [y], initializer=initializers)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="cvtool")
+    model.ir_version = min(model.ir_version, _max_ir_for_opset(opset))
+    helper.set_model_props(model, {META_KEY: json.dumps({**meta, "spec": spec.to_dict(), "half": half})})
+    return model
+
+
+def _max_ir_for_opset(opset: int) -> int:
+    """The IR version that goes with an opset (older runtimes refuse a newer IR)."""
+    from onnx.helper import VERSION_TABLE
+
+    irs = [ir for (_, ir, op, *_rest) in VERSION_TABLE if op == opset]
+    return max(irs) if irs else onnx.IR_VERSION
+
+
+def read_meta(model: onnx.ModelProto) -> dict:
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise ValueError("not a cvtool model: no 'cvtool' metadata")
+    return json.loads(props[META_KEY])
+
+
+def to_params(model: onnx.ModelProto) -> tuple[S.ModelSpec, dict[str, np.ndarray], dict]:
+    """Back from ONNX: the spec, float32 parameters and the metadata (so any backend can run an .onnx)."""
+    meta = read_meta(model)
+    spec = S.ModelSpec.from_dict(meta["spec"])
+    params = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
+    S.check_params(spec, params)
+    return spec, params, meta

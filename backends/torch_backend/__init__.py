@@ -1,0 +1,138 @@
+"""PyTorch backend: torch.nn.functional on NCHW arrays, NumPy in and out. The only module importing torch.
+
+Arrays move to the device, run there without autograd, and come back to the host. float32 stays
+float32 and float64 stays float64; anything else becomes float32. Padding that torch cannot take
+directly (asymmetric, or 'same' with stride > 1) is resolved by cvtool.arithmetic and done with F.pad
+(convolution) or by cropping a padding-free result (transposed convolution).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backends import resolve_device
+from backends.base import Capabilities, Status
+from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output,
+                               resolve_padding)
+from cvtool.errors import UsageError
+
+
+def _cuda_works() -> bool:
+    """torch.cuda.is_available() can be True with a broken driver: run one tiny op to be sure."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return float((torch.ones(2, device="cuda") * 2).sum().item()) == 4.0
+    except Exception:  # noqa: BLE001 - any failure means: no usable GPU
+        return False
+
+
+@functools.cache
+def _status() -> Status:
+    devices = ("cpu", "cuda") if _cuda_works() else ("cpu",)
+    return Status(name="torch", available=True, version=torch.__version__, devices=devices,
+                  threads=torch.get_num_threads())
+
+
+def _float(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+
+class Backend:
+    name = "torch"
+    capabilities = Capabilities(ops=True, backward=True, train=True, float64=True)
+
+    def __init__(self, device: str = "cpu"):
+        self.device = resolve_device(self.name, device, self.status().devices)
+
+    @classmethod
+    def status(cls) -> Status:
+        return _status()
+
+    def _t(self, a, like: np.ndarray | None = None) -> torch.Tensor | None:
+        """NumPy -> tensor on our device (in like's dtype when given); None stays None."""
+        if a is None:
+            return None
+        a = _float(a) if like is None else np.asarray(a, dtype=like.dtype)
+        return torch.from_numpy(np.array(a, order="C")).to(self.device)  # a copy: torch must not share caller memory
+
+    @staticmethod
+    def _np(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
+    @staticmethod
+    def _nchw(x, what: str = "x") -> np.ndarray:
+        x = _float(x)
+        if x.ndim != 4:
+            raise UsageError(f"{what} must have 4 dimensions (N, C, H, W), got shape {x.shape}")
+        return x
+
+    # --- convolutions ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def conv2d(self, x, w, b=None, *, stride=1, padding=0, dilation=1, groups: int = 1) -> np.ndarray:
+        x = self._nchw(x)
+        w = self._nchw(np.asarray(w, dtype=x.dtype), "w")
+        if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+            raise UsageError(f"conv2d: x {x.shape} and w {w.shape} do not fit with groups={groups}")
+        conv2d_output(x.shape[2:], w.shape[2:], stride, padding, dilation)  # validates: UsageError, not a torch error
+        pads = resolve_padding(padding, kernel=w.shape[2:], stride=stride, dilation=dilation, input_size=x.shape[2:])
+        (pt, pb), (pl, pr) = pads
+        xt = self._t(x)
+        if not is_symmetric(pads):
+            xt, pt, pl = F.pad(xt, (pl, pr, pt, pb)), 0, 0  # F.pad takes (left, right, top, bottom)
+        y = F.conv2d(xt, self._t(w), self._t(b, x), pair(stride), (pt, pl), pair(dilation), groups)
+        return self._np(y)
+
+    @torch.no_grad()
+    def conv_transpose2d(self, x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                         groups: int = 1) -> np.ndarray:
+        x = self._nchw(x)
+        w = self._nchw(np.asarray(w, dtype=x.dtype), "w")  # IOHW: (C, M/groups, KH, KW)
+        if x.shape[1] != w.shape[0] or x.shape[1] % groups:
+            raise UsageError(f"conv_transpose2d: x {x.shape} and w {w.shape} (IOHW) do not fit with groups={groups}")
+        OH, OW = conv_transpose2d_output(x.shape[2:], w.shape[2:], stride, padding, output_padding, dilation)
+        pads = resolve_padding(padding, kernel=w.shape[2:])
+        (pt, _), (pl, _) = pads
+        sym = is_symmetric(pads)  # torch pads both ends alike; otherwise compute unpadded and crop
+        y = F.conv_transpose2d(self._t(x), self._t(w), self._t(b, x), pair(stride), (pt, pl) if sym else 0,
+                               pair(output_padding), groups, pair(dilation))
+        return self._np(y if sym else y[:, :, pt:pt + OH, pl:pl + OW])
+
+    # --- pooling ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def max_pool2d(self, x, *, kernel, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> np.ndarray:
+        x = self._nchw(x)
+        pool2d_output(x.shape[2:], kernel, stride, padding, dilation, ceil_mode)  # validates
+        y = F.max_pool2d(self._t(x), pair(kernel), pair(kernel if stride is None else stride), pair(padding),
+                         pair(dilation), ceil_mode=ceil_mode)
+        return self._np(y)
+
+    @torch.no_grad()
+    def avg_pool2d(self, x, *, kernel, stride=None, padding=0, ceil_mode: bool = False,
+                   count_include_pad: bool = True) -> np.ndarray:
+        x = self._nchw(x)
+        pool2d_output(x.shape[2:], kernel, stride, padding, 1, ceil_mode)  # validates
+        y = F.avg_pool2d(self._t(x), pair(kernel), pair(kernel if stride is None else stride), pair(padding),
+                         ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        return self._np(y)
+
+    # --- activations ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def relu(self, x) -> np.ndarray:
+        return self._np(torch.relu(self._t(x)))
+
+    @torch.no_grad()
+    def sigmoid(self, x) -> np.ndarray:
+        return self._np(torch.sigmoid(self._t(x)))
+
+    @torch.no_grad()
+    def tanh(self, x) -> np.ndarray:
+        return self._np(torch.tanh(self._t(x)))

@@ -1,0 +1,190 @@
+"""A ModelSpec built as a torch.nn.Module, and its trainer (autograd + torch.optim).
+
+Module paths equal the spec's node names, so `state_dict()` keys are the spec's parameter names
+(`enc0.conv1.weight`); only BatchNorm's `num_batches_tracked` is extra and never exported.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvtool.optim import OptimConfig
+from cvtool import spec as S
+
+
+def _module(layer) -> nn.Module | None:
+    if isinstance(layer, S.Conv2d):
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         layer.padding, layer.dilation, bias=layer.bias)
+    if isinstance(layer, S.ConvTranspose2d):
+        return nn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                  layer.padding, layer.output_padding, bias=layer.bias)
+    if isinstance(layer, S.BatchNorm2d):
+        return nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
+    if isinstance(layer, S.MaxPool2d):
+        return nn.MaxPool2d(layer.kernel_size, layer.stride)
+    if isinstance(layer, S.Activation):
+        return {"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[layer.kind]
+    return None  # Concat has no module
+
+
+class SpecNet(nn.Module):
+    """Runs the spec's graph node by node; modules nested by dotted name."""
+
+    def __init__(self, spec: S.ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.nodes = spec.graph()
+        self._mods: dict[str, nn.Module] = {}
+        for n in self.nodes:
+            m = _module(n.layer)
+            if m is None:
+                continue
+            parent: nn.Module = self
+            *path, leaf = n.name.split(".")
+            for p in path:
+                if not hasattr(parent, p):
+                    parent.add_module(p, nn.Module())
+                parent = getattr(parent, p)
+            parent.add_module(leaf, m)
+            self._mods[n.name] = m
+        # free intermediate tensors as soon as the last consumer has run
+        last_use: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            for src in n.inputs:
+                last_use[src] = i
+        self._last_use = last_use
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vals = {"input": x}
+        for i, n in enumerate(self.nodes):
+            if isinstance(n.layer, S.Concat):
+                y = torch.cat([vals[s] for s in n.inputs], dim=1)
+            else:
+                y = self._mods[n.name](vals[n.inputs[0]])
+            for s in n.inputs:
+                if self._last_use[s] == i:
+                    del vals[s]
+            vals[n.name] = y
+        return vals[self.nodes[-1].name]
+
+
+def build(spec: S.ModelSpec, params: dict[str, np.ndarray], device: torch.device) -> SpecNet:
+    S.check_params(spec, params)
+    net = SpecNet(spec)
+    sd = {k: torch.from_numpy(np.asarray(v, np.float32).copy()) for k, v in params.items()}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:  # check_params passed, so this is a bug, not a user error
+        raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    return net.to(device)
+
+
+def export_params(net: SpecNet) -> dict[str, np.ndarray]:
+    return {k: v.detach().float().cpu().numpy().copy() for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def _make_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    ps = list(net.parameters())
+    if cfg.name == "sgd":
+        return torch.optim.SGD(ps, lr=0.0, weight_decay=cfg.weight_decay)
+    if cfg.name == "momentum":
+        return torch.optim.SGD(ps, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(ps, lr=0.0, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name}")
+
+
+class TorchTrainer:
+    """Autograd + torch.optim on a SpecNet. channels_last on CPU and CUDA; AMP (bf16) on CUDA."""
+
+    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, device: str, optim: OptimConfig,
+                 class_weights: np.ndarray | None = None, seed: int = 0, distributed: bool = False):
+        torch.manual_seed(seed)
+        self.device = torch.device(device)
+        self.net = build(spec, params, self.device).to(memory_format=torch.channels_last)
+        self.model: nn.Module = self.net
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = _make_optimizer(self.net, optim)
+        self.names = [k for k, _ in self.net.named_parameters()]
+        self.weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
+        self.amp = self.device.type == "cuda"
+
+    def _x(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        xt = self._x(x)
+        yt = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(xt)
+        loss = F.cross_entropy(logits.float(), yt, weight=self.weight, ignore_index=255)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.net.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.net(self._x(x))
+        return out.float().cpu().numpy()
+
+    def params(self) -> dict[str, np.ndarray]:
+        return export_params(self.net)
+
+    def optim_state(self) -> tuple[dict[str, np.ndarray], int]:
+        out, step = {}, 0
+        for name, p in zip(self.names, self.net.parameters()):
+            st = self.opt.state.get(p, {})
+            for slot, v in st.items():
+                if slot == "step":
+                    step = int(v)
+                elif torch.is_tensor(v):
+                    out[f"{slot}.{name}"] = v.detach().float().cpu().numpy().copy()
+        return out, step
+
+    def load_optim_state(self, state: dict[str, np.ndarray], step: int) -> None:
+        by_param: dict[str, dict[str, np.ndarray]] = {}
+        for key, v in state.items():
+            slot, _, pname = key.partition(".")  # "exp_avg.enc0.conv1.weight"
+            by_param.setdefault(pname, {})[slot] = v
+        for name, p in zip(self.names, self.net.parameters()):
+            if name not in by_param:
+                continue
+            st = self.opt.state[p]
+            for slot, v in by_param[name].items():
+                st[slot] = torch.from_numpy(np.array(v, np.float32)).to(self.device)
+            if isinstance(self.opt, torch.optim.Adam):
+                st["step"] = torch.tensor(float(step))
+
+
+class TorchRunner:
+    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: str):
+        self.device = torch.device(device)
+        self.net = build(spec, params, self.device).eval().to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+        return self.net(t.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+
+
+def set_threads() -> int:
+    n = int(os.environ.get("CVTOOL_THREADS", "0")) or torch.get_num_threads()
+    torch.set_num_threads(n)
+    return n

@@ -1,0 +1,82 @@
+"""Finding and opening trained models for the commands (segment, export, bench, convcalc --model)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvtool.errors import DataError, UsageError
+from cvtool.spec import ModelSpec
+
+RUNS = Path("runs") / "train"
+
+
+@dataclass
+class Model:
+    spec: ModelSpec
+    params: dict[str, np.ndarray]
+    classes: list[str]
+    colors: list[list[int]]
+    mean: list[float]
+    std: list[float]
+    path: Path
+    kind: str  # "checkpoint" | "onnx"
+
+    def meta(self) -> dict:
+        return {"classes": self.classes, "colors": self.colors,
+                "normalization": {"mean": self.mean, "std": self.std}}
+
+
+def latest_checkpoint(root: Path = RUNS) -> Path:
+    """best.safetensors of the highest-numbered run folder that has one."""
+    runs = []
+    for d in root.glob("exp*") if root.is_dir() else []:
+        m = re.fullmatch(r"exp(\d+)", d.name)
+        if m and (d / "best.safetensors").is_file():
+            runs.append((int(m.group(1)), d / "best.safetensors"))
+    if not runs:
+        raise UsageError(f"no trained model found under {root}/", hint="train one with 'cvtool train', or pass --model")
+    return max(runs)[1]
+
+
+def open_model(path: Path | None) -> Model:
+    """A .safetensors checkpoint or a cvtool .onnx export; None: the latest training run's best."""
+    from cvtool import checkpoint as ckpt_io
+
+    path = Path(path) if path is not None else latest_checkpoint()
+    if not path.exists():
+        raise DataError(f"model {path} does not exist")
+    if path.suffix == ".onnx":
+        spec, params, meta = _onnx_params(path)
+        norm = meta.get("normalization", {})
+        return Model(spec, params, meta.get("classes", []), meta.get("colors", []), norm.get("mean", [0.0] * spec.in_channels),
+                     norm.get("std", [1.0] * spec.in_channels), path, "onnx")
+    ck = ckpt_io.load(path)
+    return Model(ck.spec, ck.params, list(ck.classes), [list(c) for c in ck.colors], list(ck.norm_mean), list(ck.norm_std),
+                 path, "checkpoint")
+
+
+def _onnx_params(path: Path):
+    import onnx
+
+    from backends.ort_backend.export import to_params
+
+    try:
+        model = onnx.load(str(path))
+        return to_params(model)
+    except (ValueError, KeyError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:  # type: ignore[attr-defined]
+        raise DataError(f"{path} is not a cvtool ONNX model: {e}") from None
+    except Exception as e:  # protobuf's DecodeError and friends for corrupt files
+        raise DataError(f"{path} is not a readable ONNX file: {type(e).__name__}") from None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

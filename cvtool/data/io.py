@@ -1,0 +1,180 @@
+"""Image and mask files <-> numpy arrays. Pillow is imported inside each function (core stays light).
+
+Images come back as uint8 (H, W, C) with C = 1 (grayscale) or 3 (RGB); masks as 2-D integer arrays
+whose values are class indices (palette PNGs: the palette index). Every failure is a DataError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cvtool.errors import DataError
+from cvtool.fsutil import atomic_path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IGNORE = 255  # mask value that no loss or metric counts (VOC's object boundaries)
+IGNORE_COLOR = (224, 224, 192)  # how VOC draws it
+
+_GRAY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I"}
+_MASK_MODES = {"1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
+    """PASCAL VOC's colour map: the bits of the class index spread over R, G, B (0 black, 1 dark red, ...)."""
+    colors = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def open_pil(path: str | os.PathLike, what: str = "image"):
+    """Pillow image with only the header read (lazy). Missing/unknown/unsupported -> DataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{path}: unsupported {what} type '{path.suffix}'",
+                        hint="use one of " + ", ".join(IMAGE_SUFFIXES))
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {what} file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: corrupt or unreadable {what} (not a {path.suffix[1:].upper()} file)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
+def _load(im, path: Path, what: str):
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / broken streams
+        raise DataError(f"{path}: corrupt or unreadable {what} ({e})") from None
+    return im
+
+
+def image_channels(mode: str) -> int:
+    """Channels read_image returns for a Pillow mode: 1 for grayscale modes, else 3."""
+    return 1 if mode in _GRAY_MODES else 3
+
+
+def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
+    """uint8 (H, W, C): C = 1 for grayscale files, 3 otherwise (RGBA drops alpha, palette/CMYK -> RGB).
+
+    channels=1 or 3 forces that many (RGB -> luminance, gray -> repeated)."""
+    path = Path(path)
+    with open_pil(path) as im:
+        _load(im, path, "image")
+        if im.mode.startswith("I"):  # 16/32-bit grayscale: keep the top 8 of 16 bits
+            a = (np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)[..., None]
+        elif im.mode in ("1", "L", "LA"):
+            a = np.asarray(im.convert("L"))[..., None]
+        elif im.mode == "F":
+            raise DataError(f"{path}: floating-point images are not supported", hint="save as 8-bit PNG/TIFF")
+        else:
+            a = np.asarray(im.convert("RGB"))
+    if channels is not None and a.shape[2] != channels:
+        if channels == 3:
+            a = np.repeat(a, 3, axis=2)
+        else:  # ITU-R 601 luma, as Pillow's convert("L")
+            a = (a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)[..., None]
+    return np.ascontiguousarray(a)
+
+
+def read_mask_info(path: str | os.PathLike) -> tuple[np.ndarray, str, list[int] | None]:
+    """(mask as read_mask returns it, the file's Pillow mode, its flat RGB palette or None)."""
+    path = Path(path)
+    with open_pil(path, "mask") as im:
+        if im.mode not in _MASK_MODES:
+            raise DataError(f"{path}: mask is {im.mode}, expected a class-index (grayscale) or palette PNG",
+                            hint="store masks as one channel whose value is the class index")
+        _load(im, path, "mask")
+        if im.mode == "1":  # bilevel = the binary 0/255 case
+            a = np.asarray(im, dtype=np.uint8) * np.uint8(255)
+        elif im.mode.startswith("I"):
+            a = np.asarray(im, dtype=np.int64)
+        else:
+            a = np.array(im, dtype=np.uint8)
+        return a, im.mode, (im.getpalette() if im.mode == "P" else None)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """2-D class-index array: uint8 for 8-bit/palette/bilevel files (palette PNG: the index), int64 for 16-bit."""
+    return read_mask_info(path)[0]
+
+
+def _rgb_table(colors) -> np.ndarray:
+    """(256, 3) uint8 look-up table: class colours, IGNORE_COLOR at 255, black elsewhere."""
+    lut = np.zeros((256, 3), np.uint8)
+    cols = np.asarray(list(colors)[:255], np.uint8).reshape(-1, 3)
+    lut[: len(cols)] = cols
+    lut[IGNORE] = IGNORE_COLOR
+    return lut
+
+
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray, colors) -> None:
+    """Palette PNG (mode P): pixel value = class index, palette = class colours (255 = ignore colour). Atomic."""
+    from PIL import Image
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise DataError(f"{path}: a mask PNG needs a 2-D array of values 0..255, got shape {mask.shape}")
+    im = Image.fromarray(mask.astype(np.uint8))  # mode L; putpalette turns it into P, values kept
+    im.putpalette(_rgb_table(colors).ravel().tolist())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def write_image_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """uint8 (H, W), (H, W, 1) or (H, W, 3) -> PNG. Atomic."""
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(a.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def to_uint8_hwc(image: np.ndarray) -> np.ndarray:
+    """Accept uint8 (H,W[,C]) or float (H,W[,C]) / (C,H,W) in [0,1]; return uint8 (H, W, 3)."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):  # (C, H, W)
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.5) -> np.ndarray:
+    """uint8 (H, W, 3): class colours blended over the image where mask is a class > 0 (not background, not ignore)."""
+    rgb = to_uint8_hwc(image)
+    mask = np.asarray(mask)
+    if rgb.shape[:2] != mask.shape:
+        raise DataError(f"overlay: image {rgb.shape[1]}x{rgb.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ")
+    lut = _rgb_table(colors).astype(np.float32)
+    paint = (mask > 0) & (mask != IGNORE)
+    out = rgb.astype(np.float32)
+    out[paint] = (1 - alpha) * out[paint] + alpha * lut[mask[paint].astype(np.int64)]
+    return out.round().astype(np.uint8)
+
+
+def write_overlay_png(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.5) -> None:
+    """The image with the mask's class colours blended in (alpha), as an RGB PNG. Atomic."""
+    write_image_png(path, overlay(image, mask, colors, alpha))

@@ -1,0 +1,311 @@
+"""The training loop, backend-agnostic: batches, schedule, validation, checkpoints, resume.
+
+It is handed a `make_trainer(spec, params, optim, class_weights, seed) -> Trainer` (see
+backends.base.Trainer) and reports through `on_event(kind, data)`, so it needs neither a
+framework nor rich. Determinism: every epoch's order and augmentation come from
+np.random.default_rng([seed, epoch, rank]), so a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cvtool import checkpoint as ckpt_io
+from cvtool.errors import UsageError
+from cvtool.metrics import SegMetrics
+from cvtool.optim import OptimConfig
+from cvtool.schedule import SCHEDULES, lr_at
+from cvtool.spec import ModelSpec, init_params
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None  # None: the built-in synthetic shapes
+    epochs: int = 12
+    batch_size: int = 8
+    img_size: int = 96
+    lr: float = 5e-3
+    optimizer: str = "adam"
+    schedule: str = "poly"
+    warmup: float = 0.03  # fraction of the run
+    weight_decay: float = 0.0
+    activation: str = "relu"
+    width: int = 16
+    depth: int = 3
+    norm: str = "batch"
+    val_split: float = 0.2
+    seed: int = 0
+    time_budget: float | None = None  # seconds; the schedule then runs on elapsed time
+    class_balance: bool = True
+    synth_train: int = 512  # synthetic images per epoch
+    synth_val: int = 64
+    synth_size: int = 128  # synthetic images are generated at this size, cropped to img_size
+    backend: str = "torch"
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}", hint=f"choose one of {', '.join(SCHEDULES)}")
+        for name in ("epochs", "batch_size", "img_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0:
+            raise UsageError("--lr must be positive")
+        if not 0 < self.val_split < 1:
+            raise UsageError("--val-split must be between 0 and 1")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UsageError("--time must be positive")
+        m = 2**self.depth
+        if self.img_size % m:
+            raise UsageError(f"--img-size {self.img_size} must be divisible by 2**depth = {m}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def class_weights(masks_hist: np.ndarray) -> np.ndarray:
+    """Inverse square-root frequency, normalised to mean 1 over present classes, clipped to [0.2, 5]."""
+    f = masks_hist / max(masks_hist.sum(), 1)
+    w = np.where(f > 0, 1.0 / np.sqrt(np.maximum(f, 1e-12)), 0.0)
+    present = f > 0
+    w[present] /= w[present].mean()
+    return np.clip(w, 0.2 if present.any() else 0, 5.0).astype(np.float32)
+
+
+def softmax_ce(logits: np.ndarray, y: np.ndarray, ignore: int = 255) -> float:
+    """Mean cross-entropy over non-ignored pixels (validation loss; no weights)."""
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    keep = y != ignore
+    if not keep.any():
+        return float("nan")
+    yk = np.where(keep, y, 0)
+    picked = np.take_along_axis(logp, yk[:, None], axis=1)[:, 0]
+    return float(-(picked[keep]).mean())
+
+
+class _Subset:
+    """A view of a dataset through an index list (one rank's shard of an epoch)."""
+
+    def __init__(self, ds, idx):
+        self.ds, self.idx = ds, list(idx)
+        for a in ("classes", "colors", "in_channels", "ignore_index", "description"):
+            setattr(self, a, getattr(ds, a))
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.ds[self.idx[i]]
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed within the current epoch
+    step: int = 0  # optimiser steps in total
+    elapsed: float = 0.0  # seconds of training so far (over resumes)
+    best_miou: float = -1.0
+    history: list | None = None
+
+
+def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, mean, std, batch_size: int, multiple: int) -> dict:
+    """Full-size evaluation: pad each image to the net's multiple, crop logits back."""
+    from cvtool.data.transforms import pad_to_multiple
+
+    m = SegMetrics(len(ds.classes), ds.ignore_index)
+    losses = []
+    i = 0
+    while i < len(ds):
+        first = ds[i]
+        group = [first]
+        j = i + 1
+        while j < len(ds) and len(group) < batch_size:  # batch equally sized neighbours
+            s = ds[j]
+            if s.image.shape != first.image.shape:
+                break
+            group.append(s)
+            j += 1
+        x = np.stack([s.image for s in group]).astype(np.float32)
+        y = np.stack([s.mask for s in group])
+        x = (x - mean[:, None, None]) / std[:, None, None]
+        xp, box = pad_to_multiple(x, multiple)
+        logits = predict(xp)
+        t, b, l, r = box
+        logits = logits[:, :, t:b, l:r]
+        losses.append(softmax_ce(logits, y, ds.ignore_index) * len(group))
+        m.update(logits.argmax(1), y)
+        i = j
+    out = m.summary()
+    out["loss"] = float(np.nansum(losses) / len(ds))
+    out["confusion"] = m.cm.tolist()
+    return out
+
+
+def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ckpt_io.Checkpoint | None = None,
+          on_event: Callable[[str, dict], None] = lambda k, d: None, should_stop: Callable[[], bool] = lambda: False,
+          rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Train; returns a summary. Only rank 0 writes files."""
+    from cvtool.data import open_datasets
+    from cvtool.data.loader import batches, channel_stats
+    from cvtool.data.validate import check_dataset
+
+    cfg.validate()
+    train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed,
+                                           synth_size=cfg.synth_size, synth_n=(cfg.synth_train, cfg.synth_val))
+    on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
+    if cfg.data is not None:
+        check_dataset(train_ds)
+        check_dataset(val_ds)
+
+    if resume is not None:
+        spec = resume.spec
+        params = resume.params
+        mean, std = np.array(resume.norm_mean, np.float32), np.array(resume.norm_std, np.float32)
+        st = RunState(**{k: v for k, v in resume.train_state.get("run", {}).items() if k in RunState.__dataclass_fields__})
+        weights = np.array(resume.train_state["class_weights"], np.float32) if resume.train_state.get("class_weights") else None
+    else:
+        spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=len(train_ds.classes), width=cfg.width,
+                         depth=cfg.depth, activation=cfg.activation, norm=cfg.norm)
+        params = init_params(spec, cfg.seed)
+        mean, std = channel_stats(train_ds, max_items=64)
+        mean, std = np.asarray(mean, np.float32), np.maximum(np.asarray(std, np.float32), 1e-3)
+        st = RunState(history=[])
+        weights = _class_weights(train_ds, spec.num_classes) if cfg.class_balance else None
+    if st.history is None:
+        st.history = []
+
+    trainer = make_trainer(spec, params, OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay), weights, cfg.seed)
+    if resume is not None and resume.optim_state:
+        trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
+
+    per_rank = len(train_ds) // world
+    steps_per_epoch = per_rank // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(f"the training set ({len(train_ds)} images) is smaller than one batch per process "
+                         f"({cfg.batch_size} x {world})", hint="lower --batch-size")
+    total_steps = steps_per_epoch * cfg.epochs
+    on_event("start", {"spec": spec.to_dict(), "params": spec.num_params(), "steps_per_epoch": steps_per_epoch,
+                       "total_steps": total_steps, "resumed_at": asdict(st) if resume else None,
+                       "class_weights": None if weights is None else weights.tolist()})
+
+    def progress() -> float:
+        p = st.step / total_steps
+        if cfg.time_budget:
+            p = max(p, st.elapsed / cfg.time_budget)
+        return p
+
+    def save(name: str, metrics: dict | None = None) -> Path | None:
+        if rank != 0:
+            return None
+        optim, ostep = trainer.optim_state()
+        state = {"run": asdict(st), "config": asdict(cfg), "class_weights": None if weights is None else weights.tolist(),
+                 "optim_step": ostep, "metrics": metrics or {}}
+        ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), classes=list(train_ds.classes),
+                                colors=[list(c) for c in train_ds.colors], norm_mean=mean.tolist(), norm_std=std.tolist(),
+                                train_state=state, optim_state=optim if name == "last" else {})
+        return ckpt_io.save(ck, out_dir / f"{name}.safetensors")
+
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    stopped = None
+    t_last = time.perf_counter()
+    while st.epoch < cfg.epochs and stopped is None:
+        epoch = st.epoch
+        rng = np.random.default_rng([cfg.seed, epoch])
+        perm = rng.permutation(len(train_ds))[rank::world][: steps_per_epoch * cfg.batch_size]
+        shard = _Subset(train_ds, perm)
+        it = batches(shard, cfg.batch_size, crop=cfg.img_size, augment=True,
+                     rng=np.random.default_rng([cfg.seed, epoch, rank, 1]), shuffle=False, drop_last=True,
+                     start=st.batch)  # resumed mid-epoch: skip the batches already done
+        losses = []
+        for b, (x, y) in enumerate(it, start=st.batch):
+            x = (x - mean[:, None, None]) / std[:, None, None]
+            lr = lr_at(progress(), cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup)
+            loss = trainer.step(x.astype(np.float32), y, lr)
+            if not math.isfinite(loss):
+                raise UsageError(f"training diverged at step {st.step} (loss {loss})", hint="lower --lr")
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            st.elapsed += dt
+            st.step += 1
+            st.batch = b + 1
+            losses.append(loss)
+            on_event("step", {"epoch": epoch, "batch": b + 1, "steps_per_epoch": steps_per_epoch, "step": st.step,
+                              "loss": loss, "lr": lr, "images_per_s": cfg.batch_size * world / max(dt, 1e-9)})
+            if should_stop():
+                stopped = "interrupted"
+                break
+            if cfg.time_budget and st.elapsed >= cfg.time_budget:
+                stopped = "time budget reached"
+                break
+        if stopped == "interrupted":
+            path = save("last")
+            on_event("interrupted", {"checkpoint": str(path) if path else None, "step": st.step})
+            return {"status": "interrupted", "checkpoint": str(path) if path else None, "step": st.step, "out": str(out_dir)}
+        # epoch done (or time budget hit): validate, record, checkpoint
+        st.epoch += 1 if stopped is None else 0
+        st.batch = 0 if stopped is None else st.batch
+        metrics = evaluate(trainer.predict, val_ds, mean, std, cfg.batch_size, spec.multiple) if rank == 0 else {}
+        row = {"epoch": epoch + 1, "step": st.step, "lr": lr_at(progress(), cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup),
+               "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": metrics.get("loss"),
+               "pixel_accuracy": metrics.get("pixel_accuracy"), "mean_iou": metrics.get("mean_iou"),
+               "seconds": round(st.elapsed, 2)}
+        st.history.append(row)
+        if rank == 0:
+            best = metrics["mean_iou"] > st.best_miou
+            if best:
+                st.best_miou = metrics["mean_iou"]
+                save("best", metrics)
+            save("last", metrics)
+            _write_metrics(out_dir, st.history)
+            _write_curves(out_dir, st.history)
+        on_event("epoch", {**row, "iou": metrics.get("iou"), "best": rank == 0 and metrics.get("mean_iou") == st.best_miou})
+        t_last = time.perf_counter()  # validation time is not training time
+
+    return {"status": stopped or "done", "out": str(out_dir), "epochs": st.epoch, "steps": st.step,
+            "seconds": round(st.elapsed, 2), "best_mean_iou": st.best_miou, "final": st.history[-1] if st.history else None,
+            "iou": metrics.get("iou") if rank == 0 else None, "classes": list(train_ds.classes),
+            "confusion": metrics.get("confusion") if rank == 0 else None}
+
+
+def _class_weights(ds, K: int, max_items: int = 64) -> np.ndarray:
+    hist = np.zeros(K, np.int64)
+    step = max(1, len(ds) // max_items)
+    for i in range(0, len(ds), step):
+        m = ds[i].mask
+        hist += np.bincount(m[m != ds.ignore_index].ravel(), minlength=K)[:K]
+    return class_weights(hist)
+
+
+def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+    from cvtool.fsutil import atomic_path
+
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(history[0]))
+            w.writeheader()
+            w.writerows(history)
+
+
+def _write_curves(out_dir: Path, history: list[dict]) -> None:
+    from cvtool.plot import line_chart
+
+    ep = [h["epoch"] for h in history]
+    line_chart(out_dir / "curves.png", ep, {"train loss": [h["train_loss"] for h in history],
+                                             "val loss": [h["val_loss"] for h in history]},
+               {"val mIoU": [h["mean_iou"] for h in history], "pixel acc": [h["pixel_accuracy"] for h in history]},
+               title="cvtool train", xlabel="epoch")
