@@ -44,9 +44,9 @@ def test_lecture_conv(backend, close):
 
 def test_conv_bias_and_channels(backend, close):
     # two input channels summed, then one bias per output channel: out[m] = sum_c x[c] * w[m, c] + b[m]
-    x = np.stack([img(LECTURE_X)[0], 2 * img(LECTURE_X)[0]], axis=1)  # (1, 2, 4, 4): x and 2x
-    w = np.stack([np.concatenate([img(LECTURE_K), np.zeros_like(img(LECTURE_K))], axis=1)[0],
-                  np.concatenate([np.zeros_like(img(LECTURE_K)), img(LECTURE_K)], axis=1)[0]])  # (2, 2, 3, 3)
+    X, K = np.array(LECTURE_X, np.float32), np.array(LECTURE_K, np.float32)
+    x = np.array([[X, 2 * X]])  # (1, 2, 4, 4)
+    w = np.array([[K, 0 * K], [0 * K, K]])  # (2, 2, 3, 3): output 0 sees channel 0 only, output 1 channel 1
     y = backend.conv2d(x, w, np.array([1.0, -1.0], np.float32), stride=1, padding=0)
     close(y, np.array([[[[123, 149], [127, 135]], [[243, 295], [251, 267]]]], np.float32), "bias")
 

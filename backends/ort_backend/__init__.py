@@ -177,3 +177,26 @@ class Backend:
 
     def tanh(self, x) -> np.ndarray:
         return self._unary("Tanh", x)
+
+    # --- networks -------------------------------------------------------------------------------
+
+    def runner(self, spec, params, opset: int | None = None):
+        """The spec exported in memory (float32) and run by ONNX Runtime."""
+        from backends.ort_backend.export import build_model
+        from backends.ort_backend.opset import newest_opset
+        from backends.ort_backend.runner import OrtRunner
+
+        model = build_model(spec, params, {}, opset=opset or newest_opset())
+        return OrtRunner(model.SerializeToString(), self.device)
+
+    def load_onnx(self, path):
+        from backends.ort_backend.runner import OrtRunner
+        from cvtool.errors import DataError
+
+        try:
+            return OrtRunner(path, self.device)
+        except Exception as e:  # ORT's own error types for unreadable or invalid models
+            raise DataError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+
+    def set_threads(self, n: int) -> None:
+        session.THREADS = n

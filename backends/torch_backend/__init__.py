@@ -136,3 +136,29 @@ class Backend:
     @torch.no_grad()
     def tanh(self, x) -> np.ndarray:
         return self._np(torch.tanh(self._t(x)))
+
+    # --- networks -------------------------------------------------------------------------------
+
+    def runner(self, spec, params):
+        from backends.torch_backend.model import TorchRunner
+
+        return TorchRunner(spec, params, self.device)
+
+    def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False):
+        from backends.torch_backend.model import TorchTrainer
+
+        return TorchTrainer(spec, params, device=self.device, optim=optim, class_weights=class_weights, seed=seed,
+                            distributed=distributed)
+
+    def set_threads(self, n: int) -> None:
+        torch.set_num_threads(n)
+
+    def init_distributed(self) -> tuple[int, int]:
+        from backends.torch_backend import distributed
+
+        return distributed.init(self.device)
+
+    def finish_distributed(self) -> None:
+        from backends.torch_backend import distributed
+
+        distributed.finish()

@@ -23,11 +23,15 @@ def _register() -> None:
     from cvtool.cli.convcalc import convcalc
     from cvtool.cli.data_cmd import data_app
     from cvtool.cli.demo import demo
+    from cvtool.cli.export import export
+    from cvtool.cli.segment import segment
     from cvtool.cli.train import train
 
     app.command("convcalc")(convcalc)
     app.command("backends")(backends)
     app.command("train")(train)
+    app.command("segment")(segment)
+    app.command("export")(export)
     app.command("demo")(demo)
     app.add_typer(data_app, name="data")
 

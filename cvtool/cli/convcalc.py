@@ -48,10 +48,15 @@ def convcalc(
     verify: bool = typer.Option(False, "--verify", help="Run it on every backend and compare with NumPy."),
     backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
     device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),
+    model: Optional[str] = typer.Option(None, "--model", help="Trace a network: a checkpoint, or 'default' (the default U-Net)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Convolution arithmetic explained: output sizes, 'same' padding, solving, chains, the matrix C, cross-checks."""
     hw = _size(input, "input size") if input is not None else None
+    if model is not None:
+        _refuse_with("--model", chain=chain, kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
+                     solve=solve, matrix=matrix, verify=verify, output=output)
+        return _finish(model_mode(model, hw or (256, 256)), json_, render_model)
     if chain is not None:
         _refuse_with("--chain", kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
                      solve=solve, matrix=matrix, verify=verify, output=output)
@@ -444,6 +449,41 @@ def render_chain(doc: dict) -> None:
            f"pixels{total}", style="bold green")
     _print("RF: first to last input pixel that can change an output pixel (max over pixels); jump: distance of "
            "neighbouring output pixels; start: centre of the first one's field", style="dim")
+
+
+# --- a whole network ---------------------------------------------------------------------------
+
+def model_mode(model: str, hw: tuple[int, int]) -> dict:
+    """The U-Net of a checkpoint (or the default spec) traced layer by layer with parameters and FLOPs."""
+    from cvtool.spec import ModelSpec, trace
+
+    if model == "default":
+        spec, source = ModelSpec(), "default ModelSpec()"
+    else:
+        from cvtool.checkpoint import read_meta
+
+        spec, source = ModelSpec.from_dict(read_meta(model)["spec"]), model
+    rows = trace(spec, hw)
+    layers = [{"name": r.name, "op": r.op, "detail": r.detail, "shape": list(r.out_shape), "params": r.params,
+               "flops": r.flops} for r in rows]
+    return {"mode": "model", "source": source, "spec": spec.to_dict(), "input": [spec.in_channels, *hw],
+            "layers": layers, "output": list(rows[-1].out_shape[1:]), "shape": list(rows[-1].out_shape),
+            "params": sum(r.params for r in rows), "flops": sum(r.flops for r in rows),
+            "conv_flops": sum(r.flops for r in rows if r.op in ("conv", "tconv"))}
+
+
+def render_model(doc: dict) -> None:
+    from cvtool.cli.output import table
+
+    rows = [["input", "", "", _shape_text(doc["input"]), "", ""]]
+    for r in doc["layers"]:
+        rows.append([r["name"], r["op"], r["detail"], _shape_text(r["shape"]), f"{r['params']:,}" if r["params"] else "",
+                     f"{r['flops'] / 1e6:,.1f}" if r["flops"] else ""])
+    s = doc["spec"]
+    out().print(table(f"{doc['source']}: U-Net width {s['width']} depth {s['depth']} {s['activation']}, norm {s['norm']}",
+                      ["layer", "op", "", "C x H x W", "params", "MFLOP"], rows))
+    _print(f"{doc['params']:,} parameters; {doc['flops'] / 1e9:.2f} GFLOP per {doc['input'][1]}x{doc['input'][2]} image "
+           f"({doc['conv_flops'] / 1e9:.2f} in convolutions; a multiply-add counts 2)", style="bold green")
 
 
 # --- the matrix C -----------------------------------------------------------------------------
