@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from cvtool import __version__
-from cvtool.errors import DataError
+from cvtool.errors import CvtoolError, DataError
 from cvtool.fsutil import atomic_path
 from cvtool.spec import ModelSpec, check_params
 
 META_KEY = "cvtool"
+FORMAT = "cvtool-checkpoint/1"
 OPTIM_PREFIX = "optim."
 
 
@@ -38,7 +39,7 @@ class Checkpoint:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "format": "cvtool-checkpoint/1",
+            "format": FORMAT,
             "cvtool_version": __version__,
             "spec": self.spec.to_dict(),
             "classes": list(self.classes),
@@ -82,9 +83,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if raw is None:
         raise DataError(f"{path} is a safetensors file but not a cvtool checkpoint (no '{META_KEY}' metadata)")
     try:
-        return json.loads(raw)
+        meta = json.loads(raw)
     except json.JSONDecodeError:
         raise DataError(f"{path}: the checkpoint metadata is corrupt") from None
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(FORMAT.split("/")[0] + "/"):
+        raise DataError(f"{path}: the checkpoint metadata is not in the {FORMAT} format")
+    return meta
 
 
 def load(path: str | Path) -> Checkpoint:
@@ -96,14 +100,20 @@ def load(path: str | Path) -> Checkpoint:
         tensors = load_file(str(path))
     except Exception as e:
         raise DataError(f"{path} is not a readable safetensors checkpoint: {e}") from None
-    spec = ModelSpec.from_dict(meta["spec"])
     params = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     optim = {k[len(OPTIM_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
-    check_params(spec, params)
-    norm = meta.get("normalization", {})
-    return Checkpoint(spec=spec, params=params, classes=meta["classes"], colors=meta["colors"],
-                      norm_mean=norm.get("mean", [0.0] * spec.in_channels), norm_std=norm.get("std", [1.0] * spec.in_channels),
-                      train_state=meta.get("train_state", {}), optim_state=optim, path=path)
+    try:  # a damaged or hand-edited header is the file's fault: DataError, never a KeyError
+        spec = ModelSpec.from_dict(meta["spec"])
+        check_params(spec, params)
+        norm = meta.get("normalization", {})
+        return Checkpoint(spec=spec, params=params, classes=list(meta["classes"]), colors=list(meta["colors"]),
+                          norm_mean=norm.get("mean", [0.0] * spec.in_channels),
+                          norm_std=norm.get("std", [1.0] * spec.in_channels),
+                          train_state=meta.get("train_state", {}), optim_state=optim, path=path)
+    except CvtoolError as e:
+        raise DataError(f"{path}: {e.message}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: the checkpoint metadata lacks or garbles {e}") from None
 
 
 def _existing(path: str | Path) -> Path:

@@ -1,8 +1,11 @@
 """Label every pixel of an image of any size with a network that needs sizes divisible by 2**depth.
 
-Small images are padded (edge-replicated) to the next multiple and cropped back. Large images go
-through overlapping tiles whose logits are blended with a tapered window, so memory stays bounded
-and seams vanish. Pure NumPy: `predict` is any backend's Runner (x (N,C,H,W) -> logits (N,K,H,W)).
+Images are padded (edge-replicated, bottom/right) to the next multiple and the logits cropped back,
+so a mask always has the input's size (a 1x1 image included). Large images go through overlapping
+tiles: each tile keeps only its core, the pixels at least `halo(spec)` away from a cut, and tiles
+start on the pooling grid, so tiled logits equal whole-image logits up to float rounding (no seams)
+while memory stays bounded by the tile. Pure NumPy: `predict` is any backend's Runner
+(x (N, C, H, W) float32 -> logits (N, K, H, W)).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from cvtool.errors import DataError
+from cvtool import spec as S
+from cvtool.arithmetic import ceil_div, effective_kernel
+from cvtool.errors import DataError, UsageError
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -33,11 +38,45 @@ def prepare(image: np.ndarray, in_channels: int, mean, std, name: str = "image")
         elif c == 3 and in_channels == 1:  # ITU-R 601 luma, as Pillow's convert("L")
             img = (img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
         else:
-            raise DataError(f"{name}: has {c} channels, the model takes {in_channels}")
+            raise DataError(f"{name}: has {c} channel(s), the model takes {in_channels}")
     x = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
     mean = np.asarray(mean, np.float32)[:, None, None]
     std = np.asarray(std, np.float32)[:, None, None]
     return Prepared(((x - mean) / std).astype(np.float32), (img.shape[0], img.shape[1]))
+
+
+def halo(spec: S.ModelSpec) -> int:
+    """How far (input pixels) an output pixel can see beyond its own: an upper bound from the graph.
+
+    Per node: scale s (input pixels per feature pixel) and reach r. A conv adds its widest side
+    pad times s; a pool k/stride adds (k - stride)*s and multiplies s by stride; a transposed conv
+    (k/stride) adds s_in * ceil((k - 1 + p) / stride) and divides s by stride; concat takes the max.
+    """
+    scale: dict[str, float] = {"input": 1.0}
+    reach: dict[str, float] = {"input": 0.0}
+    for n in spec.graph():
+        L, s, r = n.layer, scale[n.inputs[0]], max(reach[i] for i in n.inputs)
+        if isinstance(L, S.Conv2d):
+            ek = effective_kernel(L.kernel_size, L.dilation)
+            r += max(L.padding, ek - 1 - L.padding) * s
+        elif isinstance(L, S.MaxPool2d):
+            r += max(L.kernel_size - L.stride, 0) * s
+            s *= L.stride
+        elif isinstance(L, S.ConvTranspose2d):
+            r += s * ceil_div(L.kernel_size - 1 + L.padding, L.stride)
+            s /= L.stride
+        scale[n.name], reach[n.name] = s, r
+    return int(np.ceil(reach[spec.graph()[-1].name]))
+
+
+def tile_margin(spec: S.ModelSpec) -> int:
+    """The halo rounded up to the net's multiple: what each tile discards at a cut."""
+    return ceil_div(halo(spec), spec.multiple) * spec.multiple
+
+
+def min_tile(spec: S.ModelSpec) -> int:
+    """The smallest tile that keeps a core of at least one multiple between two margins."""
+    return 2 * tile_margin(spec) + spec.multiple
 
 
 def _pad_to(x: np.ndarray, H: int, W: int) -> np.ndarray:
@@ -49,7 +88,7 @@ def _pad_to(x: np.ndarray, H: int, W: int) -> np.ndarray:
 
 
 def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
+    return ceil_div(v, m) * m
 
 
 def predict_batch(predict: Predict, xs: list[np.ndarray], multiple: int) -> list[np.ndarray]:
@@ -60,47 +99,54 @@ def predict_batch(predict: Predict, xs: list[np.ndarray], multiple: int) -> list
     return [lg[:, :h, :w] for lg in logits]
 
 
-def _taper(n: int, overlap: int) -> np.ndarray:
-    """1-D blending weights: ramps of length `overlap` at both ends, 1 in the middle."""
-    wgt = np.ones(n, np.float32)
-    if overlap > 0:
-        ramp = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
-        wgt[:overlap] = ramp
-        wgt[-overlap:] = np.minimum(wgt[-overlap:], ramp[::-1])
-    return wgt
-
-
-def _starts(size: int, tile: int, step: int) -> list[int]:
+def _starts(size: int, tile: int, step: int, multiple: int) -> list[int]:
+    """Tile starts along one dimension, all on the pooling grid (size and tile are multiples)."""
     if size <= tile:
         return [0]
     s = list(range(0, size - tile, step)) + [size - tile]
-    return sorted(set(s))
+    assert all(v % multiple == 0 for v in s), (s, multiple)
+    return s
 
 
-def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, overlap: int = 32,
+def _core(start: int, tile: int, size: int, margin: int) -> np.ndarray:
+    """1-D weights of one tile: 1 on its core, 0 on a margin next to a cut (kept at the image border)."""
+    w = np.ones(tile, np.float32)
+    if start > 0:
+        w[:margin] = 0
+    if start + tile < size:
+        w[tile - margin:] = 0
+    return w
+
+
+def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, margin: int,
                   batch_size: int = 4) -> np.ndarray:
-    """(C, H, W) -> logits (K, H, W). Tiles of `tile` (a multiple of `multiple`) overlapping by `overlap`."""
+    """(C, H, W) -> logits (K, H, W) from tiles of at most `tile` pixels a side, `batch_size` per pass.
+
+    margin: pixels each tile drops at a cut (tile_margin(spec)); tile >= 2*margin + multiple.
+    A side no longer than a tile is one tile of that side's (padded) size: thin images stay thin.
+    """
     C, H, W = x.shape
-    if H <= tile and W <= tile:
-        return predict_batch(predict, [x], multiple)[0]
-    tile = _round_up(tile, multiple)
-    overlap = min(overlap, tile // 4)
-    step = tile - overlap
-    xp = _pad_to(x[None], max(H, tile), max(W, tile))[0]  # an image thinner than a tile: pad that side
+    tile = tile - tile % multiple
+    if tile < 2 * margin + multiple:
+        raise UsageError(f"tile {tile} leaves no core inside two margins of {margin} pixels",
+                         hint=f"use a tile of at least {2 * margin + multiple}")
+    xp = _pad_to(x[None], _round_up(H, multiple), _round_up(W, multiple))[0]
     Hp, Wp = xp.shape[-2:]
-    boxes = [(t, l) for t in _starts(Hp, tile, step) for l in _starts(Wp, tile, step)]
-    wy, wx = _taper(tile, overlap), _taper(tile, overlap)
-    weight2d = wy[:, None] * wx[None, :]
-    acc = None
+    th, tw = min(tile, Hp), min(tile, Wp)
+    step = tile - 2 * margin  # cores of neighbouring tiles meet (or overlap where the last tile is pulled back)
+    boxes = [(t, l) for t in _starts(Hp, th, step, multiple) for l in _starts(Wp, tw, step, multiple)]
+    acc: np.ndarray | None = None
     norm = np.zeros((Hp, Wp), np.float32)
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i:i + batch_size]
-        logits = predict(np.ascontiguousarray(np.stack([xp[:, t:t + tile, l:l + tile] for t, l in chunk])))
+        logits = predict(np.ascontiguousarray(np.stack([xp[:, t:t + th, l:l + tw] for t, l in chunk])))
         if acc is None:
             acc = np.zeros((logits.shape[1], Hp, Wp), np.float32)
         for (t, l), lg in zip(chunk, logits):
-            acc[:, t:t + tile, l:l + tile] += lg * weight2d
-            norm[t:t + tile, l:l + tile] += weight2d
+            wgt = _core(t, th, Hp, margin)[:, None] * _core(l, tw, Wp, margin)[None, :]
+            acc[:, t:t + th, l:l + tw] += lg * wgt
+            norm[t:t + th, l:l + tw] += wgt
+    assert acc is not None and norm.min() > 0, "tile cores must cover the image"
     return (acc / norm)[:, :H, :W]
 
 

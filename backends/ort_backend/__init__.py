@@ -196,7 +196,8 @@ class Backend:
         try:
             return OrtRunner(path, self.device)
         except Exception as e:  # ORT's own error types for unreadable or invalid models
-            raise DataError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+            what = "the in-memory export" if isinstance(path, bytes) else path
+            raise DataError(f"onnxruntime cannot load {what}: {str(e).splitlines()[0][:200]}") from None
 
     def set_threads(self, n: int) -> None:
         session.THREADS = n

@@ -74,8 +74,10 @@ def build_model(spec: S.ModelSpec, params: dict[str, np.ndarray], meta: dict, *,
     else:
         nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="output"))
     initializers = [numpy_helper.from_array(np.asarray(params[k], wdt), name=k) for k in used]
-    x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", spec.in_channels, "height", "width"])
-    y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", spec.num_classes, "height", "width"])
+    x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", spec.in_channels, "height", "width"],
+                                      doc_string=f"(image/255 - mean) / std; height and width divisible by {spec.multiple}")
+    y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", spec.num_classes, "height", "width"],
+                                      doc_string="class scores per pixel; argmax over dim 1 = class index")
     g = helper.make_graph(nodes, "cvtool_unet", [x], [y], initializer=initializers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="cvtool")
     model.ir_version = min(model.ir_version, _max_ir_for_opset(opset))

@@ -23,3 +23,10 @@ def finish() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def all_max(v: int, device: torch.device) -> int:
+    """max of v over the process group (nccl needs the tensor on the GPU, gloo takes it on the CPU)."""
+    t = torch.tensor([v], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

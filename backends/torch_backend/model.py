@@ -108,6 +108,9 @@ class TorchTrainer:
                  class_weights: np.ndarray | None = None, seed: int = 0, distributed: bool = False):
         torch.manual_seed(seed)
         self.device = torch.device(device)
+        if distributed and self.device.type == "cuda" and self.device.index is None:  # one GPU per process
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by distributed.init
+        self.distributed = distributed
         self.net = build(spec, params, self.device).to(memory_format=torch.channels_last)
         self.model: nn.Module = self.net
         if distributed:
@@ -146,6 +149,14 @@ class TorchTrainer:
 
     def params(self) -> dict[str, np.ndarray]:
         return export_params(self.net)
+
+    def max_over_ranks(self, v: int) -> int:
+        """The largest v over all processes (one tiny all-reduce): ranks agree on when to stop."""
+        if not self.distributed:
+            return v
+        from backends.torch_backend.distributed import all_max
+
+        return all_max(v, self.device)
 
     def optim_state(self) -> tuple[dict[str, np.ndarray], int]:
         out, step = {}, 0

@@ -20,6 +20,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from cvtool.cli.backends_cmd import backends
+    from cvtool.cli.bench import bench
     from cvtool.cli.convcalc import convcalc
     from cvtool.cli.data_cmd import data_app
     from cvtool.cli.demo import demo
@@ -33,6 +34,7 @@ def _register() -> None:
     app.command("segment")(segment)
     app.command("export")(export)
     app.command("demo")(demo)
+    app.command("bench")(bench)
     app.add_typer(data_app, name="data")
 
 

@@ -23,3 +23,6 @@ def backends(json_: bool = typer.Option(False, "--json", help="Print one JSON do
         rows.append([s.name, "yes" if s.available else f"no: {s.reason}", s.version or "-",
                      ", ".join(s.devices) or "-", extra])
     out().print(table("Backends", ["backend", "available", "version", "devices", "providers / threads"], rows))
+    for s in sts:
+        for note in s.notes:
+            out().print(f"[dim]{s.name}: {note}[/]")

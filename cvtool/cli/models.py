@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvtool.errors import DataError, UsageError
+from cvtool.errors import CvtoolError, DataError, UsageError
 from cvtool.spec import ModelSpec
 
 RUNS = Path("runs") / "train"
@@ -67,11 +67,30 @@ def _onnx_params(path: Path):
 
     try:
         model = onnx.load(str(path))
-        return to_params(model)
-    except (ValueError, KeyError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:  # type: ignore[attr-defined]
-        raise DataError(f"{path} is not a cvtool ONNX model: {e}") from None
     except Exception as e:  # protobuf's DecodeError and friends for corrupt files
-        raise DataError(f"{path} is not a readable ONNX file: {type(e).__name__}") from None
+        raise DataError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+    try:
+        return to_params(model)
+    except (ValueError, KeyError, TypeError) as e:  # no/garbled metadata
+        raise DataError(f"{path} is not a cvtool ONNX model: {e}") from None
+    except CvtoolError as e:  # weights that do not fit the spec in its metadata
+        raise DataError(f"{path}: {e.message}") from None
+
+
+def onnx_meta(model: Model) -> dict:
+    """What an exported file carries in metadata_props besides the spec: enough to run it alone."""
+    from backends.ort_backend.export import INPUT, OUTPUT
+    from cvtool import __version__
+
+    src = file_digest(model.path) if model.kind == "checkpoint" else None
+    return {**model.meta(), "cvtool_version": __version__, "source_sha256": src, "input": INPUT, "output": OUTPUT}
+
+
+def build_onnx(model: Model, opset: int, half: bool = False):
+    """The model as an onnx.ModelProto (weights inside) with its metadata."""
+    from backends.ort_backend.export import build_model
+
+    return build_model(model.spec, model.params, onnx_meta(model), opset=opset, half=half)
 
 
 def file_digest(path: Path) -> str:

@@ -1,4 +1,10 @@
-"""`cvtool segment SOURCE...`: label every pixel of real images with a trained model."""
+"""`cvtool segment SOURCE...`: label every pixel of real images with a trained model.
+
+Per image, in the output folder: STEM_mask.png (palette PNG, pixel = class index), STEM_overlay.png
+(class colours over the image) and its class fractions in the summary / --json. A mask has exactly
+its image's size. Images larger than --tile go through tiles (cvtool.inference); same-size images
+are batched. A bad image is reported and skipped; the call then exits 1 naming every failure.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +18,28 @@ import typer
 from cvtool.cli.output import emit_json, err, out, table
 
 
-def expand_sources(sources: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (their images, sorted) and globs -> (images, [(source, why it failed)])."""
+def expand_sources(sources: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files, folders (their images, sorted) and globs -> (images, [{source, error}])."""
     from cvtool.data.io import is_image_file
 
     found: list[Path] = []
-    failed: list[tuple[str, str]] = []
+    failed: list[dict] = []
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            imgs = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
+            imgs = sorted(q for q in p.iterdir() if is_image_file(q))
             if not imgs:
-                failed.append((s, "folder holds no images"))
+                failed.append({"source": s, "error": f"{s}: folder holds no images"})
             found += imgs
         elif p.is_file():
             found.append(p)
         elif any(ch in s for ch in "*?["):
             hits = sorted(Path(h) for h in glob.glob(s, recursive=True) if Path(h).is_file())
             if not hits:
-                failed.append((s, "pattern matches no file"))
+                failed.append({"source": s, "error": f"{s}: pattern matches no file"})
             found += hits
         else:
-            failed.append((s, "no such file or folder"))
+            failed.append({"source": s, "error": f"{s}: no such file or folder"})
     seen, unique = set(), []
     for f in found:
         if f.resolve() not in seen:
@@ -42,40 +48,68 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[tuple[str, str]
     return unique, failed
 
 
-def onnx_for_checkpoint(ckpt: Path, model, opset: int | None = None) -> tuple[Path, bool]:
-    """The checkpoint exported to ONNX, cached beside it; rebuilt when the checkpoint changed."""
-    import json
+def output_stems(paths: list[Path]) -> list[str]:
+    """One distinct output name per image: the stem; a.png and a.jpg -> a_png, a_jpg; then _2, _3, ..."""
+    from collections import Counter
 
+    n = Counter(p.stem for p in paths)
+    taken: set[str] = set()
+    stems = []
+    for p in paths:
+        base = p.stem if n[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        stem, k = base, 1
+        while stem in taken:
+            k += 1
+            stem = f"{base}_{k}"
+        taken.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def onnx_for_checkpoint(model) -> tuple[Path | bytes, str]:
+    """The checkpoint as ONNX, cached beside it as STEM.cache.onnx -> (path or bytes, what happened).
+
+    The cache is reused while it was made from a checkpoint with the same bytes (sha256), by this
+    cvtool version, at the opset the installed ONNX Runtime prefers; otherwise it is rebuilt. Where
+    nothing can be written beside the checkpoint the export stays in memory.
+    """
     import onnx
 
-    from backends.ort_backend.export import build_model, read_meta
+    from backends.ort_backend.export import read_meta
     from backends.ort_backend.opset import newest_opset
-    from cvtool import __version__
-    from cvtool.cli.models import file_digest
+    from cvtool.cli.models import build_onnx, onnx_meta
+    from cvtool.errors import CvtoolError
     from cvtool.fsutil import atomic_write_bytes
 
-    digest = file_digest(ckpt)
-    cache = ckpt.with_name(ckpt.stem + ".cache.onnx")
-    if cache.exists():
+    opset = newest_opset()
+    want = onnx_meta(model)
+    cache = model.path.with_name(model.path.stem + ".cache.onnx")
+    if cache.is_file():
         try:
-            if read_meta(onnx.load(str(cache), load_external_data=False)).get("source_sha256") == digest:
-                return cache, True
-        except Exception:
-            pass  # unreadable cache: rebuild it
-    meta = {**model.meta(), "cvtool_version": __version__, "source_sha256": digest}
-    m = build_model(model.spec, model.params, json.loads(json.dumps(meta)), opset=opset or newest_opset())
-    atomic_write_bytes(cache, m.SerializeToString())
-    return cache, False
+            m = onnx.load(str(cache), load_external_data=False)
+            meta = read_meta(m)
+            if all(meta.get(k) == want[k] for k in ("source_sha256", "cvtool_version")) and \
+                    not meta.get("half") and m.opset_import[0].version == opset:
+                return cache, "reusing"
+        except Exception:  # noqa: BLE001 - an unreadable cache is simply rebuilt
+            pass
+    data = build_onnx(model, opset).SerializeToString()
+    try:
+        atomic_write_bytes(cache, data)
+    except CvtoolError as e:
+        return data, f"exported in memory ({e.message})"
+    return cache, "exported"
 
 
 def segment(
     sources: List[str] = typer.Argument(..., help="Image files, folders or globs (PNG, JPEG, BMP, TIFF)."),
     model_path: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (.safetensors) or exported .onnx. "
                                               "Default: best checkpoint of the latest training run."),
-    backend: str = typer.Option("torch", help="numpy | torch | ort."),
+    backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached beside it)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder [default runs/segment/expN]."),
-    tile: int = typer.Option(512, help="Images larger than this go through overlapping tiles of this size."),
+    tile: int = typer.Option(512, help="Images larger than this go through overlapping tiles of at most this size "
+                             "(raised to what the net's field of view needs)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Same-size images (or tiles) per forward pass."),
     alpha: float = typer.Option(0.5, help="Overlay opacity."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
@@ -88,7 +122,7 @@ def segment(
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import next_run_dir
-    from cvtool.inference import class_fractions, predict_batch, predict_tiled, prepare
+    from cvtool.inference import class_fractions, min_tile, predict_batch, predict_tiled, prepare, tile_margin
 
     if tile < 1 or batch_size < 1:
         raise UsageError("--tile and --batch-size must be at least 1")
@@ -96,25 +130,34 @@ def segment(
         raise UsageError("--alpha must be between 0 and 1")
     images, failed = expand_sources(sources)
     if not images:
-        raise UsageError("no images to segment: " + "; ".join(f"{s}: {why}" for s, why in failed))
+        raise UsageError("no images to segment: " + "; ".join(f["error"] for f in failed))
+    n_bad_sources = len(failed)
     model = open_model(model_path)
     if model_path is None:
-        err().print(f"model: {model.path} (best checkpoint of the latest training run)")
-    be = registry.get(backend, device)
-    if backend == "ort":
-        if model.kind == "checkpoint":
-            onnx_path, reused = onnx_for_checkpoint(model.path, model)
-            err().print(f"ort: {'reusing' if reused else 'exported'} {onnx_path} for {model.path}")
-        else:
-            onnx_path = model.path
-        run = be.load_onnx(onnx_path)
-    else:
-        run = be.runner(model.spec, model.params)
+        err().print(f"model: {model.path} (best checkpoint of the latest training run)", soft_wrap=True, markup=False)
     spec = model.spec
-    multiple = spec.multiple
-    tile = max(multiple, tile - tile % multiple)
+    if spec.num_classes > 255:
+        raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
+    be = registry.get(backend, device)
+    if backend == "ort" and model.kind == "checkpoint":
+        src, what = onnx_for_checkpoint(model)
+        err().print(f"ort: {what} {src if isinstance(src, Path) else 'ONNX'} for {model.path}", soft_wrap=True, markup=False)
+        run = be.load_onnx(src)
+    elif backend == "ort":
+        run = be.load_onnx(model.path)
+    else:
+        run = be.runner(spec, model.params)
+    multiple, margin = spec.multiple, tile_margin(spec)
+    if tile < min_tile(spec):
+        err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
+                    f"what this net sees around a pixel", soft_wrap=True, markup=False)
+        tile = min_tile(spec)
     dest = out_dir or next_run_dir(Path("runs") / "segment")
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CvtoolError(f"cannot create output folder {dest}: {e.strerror or e}", exit_code=2) from None
+    stems = dict(zip(images, output_stems(images)))
 
     timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
     results: list[dict] = []
@@ -133,16 +176,18 @@ def segment(
     def finish(path: Path, raw, logits):
         t0 = time.perf_counter()
         mask = logits.argmax(0).astype(np.uint8)
-        stem = path.stem
-        write_mask_png(dest / f"{stem}_mask.png", mask, model.colors)
-        write_overlay_png(dest / f"{stem}_overlay.png", raw, mask, model.colors, alpha=alpha)
-        results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])],
-                        "mask": str(dest / f"{stem}_mask.png"), "overlay": str(dest / f"{stem}_overlay.png"),
+        mask_png, overlay_png = dest / f"{stems[path]}_mask.png", dest / f"{stems[path]}_overlay.png"
+        write_mask_png(mask_png, mask, model.colors)
+        write_overlay_png(overlay_png, raw, mask, model.colors, alpha=alpha)
+        results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])], "mask": str(mask_png),
+                        "overlay": str(overlay_png), "tiled": path in tiled,
                         "fractions": class_fractions(mask, model.classes)})
         timings["postprocess"] += time.perf_counter() - t0
 
+    from rich.markup import escape
     from rich.progress import Progress
 
+    tiled: set[Path] = set()
     with Progress(console=err(), transient=True, disable=json_) as prog:
         task = prog.add_task("segment", total=len(images))
         for path in images:
@@ -154,8 +199,9 @@ def segment(
                 H, W = prep.hw
                 if H > tile or W > tile:
                     flush()
+                    tiled.add(path)
                     t0 = time.perf_counter()
-                    lg = predict_tiled(run, prep.x, multiple, tile, batch_size=batch_size)
+                    lg = predict_tiled(run, prep.x, multiple, tile, margin, batch_size=batch_size)
                     timings["inference"] += time.perf_counter() - t0
                     finish(path, raw, lg)
                 else:
@@ -163,25 +209,25 @@ def segment(
                         flush()
                     queue.append((path, raw, prep))
             except CvtoolError as e:
-                failed.append((str(path), e.message))
+                failed.append({"source": str(path), "error": e.message})
             prog.advance(task)
         flush()
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest),
-           "images": results, "failed": [{"source": s, "error": why} for s, why in failed],
-           "ms_per_image": per_image}
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "tile": tile,
+           "tile_margin": margin, "images": results, "failed": failed, "ms_per_image": per_image}
     if json_:
         emit_json(doc)
     else:
-        rows = [[Path(r["image"]).name, f"{r['size'][0]}x{r['size'][1]}",
+        rows = [[escape(Path(r["image"]).name), f"{r['size'][0]}x{r['size'][1]}" + (" (tiled)" if r["tiled"] else ""),
                  ", ".join(f"{c} {f:.1%}" for c, f in sorted(r["fractions"].items(), key=lambda kv: -kv[1]) if f > 0.001)]
                 for r in results]
         out().print(table(f"Segmented {len(results)} image(s) with {backend}/{be.device} -> {dest}",
-                          ["image", "size", "class fractions"], rows))
+                          ["image", "size (HxW)", "class fractions"], rows))
         out().print("ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in per_image.items()))
-        for s, why in failed:
-            err().print(f"[red]failed[/]: {s}: {why}")
+        for f in failed:
+            err().print(f"[red]failed[/]: {escape(f['error'])}", soft_wrap=True)
     if failed:
-        raise typer.Exit(1)
+        names = ", ".join(Path(f["source"]).name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise CvtoolError(f"{len(failed)} of {len(images) + n_bad_sources} input(s) failed: {names}", exit_code=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -60,11 +61,16 @@ def train(
         saved = ck.train_state.get("config")
         if not saved:
             raise UsageError(f"{path} holds no training state to resume from")
+        fixed = [k for k in ("width", "depth", "activation", "norm") if k in given and given[k] != saved.get(k)]
+        if fixed:
+            raise UsageError(f"--{fixed[0]} cannot change when resuming (the checkpoint's net has "
+                             f"{fixed[0]} {saved.get(fixed[0])!r})", hint="start a new run instead")
         cfg = TrainConfig.from_dict({**saved, **given})
         run_dir = out_dir or path.parent
     else:
         cfg = TrainConfig(**given)
         run_dir = out_dir or next_run_dir(Path("runs") / "train")
+    cfg.validate()  # bad options fail here, before a framework is imported
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     be = registry.get(backend, device)
@@ -80,6 +86,8 @@ def train(
     stop = {"flag": False}
 
     def on_signal(signum, frame):
+        if stop["flag"]:  # a second Ctrl-C: stop now, without the checkpoint (main() exits 130)
+            raise KeyboardInterrupt
         stop["flag"] = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -90,7 +98,8 @@ def train(
             result = run_train(
                 cfg, lambda spec, params, optim, weights, sd: be.trainer(spec, params, optim=optim, class_weights=weights,
                                                                            seed=sd, distributed=world > 1),
-                Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank, world=world)
+                Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank, world=world,
+                digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank digests of the final weights
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -100,11 +109,22 @@ def train(
         return
     result["config"] = asdict(cfg)
     if json_:
-        emit_json(result)
-        return
-    _report(result)
+        emit_json(_finite(result))
+    else:
+        _report(result)
     if result["status"] == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(130)  # like a shell's Ctrl-C; last.safetensors resumes it
+
+
+def _finite(o):
+    """NaN and infinities -> None, so that --json prints standard JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _report(r: dict) -> None:

@@ -1,0 +1,649 @@
+"""`cvtool bench`: every backend on every device timed on the same input, and checked against the float64 NumPy reference.
+
+    cvtool bench                                   the default network (latest checkpoint, or seeded random weights)
+    cvtool bench --sizes 128,256 --batch-sizes 1,8 --plot bench.png
+    cvtool bench --op conv_transpose2d -k 3 -s 2 -p 1 --output-padding 1 -c 32
+
+A row is (backend, device, input). Its status: pass (max |y - ref| / max |ref| <= tolerance), mismatch,
+failed (the backend raised) or unavailable (with the reason). Speed is latency per image (median, p90,
+spread), images/s, GFLOP/s from the spec's FLOP count, and that as a fraction of this machine's float32
+GEMM rate measured in the same run. Timing: warm-up calls, then calls until --min-time; runners return
+host arrays, so every CUDA call is synchronised; ORT on CUDA runs with IO binding, torch in channels_last.
+
+Optional backend hooks used when a backend has them (the built-ins do not yet):
+    gemm(n) -> callable             one float32 (n x n) @ (n x n) on the backend's device, returning when done
+    peak_memory(fn) -> (fn(), bytes)  device memory peak during fn (CUDA)
+Without `gemm`, torch's GEMM rate is taken through its op interface as a 1x1 convolution (host copies included).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from cvtool.cli.output import emit_json, err, fmt_float, out, table
+
+OPS = {"conv2d": (False, None), "conv_transpose2d": (True, None), "max_pool2d": (False, "max")}
+MB = 1024 * 1024
+
+
+class NotSupported(Exception):
+    """The backend has no way to run what is benched (no network runner, no layer operations): unavailable."""
+
+
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint or .onnx; 'default': seeded random "
+                                        "weights. Default: the latest training run's best, else random weights."),
+    backend: str = typer.Option("all", "--backend", help="all, or a list such as numpy,torch,ort."),
+    device: str = typer.Option("all", "--device", help="all, cpu or cuda."),
+    sizes: str = typer.Option("256", "--sizes", help="Square input sizes, e.g. 128,256,512."),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, e.g. 1,8."),
+    min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per row (at least 3 calls)."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed calls first (at least 1: it also measures memory)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for torch and ORT [default: the CPUs here]."),
+    data: Optional[str] = typer.Option(None, "--data", help="A dataset ('synth' or a folder): adds mIoU per backend."),
+    data_limit: int = typer.Option(16, "--data-limit", help="--data: at most this many validation images."),
+    width: Optional[int] = typer.Option(None, "--width", help="Random network: base width [default 16]."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Random network: depth [default 3]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
+    gemm_size: int = typer.Option(2048, "--gemm-size", help="n of the n x n float32 GEMM measured (0: skip)."),
+    op: Optional[str] = typer.Option(None, "--op", help="One operation instead: conv2d, conv_transpose2d, max_pool2d."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="--op: kernel size [3]."),
+    stride: Optional[str] = typer.Option(None, "--stride", "-s", help="--op: stride [1; pools: the kernel]."),
+    padding: str = typer.Option("0", "--padding", "-p", help="--op: p, PHxPW, top,bottom,left,right, same, valid."),
+    dilation: str = typer.Option("1", "--dilation", "-d", help="--op: dilation."),
+    output_padding: str = typer.Option("0", "--output-padding", help="--op conv_transpose2d: output_padding."),
+    channels: int = typer.Option(16, "--channels", "-c", help="--op: input (and output) channels."),
+    json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the rows as CSV."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG: latency and throughput by size."),
+) -> None:
+    """Time every backend and device on the same input and prove they agree with the float64 NumPy reference."""
+    from cvtool.errors import UsageError
+
+    if warmup < 1 or min_time < 0 or data_limit < 1 or gemm_size < 0 or channels < 1 or (threads is not None and threads < 1):
+        raise UsageError("--warmup, --data-limit, --channels and --threads must be at least 1; --min-time and "
+                         "--gemm-size at least 0")
+    if device not in ("all", "cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r}", hint="use all, cpu or cuda")
+    cfg = {"sizes": _ints(sizes, "--sizes"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"), "min_time": min_time,
+           "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size}
+    if op is not None:
+        if op not in OPS:
+            raise UsageError(f"unknown --op {op!r}", hint=f"use one of {', '.join(OPS)}")
+        if model is not None or data is not None or width is not None or depth is not None:
+            raise UsageError("--op benches one operation: it takes no --model, --data, --width or --depth")
+        doc = op_bench(op, cfg, backend, device, kernel, stride, padding, dilation, output_padding, channels)
+    else:
+        given = {"-k": kernel, "-s": stride, "--output-padding": None if output_padding == "0" else output_padding,
+                 "-p": None if padding == "0" else padding, "-d": None if dilation == "1" else dilation}
+        for flag, v in given.items():
+            if v is not None:
+                raise UsageError(f"{flag} means nothing without --op")
+        doc = network_bench(cfg, backend, device, model, width, depth, data, data_limit)
+    if json_:
+        emit_json(doc)
+    else:
+        render(doc)
+    if csv_path is not None:
+        write_csv(doc, csv_path)
+    if markdown is not None:
+        write_markdown(doc, markdown)
+    if plot is not None:
+        write_plot(doc, plot)
+    if not doc["ok"]:
+        raise typer.Exit(1)
+
+
+# --- options ----------------------------------------------------------------------------------
+
+def _ints(text: str, what: str) -> list[int]:
+    from cvtool.errors import UsageError
+
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"malformed {what} {text!r}", hint="a comma-separated list such as 128,256") from None
+    if not vals or min(vals) < 1:
+        raise UsageError(f"{what} needs positive whole numbers, got {text!r}")
+    return sorted(set(vals), key=vals.index)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _targets(registry, backend: str, device: str) -> list[tuple[str, str]]:
+    """(backend, device) pairs to bench. The NumPy reference is CPU-only by design: no numpy/cuda row unless asked."""
+    devices = ["cpu", "cuda"] if device == "all" else [device]
+    return [(n, d) for n in registry.parse_list(backend) for d in devices
+            if not (n == "numpy" and d == "cuda" and device == "all")]
+
+
+# --- one row ----------------------------------------------------------------------------------
+
+def _row(name: str, dev: str, shape, status: str, reason: str | None = None) -> dict[str, Any]:
+    keys = ("providers", "threads", "p50_ms", "p90_ms", "spread", "repeats", "images_per_s", "peak_mem_mb",
+            "mem_method", "gflops", "gemm_fraction", "max_abs_diff", "max_rel_diff", "label_agreement", "miou")
+    return {"backend": name, "device": dev, "input": None if shape is None else list(shape), "status": status,
+            "reason": reason, **dict.fromkeys(keys)}
+
+
+def _error(e: BaseException) -> str:
+    from cvtool.errors import CvtoolError
+
+    return e.message if isinstance(e, CvtoolError) else f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+
+def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
+    """max |y - ref|, that over max |ref|, the share of pixels with the same argmax class; pass when rel <= tol."""
+    import numpy as np
+
+    y = np.asarray(y)
+    if y.shape != ref.shape:
+        return {"status": "mismatch", "reason": f"shape {list(y.shape)}, the reference gives {list(ref.shape)}"}
+    fin = np.isfinite(ref)  # a max pool window that sees only padding is -inf in every backend
+    if not np.array_equal(y[~fin], ref[~fin]):
+        return {"status": "mismatch", "reason": "infinities differ from the reference"}
+    d = np.abs(y[fin].astype(np.float64) - ref[fin]) if fin.any() else np.zeros(1)
+    max_abs = float(d.max())
+    max_rel = max_abs / max(float(np.abs(ref[fin]).max()) if fin.any() else 0.0, 1e-30)
+    res = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "status": "pass" if max_rel <= tol else "mismatch"}
+    if labels:
+        res["label_agreement"] = float((y.argmax(1) == ref.argmax(1)).mean())
+    if res["status"] == "mismatch":
+        res["reason"] = f"max rel diff {max_rel:.2e} > tolerance {tol:g}"
+    return res
+
+
+def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | None):
+    """The first warm-up call, measuring memory: (output, MB, method)."""
+    from cvtool import benchtime as bt
+
+    if be.device == "cuda":
+        hook = getattr(be, "peak_memory", None)
+        if hook is None:
+            return run(x), None, "not measured (backend has no peak_memory hook)"
+        y, peak = hook(lambda: run(x))
+        return y, peak / MB, "device peak (peak_memory hook)"
+    if name == "numpy":  # its arrays are traced; the weights were allocated before, so they are added
+        y, peak = bt.traced_peak(lambda: run(x))
+        return y, (peak + weight_bytes) / MB, "tracemalloc peak + weights"
+    with bt.RssSampler() as s:
+        y = run(x)
+    if base_rss is None or s.method != "rss":
+        return y, None, "not measured (no /proc)"
+    return y, max(s.peak - base_rss, 0) / MB, "RSS growth"
+
+
+def time_row(row: dict, name: str, be, run: Callable, x, ref, cfg: dict, *, flops: int, gemm_rate: float | None,
+             weight_bytes: int, base_rss: int | None, tol: float, labels: bool) -> dict:
+    """Warm up (the first call measures memory and gives the output checked), then time; fills `row`."""
+    from cvtool import benchtime as bt
+
+    y, row["peak_mem_mb"], row["mem_method"] = _probe(name, be, run, x, weight_bytes, base_rss)
+    row.update(compare(y, ref, tol, labels))
+    t = bt.measure(lambda: run(x), min_time=cfg["min_time"], warmup=cfg["warmup"] - 1)
+    N = x.shape[0]
+    row.update(p50_ms=1e3 * t.median / N, p90_ms=1e3 * t.p90 / N, spread=t.spread, repeats=t.n,
+               images_per_s=N / t.median, gflops=flops / t.median / 1e9)
+    if gemm_rate and flops:
+        row["gemm_fraction"] = row["gflops"] / gemm_rate
+    return row
+
+
+def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,
+                 gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
+    """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
+    from cvtool import benchtime as bt
+    from cvtool.cli.convcalc import _status
+
+    st = _status(registry, name)
+    if not st.available:
+        return [_row(name, dev, None, "unavailable", st.reason)]
+    try:
+        be = registry.get(name, dev)
+    except Exception as e:  # BackendUnavailable: no GPU, or a CPU-only backend asked for CUDA
+        return [_row(name, dev, None, "unavailable", _error(e))]
+    if hasattr(be, "set_threads"):
+        be.set_threads(cfg["threads"])
+    base_rss = bt.rss_bytes()
+    err().print(f"[dim]bench: {name}/{dev} ...[/]")
+    try:
+        run = make(be)
+    except NotSupported as e:
+        return [_row(name, dev, None, "unavailable", str(e))]
+    except Exception as e:
+        return [_row(name, dev, None, "failed", _error(e))]
+    providers = getattr(run, "providers", None)  # ORT: what the session really uses
+    used_threads = getattr(run, "threads", None) or (st.threads if name == "numpy" else cfg["threads"])
+    rows = []
+    for x, ref in points:
+        row = _row(name, dev, x.shape, "failed")
+        row.update(providers=list(providers) if providers else None, threads=used_threads)
+        try:
+            time_row(row, name, be, run, x, ref, cfg, flops=flops(x), gemm_rate=gemm["rate"].get(dev),
+                     weight_bytes=weight_bytes, base_rss=base_rss, tol=tol, labels=labels)
+        except Exception as e:  # a backend's failure is a row of the table, not a crash
+            row["status"], row["reason"] = "failed", _error(e)
+        rows.append(row)
+    if after is not None:  # after the timed rows, so that larger data images do not inflate their memory
+        try:
+            extra = after(run)
+        except Exception as e:
+            extra = {"reason": f"mIoU failed: {_error(e)}"}
+        for row in rows:
+            row.update(extra if not row["reason"] else {k: v for k, v in extra.items() if k != "reason"})
+    del run
+    gc.collect()  # free this backend's buffers (and ORT's spinning threads) before the next one
+    return rows
+
+
+# --- the GEMM rate ------------------------------------------------------------------------------
+
+def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
+    """float32 (n x n) @ (n x n) through NumPy and through torch (on each device benched); rate = the best per device."""
+    import numpy as np
+
+    from cvtool import benchtime as bt
+    from cvtool.cli.convcalc import _status
+
+    n = cfg["gemm_size"]
+    doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
+    if not n:
+        return doc
+    sources: list[tuple[str, str, str, Callable]] = [("numpy", "cpu", "numpy.matmul", bt.numpy_gemm(n, cfg["seed"]))]
+    for name, dev in targets:
+        if name == "numpy" or not _status(registry, name).available:
+            continue
+        try:
+            be = registry.get(name, dev)
+        except Exception:
+            continue
+        if hasattr(be, "set_threads"):
+            be.set_threads(cfg["threads"])
+        if hasattr(be, "gemm"):
+            sources.append((name, dev, f"{name} matmul", be.gemm(n)))
+        elif name == "torch" and getattr(be, "capabilities", None) and be.capabilities.ops:
+            rng = np.random.default_rng(cfg["seed"])
+            a = rng.standard_normal((1, n, 1, n), dtype=np.float32)  # (N, C=n, H=1, W=n): a 1x1 conv is w @ x
+            w = rng.standard_normal((n, n, 1, 1), dtype=np.float32)
+            sources.append((name, dev, "torch conv2d 1x1 (op interface, host copies included)",
+                            lambda be=be, a=a, w=w: be.conv2d(a, w)))
+    for name, dev, how, fn in sources:
+        err().print(f"[dim]bench: GEMM {n}x{n} {how} on {dev} ...[/]")
+        t = bt.measure(fn, min_time=cfg["min_time"], warmup=cfg["warmup"])
+        rate = doc["flops"] / t.median / 1e9
+        doc["measured"].append({"backend": name, "device": dev, "how": how, "gflops": rate, "median_ms": 1e3 * t.median,
+                                "spread": t.spread, "repeats": t.n})
+        doc["rate"][dev] = max(doc["rate"].get(dev, 0.0), rate)
+    return doc
+
+
+# --- the network --------------------------------------------------------------------------------
+
+def _network(model: str | None, width, depth, seed: int, info) -> dict:
+    """{spec, params, source, mean, std, onnx}: a checkpoint / .onnx, or seeded random weights."""
+    from cvtool.cli.models import latest_checkpoint, open_model
+    from cvtool.errors import UsageError
+    from cvtool.spec import ModelSpec, init_params
+
+    path = None
+    if model not in (None, "default"):
+        if width is not None or depth is not None:
+            raise UsageError("--width and --depth shape a random network: drop them or --model")
+        path = Path(model)
+    elif model is None and width is None and depth is None:
+        try:
+            path = latest_checkpoint()
+        except UsageError:
+            path = None
+    if path is not None:
+        m = open_model(path)
+        return {"spec": m.spec, "params": m.params, "source": str(m.path), "mean": m.mean, "std": m.std,
+                "onnx": m.path if m.kind == "onnx" else None}
+    kw = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
+    if info is not None:
+        kw.update(in_channels=info.in_channels, num_classes=len(info.classes))
+    spec = ModelSpec(**kw)
+    C = spec.in_channels
+    return {"spec": spec, "params": init_params(spec, seed), "source": f"random weights (seed {seed})",
+            "mean": [0.0] * C, "std": [1.0] * C, "onnx": None}
+
+
+def _eval_set(ds, info, limit: int, net: dict) -> list:
+    """[(x (C, H, W) normalised, mask)] of the first `limit` images of ds."""
+    import numpy as np
+
+    from cvtool.errors import DataError
+    from cvtool.inference import prepare
+
+    spec = net["spec"]
+    if len(info.classes) != spec.num_classes:
+        raise DataError(f"the dataset has {len(info.classes)} classes, the network {spec.num_classes}")
+    items = []
+    for i in range(min(limit, len(ds))):
+        s = ds[i]
+        raw = np.round(s.image.transpose(1, 2, 0) * 255).astype(np.uint8)  # back to the file's pixels
+        items.append((prepare(raw, spec.in_channels, net["mean"], net["std"], name=s.name).x, s.mask))
+    return items
+
+
+def _miou(run, items: list, spec) -> float:
+    from cvtool.inference import predict_batch
+    from cvtool.metrics import SegMetrics
+
+    m = SegMetrics(spec.num_classes)
+    for x, mask in items:
+        m.update(predict_batch(run, [x], spec.multiple)[0].argmax(0), mask)
+    return m.summary()["mean_iou"]
+
+
+def network_bench(cfg: dict, backend: str, device: str, model, width, depth, data, data_limit: int) -> dict:
+    import numpy as np
+
+    import backends as registry
+    from cvtool.cli.convcalc import RTOL
+    from cvtool.spec import total_flops
+
+    ds = info = None
+    if data is not None:
+        from cvtool.data import open_datasets
+
+        train, val, info = open_datasets(data)
+        ds = val if len(val) else train  # validation images; the training ones when there are none
+    net = _network(model, width, depth, cfg["seed"], info if model in (None, "default") else None)
+    spec, params = net["spec"], net["params"]
+    per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
+    targets = _targets(registry, backend, device)
+    ref_run = registry.get("numpy", "cpu").runner(spec, params, dtype=np.float64)
+    rng = np.random.default_rng(cfg["seed"])
+    points = []
+    for S in cfg["sizes"]:
+        for B in cfg["batch_sizes"]:
+            x = rng.standard_normal((B, spec.in_channels, S, S), dtype=np.float32)
+            err().print(f"[dim]bench: float64 reference {B}x{spec.in_channels}x{S}x{S} ...[/]")
+            points.append((x, ref_run(x)))
+    items = _eval_set(ds, info, data_limit, net) if data is not None else None
+    ref_miou = _miou(ref_run, items, spec) if items else None
+    del ref_run
+    gemm = gemm_rates(registry, targets, cfg)
+
+    def make(be):
+        if net["onnx"] is not None and hasattr(be, "load_onnx"):
+            return be.load_onnx(net["onnx"])
+        if not hasattr(be, "runner"):
+            raise NotSupported("no network runner")
+        return be.runner(spec, params)
+
+    weight_bytes = sum(int(np.prod(s)) for s in spec.param_shapes().values()) * 4
+    rows = []
+    for name, dev in targets:
+        rows += backend_rows(registry, name, dev, make, points, cfg, flops=lambda x: per_image[x.shape[2]] * x.shape[0],
+                             gemm=gemm, weight_bytes=weight_bytes, tol=RTOL, labels=True,
+                             after=(lambda run: {"miou": _miou(run, items, spec)}) if items else None)
+    s = spec
+    what = {"model": net["source"], "spec": s.to_dict(), "params": s.num_params(),
+            "gflop_per_image": {str(S): f / 1e9 for S, f in per_image.items()},
+            "title": f"U-Net width {s.width} depth {s.depth} {s.activation}, norm {s.norm}, "
+                     f"{s.in_channels} -> {s.num_classes} classes ({net['source']})"}
+    if data is not None:
+        what.update(data=data, data_images=len(items), reference_miou=ref_miou)
+    return _doc("network", what, cfg, gemm, rows, RTOL)
+
+
+# --- one operation ------------------------------------------------------------------------------
+
+def _op_flops(lspec, x_shape, M: int, o) -> int:
+    """Multiply-adds x 2 for convolutions (as cvtool.spec counts them); comparisons for max pooling."""
+    N, C, H, W = x_shape
+    KH, KW = lspec.kernel
+    if lspec.kind == "conv":
+        return 2 * N * C * KH * KW * M * o[0] * o[1]
+    if lspec.kind == "tconv":
+        return 2 * N * C * KH * KW * M * H * W
+    return N * C * o[0] * o[1] * (KH * KW - 1)
+
+
+def _onnx_reference(lspec, x, w, b) -> Any:
+    """The operation as a one-node ONNX model (backends/ort_backend/graphs.py) run by onnx.reference, in float64."""
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    from backends.ort_backend import graphs
+    from cvtool.chain import output_hw
+
+    (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
+    common = dict(strides=lspec.stride, pads=(pt, pl, pb, pr), dilations=lspec.dilation, dtype=np.float64)
+    if lspec.kind == "maxpool":
+        model, feeds = graphs.max_pool(kernel=lspec.kernel, ceil_mode=int(lspec.ceil_mode), **common), {"x": x}
+    else:
+        build = graphs.conv if lspec.kind == "conv" else graphs.conv_transpose
+        extra = {"output_padding": lspec.output_padding} if lspec.kind == "tconv" else {}
+        model = build(C=x.shape[1], M=b.shape[0], kernel=lspec.kernel, group=1, bias=True, **common, **extra)
+        feeds = {"x": x, "w": w, "b": b}
+    return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int) -> dict:
+    """Correctness only, on a small input (onnx.reference is pure Python): 1 image, <= 4 channels, <= 32 pixels."""
+    import numpy as np
+
+    from cvtool.chain import output_hw
+    from cvtool.cli.convcalc import run_layer
+    from cvtool.errors import UsageError
+
+    s = size
+    if size > 32:
+        try:
+            output_hw(lspec, (32, 32))
+            s = 32
+        except UsageError:
+            pass
+    c = min(C, 4)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((1, c, s, s))
+    w = rng.standard_normal((c, c, *lspec.kernel)) / np.sqrt(c * lspec.kernel[0] * lspec.kernel[1])
+    b = rng.standard_normal(c)
+    row = _row("onnx.reference", "cpu", x.shape, "failed")
+    try:
+        row.update(compare(_onnx_reference(lspec, x, w, b), np.asarray(run_layer(ref_be, lspec, x, w, b)), tol, False))
+        row["reason"] = row["reason"] or "correctness only, on a small input: onnx.reference is slow"
+    except Exception as e:
+        row["reason"] = _error(e)
+    return row
+
+
+def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padding, dilation, output_padding,
+             C: int) -> dict:
+    import numpy as np
+
+    import backends as registry
+    from cvtool.chain import output_hw
+    from cvtool.cli.convcalc import RTOL, _spec, params_text, run_layer
+
+    transposed, pool = OPS[op]
+    lspec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
+    for S in cfg["sizes"]:
+        output_hw(lspec, (S, S))  # a size the operation cannot take -> UsageError now
+    rng = np.random.default_rng(cfg["seed"])
+    KH, KW = lspec.kernel
+    w = (rng.standard_normal((C, C, KH, KW)) / np.sqrt(C * KH * KW)).astype(np.float32)  # OIHW, or IOHW for tconv
+    b = rng.standard_normal(C).astype(np.float32)
+    ref_be = registry.get("numpy", "cpu")
+    w64, b64 = w.astype(np.float64), b.astype(np.float64)
+    points = []
+    for S in cfg["sizes"]:
+        for B in cfg["batch_sizes"]:
+            x = rng.standard_normal((B, C, S, S), dtype=np.float32)
+            points.append((x, np.asarray(run_layer(ref_be, lspec, x.astype(np.float64), w64, b64))))
+    targets = _targets(registry, backend, device)
+    gemm = gemm_rates(registry, targets, cfg if lspec.kind != "maxpool" else {**cfg, "gemm_size": 0})  # pools: no GEMM work
+
+    def make(be):
+        if not getattr(be, "capabilities", None) or not be.capabilities.ops:
+            raise NotSupported("no layer operations")
+        return lambda x: run_layer(be, lspec, x, w, b)
+
+    rows = [_onnx_reference_row(lspec, cfg["sizes"][0], C, ref_be, RTOL, cfg["seed"])]
+    for name, dev in targets:
+        rows += backend_rows(registry, name, dev, make, points, cfg,
+                             flops=lambda x: _op_flops(lspec, x.shape, C, output_hw(lspec, x.shape[2:])[0]), gemm=gemm,
+                             weight_bytes=0 if lspec.kind == "maxpool" else w.nbytes + b.nbytes, tol=RTOL, labels=False)
+    what = {"op": op, "layer": lspec.to_dict(), "channels": C,
+            "title": f"{op}: {params_text(lspec)}, {C} channels in and out"}
+    return _doc("op", what, cfg, gemm, rows, RTOL)
+
+
+# --- the document and its renderings ----------------------------------------------------------
+
+def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: float) -> dict:
+    import platform
+
+    notes = ["latency and throughput per image (a batch's time / its size); spread = IQR / median of the timed calls",
+             "GFLOP/s: convolution FLOPs from the spec (a multiply-add counts 2) / median time; "
+             "% GEMM: that over the best float32 GEMM rate measured on the same device in this run",
+             f"status pass: max |y - ref| / max |ref| <= {tol:g}; ref = the NumPy backend in float64 on the same input",
+             "peak MB: numpy: tracemalloc peak of its arrays during one call + the weights; other CPU rows: growth of "
+             "the process's resident set (sampled every 2 ms during one call) over the RSS before the backend was "
+             "built, so weights, arenas and caches count and memory freed by earlier rows and reused does not; "
+             "CUDA: the backend's peak_memory hook",
+             "CUDA calls return host arrays, so their timing includes synchronisation and the copy back; "
+             "ORT on CUDA runs with IO binding; torch runs in channels_last",
+             f"threads: set to {cfg['threads']} for torch and ORT; NumPy's BLAS keeps the count it started with"]
+    return {"mode": mode, **what, "settings": cfg, "gemm": gemm, "tolerance": tol,
+            "machine": {"cpus": _cpus(), "platform": platform.platform(), "processor": platform.machine(),
+                        "python": platform.python_version()},
+            "rows": rows, "notes": notes, "ok": not any(r["status"] in ("mismatch", "failed") for r in rows)}
+
+
+COLUMNS = ["backend", "input", "status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s",
+           "peak MB", "GFLOP/s", "% GEMM", "max abs diff", "max rel diff", "labels =", "mIoU"]
+
+
+def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
+    """The table's columns and text cells (rich and Markdown alike); label and mIoU columns only where they mean something."""
+    cols = [c for c in COLUMNS if not (c == "labels =" and doc["mode"] == "op")
+            and not (c == "mIoU" and "data" not in doc)]
+
+    def f(v, fmt):
+        return "-" if v is None else fmt(v)
+
+    rows = []
+    for r in doc["rows"]:
+        prov = ", ".join(p.replace("ExecutionProvider", "") for p in r["providers"]) if r["providers"] else "-"
+        cell = {"backend": f"{r['backend']}/{r['device']}", "input": f(r["input"], lambda v: "x".join(map(str, v))),
+                "status": r["status"], "providers": prov, "threads": f(r["threads"], str),
+                "p50 ms/img": f(r["p50_ms"], fmt_float), "p90 ms/img": f(r["p90_ms"], fmt_float),
+                "spread": f(r["spread"], lambda v: f"{v:.1%}"), "img/s": f(r["images_per_s"], fmt_float),
+                "peak MB": f(r["peak_mem_mb"], lambda v: f"{v:.1f}"), "GFLOP/s": f(r["gflops"], fmt_float),
+                "% GEMM": f(r["gemm_fraction"], lambda v: f"{v:.0%}"), "max abs diff": f(r["max_abs_diff"], fmt_float),
+                "max rel diff": f(r["max_rel_diff"], fmt_float),
+                "labels =": f(r["label_agreement"], lambda v: f"{v:.4%}"), "mIoU": f(r["miou"], lambda v: f"{v:.4f}")}
+        rows.append([cell[c] for c in cols])
+    return cols, rows
+
+
+def _header(doc: dict) -> list[str]:
+    s = doc["settings"]
+    lines = [doc["title"]]
+    if doc["mode"] == "network":
+        gf = ", ".join(f"{k}x{k}: {v:.2f}" for k, v in doc["gflop_per_image"].items())
+        lines.append(f"{doc['params']:,} parameters; GFLOP per image {gf}")
+        if "data" in doc:
+            lines.append(f"mIoU on {doc['data_images']} images of {doc['data']}; float64 reference: "
+                         f"{fmt_float(doc['reference_miou'], 4)}")
+    g = doc["gemm"]
+    if g["measured"]:
+        rates = "; ".join(f"{m['how']} on {m['device']}: {m['gflops']:.1f} GFLOP/s" for m in g["measured"])
+        best = ", ".join(f"{d} {v:.1f}" for d, v in g["rate"].items())
+        lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; the GEMM rate (% GEMM's 100%): {best} GFLOP/s")
+    lines.append(f"{doc['machine']['cpus']} CPUs; {s['threads']} threads; warm-up {s['warmup']} calls, "
+                 f"then >= {s['min_time']:g} s and >= 3 calls per row")
+    return lines
+
+
+def _footer(doc: dict) -> list[str]:
+    why = [f"{r['backend']}/{r['device']}: {r['status']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
+    return why + doc["notes"]
+
+
+SPEED = ("status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s", "peak MB", "GFLOP/s", "% GEMM")
+
+
+def render(doc: dict) -> None:
+    """One table; on a terminal too narrow for it, two (speed, then agreement), each keyed by backend and input.
+    Into a file or pipe the table keeps its natural width (rich would squash it to 80 columns)."""
+    con = out()
+    cols, rows = _cells(doc)
+    need = 1 + sum(3 + max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)) if rows else 0
+    width = con.width
+    if not con.is_terminal:
+        con.width = max(width, need)
+    try:
+        for line in _header(doc):
+            con.print(line)
+        title = "Bench: speed and agreement with the float64 NumPy reference"
+        if need <= con.width:
+            con.print(table(title, cols, rows))
+        else:
+            for part, keep in (("speed", lambda c: c in SPEED), ("agreement", lambda c: c not in SPEED or c == "status")):
+                idx = [i for i, c in enumerate(cols) if i < 2 or keep(c)]
+                con.print(table(f"{title}: {part}", [cols[i] for i in idx], [[r[i] for i in idx] for r in rows]))
+        for line in _footer(doc):
+            con.print(f"[dim]{line}[/]")
+        con.print("[bold green]all rows agree[/]" if doc["ok"] else "[bold red]MISMATCH or FAILED rows (see above)[/]")
+    finally:
+        con.width = width
+
+
+def write_markdown(doc: dict, path: Path) -> None:
+    from cvtool.fsutil import atomic_write_bytes
+
+    cols, rows = _cells(doc)
+    lines = [*(f"{line}  " for line in _header(doc)), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    lines += ["", *(f"- {line}" for line in _footer(doc))]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    err().print(f"wrote {path}")
+
+
+def write_csv(doc: dict, path: Path) -> None:
+    import csv
+    import io
+
+    from cvtool.fsutil import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(doc["rows"][0]) if doc["rows"] else ["backend"], lineterminator="\n")
+    w.writeheader()
+    for r in doc["rows"]:
+        w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+    err().print(f"wrote {path}")
+
+
+def write_plot(doc: dict, path: Path) -> None:
+    """Latency per image (left) and images/s (right) against the input size, one line per backend/device and batch."""
+    from cvtool.plot import line_chart
+
+    sizes = doc["settings"]["sizes"]
+    lat: dict[str, list] = {}
+    thr: dict[str, list] = {}
+    for r in doc["rows"]:
+        if r["p50_ms"] is None or r["backend"] == "onnx.reference":
+            continue
+        key = f"{r['backend']}/{r['device']} b{r['input'][0]}"
+        lat.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["p50_ms"]
+        thr.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["images_per_s"]
+    line_chart(path, sizes, lat, thr, title=f"ms per image (left), images/s (right): {doc['title'][:40]}",
+               xlabel="input size")
+    err().print(f"wrote {path}")
+
+
+__all__ = ["bench", "network_bench", "op_bench", "compare", "gemm_rates"]
