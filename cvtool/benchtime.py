@@ -130,6 +130,19 @@ def max_rss_bytes() -> int | None:
     return int(r) if sys.platform == "darwin" else int(r) * 1024
 
 
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim), so that a resident-set baseline taken
+    next is not padded with memory an earlier measurement freed. False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):
+        return False
+
+
 class RssSampler:
     """The highest resident set seen while running: a thread reads /proc every `interval` seconds.
 
@@ -185,5 +198,6 @@ def numpy_gemm(n: int, seed: int = 0) -> Callable[[], None]:
     return lambda: np.matmul(a, b, out=out)
 
 
-__all__ = ["Timing", "measure", "percentile", "traced_peak", "rss_bytes", "max_rss_bytes", "RssSampler",
+__all__ = ["Timing", "measure", "percentile", "traced_peak", "rss_bytes", "max_rss_bytes", "release_free_memory",
+           "RssSampler",
            "gemm_flops", "numpy_gemm"]

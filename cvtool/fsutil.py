@@ -26,6 +26,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise CvtoolError(f"cannot write {path}: {e.strerror or e}", exit_code=2) from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a finished file gets the usual mode
     tmp_path = Path(tmp)
     try:
         yield tmp_path

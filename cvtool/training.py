@@ -22,7 +22,7 @@ from cvtool.errors import UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.optim import OptimConfig
 from cvtool.schedule import SCHEDULES, lr_at
-from cvtool.spec import ModelSpec, init_params, trainable
+from cvtool.spec import ACTIVATIONS, NORMS, ModelSpec, init_params, trainable
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -68,6 +68,9 @@ class TrainConfig:
             raise UsageError("--weight-decay must be at least 0")
         if self.width < 1 or not 0 <= self.depth <= 6:
             raise UsageError(f"--width must be at least 1 and --depth between 0 and 6 (got {self.width}, {self.depth})")
+        if self.activation not in ACTIVATIONS or self.norm not in NORMS:
+            raise UsageError(f"unknown activation {self.activation!r} or norm {self.norm!r}",
+                             hint=f"activations: {', '.join(ACTIVATIONS)}; norms: {', '.join(NORMS)}")
         if not 0 < self.val_split < 1:
             raise UsageError("--val-split must be between 0 and 1")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -187,7 +190,10 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         check_dataset(val_ds)
     if len(val_ds) == 0:
         raise UsageError("the validation set is empty", hint="raise --val-split, or add DIR/val")
-    on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
+    steps_per_epoch = len(train_ds) // world // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(f"the training set ({len(train_ds)} images) is smaller than one batch per process "
+                         f"({cfg.batch_size} x {world})", hint="lower --batch-size")
 
     if resume is not None:
         spec = resume.spec
@@ -198,6 +204,10 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         if st.epoch >= cfg.epochs:
             raise UsageError(f"{resume.path or 'the checkpoint'} has finished its {st.epoch} epochs",
                              hint=f"pass --epochs N with N > {st.epoch} to train on")
+        if (spec.in_channels, spec.num_classes) != (train_ds.in_channels, len(train_ds.classes)):
+            raise UsageError(f"the checkpoint's net takes {spec.in_channels} channels and {spec.num_classes} classes, "
+                             f"the data has {train_ds.in_channels} and {len(train_ds.classes)}",
+                             hint="resume on the data the run was started with")
     else:
         spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=len(train_ds.classes), width=cfg.width,
                          depth=cfg.depth, activation=cfg.activation, norm=cfg.norm)
@@ -208,6 +218,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         weights = _class_weights(train_ds, spec.num_classes) if cfg.class_balance else None
     if st.history is None:
         st.history = []
+    on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
 
     trainer = make_trainer(spec, params, OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay), weights, cfg.seed)
     if resume is not None and resume.optim_state:
@@ -221,11 +232,6 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
             why = STOP_TIME
         return agree(why) if agree is not None else why
 
-    per_rank = len(train_ds) // world
-    steps_per_epoch = per_rank // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise UsageError(f"the training set ({len(train_ds)} images) is smaller than one batch per process "
-                         f"({cfg.batch_size} x {world})", hint="lower --batch-size")
     total_steps = steps_per_epoch * cfg.epochs
     on_event("start", {"spec": spec.to_dict(), "params": spec.num_params(), "steps_per_epoch": steps_per_epoch,
                        "total_steps": total_steps, "resumed_at": asdict(st) if resume else None,

@@ -2,7 +2,7 @@
 
 Oracle: the same spec built as a torch SpecNet (backends.torch_backend.model) with autograd and
 torch.optim. Gradients are compared in float64 (hand-written backward vs autograd, to ~1e-12);
-training steps and inference in float32 (TorchTrainer / TorchRunner as the product runs them).
+training steps and inference in float32 (TorchTrainer with amp=False: no bf16 autocast; TorchRunner).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import backends as registry
+from backends.base import Runner, Trainer
 from backends.numpy_ref.model import NumpyRunner, NumpyTrainer, backward, forward
 from backends.torch_backend.model import TorchRunner, TorchTrainer, build
 from cvtool.errors import UsageError
@@ -96,15 +97,19 @@ def test_network_gradients_equal_autograd(norm, act):
     assert (norm == "batch") == any("running" in k for k in p)
 
 
-def test_forward_backward_free_everything():
-    """backward consumes the tape: every cache is released, one gradient per parameter."""
-    spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)
+@pytest.mark.parametrize("depth", [0, 1])
+def test_forward_backward_free_everything(depth):
+    """backward consumes the tape: every cache is released, one gradient per parameter; the
+    caller's input is never overwritten (the in-place ReLU only touches the net's own tensors)."""
+    spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=depth, norm="none")
     p = init_params(spec, 0, np.float64)
     x, _, _ = batch(spec, HW=8)
+    x0 = x.copy()
     logits, tape = forward(spec.graph(), p, x, training=True)
     grads = backward(np.ones_like(logits), tape)
     assert tape.caches == {}
     assert set(grads) == {k for k in p if "running" not in k}
+    np.testing.assert_array_equal(x, x0)
     # an eval-mode forward keeps no tape
     assert forward(spec.graph(), p, x, training=False, keep=False)[1] is None
 
@@ -122,7 +127,7 @@ def test_trainer_steps_equal_torch(cfg):
     x, y, w = batch(spec, dtype=np.float32)
     lr = LRS[cfg.name]
     nt = NumpyTrainer(spec, p, optim=cfg, class_weights=w)
-    tt = TorchTrainer(spec, p, device="cpu", optim=cfg, class_weights=w)
+    tt = TorchTrainer(spec, p, device="cpu", optim=cfg, class_weights=w, amp=False)  # float32, no bf16 autocast
     for _ in range(3):
         ln, lt = nt.step(x, y, lr), tt.step(x, y, lr)
         assert abs(ln - lt) <= 1e-5 * abs(lt)
@@ -182,7 +187,9 @@ def test_backend_methods():
     be = registry.get("numpy", "cpu")
     spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)
     p = init_params(spec)
-    assert isinstance(be.trainer(spec, p, optim=OptimConfig()), NumpyTrainer)
+    tr = be.trainer(spec, p, optim=OptimConfig())
+    assert isinstance(tr, NumpyTrainer) and isinstance(tr, Trainer)
+    assert isinstance(be.runner(spec, p), Runner)
     with pytest.raises(UsageError, match="one process"):
         be.trainer(spec, p, optim=OptimConfig(), distributed=True)
     with pytest.raises(UsageError):

@@ -72,7 +72,7 @@ class Backend:
         return NumpyTrainer(spec, params, optim=optim, class_weights=class_weights, seed=seed)
 
     def set_threads(self, n: int) -> None:
-        """Recorded only: NumPy's BLAS picks its thread count at import (OPENBLAS_NUM_THREADS)."""
+        """Recorded only, for now: set OPENBLAS_NUM_THREADS before start to choose NumPy's BLAS threads."""
         self.threads = n
 
     def init_distributed(self) -> None:

@@ -162,3 +162,30 @@ class Backend:
         from backends.torch_backend import distributed
 
         distributed.finish()
+
+    # --- benchmark hooks (cvtool bench) -----------------------------------------------------------
+
+    def gemm(self, n: int):
+        """A callable doing one float32 (n x n) @ (n x n) on our device, returning when it is done."""
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=g).to(self.device)
+        b = torch.randn(n, n, generator=g).to(self.device)
+        cuda = self.device == "cuda"
+
+        def run():
+            c = a @ b
+            if cuda:
+                torch.cuda.synchronize()
+            return c
+
+        return run
+
+    def peak_memory(self, fn):
+        """(fn(), peak device bytes during fn) on CUDA; on CPU torch keeps no such counter."""
+        if self.device != "cuda":
+            return fn(), None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        y = fn()
+        torch.cuda.synchronize()
+        return y, torch.cuda.max_memory_allocated()

@@ -47,8 +47,8 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for torch and ORT [default: the CPUs here]."),
     data: Optional[str] = typer.Option(None, "--data", help="A dataset ('synth' or a folder): adds mIoU per backend."),
     data_limit: int = typer.Option(16, "--data-limit", help="--data: at most this many validation images."),
-    width: Optional[int] = typer.Option(None, "--width", help="Random network: base width [default 16]."),
-    depth: Optional[int] = typer.Option(None, "--depth", help="Random network: depth [default 3]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Random network: base width (default 16)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Random network: depth (default 3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
     gemm_size: int = typer.Option(2048, "--gemm-size", help="n of the n x n float32 GEMM measured (0: skip)."),
     op: Optional[str] = typer.Option(None, "--op", help="One operation instead: conv2d, conv_transpose2d, max_pool2d."),
@@ -72,7 +72,7 @@ def bench(
     if device not in ("all", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}", hint="use all, cpu or cuda")
     cfg = {"sizes": _ints(sizes, "--sizes"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"), "min_time": min_time,
-           "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size}
+           "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size, "load": _load()}
     if op is not None:
         if op not in OPS:
             raise UsageError(f"unknown --op {op!r}", hint=f"use one of {', '.join(OPS)}")
@@ -116,6 +116,19 @@ def _ints(text: str, what: str) -> list[int]:
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load() -> float | None:
+    """The 1-minute load average: other work on the machine shows in every timing, so it is recorded."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def _targets(registry, backend: str, device: str) -> list[tuple[str, str]]:
@@ -212,6 +225,8 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
         return [_row(name, dev, None, "unavailable", _error(e))]
     if hasattr(be, "set_threads"):
         be.set_threads(cfg["threads"])
+    gc.collect()
+    bt.release_free_memory()  # so that memory freed by earlier rows does not hide this one's growth
     base_rss = bt.rss_bytes()
     err().print(f"[dim]bench: {name}/{dev} ...[/]")
     try:
@@ -511,14 +526,14 @@ def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: fl
              f"status pass: max |y - ref| / max |ref| <= {tol:g}; ref = the NumPy backend in float64 on the same input",
              "peak MB: numpy: tracemalloc peak of its arrays during one call + the weights; other CPU rows: growth of "
              "the process's resident set (sampled every 2 ms during one call) over the RSS before the backend was "
-             "built, so weights, arenas and caches count and memory freed by earlier rows and reused does not; "
+             "built (freed heap first returned with malloc_trim): weights, arenas and caches count, spikes < 2 ms may not; "
              "CUDA: the backend's peak_memory hook",
              "CUDA calls return host arrays, so their timing includes synchronisation and the copy back; "
              "ORT on CUDA runs with IO binding; torch runs in channels_last",
              f"threads: set to {cfg['threads']} for torch and ORT; NumPy's BLAS keeps the count it started with"]
     return {"mode": mode, **what, "settings": cfg, "gemm": gemm, "tolerance": tol,
-            "machine": {"cpus": _cpus(), "platform": platform.platform(), "processor": platform.machine(),
-                        "python": platform.python_version()},
+            "machine": {"cpu": _cpu_name() or platform.machine(), "cpus": _cpus(), "platform": platform.platform(),
+                        "python": platform.python_version(), "load_1min": {"start": cfg.get("load"), "end": _load()}},
             "rows": rows, "notes": notes, "ok": not any(r["status"] in ("mismatch", "failed") for r in rows)}
 
 
@@ -553,7 +568,7 @@ def _header(doc: dict) -> list[str]:
     s = doc["settings"]
     lines = [doc["title"]]
     if doc["mode"] == "network":
-        gf = ", ".join(f"{k}x{k}: {v:.2f}" for k, v in doc["gflop_per_image"].items())
+        gf = ", ".join(f"{k}x{k}: {v:.3g}" for k, v in doc["gflop_per_image"].items())
         lines.append(f"{doc['params']:,} parameters; GFLOP per image {gf}")
         if "data" in doc:
             lines.append(f"mIoU on {doc['data_images']} images of {doc['data']}; float64 reference: "
@@ -562,9 +577,12 @@ def _header(doc: dict) -> list[str]:
     if g["measured"]:
         rates = "; ".join(f"{m['how']} on {m['device']}: {m['gflops']:.1f} GFLOP/s" for m in g["measured"])
         best = ", ".join(f"{d} {v:.1f}" for d, v in g["rate"].items())
-        lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; the GEMM rate (% GEMM's 100%): {best} GFLOP/s")
-    lines.append(f"{doc['machine']['cpus']} CPUs; {s['threads']} threads; warm-up {s['warmup']} calls, "
-                 f"then >= {s['min_time']:g} s and >= 3 calls per row")
+        lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; 100% GEMM = {best} GFLOP/s (the best)")
+    m = doc["machine"]
+    load = m["load_1min"]
+    busy = f"; load average {load['start']:.2f} at start, {load['end']:.2f} at end" if load["start"] is not None else ""
+    lines.append(f"Machine: {m['cpu']}, {m['cpus']} CPUs, Python {m['python']}{busy}")
+    lines.append(f"threads: {s['threads']}; warm-up {s['warmup']} calls, then >= {s['min_time']:g} s and >= 3 calls per row")
     return lines
 
 
@@ -606,7 +624,9 @@ def write_markdown(doc: dict, path: Path) -> None:
     from cvtool.fsutil import atomic_write_bytes
 
     cols, rows = _cells(doc)
-    lines = [*(f"{line}  " for line in _header(doc)), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    head = _header(doc)
+    lines = [f"## cvtool bench: {head[0]}", "", *(f"{line}  " for line in head[1:]), "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += ["", *(f"- {line}" for line in _footer(doc))]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

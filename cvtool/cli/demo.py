@@ -22,7 +22,7 @@ def _run(args: str) -> int:
 
 def demo(
     quick: bool = typer.Option(False, help="A much shorter run (tiny network, seconds; used by the tests)."),
-    out_dir: Path = typer.Option(None, "--out", help="Folder for everything the demo writes [default runs/demo/expN]."),
+    out_dir: Path = typer.Option(None, "--out", help="Folder for everything the demo writes (default runs/demo/expN)."),
 ) -> None:
     """The tour: convolution arithmetic, every backend cross-checked, then train -> segment -> export -> segment
     with ONNX Runtime -> bench, all on the built-in synthetic shapes."""

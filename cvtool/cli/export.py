@@ -108,7 +108,8 @@ def check_meta(model, onnx_path: Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"{onnx_path} does not exist", hint="export it first, without --verify-only") from None
     except Exception as e:  # corrupt protobuf, or no cvtool metadata
-        raise DataError(f"{onnx_path} is not a cvtool ONNX export ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise DataError(f"{onnx_path} is not a cvtool ONNX export ({why})") from None
     if meta.get("spec") != model.spec.to_dict():
         raise CvtoolError(f"{onnx_path} holds another network than {model.path} (spec {meta.get('spec')})", exit_code=1)
     same = {k: meta.get(k) == v for k, v in model.meta().items()}
@@ -132,7 +133,8 @@ def _print_report(rows: list[dict]) -> None:
 def export(
     checkpoint: Path = typer.Argument(..., help="A cvtool checkpoint (.safetensors)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the .onnx file."),
-    opset: Optional[int] = typer.Option(None, help="ONNX opset [default: the newest the installed ONNX Runtime runs]."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the newest that the installed "
+                                        "ONNX Runtime runs)."),
     half: bool = typer.Option(False, "--half", help="float16 weights and compute (for GPUs), float32 input/output."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file against PyTorch and the NumPy "
                                 "reference before it is written; beyond tolerance: nothing written, exit 1."),

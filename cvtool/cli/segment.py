@@ -107,7 +107,7 @@ def segment(
                                               "Default: best checkpoint of the latest training run."),
     backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached beside it)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder [default runs/segment/expN]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/segment/expN)."),
     tile: int = typer.Option(512, help="Images larger than this go through overlapping tiles of at most this size "
                              "(raised to what the net's field of view needs)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Same-size images (or tiles) per forward pass."),
@@ -141,12 +141,19 @@ def segment(
     be = registry.get(backend, device)
     if backend == "ort" and model.kind == "checkpoint":
         src, what = onnx_for_checkpoint(model)
-        err().print(f"ort: {what} {src if isinstance(src, Path) else 'ONNX'} for {model.path}", soft_wrap=True, markup=False)
+        where = f" {src}" if isinstance(src, Path) else ""
+        err().print(f"ort: {what}{where} for {model.path}", soft_wrap=True, markup=False)
         run = be.load_onnx(src)
     elif backend == "ort":
         run = be.load_onnx(model.path)
     else:
         run = be.runner(spec, model.params)
+    passes = [0]  # forward passes: batches of images or of tiles
+
+    def forward(x):
+        passes[0] += 1
+        return run(x)
+
     multiple, margin = spec.multiple, tile_margin(spec)
     if tile < min_tile(spec):
         err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
@@ -167,7 +174,7 @@ def segment(
         if not queue:
             return
         t0 = time.perf_counter()
-        logits = predict_batch(run, [q[2].x for q in queue], multiple)
+        logits = predict_batch(forward, [q[2].x for q in queue], multiple)
         timings["inference"] += time.perf_counter() - t0
         for (path, raw, _), lg in zip(queue, logits):
             finish(path, raw, lg)
@@ -201,7 +208,7 @@ def segment(
                     flush()
                     tiled.add(path)
                     t0 = time.perf_counter()
-                    lg = predict_tiled(run, prep.x, multiple, tile, margin, batch_size=batch_size)
+                    lg = predict_tiled(forward, prep.x, multiple, tile, margin, batch_size=batch_size)
                     timings["inference"] += time.perf_counter() - t0
                     finish(path, raw, lg)
                 else:
@@ -216,13 +223,16 @@ def segment(
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
     doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "tile": tile,
-           "tile_margin": margin, "images": results, "failed": failed, "ms_per_image": per_image}
+           "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
+           "failed": failed, "ms_per_image": per_image}
     if json_:
         emit_json(doc)
     else:
+        def fractions(r: dict) -> str:  # largest first, the ones that show
+            return ", ".join(f"{c} {f:.1%}" for c, f in sorted(r["fractions"].items(), key=lambda kv: -kv[1]) if f > 0.001)
+
         rows = [[escape(Path(r["image"]).name), f"{r['size'][0]}x{r['size'][1]}" + (" (tiled)" if r["tiled"] else ""),
-                 ", ".join(f"{c} {f:.1%}" for c, f in sorted(r["fractions"].items(), key=lambda kv: -kv[1]) if f > 0.001)]
-                for r in results]
+                 fractions(r)] for r in results]
         out().print(table(f"Segmented {len(results)} image(s) with {backend}/{be.device} -> {dest}",
                           ["image", "size (HxW)", "class fractions"], rows))
         out().print("ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in per_image.items()))

@@ -130,25 +130,31 @@ def _finite(o):
 def _report(r: dict) -> None:
     con = out()
     if r["status"] == "interrupted":
-        err().print(f"[yellow]interrupted[/]: saved a resumable checkpoint {r['checkpoint']} (step {r['step']})")
-        err().print(f"resume with: cvtool train --resume {r['checkpoint']}")
+        err().print(f"[yellow]interrupted[/]: saved a resumable checkpoint {r['checkpoint']} (step {r['step']})", soft_wrap=True)
+        err().print(f"resume with: cvtool train --resume {r['checkpoint']}", soft_wrap=True)
         return
     if r.get("iou"):
         rows = [[name, fmt_float(v) if v is not None else "-"] for name, v in zip(r["classes"], r["iou"])]
         f = r["final"]
-        rows.append(["[bold]mean[/]", f"[bold]{fmt_float(f['mean_iou'])}[/]"])
-        con.print(table(f"Validation IoU per class (pixel accuracy {fmt_float(f['pixel_accuracy'])})", ["class", "IoU"], rows))
+        rows.append(["[bold]mean IoU[/]", f"[bold]{fmt_float(f['mean_iou'])}[/]"])
+        rows.append(["pixel accuracy", fmt_float(f["pixel_accuracy"])])
+        con.print(table("Validation, per class", ["class", "IoU"], rows))
     run = Path(r["out"])
-    con.print(f"{r['status']}: {r['epochs']} epochs, {r['steps']} steps in {r['seconds']:.0f} s; best mIoU {fmt_float(r['best_mean_iou'])}")
-    con.print(f"wrote {run}/best.safetensors, last.safetensors, metrics.csv, curves.png")
-    con.print("next:")
-    con.print(f"  cvtool segment IMAGE --model {run}/best.safetensors")
-    con.print(f"  cvtool export {run}/best.safetensors -o {run}/model.onnx")
-    con.print(f"  cvtool convcalc --model {run}/best.safetensors")
+    for line in (f"{r['status']}: {r['epochs']} epochs, {r['steps']} steps in {r['seconds']:.0f} s; "
+                 f"best mIoU {fmt_float(r['best_mean_iou'])}",
+                 f"wrote {run}/best.safetensors, last.safetensors, metrics.csv, curves.png",
+                 "next:",
+                 f"  cvtool segment IMAGE --model {run}/best.safetensors",
+                 f"  cvtool export {run}/best.safetensors -o {run}/model.onnx",
+                 f"  cvtool convcalc --model {run}/best.safetensors"):
+        con.print(line, soft_wrap=True, markup=False)  # paths and commands stay whole, for copy and paste
 
 
 class _ProgressUI:
-    """Rich progress bar on stderr with live loss and images/s; one line per epoch."""
+    """Rich progress bar on stderr with live loss and images/s; one line per epoch.
+
+    The bar starts with training ("start"), so an error while the data or the net are set up is the one
+    line main() prints, with no empty bar before it."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -156,38 +162,42 @@ class _ProgressUI:
         self.task = None
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=err(), transient=False)
-            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
+    def _print(self, text: str) -> None:
+        (self.progress.console if self.progress is not None else err()).print(text, soft_wrap=True)
+
+    def _start(self, total: int, done: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=err(), transient=False)
+        self.progress.__enter__()
+        self.task = self.progress.add_task("train", total=total, completed=done, info="")
+
     def event(self, kind: str, d: dict) -> None:
         if self.quiet:
             return
-        p = self.progress
         if kind == "data":
-            p.console.print(f"data: {d['info'].get('description', '')} — {d['train']} train / {d['val']} val images, "
-                            f"classes {', '.join(d['classes'])}")
+            self._print(f"data: {d['info'].get('description', '')} — {d['train']} train / {d['val']} val images, "
+                        f"classes {', '.join(d['classes'])}")
             for note in d["info"].get("notes", []):
-                p.console.print(f"note: {note}")
+                self._print(f"note: {note}")
         elif kind == "start":
             s = d["spec"]
-            p.console.print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
-                            f"{d['params']:,} parameters; {d['steps_per_epoch']} steps/epoch")
-            done = d["resumed_at"]["step"] if d["resumed_at"] else 0
-            self.task = p.add_task("train", total=d["total_steps"], completed=done, info="")
+            self._print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
+                        f"{d['params']:,} parameters; {d['steps_per_epoch']} steps/epoch")
+            self._start(d["total_steps"], d["resumed_at"]["step"] if d["resumed_at"] else 0)
         elif kind == "step":
-            p.update(self.task, completed=d["step"],
-                     info=f"epoch {d['epoch'] + 1} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
+            self.progress.update(self.task, completed=d["step"],
+                                 info=f"epoch {d['epoch'] + 1} loss {d['loss']:.4f} lr {d['lr']:.2e} "
+                                      f"{d['images_per_s']:.1f} img/s")
         elif kind == "epoch":
             mark = " *" if d.get("best") else ""
-            p.console.print(f"epoch {d['epoch']:>3}: train loss {d['train_loss']:.4f}  val loss {d['val_loss']:.4f}  "
-                            f"pixel acc {d['pixel_accuracy']:.4f}  mIoU {d['mean_iou']:.4f}{mark}")
+            self._print(f"epoch {d['epoch']:>3}: train loss {d['train_loss']:.4f}  val loss {d['val_loss']:.4f}  "
+                        f"pixel acc {d['pixel_accuracy']:.4f}  mIoU {d['mean_iou']:.4f}{mark}")

@@ -1,0 +1,282 @@
+"""`cvtool train` end to end, on a tiny folder dataset (24 synthetic-shape images 32x32, 18 train / 6 val):
+pure --json, sane metrics.csv and curves.png, run folders exp1, exp2, one-line errors, resume rules, a
+NumPy run that never imports torch, Ctrl-C/SIGTERM in a real process then --resume to the same weights, and
+torchrun with two ranks. Every option that shapes the run is given, so TrainConfig's defaults do not matter.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvtool import checkpoint as ckpt_io
+from cvtool.cli import main
+from cvtool.data.synth import SynthDataset
+from cvtool.spec import trainable
+from test_train import one_torch_thread  # noqa: F401  (autouse: --workers 1 sets torch's threads in-process)
+
+ARGS = ["--epochs", "2", "--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--lr", "0.01",
+        "--optimizer", "adam", "--schedule", "poly", "--warmup", "0.1", "--weight-decay", "0", "--activation", "relu",
+        "--norm", "batch", "--val-split", "0.25", "--seed", "0", "--workers", "1"]
+COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "pixel_accuracy", "mean_iou", "seconds"]
+
+
+def write_dataset(root: Path, n: int, size: int) -> Path:
+    ds = SynthDataset(n, size, seed=0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        s = ds[i]
+        Image.fromarray((s.image.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(s.mask.astype(np.uint8)).save(root / "masks" / f"{i:02d}.png")
+    (root / "classes.json").write_text(json.dumps({"classes": list(ds.classes)}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> str:
+    return str(write_dataset(tmp_path_factory.mktemp("shapes"), 24, 32))
+
+
+@pytest.fixture(scope="module")
+def bad_mask(tmp_path_factory) -> str:
+    root = write_dataset(tmp_path_factory.mktemp("bad"), 6, 32)
+    m = np.zeros((32, 32), np.uint8)
+    m[3, 4] = 9  # 4 classes: 9 is none of them
+    Image.fromarray(m).save(root / "masks" / "03.png")
+    return str(root)
+
+
+def cvtool(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def finite(v) -> bool:
+    return isinstance(v, float) and np.isfinite(v)
+
+
+# --- a good run ---------------------------------------------------------------------------------
+
+def test_json_is_pure_and_the_run_folder_is_sane(shapes, tmp_path, capsys):
+    code, out, err = cvtool(capsys, "train", "--data", shapes, *ARGS, "--json", "--out", tmp_path / "run")
+    assert code == 0 and err == ""
+    doc = json.loads(out)  # the whole of stdout is one JSON document
+    assert doc["status"] == "done" and doc["epochs"] == 2 and doc["steps"] == 2 * 9
+    assert doc["out"] == str(tmp_path / "run") and doc["classes"] == ["background", "circle", "square", "triangle"]
+    f = doc["final"]
+    assert all(finite(f[k]) for k in ("train_loss", "val_loss", "pixel_accuracy", "mean_iou"))
+    assert 0 <= f["pixel_accuracy"] <= 1 and 0 <= f["mean_iou"] <= 1 and len(doc["iou"]) == 4
+    assert np.array(doc["confusion"]).sum() == 6 * 32 * 32  # every validation pixel, at full size
+    assert doc["config"]["epochs"] == 2 and doc["config"]["width"] == 4 and doc["config"]["backend"] == "torch"
+
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "curves.png", "last.safetensors", "metrics.csv"]
+    with open(run / "metrics.csv") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == COLUMNS and len(rows) == 2  # one row per epoch
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [9, 18]
+    assert float(rows[-1]["mean_iou"]) == pytest.approx(f["mean_iou"])
+    assert all(0 <= float(r["pixel_accuracy"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
+    with Image.open(run / "curves.png") as im:
+        assert im.format == "PNG" and im.width >= 400 and im.height >= 200
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 3  # something is drawn
+
+    best, last = ckpt_io.load(run / "best.safetensors"), ckpt_io.load(run / "last.safetensors")
+    assert best.train_state["metrics"]["mean_iou"] == pytest.approx(max(float(r["mean_iou"]) for r in rows))
+    assert last.optim_state and not best.optim_state  # only last resumes the optimiser
+    assert last.train_state["run"]["epoch"] == 2 and last.classes == doc["classes"]
+
+
+def test_people_get_progress_a_table_and_next_commands(shapes, tmp_path, capsys):
+    code, out, err = cvtool(capsys, "train", "--data", shapes, *ARGS, "--epochs", "1", "--out", tmp_path / "run")
+    assert code == 0
+    assert "data: folder" in err and "model: U-Net width 4 depth 1" in err and "epoch   1: train loss" in err
+    for word in ("Validation, per class", "background", "triangle", "mean IoU", "pixel accuracy", "next:",
+                 f"cvtool segment IMAGE --model {tmp_path / 'run'}/best.safetensors", "cvtool export"):
+        assert word in out, word
+
+
+def test_out_auto_increments(shapes, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    outs = []
+    for _ in range(2):
+        code, out, _ = cvtool(capsys, "train", "--data", shapes, *ARGS, "--epochs", "1", "--json")
+        assert code == 0
+        outs.append(json.loads(out)["out"])
+    assert outs == [str(Path("runs/train/exp1")), str(Path("runs/train/exp2"))]
+    assert (tmp_path / "runs/train/exp2/last.safetensors").is_file()
+
+
+# --- mistakes: exit 2, one line ----------------------------------------------------------------
+
+BAD = [
+    (["--optimizer", "foo"], "unknown optimizer"),
+    (["--schedule", "step"], "unknown schedule"),
+    (["--activation", "gelu"], "activation"),
+    (["--img-size", "18", "--depth", "2"], "divisible by 2**depth = 4"),
+    (["--backend", "ort"], "cannot train"),
+    (["--backend", "tensorflow"], "unknown backend"),
+    (["--device", "cuda"], "CUDA"),
+    (["--device", "tpu"], "unknown device"),
+    (["--data", "BAD_MASK"], "mask values 9"),
+    (["--data", "NO_SUCH_FOLDER"], "no such dataset folder"),
+    (["--resume", "NO_SUCH_FILE"], "does not exist"),
+    (["--batch-size", "64"], "smaller than one batch"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--warmup", "1.5"], "--warmup"),
+    (["--val-split", "1"], "--val-split"),
+    (["--epochs", "x"], "Invalid value"),
+    (["--no-such-option"], "No such option"),
+]
+
+
+@pytest.mark.parametrize("extra,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_options_exit_2_with_one_line(extra, words, shapes, bad_mask, tmp_path, monkeypatch, capsys):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)
+    subs = {"BAD_MASK": bad_mask, "NO_SUCH_FOLDER": str(tmp_path / "nope"), "NO_SUCH_FILE": str(tmp_path / "x.safetensors")}
+    extra = [subs.get(a, a) for a in extra]
+    data = [] if "--data" in extra else ["--data", shapes]
+    code, out, err = cvtool(capsys, "train", *data, *ARGS, *extra)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_resume_rules(shapes, tmp_path, capsys):
+    code, _, _ = cvtool(capsys, "train", "--data", shapes, *ARGS, "--epochs", "1", "--json", "--out", tmp_path / "r")
+    assert code == 0
+    for extra, words in ((["--epochs", "1"], "finished its 1 epochs"), (["--width", "8", "--epochs", "2"], "--width cannot change")):
+        code, out, err = cvtool(capsys, "train", "--resume", tmp_path / "r", *extra)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and words in err, err
+    code, out, _ = cvtool(capsys, "train", "--resume", tmp_path / "r", "--epochs", "2", "--workers", "1", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["epochs"] == 2 and doc["steps"] == 18 and doc["out"] == str(tmp_path / "r")
+    with open(tmp_path / "r" / "metrics.csv") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
+
+
+# --- real processes -----------------------------------------------------------------------------
+
+def test_numpy_backend_trains_without_importing_torch(shapes, tmp_path):
+    probe = ("import json, sys\nfrom cvtool.cli import main\ntry:\n    main(json.loads(sys.argv[1]))\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime'))]),"
+             " file=sys.stderr)\n")
+    args = ["train", "--backend", "numpy", "--data", shapes, *ARGS, "--epochs", "1", "--json", "--out", str(tmp_path / "n")]
+    r = subprocess.run([sys.executable, "-c", probe, json.dumps(args)], capture_output=True, text=True, timeout=120)
+    code, heavy = json.loads(r.stderr.strip().splitlines()[-1])
+    assert code == 0 and heavy == [], r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "done" and doc["config"]["backend"] == "numpy"
+    assert ckpt_io.load(tmp_path / "n" / "last.safetensors").train_state["config"]["backend"] == "numpy"
+
+
+def cvtool_process(*args, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cvtool", "train", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def rows(run: Path) -> int:
+    try:
+        return len((run / "metrics.csv").read_text().strip().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
+def interrupt_after(p: subprocess.Popen, run: Path, epochs_done: int, sig: int, delay: float) -> tuple[str, str]:
+    """Wait until the run has written `epochs_done` rows of metrics.csv (so it is past start-up and has taken
+    steps), then `delay` seconds more (to land mid-epoch, usually), then send `sig`; bounded by a timeout."""
+    t0 = time.monotonic()
+    while rows(run) < epochs_done and p.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.01)
+    time.sleep(delay)
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    p.send_signal(sig)
+    return p.communicate(timeout=120)
+
+
+def test_sigint_and_sigterm_save_a_checkpoint_that_resumes_to_the_same_weights(shapes, tmp_path, capsys):
+    """A: 5 epochs straight (in this process, one thread). B, in real processes: Ctrl-C (SIGINT) after epoch 1,
+    resume, SIGTERM after epoch 2, resume to the end. Exit 130, no traceback, and B's final weights equal A's."""
+    common = ["--data", shapes, *ARGS, "--epochs", "5", "--img-size", "32", "--depth", "2"]
+    code, out_a, _ = cvtool(capsys, "train", *common, "--json", "--out", tmp_path / "a")
+    assert code == 0
+    total = json.loads(out_a)["steps"]
+    seconds = [h["seconds"] for h in ckpt_io.load(tmp_path / "a" / "last.safetensors").train_state["run"]["history"]]
+    half_epoch = (seconds[-1] - seconds[0]) / (len(seconds) - 1) / 2
+
+    run = tmp_path / "b"
+    stops = []
+    for sig, after in ((signal.SIGINT, 1), (signal.SIGTERM, 2)):
+        args = common if not stops else ["--resume", run, "--workers", "1"]
+        p = cvtool_process(*args, "--out", run)
+        out, err = interrupt_after(p, run, after, sig, half_epoch)
+        assert p.returncode == 130, err
+        assert "Traceback" not in err and "error" not in err
+        assert "interrupted: saved a resumable checkpoint" in err and f"cvtool train --resume {run}" in err
+        st = ckpt_io.load(run / "last.safetensors").train_state["run"]
+        assert st["step"] < total
+        stops.append((st["epoch"], st["batch"], st["step"]))
+    assert stops[0][2] < stops[1][2]
+
+    p = cvtool_process("--resume", run / "last.safetensors", "--workers", "1", "--json")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert json.loads(out)["steps"] == total
+    pa, pb = (ckpt_io.load(r / "last.safetensors").params for r in (tmp_path / "a", run))
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], rtol=0, atol=1e-6, err_msg=f"{k} (stopped at {stops})")
+    with open(run / "metrics.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5]
+
+
+def sha256(params: dict[str, np.ndarray], names) -> str:
+    h = hashlib.sha256()
+    for k in sorted(names):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(params[k], np.float32).tobytes())
+    return h.hexdigest()
+
+
+def test_torchrun_two_ranks_train_the_same_weights_on_different_data(shapes, tmp_path):
+    digests = tmp_path / "digests"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvtool",
+           "train", "--data", shapes, *ARGS, "--json"]
+    env = {**os.environ, "CVTOOL_DIGEST_DIR": str(digests), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)  # rank 0 alone prints
+    assert doc["status"] == "done" and doc["steps"] == 2 * 4  # 18 images over 2 ranks: 9 each, 4 batches of 2
+    assert sorted(p.name for p in (tmp_path / "runs" / "train").iterdir()) == ["exp1"]  # rank 0 alone writes
+
+    d0, d1 = (json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (d0["world"], d1["world"]) == (2, 2)
+    assert d0["weights"] == d1["weights"]  # DDP keeps the trainable weights identical
+    for epoch in ("0", "1"):
+        a, b = set(d0["shards"][epoch]), set(d1["shards"][epoch])
+        assert len(a) == len(b) == 8 and not a & b  # each rank its own 8 images
+    assert d0["shards"]["0"] != d0["shards"]["1"]  # reshuffled every epoch
+    # rank 0's digest is that of the checkpoint it wrote (BN running stats included: they are rank 0's)
+    last = ckpt_io.load(tmp_path / "runs" / "train" / "exp1" / "last.safetensors").params
+    assert d0["all"] == sha256(last, last) and d0["weights"] == sha256(last, [k for k in last if trainable(k)])
