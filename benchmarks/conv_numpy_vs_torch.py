@@ -1,11 +1,13 @@
 """conv2d speed: the NumPy reference backend against torch on the CPU, side by side in one run.
 
     python benchmarks/conv_numpy_vs_torch.py [--shape 8,16,256,256] [--filters 16] [--kernel 3]
-        [--padding 1] [--repeats 7] [--warmup 2] [--dtype float32] [--markdown FILE]
+        [--padding 1] [--repeats 7] [--warmup 2] [--pause 0.2] [--dtype float32] [--markdown FILE]
 
 Times forward, backward (dx, dw, db) and forward+backward; each is the median of --repeats runs
-after --warmup runs. The two libraries take turns run by run, so that background load on a
-shared machine hits both alike. torch's backward is autograd's (y.backward(dout)) on a fresh graph.
+after --warmup runs. The two libraries take turns run by run (so that background load on a shared
+machine hits both alike), with a --pause between runs: OpenBLAS's and OpenMP's worker threads
+spin for a while after a call and would otherwise slow down the other library.
+torch's backward is autograd's (y.backward(dout)) on a fresh graph.
 """
 
 from __future__ import annotations
@@ -93,14 +95,19 @@ def measure(args) -> dict[str, dict[str, float]]:
     dout = rng.standard_normal((N,) + out.shape[1:]).astype(dtype)
     runs = {"numpy": _numpy_runs(x, w, b, dout, args.padding), "torch": _torch_runs(x, w, b, dout, args.padding)}
     times: dict[str, dict[str, list[float]]] = {lib: {p: [] for p in PHASES} for lib in runs}
+    order = list(runs)
+    load0 = os.getloadavg()[0]
     for phase in PHASES:
         for k in range(args.warmup + args.repeats):
-            for lib in runs:  # take turns
+            for lib in order:
                 t = _time(runs[lib][phase])
                 if k >= args.warmup:
                     times[lib][phase].append(t)
+                time.sleep(args.pause)  # let the other library's worker threads stop spinning
+            order.reverse()  # neither always goes first
+    load = f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after"  # 1-minute; other work on the machine shows here
     return {lib: {p: statistics.median(ts) for p, ts in per.items()} for lib, per in times.items()} | {
-        "_meta": {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}}
+        "_meta": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "load": load}}
 
 
 def cpu_model() -> str:
@@ -129,12 +136,15 @@ def rows(res) -> list[list[str]]:
 
 def markdown(args, res, info) -> str:
     N, C, H, W = args.shape
+    meta = res["_meta"]
     lines = [
         "## conv2d: NumPy reference vs torch (CPU)", "",
         f"x ({N}, {C}, {H}, {W}) {args.dtype}, w ({args.filters}, {C}, {args.kernel}, {args.kernel}), "
-        f"padding {args.padding}; median of {args.repeats} runs after {args.warmup} warm-up runs, the two taking turns.", "",
-        f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']} (BLAS threads {info['blas threads']}), "
-        f"torch {res['_meta']['torch']} ({res['_meta']['torch_threads']} threads), Python {info['python']}; {info['date']}.", "",
+        f"padding {args.padding}; median of {args.repeats} runs after {args.warmup} warm-up runs, "
+        f"the two taking turns, {args.pause} s apart.", "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, load average {meta['load']}; "
+        f"numpy {info['numpy']} (BLAS threads {info['blas threads']}), "
+        f"torch {meta['torch']} ({meta['torch_threads']} threads), Python {info['python']}; {info['date']}.", "",
         "| phase | numpy ms | torch ms | numpy / torch |", "|---|---:|---:|---:|",
     ]
     lines += [f"| {' | '.join(r)} |" for r in rows(res)]
@@ -149,6 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--padding", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds between runs")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--markdown", metavar="FILE", help="also write the results as a markdown section to FILE")
     args = ap.parse_args(argv)
@@ -164,7 +175,7 @@ def main(argv=None) -> int:
         from rich.table import Table
 
         t = Table(title=f"conv2d x {args.shape} {args.dtype}, k {args.kernel}, {args.filters} filters "
-                        f"({info['cpu']}, {info['cores']} cores)", title_justify="left")
+                        f"({info['cpu']}, {info['cores']} cores, load {res['_meta']['load']})", title_justify="left")
         for col in ("phase", "numpy ms", "torch ms", "numpy / torch"):
             t.add_column(col, justify="left" if col == "phase" else "right")
         for r in rows(res):

@@ -18,8 +18,10 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ign
         raise ValueError(f"prediction has {pred.size} pixels, target {target.size}")
     keep = target != ignore_index
     t, p = target[keep], pred[keep]
-    if t.size and (t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"target holds class {int(t.max())}, outside 0..{num_classes - 1}")
+    for what, v in (("target", t), ("prediction", p)):
+        if v.size and (v.min() < 0 or v.max() >= num_classes):
+            bad = int(v.min()) if v.min() < 0 else int(v.max())
+            raise ValueError(f"{what} holds class {bad}, outside 0..{num_classes - 1}")
     return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

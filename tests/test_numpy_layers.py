@@ -215,6 +215,21 @@ def check_vs_torch(forward, backward, torch_forward, x, w, b, **kw):
         close(db, bt.grad)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_in_many_column_blocks(monkeypatch, stride):
+    """Tiny blocks (256 columns, or one image when strided) give the same answers as one block."""
+    import backends.numpy_ref.conv as conv
+
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    x, w, b = RNG.standard_normal((3, 4, 11, 13)), RNG.standard_normal((6, 2, 3, 2)), RNG.standard_normal(6)
+    kw = dict(stride=stride, padding=(1, 0, 2, 1), dilation=(1, 2), groups=2)
+    assert len(conv._blocks(conv.conv_geom(x.shape, w.shape, **kw), x.dtype)) == 3
+    check_vs_torch(L.conv2d_forward, L.conv2d_backward, torch_conv2d, x, w, b, **kw)
+    x = RNG.standard_normal((3, 6, 7, 8))
+    check_vs_torch(L.conv_transpose2d_forward, L.conv_transpose2d_backward, F.conv_transpose2d, x, w, b[:4],
+                   stride=stride, padding=1, dilation=2, groups=2)
+
+
 def test_conv2d_same_padding_matches_torch_same():
     x, w = RNG.standard_normal((1, 2, 7, 6)), RNG.standard_normal((3, 2, 4, 3))  # even kernel: uneven split
     out, _ = L.conv2d_forward(x, w, None, padding="same", dilation=2)

@@ -280,3 +280,19 @@ def test_torchrun_two_ranks_train_the_same_weights_on_different_data(shapes, tmp
     # rank 0's digest is that of the checkpoint it wrote (BN running stats included: they are rank 0's)
     last = ckpt_io.load(tmp_path / "runs" / "train" / "exp1" / "last.safetensors").params
     assert d0["all"] == sha256(last, last) and d0["weights"] == sha256(last, [k for k in last if trainable(k)])
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step(shapes, tmp_path):
+    """torchrun forwards SIGTERM to every rank; the ranks agree on the step to stop at (else one would wait in an
+    all-reduce for a peer that has left), both end with the same weights, and rank 0 saves them resumably."""
+    digests, run = tmp_path / "digests", tmp_path / "d"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvtool",
+           "train", "--data", shapes, *ARGS, "--epochs", "10", "--img-size", "32", "--depth", "2", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env={**os.environ, "CVTOOL_DIGEST_DIR": str(digests), "OMP_NUM_THREADS": "1"})
+    _, err = interrupt_after(p, run, 1, signal.SIGTERM, 0.1)
+    assert "interrupted: saved a resumable checkpoint" in err, err[-3000:]
+    d0, d1 = (json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert d0["weights"] == d1["weights"]
+    ck = ckpt_io.load(run / "last.safetensors")
+    assert 0 < ck.train_state["run"]["step"] < 10 * 4 and d0["all"] == sha256(ck.params, ck.params)

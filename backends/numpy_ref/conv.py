@@ -4,24 +4,26 @@ One piece of maths, three uses. A convolution (a cross-correlation, as in every 
 
     out[n, f, oh, ow] = sum_{c,i,j} w[f, c, i, j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
 
-so for each kernel offset (i, j) it is a matrix product W_ij (F, C) @ X_ij (C, M), where X_ij holds,
-for each of the M output pixels of the whole batch, the padded-input pixel that offset (i, j) sees:
+i.e. one matrix product W (F, KH*KW*C) @ X (KH*KW*C, M), where column m of X (im2col) holds the
+window of output pixel m (M: every output pixel of the batch):
 
-    forward            out   = sum_ij W_ij @ gather_ij(xpad)                 (_forward)
-    backward to x      dxpad = sum_ij scatter_ij(W_ij^T @ dout)              (_adjoint)
-    backward to w      dW_ij = dout @ gather_ij(xpad)^T                      (_wgrad)
+    forward            out   = W @ im2col(xpad)                    (_forward)
+    backward to x      dxpad = col2im(W^T @ dout)                  (_adjoint)
+    backward to w      dW    = dout @ im2col(xpad)^T               (_wgrad)
 
-scatter_ij is gather_ij's adjoint (add each column back where it was read from). A transposed
+col2im is im2col's adjoint (add each entry back where it was read from). A transposed
 convolution IS a convolution's backward-to-input, and its backward-to-input is that convolution's
 forward, so conv_transpose2d_* call the same three functions with the roles of x and out swapped.
 
-Layout (stride 1, the common case): the padded batch is stored channel-major as one long row,
-(C, N*Hb*Wb + tail). Output pixel (n, oh, ow) is column m = (n*Hb + oh)*Wb + ow, and offset (i, j)
-reads column m + i*dh*Wb + j*dw: gather_ij is a contiguous slice, so each offset is one GEMM with
-no copy. Columns with oh >= OH or ow >= OW are garbage (their window wraps into the next row or
-image); the forward crops them, and backward puts zeros there so they add nothing.
-With stride > 1, gather_ij copies a strided view into (C, N*OH*OW) (1/s^2 of the input).
-Groups: channels split as (G, C/G), and every product is a batched matmul over G.
+X is never built whole (KH*KW times the input): the products run over blocks of columns whose
+piece of X fits in cache (_blocks). Each block stacks KH*KW views of the padded input (_tap):
+- stride 1: the padded batch is stored channel-major as one long row (C, N*Hb*Wb + tail). Output
+  pixel (n, oh, ow) is column m = (n*Hb + oh)*Wb + ow and offset (i, j) reads column
+  m + i*dh*Wb + j*dw: a contiguous slice. Columns with oh >= OH or ow >= OW are garbage (their
+  window wraps into the next row or image): the forward crops them, backward feeds zeros there.
+- stride > 1: the padded batch is (C, N, Hb, Wb), offset (i, j) a strided window of it, and a
+  block is a run of whole images.
+Groups: channels split as (G, C/G), and every product is a matmul batched over G.
 """
 
 from __future__ import annotations
@@ -164,10 +166,8 @@ BLOCK_BYTES = 4 << 20  # im2col block size: small enough to stay in cache while 
 def _blocks(g: ConvGeom, dtype) -> list[tuple[int, int]]:
     """Ranges of output columns whose im2col block (KH*KW*C rows) takes about BLOCK_BYTES, so
     that it is built and used while still in cache. Strided layout: whole images per block."""
-    per_column = g.KH * g.KW * max(g.C, g.F) * np.dtype(dtype).itemsize
-    B = max(256, BLOCK_BYTES // per_column)
-    if not g.flat:
-        B = max(1, B // (g.OH * g.OW)) * g.OH * g.OW
+    B = BLOCK_BYTES // (g.KH * g.KW * max(g.C, g.F) * np.dtype(dtype).itemsize)
+    B = max(256, B) if g.flat else max(1, B // (g.OH * g.OW)) * g.OH * g.OW
     return [(m0, min(m0 + B, g.M)) for m0 in range(0, g.M, B)]
 
 

@@ -44,7 +44,7 @@ def bench(
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, e.g. 1,8."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per row (at least 3 calls)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed calls first (at least 1: it also measures memory)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for torch and ORT [default: the CPUs here]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for torch and ORT (default: the CPUs here)."),
     data: Optional[str] = typer.Option(None, "--data", help="A dataset ('synth' or a folder): adds mIoU per backend."),
     data_limit: int = typer.Option(16, "--data-limit", help="--data: at most this many validation images."),
     width: Optional[int] = typer.Option(None, "--width", help="Random network: base width (default 16)."),

@@ -24,8 +24,7 @@ def demo(
     quick: bool = typer.Option(False, help="A much shorter run (tiny network, seconds; used by the tests)."),
     out_dir: Path = typer.Option(None, "--out", help="Folder for everything the demo writes (default runs/demo/expN)."),
 ) -> None:
-    """The tour: convolution arithmetic, every backend cross-checked, then train -> segment -> export -> segment
-    with ONNX Runtime -> bench, all on the built-in synthetic shapes."""
+    """The tour on built-in data: convcalc and a cross-backend check, then train, segment, export, segment with ORT, bench."""
     from cvtool.cli.convcalc import convcalc_tour
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import next_run_dir
