@@ -111,14 +111,18 @@ def is_symmetric(pads: Pads2d) -> bool:
 
 # --- one dimension ---------------------------------------------------------------------------
 
+def _checked(i: int, k: int, s: int, p: int | Pad, d: int) -> Pad:
+    """Validate one dimension's parameters; the padding as (begin, end)."""
+    pb, pe = (p, p) if isinstance(p, int) else p
+    for name, v in (("input size", i), ("kernel", k), ("stride", s), ("dilation", d)):
+        _check_positive(name, v)
+    _check_pad((pb, pe))
+    return pb, pe
+
+
 def conv_output(i: int, k: int, s: int = 1, p: int | Pad = 0, d: int = 1) -> int:
     """Output size of a convolution along one dimension."""
-    pb, pe = (p, p) if isinstance(p, int) else p
-    _check_positive("input size", i)
-    _check_positive("kernel", k)
-    _check_positive("stride", s)
-    _check_positive("dilation", d)
-    _check_pad((pb, pe))
+    pb, pe = _checked(i, k, s, p, d)
     ek = effective_kernel(k, d)
     padded = i + pb + pe
     if ek > padded:
@@ -129,12 +133,7 @@ def conv_output(i: int, k: int, s: int = 1, p: int | Pad = 0, d: int = 1) -> int
 
 def conv_transpose_output(i: int, k: int, s: int = 1, p: int | Pad = 0, output_padding: int = 0, d: int = 1) -> int:
     """Output size of a transposed convolution along one dimension (the shape of conv's dL/dx)."""
-    pb, pe = (p, p) if isinstance(p, int) else p
-    _check_positive("input size", i)
-    _check_positive("kernel", k)
-    _check_positive("stride", s)
-    _check_positive("dilation", d)
-    _check_pad((pb, pe))
+    pb, pe = _checked(i, k, s, p, d)
     if output_padding < 0:
         raise UsageError(f"output_padding must not be negative, got {output_padding}")
     if output_padding >= max(s, d):
