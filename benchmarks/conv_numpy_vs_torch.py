@@ -119,7 +119,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, str]:
-    from backends.numpy_ref.blas import blas_threads
+    from backends.numpy_ref.parallel import blas_threads
 
     return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "numpy": np.__version__,
             "blas threads": str(blas_threads()), "python": platform.python_version(),

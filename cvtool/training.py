@@ -30,7 +30,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 @dataclass
 class TrainConfig:
     data: str | None = None  # None: the built-in synthetic shapes
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 8
     img_size: int = 96
     lr: float = 5e-3
@@ -46,7 +46,7 @@ class TrainConfig:
     seed: int = 0
     time_budget: float | None = None  # seconds; the schedule then runs on elapsed time
     class_balance: bool = True
-    synth_train: int = 512  # synthetic images per epoch
+    synth_train: int = 2400  # synthetic images per epoch (6 x 2400 / 8 = 1800 steps: ~150 s on 2 cores)
     synth_val: int = 64
     synth_size: int = 128  # synthetic images are generated at this size, cropped to img_size
     backend: str = "torch"
@@ -86,9 +86,14 @@ class TrainConfig:
 
 
 def class_weights(masks_hist: np.ndarray) -> np.ndarray:
-    """Inverse square-root frequency, normalised to mean 1 over present classes, clipped to [0.2, 5]."""
+    """Inverse fourth-root frequency, normalised to mean 1 over present classes, clipped to [0.2, 5].
+
+    Mild on purpose: weighting shifts the argmax towards rare classes, which buys recall with false positives.
+    On the synthetic shapes (background ~70%) validation mIoU after 1440 steps fell as the power rose:
+    0.895 unweighted, 0.892 at 1/4, 0.884 at 1/2, 0.846 at 1. A little weighting stays, so that a heavily
+    imbalanced set cannot settle on "all background"."""
     f = masks_hist / max(masks_hist.sum(), 1)
-    w = np.where(f > 0, 1.0 / np.sqrt(np.maximum(f, 1e-12)), 0.0)
+    w = np.where(f > 0, np.maximum(f, 1e-12) ** -0.25, 0.0)
     present = f > 0
     w[present] /= w[present].mean()
     return np.clip(w, 0.2 if present.any() else 0, 5.0).astype(np.float32)

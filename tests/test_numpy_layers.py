@@ -230,6 +230,41 @@ def test_conv_in_many_column_blocks(monkeypatch, stride):
                    stride=stride, padding=1, dilation=2, groups=2)
 
 
+def test_blocks_are_longer_than_the_reach_of_a_window(monkeypatch):
+    """Blocks run two at a time; the writes of block k reach into block k+1 by the tail only."""
+    import backends.numpy_ref.conv as conv
+
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    g = conv.conv_geom((2, 1, 5, 700), (1, 1, 3, 3), padding=1)
+    blocks = conv._blocks(g, np.float32)
+    assert len(blocks) > 2 and all(m1 - m0 >= conv._tail(g) for m0, m1 in blocks[:-1])
+
+
+def test_blas_threads_are_restored():
+    from backends.numpy_ref.parallel import blas_threads
+
+    before = blas_threads()
+    x, w = RNG.standard_normal((4, 16, 96, 96)), RNG.standard_normal((16, 16, 3, 3))
+    out, cache = L.conv2d_forward(x, w, None, padding=1)  # several blocks
+    L.conv2d_backward(out, cache)
+    assert blas_threads() == before
+
+
+def _conv_sum(seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    out, cache = L.conv2d_forward(rng.standard_normal((4, 16, 96, 96)), rng.standard_normal((16, 16, 3, 3)), None,
+                                  padding=1)
+    return float(L.conv2d_backward(out, cache)[1].sum())
+
+
+def test_conv_in_a_forked_child_after_the_pool_ran():
+    import multiprocessing
+
+    expected = _conv_sum(0)  # the parent's pool has run
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_conv_sum, (0,)).get(timeout=60) == expected
+
+
 def test_conv2d_same_padding_matches_torch_same():
     x, w = RNG.standard_normal((1, 2, 7, 6)), RNG.standard_normal((3, 2, 4, 3))  # even kernel: uneven split
     out, _ = L.conv2d_forward(x, w, None, padding="same", dilation=2)

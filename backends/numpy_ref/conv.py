@@ -16,7 +16,8 @@ convolution IS a convolution's backward-to-input, and its backward-to-input is t
 forward, so conv_transpose2d_* call the same three functions with the roles of x and out swapped.
 
 X is never built whole (KH*KW times the input): the products run over blocks of columns whose
-piece of X fits in cache (_blocks). Each block stacks KH*KW views of the padded input (_tap):
+piece of X fits in cache (_blocks), on all cores (parallel.map_blocks). Each block stacks KH*KW
+views of the padded input (_tap):
 - stride 1: the padded batch is stored channel-major as one long row (C, N*Hb*Wb + tail). Output
   pixel (n, oh, ow) is column m = (n*Hb + oh)*Wb + ow and offset (i, j) reads column
   m + i*dh*Wb + j*dw: a contiguous slice. Columns with oh >= OH or ow >= OW are garbage (their
@@ -33,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from backends.numpy_ref.arrays import as_float, offsets, window
+from backends.numpy_ref.parallel import map_blocks
 from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_kernel, pair, resolve_padding
 from cvtool.errors import UsageError
 
@@ -125,10 +127,14 @@ def _interior(buf: np.ndarray, g: ConvGeom) -> np.ndarray:
     return _grid(buf, g)[:, :, g.top:g.top + g.H, g.left:g.left + g.W]
 
 
+def _tail(g: ConvGeom) -> int:
+    """Flat layout: how far past column m the window of output column m reaches."""
+    return (g.KH - 1) * g.dilation[0] * g.Wb + (g.KW - 1) * g.dilation[1]
+
+
 def _zeros_buffer(g: ConvGeom, dtype) -> np.ndarray:
     if g.flat:  # the tail lets the last offset's slice run M columns past its start
-        tail = (g.KH - 1) * g.dilation[0] * g.Wb + (g.KW - 1) * g.dilation[1]
-        return np.zeros((g.C, g.M + tail), dtype)
+        return np.zeros((g.C, g.M + _tail(g)), dtype)
     return np.zeros((g.C, g.N, g.Hb, g.Wb), dtype)
 
 
@@ -165,9 +171,13 @@ BLOCK_BYTES = 4 << 20  # im2col block size: small enough to stay in cache while 
 
 def _blocks(g: ConvGeom, dtype) -> list[tuple[int, int]]:
     """Ranges of output columns whose im2col block (KH*KW*C rows) takes about BLOCK_BYTES, so
-    that it is built and used while still in cache. Strided layout: whole images per block."""
+    that it is built and used while still in cache. Flat layout: at least the tail long (see
+    _adjoint). Strided layout: whole images."""
     B = BLOCK_BYTES // (g.KH * g.KW * max(g.C, g.F) * np.dtype(dtype).itemsize)
-    B = max(256, B) if g.flat else max(1, B // (g.OH * g.OW)) * g.OH * g.OW
+    if g.flat:
+        B = max(256, B, _tail(g))
+    else:
+        B = max(1, B // (g.OH * g.OW)) * g.OH * g.OW
     return [(m0, min(m0 + B, g.M)) for m0 in range(0, g.M, B)]
 
 
@@ -216,25 +226,34 @@ def _from_wmat(wm: np.ndarray, g: ConvGeom) -> np.ndarray:
 def _forward(buf: np.ndarray, wm: np.ndarray, g: ConvGeom) -> np.ndarray:
     """W @ im2col(buf): (G, F/G, M)."""
     out = np.empty((g.G, g.F // g.G, g.M), buf.dtype)
-    for m0, m1 in _blocks(g, buf.dtype):
+
+    def block(m0: int, m1: int) -> None:
         np.matmul(wm, _im2col(buf, g, m0, m1), out=out[..., m0:m1])
+
+    map_blocks(block, _blocks(g, buf.dtype))
     return out
 
 
 def _adjoint(cols: np.ndarray, wm: np.ndarray, g: ConvGeom) -> np.ndarray:
     """col2im(W^T @ cols): the padded buffer of dL/d(input)."""
     buf = _zeros_buffer(g, cols.dtype)
-    for m0, m1 in _blocks(g, cols.dtype):
+
+    def block(m0: int, m1: int) -> None:
         _col2im_add(buf, g, m0, m1, wm.swapaxes(-1, -2) @ cols[..., m0:m1])
+
+    blocks = _blocks(g, cols.dtype)
+    map_blocks(block, blocks[0::2])  # a block's writes overlap its neighbours' (by the tail), not the next but one's
+    map_blocks(block, blocks[1::2])
     return buf
 
 
 def _wgrad(buf: np.ndarray, cols: np.ndarray, g: ConvGeom) -> np.ndarray:
     """cols @ im2col(buf)^T: (G, F/G, KH*KW*C/G)."""
-    dwm = np.zeros((g.G, g.F // g.G, g.KH * g.KW * g.C // g.G), cols.dtype)
-    for m0, m1 in _blocks(g, cols.dtype):
-        dwm += cols[..., m0:m1] @ _im2col(buf, g, m0, m1).swapaxes(-1, -2)
-    return dwm
+
+    def block(m0: int, m1: int) -> np.ndarray:
+        return cols[..., m0:m1] @ _im2col(buf, g, m0, m1).swapaxes(-1, -2)
+
+    return sum(map_blocks(block, _blocks(g, cols.dtype)))
 
 
 # --- public API ------------------------------------------------------------------------------
