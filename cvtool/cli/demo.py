@@ -31,7 +31,7 @@ def demo(
 
     root = out_dir or next_run_dir(Path("runs") / "demo")
     q = shlex.quote
-    train_opts = "--epochs 1 --width 4 --depth 2 --img-size 32 --batch-size 4" if quick else ""
+    train_opts = "--epochs 1 --width 4 --depth 2 --img-size 32 --batch-size 4 --synth-images 64" if quick else ""
     bench_opts = "--sizes 64 --min-time 0.05" if quick else "--sizes 128 --batch-sizes 1"
     n_images = 3 if quick else 6
     convcalc_tour(quick=quick)

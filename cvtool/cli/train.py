@@ -18,26 +18,27 @@ def _opt(default_help: str):
 
 def train(
     data: Optional[str] = typer.Option(None, help="Dataset folder (images/ + masks/, or VOC layout). Default: built-in synthetic shapes."),
-    epochs: Optional[int] = _opt("Epochs [default 12]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step [default 8]."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Training crop size [default 96]."),
-    lr: Optional[float] = _opt("Peak learning rate [default 5e-3]."),
-    optimizer: Optional[str] = _opt("sgd | momentum | adam [default adam]."),
-    schedule: Optional[str] = _opt("poly | cosine | constant, after linear warm-up [default poly]."),
-    warmup: Optional[float] = _opt("Warm-up as a fraction of the run [default 0.03]."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="L2 weight decay [default 0]."),
-    activation: Optional[str] = _opt("relu | sigmoid | tanh [default relu]."),
-    width: Optional[int] = _opt("Channels at the first level [default 16]."),
-    depth: Optional[int] = _opt("Number of down/up levels [default 3]."),
-    norm: Optional[str] = _opt("batch | none [default batch]."),
-    val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out fraction when the data has no val/ [default 0.2]."),
-    seed: Optional[int] = _opt("Random seed [default 0]."),
+    epochs: Optional[int] = _opt("Epochs (default 6)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step (default 8)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Training crop size (default 96)."),
+    lr: Optional[float] = _opt("Peak learning rate (default 5e-3)."),
+    optimizer: Optional[str] = _opt("sgd | momentum | adam (default adam)."),
+    schedule: Optional[str] = _opt("poly | cosine | constant, after linear warm-up (default poly)."),
+    warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="L2 weight decay (default 0)."),
+    activation: Optional[str] = _opt("relu | sigmoid | tanh (default relu)."),
+    width: Optional[int] = _opt("Channels at the first level (default 16)."),
+    depth: Optional[int] = _opt("Number of down/up levels (default 3)."),
+    norm: Optional[str] = _opt("batch | none (default batch)."),
+    val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out fraction when the data has no val/ (default 0.2)."),
+    seed: Optional[int] = _opt("Random seed (default 0)."),
+    synth_images: Optional[int] = typer.Option(None, "--synth-images", help="Synthetic data: training images per epoch (default 2400)."),
     time_budget: Optional[float] = typer.Option(None, "--time", help="Time budget in seconds; the schedule follows elapsed time."),
     backend: str = typer.Option("torch", help="numpy | torch (ort cannot train)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     workers: int = typer.Option(0, help="Threads for the backend (0: the backend's default)."),
     resume: Optional[Path] = typer.Option(None, help="Continue from a checkpoint (or a run folder's last.safetensors)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder [default runs/train/expN]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train/expN)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
 ) -> None:
     """Train a U-Net: conv, max pooling, activations, transposed-conv upsampling, skip connections."""
@@ -53,7 +54,7 @@ def train(
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                                    activation=activation, width=width, depth=depth, norm=norm, val_split=val_split,
-                                   seed=seed, time_budget=time_budget).items() if v is not None}
+                                   seed=seed, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
     if resume is not None:
         path = resume / "last.safetensors" if resume.is_dir() else resume
