@@ -18,7 +18,7 @@ SECTIONS = {
     "startup": [PY, "benchmarks/startup.py"],
     "conv": [PY, "benchmarks/conv_numpy_vs_torch.py"],
     "bench": [PY, "-m", "cvtool", "bench", "--sizes", "256", "--batch-sizes", "1"],
-    "train": [PY, "benchmarks/train_targets.py", "--only", "synth,throughput"],
+    "train": [PY, "benchmarks/train_targets.py"],
 }
 
 HEADER = """# Benchmarks
