@@ -18,6 +18,7 @@ SECTIONS = {
     "startup": [PY, "benchmarks/startup.py"],
     "conv": [PY, "benchmarks/conv_numpy_vs_torch.py"],
     "bench": [PY, "-m", "cvtool", "bench", "--sizes", "256", "--batch-sizes", "1"],
+    "step": [PY, "benchmarks/train_step.py"],
     "train": [PY, "benchmarks/train_targets.py"],
 }
 
