@@ -102,9 +102,10 @@ def _make_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast pays off: CUDA, and CPUs with AVX512-BF16 or AMX (a 2-core Zen 4 trains the default
-    U-Net at 256x256 about 3x faster than in float32: convs and the memory-bound BN/ReLU both halve their bytes).
-    Elsewhere bf16 is emulated and slower than float32. CVTOOL_AMP=0 or 1 overrides."""
+    """Whether bf16 autocast pays off: CUDA, and CPUs with AVX512-BF16 or AMX (on a 2-core Zen 4 the default U-Net
+    trains 1.8x faster than in float32 at 256x256 batch 8, 1.5x at 96x96: convs and the memory-bound BN/ReLU both
+    move half the bytes; validation mIoU after 1440 steps on the synthetic shapes: 0.88 either way).
+    Elsewhere bf16 would be emulated (not measured here), so float32 stays. CVTOOL_AMP=0 or 1 overrides."""
     forced = os.environ.get("CVTOOL_AMP", "")
     if forced in ("0", "1"):
         return forced == "1"
