@@ -15,11 +15,14 @@ The dtype (float32 or float64) is that of the parameters and input given to forw
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from backends.numpy_ref import layers, optim as rules
+from backends.numpy_ref.alloc import keep_freed_memory
+from backends.numpy_ref.parallel import held
 from backends.numpy_ref.activations import ReluCache
 from cvtool import spec as S
 from cvtool.errors import UsageError
@@ -61,8 +64,10 @@ def _relu_inplace_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
     return np.multiply(dout, cache.x > 0, out=dout)
 
 
-def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool):
-    """One node: inputs -> (output, cache). owned: the (single) input may be overwritten."""
+def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
+                  keep: bool = True):
+    """One node: inputs -> (output, cache). owned: the (single) input may be overwritten;
+    keep: backward will follow (else layers may skip building their cache)."""
     L = n.layer
     if isinstance(L, S.Conv2d):
         return layers.conv2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
@@ -79,7 +84,7 @@ def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], tra
             return _relu_inplace_forward(xs[0])
         return _ACT_FORWARD[L.kind](xs[0])
     if isinstance(L, S.MaxPool2d):
-        return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride)
+        return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride, cache=keep)
     if isinstance(L, S.Concat):
         return np.concatenate(xs, axis=1), [x.shape[1] for x in xs]  # cache: channels per input
     raise TypeError(f"no forward for layer {L!r}")
@@ -94,7 +99,7 @@ def forward(nodes: list[S.Node], params: dict[str, np.ndarray], x: np.ndarray, *
     caches: dict[str, Any] = {}
     for i, n in enumerate(nodes):
         owned = len(n.inputs) == 1 and n.inputs[0] != "input" and uses[n.inputs[0]] == 1  # never the caller's x
-        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training, owned)
+        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training, owned, keep)
         if keep:
             caches[n.name] = cache
         for s in n.inputs:
@@ -155,16 +160,43 @@ def _own(params: dict[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=dtype) for k, v in params.items()}
 
 
+def fold_batchnorm(nodes: list[S.Node], params: dict[str, np.ndarray]) -> tuple[list[S.Node], dict[str, np.ndarray]]:
+    """Evaluation-mode BatchNorm right after a conv (its only consumer) folded into the conv:
+    BN(conv(x)) = s * (w * x + b - mean) + beta = (s * w) * x + (s * (b - mean) + beta),
+    s = gamma / sqrt(running_var + eps) per output channel. Computed in float64, stored in the
+    parameters' dtype; the BN nodes disappear and their consumers read the conv."""
+    kinds = {n.name: n.layer for n in nodes}
+    uses = Counter(src for n in nodes for src in n.inputs)
+    p, rename, out = dict(params), {}, []
+    for n in nodes:
+        n = replace(n, inputs=tuple(rename.get(src, src) for src in n.inputs))
+        src = n.inputs[0] if len(n.inputs) == 1 else None
+        if isinstance(n.layer, S.BatchNorm2d) and isinstance(kinds.get(src), S.Conv2d) and uses[src] == 1:
+            f64 = {k: np.asarray(p[f"{n.name}.{k}"], np.float64) for k in ("weight", "bias", "running_mean", "running_var")}
+            s = f64["weight"] / np.sqrt(f64["running_var"] + n.layer.eps)
+            w = p[f"{src}.weight"]
+            b = np.asarray(p.get(f"{src}.bias", 0.0), np.float64)
+            p[f"{src}.weight"] = (w.astype(np.float64) * s[:, None, None, None]).astype(w.dtype)
+            p[f"{src}.bias"] = (s * (b - f64["running_mean"]) + f64["bias"]).astype(w.dtype)
+            rename[n.name] = src
+            continue
+        out.append(n)
+    return out, p
+
+
 class NumpyRunner:
-    """Evaluation-mode logits, in `dtype` (float32, or float64 for a reference)."""
+    """Evaluation-mode logits, in `dtype` (float32, or float64 for a reference); BatchNorm folded
+    into the convolutions before it (fold_batchnorm)."""
 
     def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], dtype=np.float32):
         S.check_params(spec, params)
-        self.spec, self.nodes, self.dtype = spec, spec.graph(), np.dtype(dtype)
-        self.p = _own(params, self.dtype)
+        keep_freed_memory()
+        self.spec, self.dtype = spec, np.dtype(dtype)
+        self.nodes, self.p = fold_batchnorm(spec.graph(), _own(params, self.dtype))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        logits, _ = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=False, keep=False)
+        with held():  # BLAS on one thread, the layers' blocks on all cores (see parallel.py)
+            logits, _ = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=False, keep=False)
         return logits
 
 
@@ -189,6 +221,7 @@ class NumpyTrainer:
     def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, optim: OptimConfig,
                  class_weights: np.ndarray | None = None, seed: int = 0, dtype=np.float32):
         S.check_params(spec, params)
+        keep_freed_memory()
         self.spec, self.nodes, self.dtype = spec, spec.graph(), np.dtype(dtype)
         self.seed = seed  # nothing here is random (no dropout); kept for the protocol's sake
         self.p = _own(params, self.dtype)
@@ -205,13 +238,15 @@ class NumpyTrainer:
         return loss, backward(dlogits, tape)
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        loss, grads = self.loss_and_grads(x, y)
-        for name in self.names:
-            self.update(self.p[name], grads.pop(name), self.state[name], lr)
+        with held():  # BLAS on one thread, the layers' blocks on all cores (see parallel.py)
+            loss, grads = self.loss_and_grads(x, y)
+            for name in self.names:
+                self.update(self.p[name], grads.pop(name), self.state[name], lr)
         return loss
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        logits, _ = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=False, keep=False)
+        with held():
+            logits, _ = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=False, keep=False)
         return logits
 
     def params(self) -> dict[str, np.ndarray]:
@@ -238,4 +273,4 @@ class NumpyTrainer:
                 st["step"] = int(step)
 
 
-__all__ = ["Tape", "forward", "backward", "NumpyRunner", "NumpyTrainer"]
+__all__ = ["Tape", "forward", "backward", "fold_batchnorm", "NumpyRunner", "NumpyTrainer"]

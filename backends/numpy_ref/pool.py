@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from backends.numpy_ref.arrays import as_float, offsets, window
+from backends.numpy_ref.parallel import map_blocks
 from cvtool.arithmetic import effective_kernel, pair, pool_output
 from cvtool.errors import UsageError
 
@@ -49,7 +50,10 @@ def pool_geom(shape, kernel, stride=None, padding=0, dilation=1, ceil_mode: bool
 
 
 def _pad(x: np.ndarray, g: PoolGeom, value: float) -> np.ndarray:
+    """x inside a buffer reaching the end of the last window; x itself when it already does."""
     (ph, pw) = g.pad
+    if (ph, pw) == (0, 0) and (g.Hb, g.Wb) == (g.H, g.W):
+        return x
     return np.pad(x, ((0, 0), (0, 0), (ph, g.Hb - g.H - ph), (pw, g.Wb - g.W - pw)), constant_values=value)
 
 
@@ -72,33 +76,72 @@ class MaxPoolCache(NamedTuple):
     dtype: np.dtype
 
 
-def max_pool2d_forward(x: np.ndarray, *, kernel, stride=None, padding=0, dilation=1,
-                       ceil_mode: bool = False) -> tuple[np.ndarray, MaxPoolCache]:
-    """x (N, C, H, W) -> out (N, C, OH, OW), cache. Ties go to the first max in window order and
-    NaN wins, as in torch (its test is `val > max || isnan(val)`)."""
+PLANE_BYTES = 1 << 20  # per block of (n, c) planes: small enough to stay in cache
+
+
+def _plane_blocks(planes: int, plane_bytes: int) -> list[tuple[int, int]]:
+    """Runs of (n, c) planes of about PLANE_BYTES each (pooling is per plane, so blocks run in parallel)."""
+    step = max(1, PLANE_BYTES // max(1, plane_bytes))
+    return [(p0, min(p0 + step, planes)) for p0 in range(0, planes, step)]
+
+
+def max_pool2d_forward(x: np.ndarray, *, kernel, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+                       cache: bool = True) -> tuple[np.ndarray, MaxPoolCache | None]:
+    """x (N, C, H, W) -> out (N, C, OH, OW), cache (None when cache is False: evaluation only).
+
+    The max is a running np.maximum over the kernel offsets (NaN propagates, as in torch). The
+    argmax that backward needs follows torch's test `val > max || isnan(val)`: the first maximum
+    in window order, or the last NaN. Done per block of (n, c) planes, on all cores."""
     (x,) = as_float(x)
     g = pool_geom(x.shape, kernel, stride, padding, dilation, ceil_mode)
-    xb = _pad(x, g, -np.inf)
-    out = None
-    argmax = np.zeros((g.N, g.C, g.OH, g.OW), np.min_scalar_type(g.KH * g.KW - 1))
-    for k, v in _windows(xb, g):
-        if out is None:
-            out = v.copy()
-            continue
-        better = (v > out) | np.isnan(v)
-        np.copyto(out, v, where=better)
-        argmax[better] = k
-    return out, MaxPoolCache(argmax, g, x.dtype)
+    xb = np.ascontiguousarray(_pad(x, g, -np.inf)).reshape(g.N * g.C, g.Hb, g.Wb)
+    out = np.empty((g.N * g.C, g.OH, g.OW), x.dtype)
+    argmax = np.zeros(out.shape, np.min_scalar_type(g.KH * g.KW - 1)) if cache else None
+
+    def block(p0: int, p1: int) -> None:
+        views = [v for _, v in _windows(xb[p0:p1], g)]
+        o = out[p0:p1]
+        np.copyto(o, views[0])
+        for v in views[1:]:
+            np.maximum(o, v, out=o)
+        if argmax is None:
+            return
+        a = argmax[p0:p1]
+        for k in range(len(views) - 1, 0, -1):  # last written wins: the first k that holds the max
+            np.putmask(a, views[k] == o, k)
+        np.putmask(a, views[0] == o, 0)
+        nan = np.isnan(o)
+        if nan.any():
+            a[nan] = 0
+            for k, v in enumerate(views):
+                np.putmask(a, np.isnan(v), k)
+
+    map_blocks(block, _plane_blocks(g.N * g.C, g.Hb * g.Wb * x.itemsize))
+    out = out.reshape(g.N, g.C, g.OH, g.OW)
+    if argmax is None:
+        return out, None
+    return out, MaxPoolCache(argmax.reshape(out.shape), g, x.dtype)
 
 
 def max_pool2d_backward(dout: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
     """dout (N, C, OH, OW) -> dx (N, C, H, W): each gradient goes to its window's argmax."""
     argmax, g, dtype = cache
-    dout = np.asarray(dout, dtype)
-    dxb = np.zeros((g.N, g.C, g.Hb, g.Wb), dtype)
-    for k, v in _windows(dxb, g):
-        v += np.where(argmax == k, dout, 0)
-    return _unpad(dxb, g)
+    P = g.N * g.C
+    dout = np.ascontiguousarray(dout, dtype).reshape(P, g.OH, g.OW)
+    argmax = argmax.reshape(P, g.OH, g.OW)
+    tiled = g.stride == (g.KH, g.KW) and g.dilation == (1, 1)  # windows do not overlap: write, not add
+    dxb = (np.empty if tiled and (g.Hb, g.Wb) == (g.OH * g.KH, g.OW * g.KW) else np.zeros)((P, g.Hb, g.Wb), dtype)
+
+    def block(p0: int, p1: int) -> None:
+        d, a = dout[p0:p1], argmax[p0:p1]
+        for k, v in _windows(dxb[p0:p1], g):
+            if tiled:
+                np.multiply(d, a == k, out=v)
+            else:
+                v += np.where(a == k, d, 0)
+
+    map_blocks(block, _plane_blocks(P, g.Hb * g.Wb * np.dtype(dtype).itemsize))
+    return _unpad(dxb.reshape(g.N, g.C, g.Hb, g.Wb), g)
 
 
 # --- average pooling -------------------------------------------------------------------------
