@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from backends.numpy_ref.arrays import as_float, offsets, window
-from backends.numpy_ref.parallel import map_blocks, map_runs, workers
+from backends.numpy_ref.parallel import map_blocks, map_channels, map_runs, workers
 from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_kernel, pair, resolve_padding
 from cvtool.errors import UsageError
 
@@ -136,12 +136,6 @@ def _tail(g: ConvGeom) -> int:
 # Layout changes are copies of tens of MB in training (batch 8 at 256x256): they run per block of
 # channels on all cores, each block zeroed (where it must be) and filled while in cache.
 
-def _per_channel(fn, C: int, channel_bytes: int) -> None:
-    """fn(c0, c1) over runs of channels of about 1 MB, in parallel (fn writes channels c0:c1 only)."""
-    step = max(1, (1 << 20) // max(1, channel_bytes))
-    map_blocks(fn, [(c0, min(c0 + step, C)) for c0 in range(0, C, step)])
-
-
 def _buffer(g: ConvGeom, dtype) -> np.ndarray:
     """The padded buffer, uninitialised: (C, M + tail) flat, (C, N, Hb, Wb) strided."""
     if g.flat:  # the tail lets the last offset's slice run M columns past its start
@@ -151,7 +145,7 @@ def _buffer(g: ConvGeom, dtype) -> np.ndarray:
 
 def _zeros_buffer(g: ConvGeom, dtype) -> np.ndarray:
     buf = _buffer(g, dtype)
-    _per_channel(lambda c0, c1: buf[c0:c1].fill(0), g.C, buf[0].nbytes)
+    map_channels(lambda c0, c1: buf[c0:c1].fill(0), g.C, buf[0].nbytes)
     return buf
 
 
@@ -164,7 +158,7 @@ def _pad(x: np.ndarray, g: ConvGeom) -> np.ndarray:
         buf[c0:c1] = 0
         inner[c0:c1] = src[c0:c1]
 
-    _per_channel(fill, g.C, buf[0].nbytes)
+    map_channels(fill, g.C, buf[0].nbytes)
     return buf
 
 
@@ -172,7 +166,7 @@ def _unpad(buf: np.ndarray, g: ConvGeom) -> np.ndarray:
     """Padded buffer -> (N, C, H, W): what lands in the padding is dropped."""
     out = np.empty((g.N, g.C, g.H, g.W), buf.dtype)
     inner, dst = _interior(buf, g), out.transpose(1, 0, 2, 3)
-    _per_channel(lambda c0, c1: np.copyto(dst[c0:c1], inner[c0:c1]), g.C, buf[0].nbytes)
+    map_channels(lambda c0, c1: np.copyto(dst[c0:c1], inner[c0:c1]), g.C, buf[0].nbytes)
     return out
 
 
@@ -191,17 +185,47 @@ def _to_cols(y: np.ndarray, g: ConvGeom) -> np.ndarray:
         def fill(c0: int, c1: int) -> None:
             cols[c0:c1] = src[c0:c1]
 
-    _per_channel(fill, g.F, cols[0].nbytes)
+    map_channels(fill, g.F, cols[0].nbytes)
     return cols.reshape(g.G, g.F // g.G, g.M)
 
 
-def _from_cols(cols: np.ndarray, g: ConvGeom) -> np.ndarray:
-    """(G, F/G, M) -> (N, F, OH, OW), garbage columns cropped."""
+def _from_cols(cols: np.ndarray, g: ConvGeom, b: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """(G, F/G, M) -> (N, F, OH, OW), garbage columns cropped, plus the bias b (F,) if given, then
+    max(0, .) if relu (inference fuses the activation into this copy)."""
     grid = cols.reshape(g.F, g.N, g.Hb, g.Wb)[:, :, :g.OH, :g.OW] if g.flat else cols.reshape(g.F, g.N, g.OH, g.OW)
     out = np.empty((g.N, g.F, g.OH, g.OW), cols.dtype)
     dst = out.transpose(1, 0, 2, 3)
-    _per_channel(lambda c0, c1: np.copyto(dst[c0:c1], grid[c0:c1]), g.F, grid[0].nbytes)
+
+    def fill(c0: int, c1: int) -> None:
+        if b is None:
+            np.copyto(dst[c0:c1], grid[c0:c1])
+        else:
+            np.add(grid[c0:c1], b[c0:c1, None, None, None], out=dst[c0:c1])
+        if relu:
+            np.maximum(dst[c0:c1], 0, out=dst[c0:c1])
+
+    map_channels(fill, g.F, grid[0].nbytes)
     return out
+
+
+def _conv1x1(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """A 1x1 stride-1 unpadded convolution (the segmentation head) is one product per image,
+    (F, C) @ (C, H*W), with no buffer or gather: blocks of columns on all cores."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    w2, xs = w.reshape(F, C), np.ascontiguousarray(x).reshape(N, C, H * W)
+    out = np.empty((N, F, H * W), x.dtype)
+    step = max(256, (1 << 20) // (max(C, F) * x.itemsize))
+
+    def block(m0: int, m1: int) -> None:  # columns of image n = m0 // (H*W); blocks never span images
+        n, a, c = m0 // (H * W), m0 % (H * W), m0 % (H * W) + (m1 - m0)
+        o = out[n, :, a:c]
+        np.matmul(w2, xs[n, :, a:c], out=o)
+        if b is not None:
+            o += b[:, None]
+
+    map_blocks(block, [(n * H * W + a, n * H * W + min(a + step, H * W)) for n in range(N) for a in range(0, H * W, step)])
+    return out.reshape(N, F, H, W)
 
 
 BLOCK_BYTES = 2 << 20  # bytes of gathered input per block: small enough to stay in cache while it is used
@@ -273,13 +297,21 @@ def _reach(g: ConvGeom) -> int:
     return g.dilation[0] * g.Wb
 
 
-def _rows(buf: np.ndarray, g: ConvGeom, m0: int, n: int) -> np.ndarray:
-    """R for columns m0 .. m0+n: (G, KW*C/G, n), rows ordered (column shift j, channel)."""
-    R = np.empty((g.G, g.KW, g.C // g.G, n), buf.dtype)
-    for j in range(g.KW):
-        a = m0 + j * g.dilation[1]
-        R[:, j] = buf[:, a:a + n].reshape(g.G, g.C // g.G, n)
-    return R.reshape(g.G, g.KW * (g.C // g.G), n)
+def _rows(buf: np.ndarray, g: ConvGeom, m0: int, n: int, full: bool = False) -> np.ndarray:
+    """R for columns m0 .. m0+n: (G, KW*C/G, n), rows ordered (column shift j, channel); with
+    full, every offset's shift: (G, KH*KW*C/G, n), rows in im2col's order (i, j, channel)."""
+    shifts = [i * _reach(g) + j * g.dilation[1] for i, j in offsets(g.KH if full else 1, g.KW)]
+    R = np.empty((g.G, len(shifts), g.C // g.G, n), buf.dtype)
+    for k, shift in enumerate(shifts):
+        a = m0 + shift
+        R[:, k] = buf[:, a:a + n].reshape(g.G, g.C // g.G, n)
+    return R.reshape(g.G, -1, n)
+
+
+def _full(g: ConvGeom) -> bool:
+    """Few input channels (the RGB input layer): KW*C/G rows make a product too thin to run
+    well, so gather every offset (im2col, KH*KW*C/G rows) and run one product instead of KH."""
+    return g.KW * (g.C // g.G) < 32
 
 
 def _wrow(wm: np.ndarray, g: ConvGeom, i: int) -> np.ndarray:
@@ -299,7 +331,17 @@ def _forward(buf: np.ndarray, wm: np.ndarray, g: ConvGeom) -> np.ndarray:
             np.matmul(wm, _im2col(buf, g, m0, m1), out=o)
             return
         B, s = m1 - m0, _reach(g)
+        if _full(g):
+            np.matmul(wm, _rows(buf, g, m0, B, full=True), out=o)
+            return
         R = _rows(buf, g, m0, B + (g.KH - 1) * s)
+        if g.F // g.G <= 32:  # few outputs: all kernel rows in one product, P_i = W_i @ R, then shifted adds
+            Fg = g.F // g.G
+            P = np.matmul(wm.reshape(g.G, Fg, g.KH, -1).swapaxes(1, 2).reshape(g.G, g.KH * Fg, -1), R)
+            np.add(P[:, :Fg, :B], P[:, Fg:2 * Fg, s:s + B], out=o) if g.KH > 1 else np.copyto(o, P[..., :B])
+            for i in range(2, g.KH):
+                o += P[:, i * Fg:(i + 1) * Fg, i * s:i * s + B]
+            return
         np.matmul(_wrow(wm, g, 0), R[..., :B], out=o)
         for i in range(1, g.KH):
             o += _wrow(wm, g, i) @ R[..., i * s:i * s + B]
@@ -347,12 +389,38 @@ def _wgrad(buf: np.ndarray, cols: np.ndarray, g: ConvGeom) -> np.ndarray:
             return d @ _im2col(buf, g, m0, m1).swapaxes(-1, -2)
         B, s = m1 - m0, _reach(g)
         R = _rows(buf, g, m0, B + (g.KH - 1) * s)
-        dw = np.empty((g.G, g.F // g.G, g.KH, g.KW * (g.C // g.G)), cols.dtype)
+        dT = np.ascontiguousarray(d.swapaxes(-1, -2))  # R_i @ d^T with d^T contiguous: 2x d @ R_i^T's speed here
+        dwT = np.empty((g.G, g.KH, g.KW * (g.C // g.G), g.F // g.G), cols.dtype)
         for i in range(g.KH):
-            np.matmul(d, R[..., i * s:i * s + B].swapaxes(-1, -2), out=dw[:, :, i])
-        return dw.reshape(g.G, g.F // g.G, -1)
+            np.matmul(R[..., i * s:i * s + B], dT, out=dwT[:, i])
+        return dwT.transpose(0, 3, 1, 2).reshape(g.G, g.F // g.G, -1)
 
     return sum((map_runs if g.flat else map_blocks)(block, _blocks(g, cols.dtype)))
+
+
+def _tiled(g: ConvGeom) -> bool:
+    """Windows that tile the input exactly (stride = kernel, no padding, no dilation, one group):
+    each output pixel reads its own KH x KW patch, as 2x2 stride-2 pooling-like convs do."""
+    return (g.stride == (g.KH, g.KW) and g.dilation == (1, 1) and g.G == 1 and g.top == g.left == 0
+            and (g.H, g.W) == (g.OH * g.KH, g.OW * g.KW))
+
+
+def _tiled_input_grad(dy: np.ndarray, w: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """_input_grad when _tiled(g): every output pixel's gradient goes to its own patch, so it is one
+    product per block of rows, (C*KH*KW, F) @ (F, rows*OW), and a depth-to-space copy, with no
+    gathers or adds (the 2x2 stride-2 transposed convs of the U-Net's decoder)."""
+    wt = np.ascontiguousarray(w.reshape(g.F, -1).T)  # (C*KH*KW, F), rows ordered (c, i, j)
+    out = np.empty((g.N, g.C, g.OH, g.KH, g.OW, g.KW), dy.dtype)
+    rows = max(1, (1 << 20) // max(1, wt.shape[0] * g.OW * dy.itemsize))  # about 1 MB of product a block
+
+    def block(r0: int, r1: int) -> None:  # rows r0:r1 of image n = r0 // OH (blocks never span images)
+        n, a, b = r0 // g.OH, r0 % g.OH, r0 % g.OH + (r1 - r0)
+        t = wt @ dy[n, :, a:b].reshape(g.F, -1)
+        out[n, :, a:b] = t.reshape(g.C, g.KH, g.KW, b - a, g.OW).transpose(0, 3, 1, 4, 2)
+
+    blocks = [(n * g.OH + a, n * g.OH + min(a + rows, g.OH)) for n in range(g.N) for a in range(0, g.OH, rows)]
+    map_blocks(block, blocks)
+    return out.reshape(g.N, g.C, g.H, g.W)
 
 
 def _input_grad(dy: np.ndarray, w: np.ndarray, g: ConvGeom) -> np.ndarray:
@@ -365,6 +433,8 @@ def _input_grad(dy: np.ndarray, w: np.ndarray, g: ConvGeom) -> np.ndarray:
     kernel's reach (a negative pad here), and strides, take the adjoint path instead."""
     pads = ((g.KH - 1) * g.dilation[0] - g.top, g.H + g.top - g.OH,
             (g.KW - 1) * g.dilation[1] - g.left, g.W + g.left - g.OW)
+    if _tiled(g):
+        return _tiled_input_grad(np.ascontiguousarray(dy), w, g)
     if not g.flat or min(pads) < 0:
         return _unpad(_adjoint(_to_cols(dy, g), _wmat(w, g), g), g)
     Fg, Cg = g.F // g.G, g.C // g.G
@@ -403,8 +473,22 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     _check(x, w, groups, "conv2d")
     g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     _check_bias(b, g.F)
-    out = _from_cols(_forward(_pad(x, g), _wmat(w, g), g), g)
-    return _add_bias(out, b), ConvCache(x, w, b is not None, g)
+    if (g.KH, g.KW, g.G) == (1, 1, 1) and g.flat and (g.Hb, g.Wb, g.OH, g.OW) == (g.H, g.W, g.H, g.W):
+        out = _conv1x1(x, w, b)
+    else:
+        out = _from_cols(_forward(_pad(x, g), _wmat(w, g), g), g, b)
+    return out, ConvCache(x, w, b is not None, g)
+
+
+def conv2d_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride=1, padding=0, dilation=1,
+                groups: int = 1) -> np.ndarray:
+    """max(0, conv2d(x, w, b)) for inference: the activation is applied in the copy out of the
+    GEMM buffer, saving a pass over the output. No cache (nothing to differentiate)."""
+    x, w, b = as_float(x, w, b)
+    _check(x, w, groups, "conv2d")
+    g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    _check_bias(b, g.F)
+    return _from_cols(_forward(_pad(x, g), _wmat(w, g), g), g, b, relu=True)
 
 
 def conv2d_backward(dout: np.ndarray, cache: ConvCache):
@@ -439,5 +523,5 @@ def conv_transpose2d_backward(dout: np.ndarray, cache: ConvCache):
     return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
 
 
-__all__ = ["ConvCache", "ConvGeom", "conv_geom", "conv_transpose_geom", "conv2d_forward", "conv2d_backward",
+__all__ = ["ConvCache", "ConvGeom", "conv_geom", "conv_transpose_geom", "conv2d_forward", "conv2d_backward", "conv2d_relu",
            "conv_transpose2d_forward", "conv_transpose2d_backward"]

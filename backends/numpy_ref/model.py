@@ -15,14 +15,14 @@ The dtype (float32 or float64) is that of the parameters and input given to forw
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from backends.numpy_ref import layers, optim as rules
 from backends.numpy_ref.alloc import keep_freed_memory
-from backends.numpy_ref.parallel import held
+from backends.numpy_ref.parallel import held, map_blocks, map_channels
 from backends.numpy_ref.activations import ReluCache
 from cvtool import spec as S
 from cvtool.errors import UsageError
@@ -56,12 +56,35 @@ def _last_use(nodes: list[S.Node]) -> dict[str, int]:
 # (2-7x faster than the out-of-place layers on big tensors; a NaN in dout stays NaN, torch zeroes it.)
 
 def _relu_inplace_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
-    np.maximum(x, 0, out=x)
+    flat = x.reshape(-1)
+    map_blocks(lambda a, b: np.maximum(flat[a:b], 0, out=flat[a:b]), _chunks(flat.size, x.itemsize))
     return x, ReluCache(x)
 
 
 def _relu_inplace_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
-    return np.multiply(dout, cache.x > 0, out=dout)
+    d, x = dout.reshape(-1), cache.x.reshape(-1)
+    map_blocks(lambda a, b: np.multiply(d[a:b], x[a:b] > 0, out=d[a:b]), _chunks(d.size, d.itemsize))
+    return dout
+
+
+def _concat(xs: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate(xs, axis=1), copied per block of channels on all cores."""
+    out = np.empty((xs[0].shape[0], sum(x.shape[1] for x in xs), *xs[0].shape[2:]), np.result_type(*xs))
+    starts = np.cumsum([0] + [x.shape[1] for x in xs])
+
+    def block(c0: int, c1: int) -> None:  # output channels c0:c1, from whichever inputs hold them
+        for x, s0 in zip(xs, starts):
+            a, b = max(c0, s0), min(c1, s0 + x.shape[1])
+            if a < b:
+                out[:, a:b] = x[:, a - s0:b - s0]
+
+    map_channels(block, out.shape[1], out[:, 0].nbytes)
+    return out
+
+
+def _chunks(n: int, itemsize: int, block_bytes: int = 1 << 20) -> list[tuple[int, int]]:
+    step = max(1, block_bytes // itemsize)
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
 def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
@@ -69,6 +92,10 @@ def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], tra
     """One node: inputs -> (output, cache). owned: the (single) input may be overwritten;
     keep: backward will follow (else layers may skip building their cache)."""
     L = n.layer
+    if isinstance(L, ConvReLU):
+        L = L.conv
+        return layers.conv2d_relu(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
+                                  padding=L.padding, dilation=L.dilation), None
     if isinstance(L, S.Conv2d):
         return layers.conv2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
                                      padding=L.padding, dilation=L.dilation)
@@ -86,7 +113,7 @@ def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], tra
     if isinstance(L, S.MaxPool2d):
         return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride, cache=keep)
     if isinstance(L, S.Concat):
-        return np.concatenate(xs, axis=1), [x.shape[1] for x in xs]  # cache: channels per input
+        return _concat(xs), [x.shape[1] for x in xs]  # cache: channels per input
     raise TypeError(f"no forward for layer {L!r}")
 
 
@@ -184,6 +211,31 @@ def fold_batchnorm(nodes: list[S.Node], params: dict[str, np.ndarray]) -> tuple[
     return out, p
 
 
+@dataclass(frozen=True)
+class ConvReLU:
+    """Inference only: a Conv2d whose single consumer is a ReLU, run as one layer (conv.conv2d_relu)."""
+
+    conv: S.Conv2d
+
+
+def fuse_relu(nodes: list[S.Node]) -> list[S.Node]:
+    """Each Conv2d -> ReLU pair (the ReLU the conv's only consumer) as one ConvReLU node under the
+    conv's name (its parameters keep their names); the ReLU's consumers read the conv."""
+    by_name = {n.name: n for n in nodes}
+    uses = Counter(src for n in nodes for src in n.inputs)
+    relu_of = {n.inputs[0]: n.name for n in nodes
+               if isinstance(n.layer, S.Activation) and n.layer.kind == "relu" and len(n.inputs) == 1
+               and isinstance(getattr(by_name.get(n.inputs[0]), "layer", None), S.Conv2d) and uses[n.inputs[0]] == 1}
+    rename = {relu: conv for conv, relu in relu_of.items()}
+    out = []
+    for n in nodes:
+        if n.name in rename:
+            continue
+        n = replace(n, inputs=tuple(rename.get(src, src) for src in n.inputs))
+        out.append(replace(n, layer=ConvReLU(n.layer)) if n.name in relu_of else n)
+    return out
+
+
 class NumpyRunner:
     """Evaluation-mode logits, in `dtype` (float32, or float64 for a reference); BatchNorm folded
     into the convolutions before it (fold_batchnorm)."""
@@ -192,7 +244,8 @@ class NumpyRunner:
         S.check_params(spec, params)
         keep_freed_memory()
         self.spec, self.dtype = spec, np.dtype(dtype)
-        self.nodes, self.p = fold_batchnorm(spec.graph(), _own(params, self.dtype))
+        nodes, self.p = fold_batchnorm(spec.graph(), _own(params, self.dtype))
+        self.nodes = fuse_relu(nodes)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with held():  # BLAS on one thread, the layers' blocks on all cores (see parallel.py)
@@ -273,4 +326,4 @@ class NumpyTrainer:
                 st["step"] = int(step)
 
 
-__all__ = ["Tape", "forward", "backward", "fold_batchnorm", "NumpyRunner", "NumpyTrainer"]
+__all__ = ["Tape", "forward", "backward", "fold_batchnorm", "fuse_relu", "ConvReLU", "NumpyRunner", "NumpyTrainer"]

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from backends.numpy_ref.arrays import as_float
+from backends.numpy_ref.parallel import map_channels
 from cvtool.errors import UsageError
 
 
@@ -26,6 +27,14 @@ def _channel(v: np.ndarray) -> np.ndarray:
     return v.reshape(1, -1, 1, 1)
 
 
+def _sum_c(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel sum over (N, H, W) of a (or of a * b, without the temporary)."""
+    return a.sum(axis=(0, 2, 3)) if b is None else np.einsum("nchw,nchw->c", a, b)
+
+
+# Per block of channels on all cores (parallel.map_channels): the statistics are per channel, so
+# each block reads its slice of x once while it is in cache and writes xhat and out in place.
+
 def batchnorm2d_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray | None,
                         running_var: np.ndarray | None, *, training: bool, momentum: float = 0.1,
                         eps: float = 1e-5) -> tuple[np.ndarray, BatchNormCache]:
@@ -33,25 +42,40 @@ def batchnorm2d_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runn
     x, gamma, beta = as_float(x, gamma, beta)
     if x.ndim != 4:
         raise UsageError(f"batchnorm2d needs x (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    M = N * H * W
     if training:
-        M = x.shape[0] * x.shape[2] * x.shape[3]
         if M < 2:
             raise UsageError("batchnorm2d in training needs more than one value per channel")
-        mean = x.mean(axis=(0, 2, 3))
-        var = x.var(axis=(0, 2, 3))
+        mean, var = np.empty(C, x.dtype), np.empty(C, x.dtype)
+    else:
+        if running_mean is None or running_var is None:
+            raise UsageError("batchnorm2d in evaluation needs running_mean and running_var")
+        mean, var = (np.asarray(v, x.dtype) for v in (running_mean, running_var))
+    xhat, out = np.empty_like(x), np.empty_like(x)
+    inv_std = np.empty(C, x.dtype)
+
+    def block(c0: int, c1: int) -> None:
+        xc, xh, o = x[:, c0:c1], xhat[:, c0:c1], out[:, c0:c1]
+        if training:
+            mean[c0:c1] = _sum_c(xc) / M
+        np.subtract(xc, _channel(mean[c0:c1]), out=xh)
+        if training:
+            var[c0:c1] = _sum_c(xh, xh) / M  # biased, as torch normalises with
+        inv_std[c0:c1] = 1 / np.sqrt(var[c0:c1] + eps)
+        xh *= _channel(inv_std[c0:c1])
+        np.multiply(xh, _channel(gamma[c0:c1]), out=o)
+        o += _channel(beta[c0:c1])
+
+    map_channels(block, C, x[:, 0].nbytes)
+    if training:
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
         if running_var is not None:
             running_var *= 1 - momentum
             running_var += momentum * var * (M / (M - 1))
-    else:
-        if running_mean is None or running_var is None:
-            raise UsageError("batchnorm2d in evaluation needs running_mean and running_var")
-        mean, var = (np.asarray(v, x.dtype) for v in (running_mean, running_var))
-    inv_std = 1 / np.sqrt(var + eps)
-    xhat = (x - _channel(mean)) * _channel(inv_std)
-    return _channel(gamma) * xhat + _channel(beta), BatchNormCache(xhat, inv_std, gamma, training)
+    return out, BatchNormCache(xhat, inv_std, gamma, training)
 
 
 def batchnorm2d_backward(dout: np.ndarray, cache: BatchNormCache):
@@ -61,13 +85,26 @@ def batchnorm2d_backward(dout: np.ndarray, cache: BatchNormCache):
     dx = gamma * inv_std * (dout - mean(dout) - xhat * mean(dout * xhat)), means over (N, H, W).
     """
     xhat, inv_std, gamma, training = cache
-    dbeta = dout.sum(axis=(0, 2, 3))
-    dgamma = (dout * xhat).sum(axis=(0, 2, 3))
-    scale = _channel(gamma * inv_std)
-    if not training:
-        return dout * scale, dgamma, dbeta
-    M = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-    dx = scale * (dout - _channel(dbeta / M) - xhat * _channel(dgamma / M))
+    dout = np.asarray(dout, xhat.dtype)
+    N, C, H, W = xhat.shape
+    M = N * H * W
+    dx = np.empty_like(xhat)
+    dgamma, dbeta = np.empty(C, xhat.dtype), np.empty(C, xhat.dtype)
+    scale = gamma * inv_std
+
+    def block(c0: int, c1: int) -> None:
+        d, xh, o = dout[:, c0:c1], xhat[:, c0:c1], dx[:, c0:c1]
+        dbeta[c0:c1] = _sum_c(d)
+        dgamma[c0:c1] = _sum_c(d, xh)
+        if not training:
+            np.multiply(d, _channel(scale[c0:c1]), out=o)
+            return
+        np.multiply(xh, _channel(dgamma[c0:c1] / M), out=o)
+        np.subtract(d, o, out=o)
+        o -= _channel(dbeta[c0:c1] / M)
+        o *= _channel(scale[c0:c1])
+
+    map_channels(block, C, xhat[:, 0].nbytes)
     return dx, dgamma, dbeta
 
 

@@ -147,3 +147,10 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, min(parts, n))
     cuts = [n * k // parts for k in range(parts + 1)]
     return list(zip(cuts[:-1], cuts[1:]))
+
+
+def map_channels(fn: Callable[[int, int], T], C: int, channel_bytes: int, block_bytes: int = 1 << 20) -> list[T]:
+    """fn(c0, c1) over runs of channels of about block_bytes (at least one channel), in parallel:
+    for per-channel work (layout copies, batch norm) where fn writes channels c0:c1 only."""
+    step = max(1, block_bytes // max(1, channel_bytes))
+    return map_blocks(fn, [(c0, min(c0 + step, C)) for c0 in range(0, C, step)])
