@@ -230,6 +230,89 @@ def test_conv_in_many_column_blocks(monkeypatch, stride):
                    stride=stride, padding=1, dilation=2, groups=2)
 
 
+def test_stride1_input_grad_by_scatter_when_padding_outreaches_the_kernel(monkeypatch):
+    """Padding wider than the kernel's reach cannot be a convolution of dout (a negative pad): dx then
+    comes from the scatter-add adjoint, whose blocks overlap by the tail (run per worker, last deferred)."""
+    import backends.numpy_ref.conv as conv
+
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    x, w, b = RNG.standard_normal((2, 3, 9, 30)), RNG.standard_normal((4, 3, 3, 3)), RNG.standard_normal(4)
+    g = conv.conv_geom(x.shape, w.shape, padding=3)
+    assert g.top > g.KH - 1 and len(conv._blocks(g, x.dtype)) > 4
+    check_vs_torch(L.conv2d_forward, L.conv2d_backward, torch_conv2d, x, w, b, stride=1, padding=3, dilation=1,
+                   groups=1)
+
+
+@pytest.mark.parametrize("N,C,F_,H,W", [(1, 5, 3, 4, 6), (3, 2, 7, 5, 1)])
+def test_tiled_stride_equals_kernel_paths(N, C, F_, H, W):
+    """The 2x2 stride-2 transposed conv of the decoder (one product per block of rows, then
+    depth-to-space) and its adjoint, the strided conv, against torch."""
+    x, w, b = RNG.standard_normal((N, C, H, W)), RNG.standard_normal((C, F_, 2, 2)), RNG.standard_normal(F_)
+    check_vs_torch(L.conv_transpose2d_forward, L.conv_transpose2d_backward, F.conv_transpose2d, x, w, b, stride=2)
+    x2 = RNG.standard_normal((N, F_, 2 * H, 2 * W))
+    check_vs_torch(L.conv2d_forward, L.conv2d_backward, torch_conv2d, x2, w, RNG.standard_normal(C), stride=2,
+                   padding=0, dilation=1, groups=1)
+
+
+def test_conv1x1_fast_path():
+    x, w, b = RNG.standard_normal((3, 6, 5, 700)), RNG.standard_normal((4, 6, 1, 1)), RNG.standard_normal(4)
+    check_vs_torch(L.conv2d_forward, L.conv2d_backward, torch_conv2d, x, w, b, stride=1, padding=0, dilation=1,
+                   groups=1)
+
+
+@pytest.mark.parametrize("C", [3, 16, 40])  # im2col gather, stacked rows, one product per kernel row
+def test_conv2d_relu_is_relu_of_conv2d(C):
+    x, w, b = RNG.standard_normal((2, C, 12, 10)), RNG.standard_normal((C + 1, C, 3, 3)), RNG.standard_normal(C + 1)
+    ref = F.relu(torch_conv2d(t(x, False), t(w, False), t(b, False), stride=1, padding=1, dilation=1, groups=1))
+    close(L.conv2d_relu(x, w, b, padding=1), ref)
+
+
+def test_max_pool_in_many_plane_blocks_keeps_torch_ties_and_nans(monkeypatch):
+    import backends.numpy_ref.pool as pool
+
+    monkeypatch.setattr(pool, "PLANE_BYTES", 1)  # one (n, c) plane a block
+    x = RNG.integers(-2, 3, (2, 3, 6, 8)).astype(float)  # many ties
+    x[0, 1, 0, :2] = np.nan  # two NaNs in one window: torch sends the gradient to the last
+    x[1, 2, 3, 5] = np.nan
+    out, cache = L.max_pool2d_forward(x, kernel=2)
+    xt = t(x)
+    yt = F.max_pool2d(xt, 2)
+    np.testing.assert_array_equal(np.isnan(out), torch.isnan(yt).numpy())
+    close(np.nan_to_num(out, nan=7), torch.nan_to_num(yt, nan=7))
+    dout = RNG.standard_normal(out.shape)
+    yt.backward(torch.tensor(dout))
+    close(L.max_pool2d_backward(dout, cache), xt.grad)
+    assert L.max_pool2d_forward(x, kernel=2, cache=False)[1] is None
+
+
+def test_map_runs_runs_each_block_once_in_order_and_defers_run_ends():
+    from backends.numpy_ref import parallel
+
+    blocks = [(i, i + 1) for i in range(7)]
+    seen = []
+    out = parallel.map_runs(lambda a, b: seen.append(a) or a * 10, blocks, defer_last=True)
+    assert out == [a * 10 for a, _ in blocks] and sorted(seen) == list(range(7))
+    n = parallel.workers()
+    if n > 1:  # the last block of every run but the final one runs after the parallel phase
+        ends = [i1 - 1 for _, i1 in parallel.split(7, n)[:-1]]
+        assert seen[-len(ends):] == ends
+    assert parallel.split(7, 3) == [(0, 2), (2, 4), (4, 7)] and parallel.split(2, 5) == [(0, 1), (1, 2)]
+
+
+def test_held_keeps_blas_on_one_thread_and_restores_it():
+    from backends.numpy_ref import parallel
+
+    blas = parallel._openblas()
+    if blas is None:
+        pytest.skip("NumPy's BLAS here cannot be told its thread count")
+    before = int(blas[0]())
+    with parallel.held():
+        with parallel.held():
+            assert int(blas[0]()) == 1 and parallel.blas_threads() == before
+        assert int(blas[0]()) == 1
+    assert int(blas[0]()) == before
+
+
 def test_blocks_are_longer_than_the_reach_of_a_window(monkeypatch):
     """Blocks run two at a time; the writes of block k reach into block k+1 by the tail only."""
     import backends.numpy_ref.conv as conv

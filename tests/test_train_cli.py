@@ -296,3 +296,26 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step(shapes, tmp_path)
     assert d0["weights"] == d1["weights"]
     ck = ckpt_io.load(run / "last.safetensors")
     assert 0 < ck.train_state["run"]["step"] < 10 * 4 and d0["all"] == sha256(ck.params, ck.params)
+
+
+def test_help_defaults_are_trainconfigs():
+    """The options' help says '(default X)' by hand (so `--help` needs no numpy); it must say TrainConfig's X."""
+    import inspect
+    import re
+    from dataclasses import fields
+
+    from cvtool.cli.train import train
+    from cvtool.training import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    names = {"synth_images": "synth_train", "time_budget": "time_budget"}
+    checked = 0
+    for name, param in inspect.signature(train).parameters.items():
+        m = re.search(r"\(default ([^)]+)\)", param.default.help or "")
+        key = names.get(name, name)
+        if m is None or key not in defaults:
+            continue
+        said, real = m.group(1), defaults[key]
+        assert type(real)(said) == real, f"--{name}: help says {said}, TrainConfig has {real}"
+        checked += 1
+    assert checked >= 12
