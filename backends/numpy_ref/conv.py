@@ -154,8 +154,17 @@ def _pad(x: np.ndarray, g: ConvGeom) -> np.ndarray:
     buf = _buffer(g, x.dtype)
     inner, src = _interior(buf, g), x.transpose(1, 0, 2, 3)
 
-    def fill(c0: int, c1: int) -> None:
-        buf[c0:c1] = 0
+    grid = _grid(buf, g)
+    bottom, right = g.top + g.H, g.left + g.W
+
+    def fill(c0: int, c1: int) -> None:  # the padding only: the interior is overwritten anyway
+        v = grid[c0:c1]
+        v[:, :, :g.top] = 0
+        v[:, :, bottom:] = 0
+        v[:, :, g.top:bottom, :g.left] = 0
+        v[:, :, g.top:bottom, right:] = 0
+        if g.flat:
+            buf[c0:c1, g.M:] = 0
         inner[c0:c1] = src[c0:c1]
 
     map_channels(fill, g.C, buf[0].nbytes)
