@@ -25,7 +25,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from cvtool.cli.output import emit_json, err, fmt_float, out, table
+from cvtool.cli.bench_report import render, write_csv, write_markdown, write_plot
+from cvtool.cli.output import emit_json, err
 
 OPS = {"conv2d": (False, None), "conv_transpose2d": (True, None), "max_pool2d": (False, "max")}
 MB = 1024 * 1024
@@ -214,7 +215,7 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
     from cvtool import benchtime as bt
-    from cvtool.cli.convcalc import _status
+    from cvtool.cli.convcalc_verify import _status
 
     st = _status(registry, name)
     if not st.available:
@@ -266,7 +267,7 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     import numpy as np
 
     from cvtool import benchtime as bt
-    from cvtool.cli.convcalc import _status
+    from cvtool.cli.convcalc_verify import _status
 
     n = cfg["gemm_size"]
     doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
@@ -363,7 +364,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import backends as registry
-    from cvtool.cli.convcalc import RTOL
+    from cvtool.cli.convcalc_verify import RTOL
     from cvtool.spec import total_flops
 
     ds = info = None
@@ -450,7 +451,7 @@ def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int)
     import numpy as np
 
     from cvtool.chain import output_hw
-    from cvtool.cli.convcalc import run_layer
+    from cvtool.cli.convcalc_verify import run_layer
     from cvtool.errors import UsageError
 
     s = size
@@ -480,7 +481,8 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
 
     import backends as registry
     from cvtool.chain import output_hw
-    from cvtool.cli.convcalc import RTOL, _spec, params_text, run_layer
+    from cvtool.cli.convcalc import _spec, params_text
+    from cvtool.cli.convcalc_verify import RTOL, run_layer
 
     transposed, pool = OPS[op]
     lspec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
@@ -515,7 +517,7 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     return _doc("op", what, cfg, gemm, rows, RTOL)
 
 
-# --- the document and its renderings ----------------------------------------------------------
+# --- the document (its renderings: bench_report.py) -------------------------------------------
 
 def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: float) -> dict:
     import platform
@@ -535,135 +537,6 @@ def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: fl
             "machine": {"cpu": _cpu_name() or platform.machine(), "cpus": _cpus(), "platform": platform.platform(),
                         "python": platform.python_version(), "load_1min": {"start": cfg.get("load"), "end": _load()}},
             "rows": rows, "notes": notes, "ok": not any(r["status"] in ("mismatch", "failed") for r in rows)}
-
-
-COLUMNS = ["backend", "input", "status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s",
-           "peak MB", "GFLOP/s", "% GEMM", "max abs diff", "max rel diff", "labels =", "mIoU"]
-
-
-def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
-    """The table's columns and text cells (rich and Markdown alike); label and mIoU columns only where they mean something."""
-    cols = [c for c in COLUMNS if not (c == "labels =" and doc["mode"] == "op")
-            and not (c == "mIoU" and "data" not in doc)]
-
-    def f(v, fmt):
-        return "-" if v is None else fmt(v)
-
-    rows = []
-    for r in doc["rows"]:
-        prov = ", ".join(p.replace("ExecutionProvider", "") for p in r["providers"]) if r["providers"] else "-"
-        cell = {"backend": f"{r['backend']}/{r['device']}", "input": f(r["input"], lambda v: "x".join(map(str, v))),
-                "status": r["status"], "providers": prov, "threads": f(r["threads"], str),
-                "p50 ms/img": f(r["p50_ms"], fmt_float), "p90 ms/img": f(r["p90_ms"], fmt_float),
-                "spread": f(r["spread"], lambda v: f"{v:.1%}"), "img/s": f(r["images_per_s"], fmt_float),
-                "peak MB": f(r["peak_mem_mb"], lambda v: f"{v:.1f}"), "GFLOP/s": f(r["gflops"], fmt_float),
-                "% GEMM": f(r["gemm_fraction"], lambda v: f"{v:.0%}"), "max abs diff": f(r["max_abs_diff"], fmt_float),
-                "max rel diff": f(r["max_rel_diff"], fmt_float),
-                "labels =": f(r["label_agreement"], lambda v: f"{v:.4%}"), "mIoU": f(r["miou"], lambda v: f"{v:.4f}")}
-        rows.append([cell[c] for c in cols])
-    return cols, rows
-
-
-def _header(doc: dict) -> list[str]:
-    s = doc["settings"]
-    lines = [doc["title"]]
-    if doc["mode"] == "network":
-        gf = ", ".join(f"{k}x{k}: {v:.3g}" for k, v in doc["gflop_per_image"].items())
-        lines.append(f"{doc['params']:,} parameters; GFLOP per image {gf}")
-        if "data" in doc:
-            lines.append(f"mIoU on {doc['data_images']} images of {doc['data']}; float64 reference: "
-                         f"{fmt_float(doc['reference_miou'], 4)}")
-    g = doc["gemm"]
-    if g["measured"]:
-        rates = "; ".join(f"{m['how']} on {m['device']}: {m['gflops']:.1f} GFLOP/s" for m in g["measured"])
-        best = ", ".join(f"{d} {v:.1f}" for d, v in g["rate"].items())
-        lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; 100% GEMM = {best} GFLOP/s (the best)")
-    m = doc["machine"]
-    load = m["load_1min"]
-    busy = f"; load average {load['start']:.2f} at start, {load['end']:.2f} at end" if load["start"] is not None else ""
-    lines.append(f"Machine: {m['cpu']}, {m['cpus']} CPUs, Python {m['python']}{busy}")
-    lines.append(f"threads: {s['threads']}; warm-up {s['warmup']} calls, then >= {s['min_time']:g} s and >= 3 calls per row")
-    return lines
-
-
-def _footer(doc: dict) -> list[str]:
-    why = [f"{r['backend']}/{r['device']}: {r['status']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
-    return why + doc["notes"]
-
-
-SPEED = ("status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s", "peak MB", "GFLOP/s", "% GEMM")
-
-
-def render(doc: dict) -> None:
-    """One table; on a terminal too narrow for it, two (speed, then agreement), each keyed by backend and input.
-    Into a file or pipe the table keeps its natural width (rich would squash it to 80 columns)."""
-    con = out()
-    cols, rows = _cells(doc)
-    need = 1 + sum(3 + max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)) if rows else 0
-    width = con.width
-    if not con.is_terminal:
-        con.width = max(width, need)
-    try:
-        for line in _header(doc):
-            con.print(line)
-        title = "Bench: speed and agreement with the float64 NumPy reference"
-        if need <= con.width:
-            con.print(table(title, cols, rows))
-        else:
-            for part, keep in (("speed", lambda c: c in SPEED), ("agreement", lambda c: c not in SPEED or c == "status")):
-                idx = [i for i, c in enumerate(cols) if i < 2 or keep(c)]
-                con.print(table(f"{title}: {part}", [cols[i] for i in idx], [[r[i] for i in idx] for r in rows]))
-        for line in _footer(doc):
-            con.print(f"[dim]{line}[/]")
-        con.print("[bold green]all rows agree[/]" if doc["ok"] else "[bold red]MISMATCH or FAILED rows (see above)[/]")
-    finally:
-        con.width = width
-
-
-def write_markdown(doc: dict, path: Path) -> None:
-    from cvtool.fsutil import atomic_write_bytes
-
-    cols, rows = _cells(doc)
-    head = _header(doc)
-    lines = [f"## cvtool bench: {head[0]}", "", *(f"{line}  " for line in head[1:]), "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    lines += ["", *(f"- {line}" for line in _footer(doc))]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    err().print(f"wrote {path}")
-
-
-def write_csv(doc: dict, path: Path) -> None:
-    import csv
-    import io
-
-    from cvtool.fsutil import atomic_write_bytes
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(doc["rows"][0]) if doc["rows"] else ["backend"], lineterminator="\n")
-    w.writeheader()
-    for r in doc["rows"]:
-        w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
-    atomic_write_bytes(path, buf.getvalue().encode())
-    err().print(f"wrote {path}")
-
-
-def write_plot(doc: dict, path: Path) -> None:
-    """Latency per image (left) and images/s (right) against the input size, one line per backend/device and batch."""
-    from cvtool.plot import line_chart
-
-    sizes = doc["settings"]["sizes"]
-    lat: dict[str, list] = {}
-    thr: dict[str, list] = {}
-    for r in doc["rows"]:
-        if r["p50_ms"] is None or r["backend"] == "onnx.reference":
-            continue
-        key = f"{r['backend']}/{r['device']} b{r['input'][0]}"
-        lat.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["p50_ms"]
-        thr.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["images_per_s"]
-    line_chart(path, sizes, lat, thr, title=f"ms per image (left), images/s (right): {doc['title'][:40]}",
-               xlabel="input size")
-    err().print(f"wrote {path}")
 
 
 __all__ = ["bench", "network_bench", "op_bench", "compare", "gemm_rates"]

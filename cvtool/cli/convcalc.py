@@ -8,7 +8,7 @@ Modes (picked by the options given):
     -i 64 --chain "conv k3 p1 c16; pool k2 s2"   shapes and receptive fields through a stack
     --matrix --x ... --w ...       the convolution as its matrix C (and C^T for --transposed)
     -i 32 -k 3 --verify            run it on every backend, compare with the NumPy reference
-Only --matrix and --verify import numpy, only --verify imports a backend.
+Only --matrix and --verify import numpy, only --verify imports a backend (convcalc_matrix.py, convcalc_verify.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import typer
 from cvtool import arithmetic as A
 from cvtool.chain import POOLS, LayerSpec, make_layer, output_hw, parse_ints, parse_padding
 from cvtool.cli.output import emit_json, out
-from cvtool.errors import BackendUnavailable, CvtoolError, UsageError
+from cvtool.errors import CvtoolError, UsageError
 
 COMMON_SIZES = (7, 8, 28, 32, 64, 224, 256)
-RTOL = 1e-4  # --verify: max |out - ref| / max |ref| allowed (float32)
 
 
 def convcalc(
@@ -68,6 +67,8 @@ def convcalc(
         _refuse_with("--matrix", same=same, solve=solve, verify=verify, output=output)
         spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
                      default_kernel=None if w is None else "1")  # --w sets the kernel
+        from cvtool.cli.convcalc_matrix import matrix_mode, render_matrix
+
         return _finish(matrix_mode(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_matrix)
     _refuse_with("without --matrix", x=x, w=w)
     spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
@@ -76,6 +77,8 @@ def convcalc(
         _refuse_with("--verify", same=same, solve=solve, output=output)
         if hw is None:
             raise UsageError("--verify needs the input size", hint="e.g. -i 32")
+        from cvtool.cli.convcalc_verify import render_verify, verify_mode
+
         doc = verify_mode(spec, hw, backend, device, seed)
         _finish(doc, json_, render_verify)
         if not doc["ok"]:
@@ -484,224 +487,6 @@ def render_model(doc: dict) -> None:
                       ["layer", "op", "", "C x H x W", "params", "MFLOP"], rows))
     _print(f"{doc['params']:,} parameters; {doc['flops'] / 1e9:.2f} GFLOP per {doc['input'][1]}x{doc['input'][2]} image "
            f"({doc['conv_flops'] / 1e9:.2f} in convolutions; a multiply-add counts 2)", style="bold green")
-
-
-# --- the matrix C -----------------------------------------------------------------------------
-
-def matrix_mode(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
-    import numpy as np
-
-    from cvtool import convmatrix as M
-
-    if spec.kind == "maxpool":
-        raise UsageError("max pooling is not linear: it has no matrix", hint="use --pool avg, or a convolution")
-    if spec.ceil_mode:
-        raise UsageError("--matrix does not take --ceil-mode")
-    if spec.kind == "avgpool":  # a convolution with weights 1/(KH*KW)
-        if w_text is not None:
-            raise UsageError("--pool avg has fixed weights 1/(KH*KW): drop --w")
-        wv = np.full(spec.kernel, 1.0 / (spec.kernel[0] * spec.kernel[1]))
-    elif w_text is not None:
-        wv = M.parse_values(w_text, "--w")
-        if kernel_given and tuple(wv.shape) != spec.kernel:
-            raise UsageError(f"--w is {wv.shape[0]}x{wv.shape[1]} but --kernel says {dims(spec.kernel)}")
-        from dataclasses import replace
-
-        spec = replace(spec, kernel=tuple(wv.shape))
-    else:
-        wv = M.seeded_ints(spec.kernel, seed + 1, 5)
-    if x_text is not None:
-        xv = M.parse_values(x_text, "--x")
-        if hw is not None and tuple(xv.shape) != tuple(hw):
-            raise UsageError(f"--x is {xv.shape[0]}x{xv.shape[1]} but --input says {dims(hw)}")
-        hw = tuple(xv.shape)
-    else:
-        hw = hw or ((2, 2) if spec.kind == "tconv" else (4, 4))
-        xv = M.seeded_ints(hw, seed, 10)
-    o, pads = output_hw(spec, hw)
-    stride, dilation = spec.stride, spec.dilation
-    if spec.kind == "tconv":
-        # C maps the tconv's output size o down to its input size i; what is applied is C^T
-        M.check_size(hw[0] * hw[1], o[0] * o[1])
-        C = M.conv_matrix(wv, o, stride=stride, padding=spec.padding, dilation=dilation, out_hw=hw)
-        applied = C.T
-    else:
-        M.check_size(o[0] * o[1], hw[0] * hw[1])
-        C = M.conv_matrix(wv, hw, stride=stride, padding=pads_arg(pads), dilation=dilation)
-        applied = C
-    y = applied @ xv.ravel()
-    return {"mode": "matrix", "op": spec.kind, "title": _title(spec.kind), "input": list(hw), "output": list(o),
-            "params_text": params_text(spec, pads), "x": xv, "w": wv, "matrix": applied,
-            "matrix_shape": list(applied.shape), "applied": "C^T" if spec.kind == "tconv" else "C",
-            "result": y.reshape(o), "result_flat": y}
-
-
-def pads_arg(pads) -> tuple[int, int, int, int]:
-    return (pads[0][0], pads[0][1], pads[1][0], pads[1][1])
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
-
-
-def _grid(a) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    t = Table(show_header=False, box=box.SQUARE, padding=(0, 1))
-    for _ in range(a.shape[1]):
-        t.add_column(justify="right")
-    for r in a:
-        t.add_row(*(_num(v) for v in r))
-    return t
-
-
-def render_matrix(doc: dict) -> None:
-    from rich import box
-    from rich.table import Table
-
-    tconv = doc["op"] == "tconv"
-    xname = "y" if tconv else "x"
-    (ih, iw), (oh, ow) = doc["input"], doc["output"]
-    _print(f"{doc['title']} as a matrix: input {hw_text(doc['input'])} -> output {hw_text(doc['output'])}, "
-           f"{doc['params_text']}", style="bold")
-    _print(f"{xname} (input):")
-    out().print(_grid(doc["x"]))
-    _print("w (kernel):")
-    out().print(_grid(doc["w"]))
-    rows, cols = doc["matrix_shape"]
-    _print(f"{doc['applied']} ({rows}x{cols}): row r = output pixel r, column j = input pixel j, both flattened "
-           f"row by row ({xname}[j // {iw}, j % {iw}])", style="bold")
-    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    t.add_column("", style="dim")
-    for j in range(cols):
-        t.add_column(str(j), justify="right")
-    for n, row in enumerate(doc["matrix"]):
-        t.add_row(str(n), *(f"[dim]{_num(v)}[/dim]" if v == 0 else _num(v) for v in row))
-    out().print(t)
-    flat = ", ".join(_num(v) for v in doc["result_flat"])
-    _print(f"{doc['applied']} {xname} = [{flat}]", style="cyan")
-    what = "conv_transpose2d(y, w)" if tconv else ("avg_pool2d(x)" if doc["op"] == "avgpool" else "conv2d(x, w)")
-    _print(f"reshaped to {hw_text(doc['output'])} = {what}:", style="bold green")
-    out().print(_grid(doc["result"]))
-    if tconv:
-        _print(f"C is the matrix of the convolution with the same kernel, stride and padding from {hw_text(doc['output'])} "
-               f"down to {hw_text(doc['input'])}; C^T spreads each input pixel back over the window it came from "
-               "(C^T is also the gradient dL/dx of that convolution)", style="dim")
-
-
-# --- cross-checking on every backend ----------------------------------------------------------
-
-def verify_mode(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device: str, seed: int) -> dict:
-    import numpy as np
-
-    import backends as registry
-
-    names = registry.parse_list(backend_spec)
-    if device not in registry.DEVICES:
-        raise UsageError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
-    o, pads = output_hw(spec, hw)
-    N, Cin, Cout = 2, 3, 4
-    rng = np.random.default_rng(seed)
-    xv = rng.standard_normal((N, Cin, *hw)).astype(np.float32)
-    KH, KW = spec.kernel
-    wshape = (Cin, Cout, KH, KW) if spec.kind == "tconv" else (Cout, Cin, KH, KW)
-    wv = (rng.standard_normal(wshape) / np.sqrt(Cin * KH * KW)).astype(np.float32)
-    bv = rng.standard_normal(Cout).astype(np.float32)
-    expect = (N, Cin if spec.kind in ("maxpool", "avgpool") else Cout, *o)
-    statuses = {n: _status(registry, n) for n in names}
-    if device == "cuda" and not any(st.available and "cuda" in st.devices for st in statuses.values()):
-        raise BackendUnavailable("--device cuda: no usable CUDA GPU here (no selected backend reports one)",
-                                 hint="use --device cpu or auto")
-    ref_status = statuses.get("numpy") or _status(registry, "numpy")
-    if not ref_status.available:
-        raise BackendUnavailable(f"the NumPy reference backend is not available: {ref_status.reason}")
-    try:
-        ref_backend = registry.get("numpy", "cpu")
-    except Exception as e:
-        raise BackendUnavailable(f"the NumPy reference backend cannot run: {e}") from None
-    ref = np.asarray(run_layer(ref_backend, spec, xv, wv, bv))
-    rows = []
-    for n in names:
-        st = statuses[n]
-        row: dict[str, Any] = {"backend": n, "device": None, "available": st.available, "shape": None,
-                               "shape_ok": None, "max_abs_err": None, "max_rel_err": None, "ok": None, "error": None}
-        rows.append(row)
-        if not st.available:
-            row["error"] = f"unavailable: {st.reason}"
-            continue
-        try:
-            be = registry.get(n, device)
-        except CvtoolError as e:
-            row["available"], row["error"] = False, f"unavailable: {e.message}"
-            continue
-        row["device"] = getattr(be, "device", device)
-        try:
-            res = np.asarray(run_layer(be, spec, xv, wv, bv), dtype=np.float32)
-        except Exception as e:  # a backend's failure is a row of the table, not a crash
-            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            continue
-        row["shape"] = list(res.shape)
-        row["shape_ok"] = tuple(res.shape) == expect
-        if row["shape_ok"]:
-            err = float(np.max(np.abs(res.astype(np.float64) - ref))) if res.size else 0.0
-            row["max_abs_err"] = err
-            row["max_rel_err"] = err / max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-12)
-        row["ok"] = bool(row["shape_ok"] and row["max_rel_err"] <= RTOL)
-    ran = [r for r in rows if r["ok"] is not None]
-    return {"mode": "verify", "op": spec.kind, "title": _title(spec.kind), "params": spec.to_dict(),
-            "params_text": params_text(spec, pads), "input": [N, Cin, *hw], "output": list(o),
-            "expected_shape": list(expect), "tolerance": RTOL, "results": rows,
-            "ok": bool(ran) and all(r["ok"] for r in ran), "seed": seed}
-
-
-def _status(registry, name: str):
-    """A backend's status; one that cannot even be imported is unavailable, not a crash."""
-    from backends.base import Status
-
-    try:
-        return registry.status(name)
-    except Exception as e:  # a half-installed or broken plug-in
-        return Status(name=name, available=False, reason=f"{type(e).__name__}: {e}".splitlines()[0][:200])
-
-
-def run_layer(be, spec: LayerSpec, x, w, b):
-    """The one layer on a backend (padding passed as written: every backend resolves it itself)."""
-    if spec.kind == "conv":
-        return be.conv2d(x, w, b, stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=1)
-    if spec.kind == "tconv":
-        return be.conv_transpose2d(x, w, b, stride=spec.stride, padding=spec.padding,
-                                   output_padding=spec.output_padding, dilation=spec.dilation, groups=1)
-    if spec.kind == "maxpool":
-        return be.max_pool2d(x, kernel=spec.kernel, stride=spec.stride, padding=spec.padding,
-                             dilation=spec.dilation, ceil_mode=spec.ceil_mode)
-    return be.avg_pool2d(x, kernel=spec.kernel, stride=spec.stride, padding=spec.padding, ceil_mode=spec.ceil_mode,
-                         count_include_pad=True)
-
-
-def render_verify(doc: dict) -> None:
-    from cvtool.cli.output import fmt_float, table
-
-    _print(f"{doc['title']}: input {' x '.join(map(str, doc['input']))}, {doc['params_text']}", style="bold")
-    _print(f"  formula: output {hw_text(doc['output'])}, so the result must be {' x '.join(map(str, doc['expected_shape']))}")
-    rows = []
-    for r in doc["results"]:
-        if r["ok"] is None:
-            rows.append([r["backend"], r["device"] or "-", "-", "-", "-", "-", r["error"]])
-            continue
-        rows.append([r["backend"], r["device"], "x".join(map(str, r["shape"])) if r["shape"] else "-",
-                     "-" if r["shape_ok"] is None else ("yes" if r["shape_ok"] else "NO"),
-                     fmt_float(r["max_abs_err"]), fmt_float(r["max_rel_err"]),
-                     "pass" if r["ok"] else f"FAIL{': ' + r['error'] if r['error'] else ''}"])
-    out().print(table("Cross-check against the NumPy reference",
-                      ["backend", "device", "output", "= formula", "max abs err", "max rel err", "result"], rows))
-    _print(f"rel err = max|out - ref| / max|ref|; pass: shape as the formula says and rel err <= {doc['tolerance']:g}",
-           style="dim")
-    ran = [r for r in doc["results"] if r["ok"] is not None]
-    if not ran:
-        _print("nothing was checked: no selected backend is available", style="bold red")
-    else:
-        _print("all passed" if doc["ok"] else "FAILED", style="bold green" if doc["ok"] else "bold red")
 
 
 # --- the tour of `cvtool demo` ----------------------------------------------------------------
