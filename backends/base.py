@@ -101,6 +101,8 @@ class Trainer(Protocol):
     def load_optim_state(self, state: dict[str, np.ndarray], step: int) -> None: ...
 
 # A backend that can train also has:
-#   trainer(spec, params, *, optim: OptimConfig, class_weights: np.ndarray | None, seed: int) -> Trainer
+#   trainer(spec, params, *, optim: OptimConfig, class_weights: np.ndarray | None, seed: int,
+#           distributed: bool = False, dice: float = 0.0) -> Trainer
+#   whose loss is the class-weighted cross-entropy (ignore label 255) + dice * soft Dice (numpy_ref/loss.py)
 # and one that runs networks:
 #   runner(spec, params) -> Runner

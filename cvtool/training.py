@@ -1,6 +1,6 @@
 """The training loop, backend-agnostic: batches, schedule, validation, checkpoints, resume.
 
-It is handed a `make_trainer(spec, params, optim, class_weights, seed) -> Trainer` (see
+It is handed a `make_trainer(spec, params, optim, class_weights, seed, dice) -> Trainer` (see
 backends.base.Trainer) and reports through `on_event(kind, data)`, so it needs neither a
 framework nor rich. Determinism: every epoch's order and augmentation come from
 np.random.default_rng([seed, epoch, rank]), so a resumed run replays the same batches.
@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     time_budget: float | None = None  # seconds; the schedule then runs on elapsed time
     class_balance: bool = True
+    dice: float = 1.0  # weight of the soft Dice loss added to the cross-entropy (0: cross-entropy only)
     synth_train: int = 2400  # synthetic images per epoch (6 x 2400 / 8 = 1800 steps: ~150 s on 2 cores)
     synth_val: int = 64
     synth_size: int = 128  # synthetic images are generated at this size, cropped to img_size
@@ -71,6 +72,8 @@ class TrainConfig:
         if self.activation not in ACTIVATIONS or self.norm not in NORMS:
             raise UsageError(f"unknown activation {self.activation!r} or norm {self.norm!r}",
                              hint=f"activations: {', '.join(ACTIVATIONS)}; norms: {', '.join(NORMS)}")
+        if not self.dice >= 0:
+            raise UsageError(f"--dice is the weight of the Dice loss: at least 0, got {self.dice}")
         if not 0 < self.val_split < 1:
             raise UsageError("--val-split must be between 0 and 1")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -82,6 +85,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
+        d = {"dice": 0.0, **d}  # a run saved before the Dice term existed resumes with the loss it began with
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -225,7 +229,8 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         st.history = []
     on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
 
-    trainer = make_trainer(spec, params, OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay), weights, cfg.seed)
+    trainer = make_trainer(spec, params, OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay), weights, cfg.seed,
+                           cfg.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
     agree = getattr(trainer, "max_over_ranks", None) if world > 1 else None

@@ -189,6 +189,30 @@ def test_cross_entropy_gradcheck():
     assert np.all(dlogits[0, :, 1, :] == 0)  # ignored pixels get no gradient
 
 
+def test_soft_dice_gradcheck_and_torch():
+    """Soft Dice against finite differences, against the torch trainer's soft_dice under autograd, and by hand:
+    a confident right answer scores 0, a confident wrong one on one class of two 1 - (1/2)(1/3 + 1/3)."""
+    from backends.torch_backend.model import soft_dice as torch_dice
+
+    logits = RNG.standard_normal((2, 4, 3, 5))
+    labels = RNG.integers(0, 4, (2, 3, 5))
+    labels[1, 2, :] = 255
+    loss, dlogits = L.soft_dice(logits, labels)
+    num = numgrad(lambda: L.soft_dice(logits, labels)[0], logits)
+    np.testing.assert_allclose(dlogits, num, rtol=1e-6, atol=1e-9)
+    assert np.all(dlogits[1, :, 2, :] == 0)  # ignored pixels get no gradient
+    zt = t(logits)
+    lt = torch_dice(zt, torch.tensor(labels))
+    lt.backward()
+    close(np.array(loss), lt)
+    close(dlogits, zt.grad)
+    y = np.array([[[0, 1]]])  # one image, two pixels, two classes
+    right = np.where(np.arange(2)[None, :, None, None] == y[:, None], 50.0, -50.0)
+    assert L.soft_dice(right, y)[0] < 1e-12
+    # all wrong: I_k = 0, P_k = G_k = 1 per class: D_k = (0 + 1) / (2 + 1)
+    assert abs(L.soft_dice(-right, y)[0] - (1 - 1 / 3)) < 1e-12
+
+
 # --- against torch: fixed cases and hypothesis over random valid parameters ----------------------
 
 def torch_conv2d(x, w, b, *, stride, padding, dilation, groups):

@@ -32,8 +32,8 @@ def tiny(**kw) -> TrainConfig:
 
 def maker(backend: str):
     be = load_backend(backend)
-    return lambda spec, params, optim, weights, seed: be.trainer(spec, params, optim=optim, class_weights=weights,
-                                                                 seed=seed)
+    return lambda spec, params, optim, weights, seed, dice: be.trainer(spec, params, optim=optim,
+                                                                       class_weights=weights, seed=seed, dice=dice)
 
 
 @pytest.fixture(autouse=True)
@@ -228,3 +228,9 @@ def test_evaluate_pads_to_the_multiple_and_crops_back():
     assert out["pixel_accuracy"] == pytest.approx((masks[labelled] == 0).mean())
     cm = np.array(out["confusion"])
     assert cm[:, 1:].sum() == 0 and cm[:, 0].tolist() == np.bincount(masks[labelled], minlength=4).tolist()
+
+
+def test_dice_is_on_by_default_but_not_for_runs_saved_without_it():
+    assert TrainConfig().dice == 1.0
+    assert TrainConfig.from_dict({"epochs": 2}).dice == 0.0  # a checkpoint from before the Dice term: its own loss
+    assert TrainConfig.from_dict({"epochs": 2, "dice": 0.5}).dice == 0.5

@@ -143,6 +143,7 @@ BAD = [
     (["--lr", "-1"], "--lr"),
     (["--warmup", "1.5"], "--warmup"),
     (["--val-split", "1"], "--val-split"),
+    (["--dice", "-1"], "--dice"),
     (["--epochs", "x"], "Invalid value"),
     (["--no-such-option"], "No such option"),
 ]

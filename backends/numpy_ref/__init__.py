@@ -65,12 +65,13 @@ class Backend:
 
         return NumpyRunner(spec, params, dtype=dtype)
 
-    def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False):
+    def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
+                dice: float = 0.0):
         from backends.numpy_ref.model import NumpyTrainer
 
         if distributed:
             self.init_distributed()
-        return NumpyTrainer(spec, params, optim=optim, class_weights=class_weights, seed=seed)
+        return NumpyTrainer(spec, params, optim=optim, class_weights=class_weights, seed=seed, dice=dice)
 
     def set_threads(self, n: int) -> None:
         """Recorded only, for now: set OPENBLAS_NUM_THREADS before start to choose NumPy's BLAS threads."""

@@ -5,7 +5,7 @@ from backends.numpy_ref.activations import (relu_backward, relu_forward, sigmoid
                                             tanh_backward, tanh_forward)
 from backends.numpy_ref.conv import (conv2d_backward, conv2d_forward, conv2d_relu, conv_transpose2d_backward,
                                      conv_transpose2d_forward)
-from backends.numpy_ref.loss import softmax_cross_entropy
+from backends.numpy_ref.loss import soft_dice, softmax_cross_entropy
 from backends.numpy_ref.norm import batchnorm2d_backward, batchnorm2d_forward
 from backends.numpy_ref.pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
@@ -13,5 +13,5 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "conv2d_relu", "conv_transpose2d_forward", "conv_transpose2d_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "batchnorm2d_forward", "batchnorm2d_backward", "softmax_cross_entropy",
+    "batchnorm2d_forward", "batchnorm2d_backward", "softmax_cross_entropy", "soft_dice",
 ]

@@ -272,7 +272,7 @@ class NumpyTrainer:
     """The Trainer protocol (backends.base) on hand-written backward and update rules."""
 
     def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, optim: OptimConfig,
-                 class_weights: np.ndarray | None = None, seed: int = 0, dtype=np.float32):
+                 class_weights: np.ndarray | None = None, seed: int = 0, dtype=np.float32, dice: float = 0.0):
         S.check_params(spec, params)
         keep_freed_memory()
         self.spec, self.nodes, self.dtype = spec, spec.graph(), np.dtype(dtype)
@@ -282,11 +282,15 @@ class NumpyTrainer:
         self.update = _update_rule(optim)
         self.state: dict[str, dict] = {k: {} for k in self.names}  # per parameter, torch's slot names
         self.weight = None if class_weights is None else np.asarray(class_weights, self.dtype)
+        self.dice = float(dice)  # weight of the soft Dice term added to the cross-entropy
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Training-mode forward (BN running stats move), the loss, and every parameter's gradient."""
         logits, tape = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=True)
         loss, dlogits = layers.softmax_cross_entropy(logits, y, weight=self.weight, ignore_index=IGNORE_INDEX)
+        if self.dice:
+            dice, ddice = layers.soft_dice(logits, y, ignore_index=IGNORE_INDEX)
+            loss, dlogits = loss + self.dice * dice, dlogits + self.dice * ddice
         del logits
         return loss, backward(dlogits, tape)
 

@@ -144,11 +144,12 @@ class Backend:
 
         return TorchRunner(spec, params, self.device)
 
-    def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False):
+    def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
+                dice: float = 0.0):
         from backends.torch_backend.model import TorchTrainer
 
         return TorchTrainer(spec, params, device=self.device, optim=optim, class_weights=class_weights, seed=seed,
-                            distributed=distributed)
+                            distributed=distributed, dice=dice)
 
     def set_threads(self, n: int) -> None:
         torch.set_num_threads(n)

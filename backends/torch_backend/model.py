@@ -117,6 +117,15 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+def soft_dice(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
+    """1 - mean over classes of the batch's soft Dice coefficient on valid pixels (backends.numpy_ref.loss.soft_dice)."""
+    valid = (y != ignore_index)[:, None]
+    p = torch.softmax(logits, 1) * valid
+    g = F.one_hot(torch.where(valid[:, 0], y, 0), logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype) * valid
+    inter, den = (p * g).sum((0, 2, 3)), p.sum((0, 2, 3)) + g.sum((0, 2, 3))
+    return 1 - ((2 * inter + smooth) / (den + smooth)).mean()
+
+
 class TorchTrainer:
     """Autograd + torch.optim on a SpecNet, channels_last. Mixed precision (bf16 autocast, float32 weights, optimiser
     and loss) where the hardware has native bf16 (native_bf16); amp=False forces float32. predict() runs in float32
@@ -124,8 +133,9 @@ class TorchTrainer:
 
     def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, device: str, optim: OptimConfig,
                  class_weights: np.ndarray | None = None, seed: int = 0, distributed: bool = False,
-                 amp: bool | None = None):
+                 amp: bool | None = None, dice: float = 0.0):
         torch.manual_seed(seed)
+        self.dice = float(dice)  # weight of the soft Dice term added to the cross-entropy
         self.device = torch.device(device)
         if distributed and self.device.type == "cuda" and self.device.index is None:  # one GPU per process
             self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by distributed.init
@@ -154,6 +164,8 @@ class TorchTrainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.model(xt)
         loss = F.cross_entropy(logits.float(), yt, weight=self.weight, ignore_index=255)
+        if self.dice:
+            loss = loss + self.dice * soft_dice(logits.float(), yt)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

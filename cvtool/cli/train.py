@@ -32,6 +32,7 @@ def train(
     norm: Optional[str] = _opt("batch | none (default batch)."),
     val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out fraction when the data has no val/ (default 0.2)."),
     seed: Optional[int] = _opt("Random seed (default 0)."),
+    dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; 0: cross-entropy only (default 1.0)."),
     synth_images: Optional[int] = typer.Option(None, "--synth-images", help="Synthetic data: training images per epoch (default 2400)."),
     time_budget: Optional[float] = typer.Option(None, "--time", help="Time budget in seconds; the schedule follows elapsed time."),
     backend: str = typer.Option("torch", help="numpy | torch (ort cannot train)."),
@@ -54,7 +55,7 @@ def train(
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                                    activation=activation, width=width, depth=depth, norm=norm, val_split=val_split,
-                                   seed=seed, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
+                                   seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
     if resume is not None:
         path = resume / "last.safetensors" if resume.is_dir() else resume
@@ -97,8 +98,8 @@ def train(
     try:
         with ui:
             result = run_train(
-                cfg, lambda spec, params, optim, weights, sd: be.trainer(spec, params, optim=optim, class_weights=weights,
-                                                                           seed=sd, distributed=world > 1),
+                cfg, lambda spec, params, optim, weights, sd, dice: be.trainer(
+                    spec, params, optim=optim, class_weights=weights, seed=sd, distributed=world > 1, dice=dice),
                 Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank, world=world,
                 digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank digests of the final weights
     finally:
