@@ -245,7 +245,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
     total_steps = steps_per_epoch * cfg.epochs
     on_event("start", {"spec": spec.to_dict(), "params": spec.num_params(), "steps_per_epoch": steps_per_epoch,
                        "total_steps": total_steps, "resumed_at": asdict(st) if resume else None,
-                       "class_weights": None if weights is None else weights.tolist()})
+                       "class_weights": None if weights is None else weights.tolist(), "dice": cfg.dice})
 
     def lr_after(steps: int) -> float:
         """The learning rate of the step that brings the count to `steps` (the first step: 1)."""

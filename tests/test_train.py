@@ -23,7 +23,7 @@ from conftest import load_backend  # tests/ is on sys.path under pytest
 
 TINY = dict(epochs=2, batch_size=2, img_size=16, width=4, depth=1, norm="batch", activation="relu",
             synth_train=8, synth_val=2, synth_size=16, lr=1e-2, optimizer="adam", schedule="poly", warmup=0.1,
-            weight_decay=0.0, class_balance=True, seed=0, time_budget=None)
+            weight_decay=0.0, class_balance=True, dice=1.0, seed=0, time_budget=None)
 
 
 def tiny(**kw) -> TrainConfig:

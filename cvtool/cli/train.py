@@ -194,6 +194,9 @@ class _ProgressUI:
             s = d["spec"]
             self._print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
                         f"{d['params']:,} parameters; {d['steps_per_epoch']} steps/epoch")
+            dice = f" + {d['dice']:g} x soft Dice" if d.get("dice") else ""
+            self._print(f"loss: {'class-weighted ' if d.get('class_weights') else ''}cross-entropy{dice} "
+                        "(val loss: cross-entropy)")
             self._start(d["total_steps"], d["resumed_at"]["step"] if d["resumed_at"] else 0)
         elif kind == "step":
             self.progress.update(self.task, completed=d["step"],
