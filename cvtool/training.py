@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
     agree = getattr(trainer, "max_over_ranks", None) if world > 1 else None
+    sync = getattr(trainer, "sync_buffers", None) if world > 1 else None  # BN statistics: the same on every rank
 
     def poll(step_done: bool) -> int:
         """STOP_* for this moment, the same on every rank."""
@@ -300,6 +301,8 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
             stopped = poll(step_done=True)
             if stopped:
                 break
+        if sync is not None:  # every rank gets here at the same step (they agree on stopping)
+            sync()
         if stopped == STOP_SIGNAL:
             break
         # epoch done (or time budget hit, the epoch then unfinished): validate, record, checkpoint

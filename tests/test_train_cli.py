@@ -274,11 +274,12 @@ def test_torchrun_two_ranks_train_the_same_weights_on_different_data(shapes, tmp
     d0, d1 = (json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (d0["world"], d1["world"]) == (2, 2)
     assert d0["weights"] == d1["weights"]  # DDP keeps the trainable weights identical
+    assert d0["all"] == d1["all"]  # and the BatchNorm statistics are averaged over the ranks every epoch
     for epoch in ("0", "1"):
         a, b = set(d0["shards"][epoch]), set(d1["shards"][epoch])
         assert len(a) == len(b) == 8 and not a & b  # each rank its own 8 images
     assert d0["shards"]["0"] != d0["shards"]["1"]  # reshuffled every epoch
-    # rank 0's digest is that of the checkpoint it wrote (BN running stats included: they are rank 0's)
+    # rank 0's digest is that of the checkpoint it wrote (BN running stats included)
     last = ckpt_io.load(tmp_path / "runs" / "train" / "exp1" / "last.safetensors").params
     assert d0["all"] == sha256(last, last) and d0["weights"] == sha256(last, [k for k in last if trainable(k)])
 

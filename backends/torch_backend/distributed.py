@@ -30,3 +30,15 @@ def all_max(v: int, device: torch.device) -> int:
     t = torch.tensor([v], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average every floating-point buffer (BatchNorm's running mean and variance) over the ranks, in place.
+
+    DDP keeps the parameters identical but each rank's BatchNorm only ever sees its own shard; without this the
+    ranks drift apart and the checkpoint holds rank 0's statistics alone (torch offers no SyncBatchNorm on CPU)."""
+    world = dist.get_world_size()
+    for b in module.buffers():
+        if b.dtype.is_floating_point:
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b /= world

@@ -181,6 +181,13 @@ class TorchTrainer:
     def params(self) -> dict[str, np.ndarray]:
         return export_params(self.net)
 
+    def sync_buffers(self) -> None:
+        """DDP: BatchNorm's running statistics averaged over the ranks (see distributed.average_buffers)."""
+        if self.distributed:
+            from backends.torch_backend.distributed import average_buffers
+
+            average_buffers(self.net)
+
     def max_over_ranks(self, v: int) -> int:
         """The largest v over all processes (one tiny all-reduce): ranks agree on when to stop."""
         if not self.distributed:
