@@ -56,12 +56,17 @@ def _last_use(nodes: list[S.Node]) -> dict[str, int]:
 # (2-7x faster than the out-of-place layers on big tensors; a NaN in dout stays NaN, torch zeroes it.)
 
 def _relu_inplace_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
+    if not x.flags.c_contiguous:  # a flat view would be a copy: do it in one piece
+        np.maximum(x, 0, out=x)
+        return x, ReluCache(x)
     flat = x.reshape(-1)
     map_blocks(lambda a, b: np.maximum(flat[a:b], 0, out=flat[a:b]), _chunks(flat.size, x.itemsize))
     return x, ReluCache(x)
 
 
 def _relu_inplace_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
+    if not (dout.flags.c_contiguous and cache.x.flags.c_contiguous):
+        return np.multiply(dout, cache.x > 0, out=dout)
     d, x = dout.reshape(-1), cache.x.reshape(-1)
     map_blocks(lambda a, b: np.multiply(d[a:b], x[a:b] > 0, out=d[a:b]), _chunks(d.size, d.itemsize))
     return dout
