@@ -338,7 +338,8 @@ def test_held_keeps_blas_on_one_thread_and_restores_it():
 
 
 def test_blocks_are_longer_than_the_reach_of_a_window(monkeypatch):
-    """Blocks run two at a time; the writes of block k reach into block k+1 by the tail only."""
+    """Blocks run in runs, one per worker, each run's last block deferred: the writes of block k reach into block k+1
+    by the tail only, so every block but the last must be at least the tail long."""
     import backends.numpy_ref.conv as conv
 
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
