@@ -249,6 +249,37 @@ def test_default_devices_json_csv_markdown_plot(capsys, tmp_path):
         assert im.format == "PNG" and im.size[0] > 400
 
 
+def test_rounds_pool_every_rows_calls_and_keep_the_best_gemm(capsys, fakes):
+    code, doc = bench_json(capsys, *QUICK, "--rounds", "3", "--backend", "numpy,ort,noisy", "--device", "cpu")
+    assert code == 1 and doc["settings"]["rounds"] == 3  # noisy is a mismatch in every round
+    gemm = doc["gemm"]
+    assert [m["round"] for m in gemm["measured"]] == [1, 2, 3]
+    assert gemm["rate"]["cpu"] == max(m["gflops"] for m in gemm["measured"])
+    rows = by_name(doc)
+    for name in ("numpy", "ort"):
+        (r,) = rows[(name, "cpu")]
+        assert set(r) == ROW_KEYS and r["status"] == "pass"
+        assert r["repeats"] >= 9  # at least 3 calls a round, pooled
+        assert r["gemm_fraction"] == pytest.approx(r["gflops"] / gemm["rate"]["cpu"])
+    assert rows[("noisy", "cpu")][0]["status"] == "mismatch"
+
+
+def test_merge_rounds_takes_the_worst_status():
+    from cvtool.cli.bench import merge_rounds
+
+    def doc(status, times):
+        row = {"backend": "x", "device": "cpu", "input": [2, 3, 8, 8], "status": status, "reason": None,
+               "_times": times, "_flops": 4e9, "p50_ms": None}
+        return {"gemm": {"measured": [], "rate": {"cpu": 100.0}}, "settings": {"warmup": 1}, "rows": [row], "ok": True}
+
+    merged = merge_rounds([doc("pass", [1.0, 3.0]), doc("pass", [2.0])])
+    (r,) = merged["rows"]
+    assert r["repeats"] == 3 and r["p50_ms"] == pytest.approx(1e3 * 2.0 / 2) and r["gflops"] == pytest.approx(2.0)
+    assert r["gemm_fraction"] == pytest.approx(0.02) and merged["ok"]
+    failed = merge_rounds([doc("pass", [1.0]), doc("failed", None)])
+    assert failed["rows"][0]["status"] == "failed" and not failed["ok"]
+
+
 def test_table_output(capsys):
     code, out, err = cli(capsys, "bench", *QUICK, "--backend", "numpy,torch", "--device", "cuda")
     assert code == 0 and "unavailable" in out and "torch/cuda" in out and "all rows agree" in out
@@ -321,6 +352,7 @@ def test_model_from_a_checkpoint_and_the_latest_run(capsys, tmp_path):
     (["--device", "gpu"], "unknown device"),
     (["--backend", "nope"], "unknown backend"),
     (["--warmup", "0"], "at least 1"),
+    (["--rounds", "0"], "--rounds"),
     (["--op", "conv2d", "--width", "4"], "takes no --model"),
     (["--model", "missing.safetensors"], "does not exist"),
 ])

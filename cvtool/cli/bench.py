@@ -52,6 +52,8 @@ def bench(
     depth: Optional[int] = typer.Option(None, "--depth", help="Random network: depth (default 3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
     gemm_size: int = typer.Option(2048, "--gemm-size", help="n of the n x n float32 GEMM measured (0: skip)."),
+    rounds: int = typer.Option(1, "--rounds", help="Measure everything N times, taking turns, and pool each row's "
+                               "calls: steadier ratios on a busy machine."),
     op: Optional[str] = typer.Option(None, "--op", help="One operation instead: conv2d, conv_transpose2d, max_pool2d."),
     kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="--op: kernel size [3]."),
     stride: Optional[str] = typer.Option(None, "--stride", "-s", help="--op: stride [1; pools: the kernel]."),
@@ -67,26 +69,33 @@ def bench(
     """Time every backend and device on the same input and prove they agree with the float64 NumPy reference."""
     from cvtool.errors import UsageError
 
-    if warmup < 1 or min_time < 0 or data_limit < 1 or gemm_size < 0 or channels < 1 or (threads is not None and threads < 1):
-        raise UsageError("--warmup, --data-limit, --channels and --threads must be at least 1; --min-time and "
+    if (warmup < 1 or min_time < 0 or data_limit < 1 or gemm_size < 0 or channels < 1 or rounds < 1
+            or (threads is not None and threads < 1)):
+        raise UsageError("--warmup, --data-limit, --channels, --rounds and --threads must be at least 1; --min-time and "
                          "--gemm-size at least 0")
     if device not in ("all", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}", hint="use all, cpu or cuda")
     cfg = {"sizes": _ints(sizes, "--sizes"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"), "min_time": min_time,
-           "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size, "load": _load()}
+           "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size, "load": _load(),
+           "rounds": rounds}
     if op is not None:
         if op not in OPS:
             raise UsageError(f"unknown --op {op!r}", hint=f"use one of {', '.join(OPS)}")
         if model is not None or data is not None or width is not None or depth is not None:
             raise UsageError("--op benches one operation: it takes no --model, --data, --width or --depth")
-        doc = op_bench(op, cfg, backend, device, kernel, stride, padding, dilation, output_padding, channels)
+        docs = [op_bench(op, cfg, backend, device, kernel, stride, padding, dilation, output_padding, channels)
+                for _ in range(rounds)]
     else:
         given = {"-k": kernel, "-s": stride, "--output-padding": None if output_padding == "0" else output_padding,
                  "-p": None if padding == "0" else padding, "-d": None if dilation == "1" else dilation}
         for flag, v in given.items():
             if v is not None:
                 raise UsageError(f"{flag} means nothing without --op")
-        doc = network_bench(cfg, backend, device, model, width, depth, data, data_limit)
+        docs = [network_bench(cfg, backend, device, model, width, depth, data, data_limit) for _ in range(rounds)]
+    doc = merge_rounds(docs) if rounds > 1 else docs[0]
+    for r in doc["rows"]:  # the raw calls stay inside
+        r.pop("_times", None)
+        r.pop("_flops", None)
     if json_:
         emit_json(doc)
     else:
@@ -204,11 +213,47 @@ def time_row(row: dict, name: str, be, run: Callable, x, ref, cfg: dict, *, flop
     row.update(compare(y, ref, tol, labels))
     t = bt.measure(lambda: run(x), min_time=cfg["min_time"], warmup=cfg["warmup"] - 1)
     N = x.shape[0]
+    row.update(_times=list(t.times), _flops=flops)  # for merge_rounds
+    _speed(row, t, gemm_rate)
+    return row
+
+
+def _speed(row: dict, t, gemm_rate: float | None) -> None:
+    """The row's speed columns from its timed calls t (seconds per call of its batch)."""
+    N, flops = row["input"][0], row["_flops"]
     row.update(p50_ms=1e3 * t.median / N, p90_ms=1e3 * t.p90 / N, spread=t.spread, repeats=t.n,
                images_per_s=N / t.median, gflops=flops / t.median / 1e9)
     if gemm_rate and flops:
         row["gemm_fraction"] = row["gflops"] / gemm_rate
-    return row
+
+
+STATUS_RANK = {"failed": 3, "mismatch": 2, "pass": 1, "unavailable": 0}
+
+
+def merge_rounds(docs: list[dict]) -> dict:
+    """Rounds of one bench, taken in turns (--rounds): each row's timed calls pooled over the rounds (median, p90 and
+    spread of all of them), the GEMM rate the best of every round's; agreement, memory and mIoU from the first round,
+    unless a later round's status is worse (failed > mismatch > pass), which then stands for the row."""
+    import copy
+
+    from cvtool import benchtime as bt
+
+    doc = copy.deepcopy(docs[0])
+    gemm = doc["gemm"]
+    gemm["measured"] = [{**m, "round": k + 1} for k, d in enumerate(docs) for m in d["gemm"]["measured"]]
+    gemm["rate"] = {dev: max(d["gemm"]["rate"].get(dev, 0.0) for d in docs)
+                    for dev in {dev for d in docs for dev in d["gemm"]["rate"]}}
+    for i, row in enumerate(doc["rows"]):
+        same = [d["rows"][i] for d in docs]
+        worst = max(same, key=lambda r: STATUS_RANK.get(r["status"], 0))
+        if STATUS_RANK.get(worst["status"], 0) > STATUS_RANK.get(row["status"], 0):
+            doc["rows"][i] = copy.deepcopy(worst)
+            continue
+        if all(r.get("_times") for r in same):
+            pooled = bt.Timing(tuple(x for r in same for x in r["_times"]), doc["settings"]["warmup"])
+            _speed(row, pooled, gemm["rate"].get(row["device"]))
+    doc["ok"] = not any(r["status"] in ("mismatch", "failed") for r in doc["rows"])
+    return doc
 
 
 def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,

@@ -44,14 +44,20 @@ def _header(doc: dict) -> list[str]:
                          f"{fmt_float(doc['reference_miou'], 4)}")
     g = doc["gemm"]
     if g["measured"]:
-        rates = "; ".join(f"{m['how']} on {m['device']}: {m['gflops']:.1f} GFLOP/s" for m in g["measured"])
+        by_source: dict[tuple[str, str], list[str]] = {}  # one entry per source, its rounds' rates joined by "/"
+        for m in g["measured"]:
+            by_source.setdefault((m["how"], m["device"]), []).append(f"{m['gflops']:.1f}")
+        rates = "; ".join(f"{how} on {dev}: {'/'.join(v)} GFLOP/s" for (how, dev), v in by_source.items())
         best = ", ".join(f"{d} {v:.1f}" for d, v in g["rate"].items())
         lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; 100% GEMM = {best} GFLOP/s (the best)")
     m = doc["machine"]
     load = m["load_1min"]
     busy = f"; load average {load['start']:.2f} at start, {load['end']:.2f} at end" if load["start"] is not None else ""
     lines.append(f"Machine: {m['cpu']}, {m['cpus']} CPUs, Python {m['python']}{busy}")
-    lines.append(f"threads: {s['threads']}; warm-up {s['warmup']} calls, then >= {s['min_time']:g} s and >= 3 calls per row")
+    rounds = s.get("rounds", 1)
+    taken = f", in {rounds} rounds taking turns (each row's calls pooled)" if rounds > 1 else ""
+    lines.append(f"threads: {s['threads']}; warm-up {s['warmup']} calls, then >= {s['min_time']:g} s and >= 3 calls "
+                 f"per row{taken}")
     return lines
 
 
