@@ -262,7 +262,7 @@ def test_stride1_input_grad_by_scatter_when_padding_outreaches_the_kernel(monkey
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
     x, w, b = RNG.standard_normal((2, 3, 9, 30)), RNG.standard_normal((4, 3, 3, 3)), RNG.standard_normal(4)
     g = conv.conv_geom(x.shape, w.shape, padding=3)
-    assert g.top > g.KH - 1 and len(conv._blocks(g, x.dtype)) > 4
+    assert g.top > g.KH - 1 and len(conv._blocks(g, x.dtype)) >= 4
     check_vs_torch(L.conv2d_forward, L.conv2d_backward, torch_conv2d, x, w, b, stride=1, padding=3, dilation=1,
                    groups=1)
 

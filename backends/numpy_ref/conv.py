@@ -247,8 +247,9 @@ def _blocks(g: ConvGeom, dtype) -> list[tuple[int, int]]:
     workers where that leaves 256 columns a block. Strided layout: whole images."""
     taps = g.KW if g.flat else g.KH * g.KW
     B = BLOCK_BYTES // (taps * max(g.C, g.F) * np.dtype(dtype).itemsize)
-    if g.flat:  # and at least one block per worker when that leaves blocks of 256 columns or more
+    if g.flat:  # and at least one block per worker when that leaves blocks of 256 columns or more; whole rows
         B = max(256, min(B, -(-g.M // workers())), _tail(g))
+        B = -(-B // g.Wb) * g.Wb
     else:
         B = max(1, B // (g.OH * g.OW)) * g.OH * g.OW
     return [(m0, min(m0 + B, g.M)) for m0 in range(0, g.M, B)]
@@ -335,27 +336,63 @@ def _forward(buf: np.ndarray, wm: np.ndarray, g: ConvGeom) -> np.ndarray:
     out = np.empty((g.G, g.F // g.G, g.M), buf.dtype)
 
     def block(m0: int, m1: int) -> None:
-        o = out[..., m0:m1]
-        if not g.flat:
-            np.matmul(wm, _im2col(buf, g, m0, m1), out=o)
-            return
-        B, s = m1 - m0, _reach(g)
-        if _full(g):
-            np.matmul(wm, _rows(buf, g, m0, B, full=True), out=o)
-            return
-        R = _rows(buf, g, m0, B + (g.KH - 1) * s)
-        if g.F // g.G <= 32:  # few outputs: all kernel rows in one product, P_i = W_i @ R, then shifted adds
-            Fg = g.F // g.G
-            P = np.matmul(wm.reshape(g.G, Fg, g.KH, -1).swapaxes(1, 2).reshape(g.G, g.KH * Fg, -1), R)
-            np.add(P[:, :Fg, :B], P[:, Fg:2 * Fg, s:s + B], out=o) if g.KH > 1 else np.copyto(o, P[..., :B])
-            for i in range(2, g.KH):
-                o += P[:, i * Fg:(i + 1) * Fg, i * s:i * s + B]
-            return
-        np.matmul(_wrow(wm, g, 0), R[..., :B], out=o)
-        for i in range(1, g.KH):
-            o += _wrow(wm, g, i) @ R[..., i * s:i * s + B]
+        _product(buf, wm, g, m0, m1, out[..., m0:m1])
 
     (map_runs if g.flat else map_blocks)(block, _blocks(g, buf.dtype))
+    return out
+
+
+def _product(buf: np.ndarray, wm: np.ndarray, g: ConvGeom, m0: int, m1: int, o: np.ndarray) -> None:
+    """Columns m0:m1 of W @ im2col(buf) into o (G, F/G, m1-m0)."""
+    if not g.flat:
+        np.matmul(wm, _im2col(buf, g, m0, m1), out=o)
+        return
+    B, s = m1 - m0, _reach(g)
+    if _full(g):
+        np.matmul(wm, _rows(buf, g, m0, B, full=True), out=o)
+        return
+    R = _rows(buf, g, m0, B + (g.KH - 1) * s)
+    if g.F // g.G <= 32:  # few outputs: all kernel rows in one product, P_i = W_i @ R, then shifted adds
+        Fg = g.F // g.G
+        P = np.matmul(wm.reshape(g.G, Fg, g.KH, -1).swapaxes(1, 2).reshape(g.G, g.KH * Fg, -1), R)
+        np.add(P[:, :Fg, :B], P[:, Fg:2 * Fg, s:s + B], out=o) if g.KH > 1 else np.copyto(o, P[..., :B])
+        for i in range(2, g.KH):
+            o += P[:, i * Fg:(i + 1) * Fg, i * s:i * s + B]
+        return
+    np.matmul(_wrow(wm, g, 0), R[..., :B], out=o)
+    for i in range(1, g.KH):
+        o += _wrow(wm, g, i) @ R[..., i * s:i * s + B]
+
+
+def _forward_nchw(buf: np.ndarray, wm: np.ndarray, g: ConvGeom, b: np.ndarray | None = None,
+                  relu: bool = False) -> np.ndarray:
+    """_from_cols(_forward(buf, wm, g), g, b, relu) without the (F, M) buffer between them: in the flat layout
+    each block of whole padded rows is cropped into the NCHW output (bias and ReLU added) by the worker that
+    computed it, while it is in cache."""
+    if not g.flat:
+        return _from_cols(_forward(buf, wm, g), g, b, relu)
+    out = np.empty((g.N, g.F, g.OH, g.OW), buf.dtype)
+
+    def block(m0: int, m1: int) -> None:
+        o = np.empty((g.G, g.F // g.G, m1 - m0), buf.dtype)
+        _product(buf, wm, g, m0, m1, o)
+        rows = o.reshape(g.F, -1, g.Wb)  # block = whole rows of the (N*Hb, Wb) grid
+        r, r1 = m0 // g.Wb, m1 // g.Wb
+        while r < r1:
+            n, rr = divmod(r, g.Hb)
+            take = min(r1 - r, g.Hb - rr)  # this image's rows in the block
+            k = min(take, g.OH - rr)  # the valid ones (the rest is padding's garbage)
+            if k > 0:
+                src, dst = rows[:, r - m0 // g.Wb:r - m0 // g.Wb + k, :g.OW], out[n, :, rr:rr + k]
+                if b is None:
+                    np.copyto(dst, src)
+                else:
+                    np.add(src, b[:, None, None], out=dst)
+                if relu:
+                    np.maximum(dst, 0, out=dst)
+            r += take
+
+    map_runs(block, _blocks(g, buf.dtype))
     return out
 
 
@@ -486,7 +523,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     if (g.KH, g.KW, g.G) == (1, 1, 1) and g.flat and (g.Hb, g.Wb, g.OH, g.OW) == (g.H, g.W, g.H, g.W):
         out = _conv1x1(x, w, b)
     else:
-        out = _from_cols(_forward(_pad(x, g), _wmat(w, g), g), g, b)
+        out = _forward_nchw(_pad(x, g), _wmat(w, g), g, b)
     return out, ConvCache(x, w, b is not None, g)
 
 
@@ -498,7 +535,7 @@ def conv2d_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, st
     _check(x, w, groups, "conv2d")
     g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     _check_bias(b, g.F)
-    return _from_cols(_forward(_pad(x, g), _wmat(w, g), g), g, b, relu=True)
+    return _forward_nchw(_pad(x, g), _wmat(w, g), g, b, relu=True)
 
 
 def conv2d_backward(dout: np.ndarray, cache: ConvCache):
@@ -528,7 +565,7 @@ def conv_transpose2d_backward(dout: np.ndarray, cache: ConvCache):
     x, w, has_bias, g = cache
     dout = np.asarray(dout, x.dtype)
     buf = _pad(dout, g)
-    dx = _from_cols(_forward(buf, _wmat(w, g), g), g)
+    dx = _forward_nchw(buf, _wmat(w, g), g)
     dw = _from_wmat(_wgrad(buf, _to_cols(x, g), g), g)
     return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
 
