@@ -337,6 +337,27 @@ def test_held_keeps_blas_on_one_thread_and_restores_it():
     assert int(blas[0]()) == before
 
 
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=(2, 0, 1, 3), dilation=(2, 1)), dict(padding=0, groups=2),
+                                dict(padding="same", dilation=2)])
+def test_gathers_from_the_unpadded_input_equal_the_padded_buffers(kw, full):
+    """_rows reading x directly (padding as it copies) == _rows over the zero-padded buffer, for every block of
+    whole rows, blocks spanning images and the buffer's tail included, in every column a real output reads (where a
+    shift wraps into the next row the buffer gives that row's start, the direct copy zeros: garbage columns only)."""
+    import backends.numpy_ref.conv as conv
+
+    x, w = RNG.standard_normal((3, 4, 7, 9)), RNG.standard_normal((6, 4 // kw.get("groups", 1), 3, 3))
+    g = conv.conv_geom(x.shape, w.shape, **kw)
+    buf, src = conv._pad(x, g), conv.Unpadded(x)
+    reach = 0 if full else (g.KH - 1) * conv._reach(g)
+    for rows in (1, 2, 5, g.Hb + 1):  # block lengths in grid rows
+        for m0 in range(0, g.M, rows * g.Wb):
+            n = min(rows * g.Wb, g.M - m0) + reach
+            real = np.arange(n) % g.Wb < g.OW  # blocks start on a row: column t serves output column t mod Wb
+            np.testing.assert_array_equal(conv._rows(src, g, m0, n, full)[..., real],
+                                          conv._rows(buf, g, m0, n, full)[..., real])
+
+
 def test_blocks_are_longer_than_the_reach_of_a_window(monkeypatch):
     """Blocks run in runs, one per worker, each run's last block deferred: the writes of block k reach into block k+1
     by the tail only, so every block but the last must be at least the tail long."""

@@ -149,6 +149,11 @@ def _zeros_buffer(g: ConvGeom, dtype) -> np.ndarray:
     return buf
 
 
+def _source(x: np.ndarray, g: ConvGeom):
+    """What the gathers read: x itself in the flat layout (_rows pads as it copies), else the padded buffer."""
+    return Unpadded(np.ascontiguousarray(x)) if g.flat else _pad(x, g)
+
+
 def _pad(x: np.ndarray, g: ConvGeom) -> np.ndarray:
     """(N, C, H, W) -> the zero-padded buffer the gathers read."""
     buf = _buffer(g, x.dtype)
@@ -307,14 +312,60 @@ def _reach(g: ConvGeom) -> int:
     return g.dilation[0] * g.Wb
 
 
-def _rows(buf: np.ndarray, g: ConvGeom, m0: int, n: int, full: bool = False) -> np.ndarray:
+class Unpadded(NamedTuple):
+    """The input (N, C, H, W) itself, standing for its padded flat buffer: _rows reads it directly."""
+
+    x: np.ndarray
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+
+def _rows(buf, g: ConvGeom, m0: int, n: int, full: bool = False) -> np.ndarray:
     """R for columns m0 .. m0+n: (G, KW*C/G, n), rows ordered (column shift j, channel); with
-    full, every offset's shift: (G, KH*KW*C/G, n), rows in im2col's order (i, j, channel)."""
+    full, every offset's shift: (G, KH*KW*C/G, n), rows in im2col's order (i, j, channel).
+    buf: the padded flat buffer, or Unpadded(x) (then m0 and n must be whole rows of the grid)."""
+    if isinstance(buf, Unpadded):
+        return _rows_unpadded(buf.x, g, m0, n, full)
     shifts = [i * _reach(g) + j * g.dilation[1] for i, j in offsets(g.KH if full else 1, g.KW)]
     R = np.empty((g.G, len(shifts), g.C // g.G, n), buf.dtype)
     for k, shift in enumerate(shifts):
         a = m0 + shift
         R[:, k] = buf[:, a:a + n].reshape(g.G, g.C // g.G, n)
+    return R.reshape(g.G, -1, n)
+
+
+def _rows_unpadded(x: np.ndarray, g: ConvGeom, m0: int, n: int, full: bool) -> np.ndarray:
+    """_rows straight from x, with no padded buffer (a pass over the input less per conv): each shift's copy
+    is, grid row by grid row, x's row where the row is inside the image, zeros in the padding, and zeros
+    where the shift wraps into the next row (only garbage columns read there)."""
+    Wb, Hb, dh, dw = g.Wb, g.Hb, g.dilation[0], g.dilation[1]
+    r0, nrows = m0 // Wb, n // Wb
+    taps = list(offsets(g.KH if full else 1, g.KW))
+    R = np.empty((g.G, len(taps), g.C // g.G, nrows, Wb), x.dtype)
+    xg = x.reshape(g.N, g.G, g.C // g.G, g.H, g.W)
+    for k, (i, j) in enumerate(taps):
+        Rk, dc = R[:, k], j * dw  # (G, C/G, nrows, Wb); this tap reads grid column u + dc for its column u
+        u0, u1 = max(0, g.left - dc), max(0, min(Wb - dc, g.left + g.W - dc))  # its columns inside the image
+        u1 = max(u0, u1)
+        Rk[..., :u0] = 0
+        Rk[..., u1:] = 0  # right padding, and the wrap into the next row
+        q = 0
+        while q < nrows:
+            img, hb = divmod(r0 + i * dh + q, Hb)
+            take = min(nrows - q, Hb - hb)  # grid rows of this image
+            if img >= g.N:  # the buffer's tail, past the last image
+                Rk[:, :, q:, u0:u1] = 0
+                break
+            h0 = min(max(g.top, hb), hb + take)  # the image's own rows among them: h0 .. h1 (grid rows)
+            h1 = min(max(g.top + g.H, h0), hb + take)
+            Rk[:, :, q:q + h0 - hb, u0:u1] = 0  # padding rows above the image
+            Rk[:, :, q + h1 - hb:q + take, u0:u1] = 0  # and below it
+            if h1 > h0 and u1 > u0:
+                Rk[:, :, q + h0 - hb:q + h1 - hb, u0:u1] = xg[img, :, :, h0 - g.top:h1 - g.top,
+                                                               u0 + dc - g.left:u1 + dc - g.left]
+            q += take
     return R.reshape(g.G, -1, n)
 
 
@@ -523,7 +574,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     if (g.KH, g.KW, g.G) == (1, 1, 1) and g.flat and (g.Hb, g.Wb, g.OH, g.OW) == (g.H, g.W, g.H, g.W):
         out = _conv1x1(x, w, b)
     else:
-        out = _forward_nchw(_pad(x, g), _wmat(w, g), g, b)
+        out = _forward_nchw(_source(x, g), _wmat(w, g), g, b)
     return out, ConvCache(x, w, b is not None, g)
 
 
@@ -535,7 +586,7 @@ def conv2d_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, st
     _check(x, w, groups, "conv2d")
     g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     _check_bias(b, g.F)
-    return _forward_nchw(_pad(x, g), _wmat(w, g), g, b, relu=True)
+    return _forward_nchw(_source(x, g), _wmat(w, g), g, b, relu=True)
 
 
 def conv2d_backward(dout: np.ndarray, cache: ConvCache):
@@ -543,7 +594,7 @@ def conv2d_backward(dout: np.ndarray, cache: ConvCache):
     x, w, has_bias, g = cache
     dout = np.asarray(dout, x.dtype)
     dx = _input_grad(dout, w, g)
-    dw = _from_wmat(_wgrad(_pad(x, g), _to_cols(dout, g), g), g)
+    dw = _from_wmat(_wgrad(_source(x, g), _to_cols(dout, g), g), g)
     return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
 
 
