@@ -1,6 +1,8 @@
-"""Run every benchmark side by side and write docs/benchmarks.md (each section names its machine).
+"""Run every benchmark side by side and write the results as Markdown (each section names its machine).
 
-    python benchmarks/run_all.py [--only startup,conv,bench,train] [--out docs/benchmarks.md]
+    python benchmarks/run_all.py [--only startup,conv,bench,step,train] [--out docs/benchmarks-latest.md]
+
+docs/benchmarks.md is the curated record: these sections, with the analysis written around them by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ PY = sys.executable
 SECTIONS = {
     "startup": [PY, "benchmarks/startup.py"],
     "conv": [PY, "benchmarks/conv_numpy_vs_torch.py"],
-    "bench": [PY, "-m", "cvtool", "bench", "--sizes", "256", "--batch-sizes", "1"],
+    "bench": [PY, "-m", "cvtool", "bench", "--sizes", "256", "--batch-sizes", "1", "--rounds", "3"],
     "step": [PY, "benchmarks/train_step.py"],
     "train": [PY, "benchmarks/train_targets.py"],
 }
@@ -34,7 +36,7 @@ No test asserts a time.
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=",".join(SECTIONS))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-latest.md"))
     a = ap.parse_args()
     parts = [HEADER]
     for name in a.only.split(","):
