@@ -7,7 +7,7 @@ One piece of maths, three uses. A convolution (a cross-correlation, as in every 
 i.e. one matrix product W (F, KH*KW*C) @ X (KH*KW*C, M), where column m of X (im2col) holds the
 window of output pixel m (M: every output pixel of the batch):
 
-    forward            out   = W @ im2col(xpad)                    (_forward)
+    forward            out   = W @ im2col(xpad)                    (_forward_nchw)
     backward to x      dxpad = col2im(W^T @ dout)                  (_adjoint)
     backward to w      dW    = dout @ im2col(xpad)^T               (_wgrad)
 
@@ -155,7 +155,8 @@ def _source(x: np.ndarray, g: ConvGeom):
 
 
 def _pad(x: np.ndarray, g: ConvGeom) -> np.ndarray:
-    """(N, C, H, W) -> the zero-padded buffer the gathers read."""
+    """(N, C, H, W) -> the zero-padded buffer the strided gathers read (the flat gathers pad as they copy,
+    _rows_unpadded; the flat buffer stays their oracle in the tests)."""
     buf = _buffer(g, x.dtype)
     inner, src = _interior(buf, g), x.transpose(1, 0, 2, 3)
 
@@ -211,15 +212,20 @@ def _from_cols(cols: np.ndarray, g: ConvGeom, b: np.ndarray | None = None, relu:
     dst = out.transpose(1, 0, 2, 3)
 
     def fill(c0: int, c1: int) -> None:
-        if b is None:
-            np.copyto(dst[c0:c1], grid[c0:c1])
-        else:
-            np.add(grid[c0:c1], b[c0:c1, None, None, None], out=dst[c0:c1])
-        if relu:
-            np.maximum(dst[c0:c1], 0, out=dst[c0:c1])
+        _store(dst[c0:c1], grid[c0:c1], None if b is None else b[c0:c1, None, None, None], relu)
 
     map_channels(fill, g.F, grid[0].nbytes)
     return out
+
+
+def _store(dst: np.ndarray, src: np.ndarray, b: np.ndarray | None, relu: bool) -> None:
+    """dst = src (+ b, broadcast), then max(0, .) if relu: the epilogue of every crop out of a GEMM buffer."""
+    if b is None:
+        np.copyto(dst, src)
+    else:
+        np.add(src, b, out=dst)
+    if relu:
+        np.maximum(dst, 0, out=dst)
 
 
 def _conv1x1(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -383,13 +389,14 @@ def _wrow(wm: np.ndarray, g: ConvGeom, i: int) -> np.ndarray:
 # --- the three products ----------------------------------------------------------------------
 
 def _forward(buf: np.ndarray, wm: np.ndarray, g: ConvGeom) -> np.ndarray:
-    """W @ im2col(buf): (G, F/G, M)."""
+    """W @ im2col(buf): (G, F/G, M), for the strided layout (the flat one crops each block as it goes:
+    _forward_nchw)."""
     out = np.empty((g.G, g.F // g.G, g.M), buf.dtype)
 
     def block(m0: int, m1: int) -> None:
         _product(buf, wm, g, m0, m1, out[..., m0:m1])
 
-    (map_runs if g.flat else map_blocks)(block, _blocks(g, buf.dtype))
+    map_blocks(block, _blocks(g, buf.dtype))
     return out
 
 
@@ -434,13 +441,8 @@ def _forward_nchw(buf: np.ndarray, wm: np.ndarray, g: ConvGeom, b: np.ndarray | 
             take = min(r1 - r, g.Hb - rr)  # this image's rows in the block
             k = min(take, g.OH - rr)  # the valid ones (the rest is padding's garbage)
             if k > 0:
-                src, dst = rows[:, r - m0 // g.Wb:r - m0 // g.Wb + k, :g.OW], out[n, :, rr:rr + k]
-                if b is None:
-                    np.copyto(dst, src)
-                else:
-                    np.add(src, b[:, None, None], out=dst)
-                if relu:
-                    np.maximum(dst, 0, out=dst)
+                q = r - m0 // g.Wb
+                _store(out[n, :, rr:rr + k], rows[:, q:q + k, :g.OW], None if b is None else b[:, None, None], relu)
             r += take
 
     map_runs(block, _blocks(g, buf.dtype))
@@ -615,9 +617,9 @@ def conv_transpose2d_backward(dout: np.ndarray, cache: ConvCache):
     """dout (N, C_out, OH, OW) -> dx (N, C_in, H, W), dw (C_in, C_out/G, KH, KW), db (C_out,) or None."""
     x, w, has_bias, g = cache
     dout = np.asarray(dout, x.dtype)
-    buf = _pad(dout, g)
-    dx = _forward_nchw(buf, _wmat(w, g), g)
-    dw = _from_wmat(_wgrad(buf, _to_cols(x, g), g), g)
+    src = _source(dout, g)
+    dx = _forward_nchw(src, _wmat(w, g), g)
+    dw = _from_wmat(_wgrad(src, _to_cols(x, g), g), g)
     return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
 
 
