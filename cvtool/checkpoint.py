@@ -36,6 +36,7 @@ class Checkpoint:
     train_state: dict[str, Any] = field(default_factory=dict)  # epoch, step, rng, config, metrics
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
+    scale: float = 1.0  # inputs are resampled by this factor before the net (cvtool.inference.segment_logits)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class Checkpoint:
             "classes": list(self.classes),
             "colors": [list(map(int, c)) for c in self.colors],
             "normalization": {"mean": list(map(float, self.norm_mean)), "std": list(map(float, self.norm_std))},
+            "preprocess": {"scale": float(self.scale)},
             "train_state": self.train_state,
         }
 
@@ -109,11 +111,20 @@ def load(path: str | Path) -> Checkpoint:
         return Checkpoint(spec=spec, params=params, classes=list(meta["classes"]), colors=list(meta["colors"]),
                           norm_mean=norm.get("mean", [0.0] * spec.in_channels),
                           norm_std=norm.get("std", [1.0] * spec.in_channels),
-                          train_state=meta.get("train_state", {}), optim_state=optim, path=path)
+                          train_state=meta.get("train_state", {}), optim_state=optim, path=path,
+                          scale=input_scale(meta))
     except CvtoolError as e:
         raise DataError(f"{path}: {e.message}") from None
     except (KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{path}: the checkpoint metadata lacks or garbles {e}") from None
+
+
+def input_scale(meta: dict) -> float:
+    """The resampling factor a model's metadata asks for (1.0 for files written before it existed)."""
+    s = float((meta.get("preprocess") or {}).get("scale", 1.0))
+    if not 0 < s <= 16:
+        raise DataError(f"the model's input scale {s} is not a resampling factor")
+    return s
 
 
 def _existing(path: str | Path) -> Path:

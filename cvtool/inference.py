@@ -153,3 +153,47 @@ def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, mar
 def class_fractions(mask: np.ndarray, classes: list[str]) -> dict[str, float]:
     counts = np.bincount(mask.ravel(), minlength=len(classes))[: len(classes)]
     return {c: float(n) / mask.size for c, n in zip(classes, counts)}
+
+
+def interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) linear interpolation with half-pixel centres (align_corners=False), edges clamped."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    f = src - i0
+    M = np.zeros((n_out, n_in), np.float32)
+    M[np.arange(n_out), i0] += (1 - f).astype(np.float32)
+    M[np.arange(n_out), i1] += f.astype(np.float32)
+    return M
+
+
+def resize_logits(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) -> (K, H, W) bilinearly, as two small matrix products (a prediction at a model's scale
+    brought back to the image's pixels)."""
+    K, h, w = logits.shape
+    H, W = hw
+    if (h, w) == (H, W):
+        return logits
+    out = np.matmul(interp_matrix(H, h), logits.astype(np.float32))  # (K, H, w)
+    return np.matmul(out, interp_matrix(W, w).T)
+
+
+def segment_logits(predict: Predict, image: np.ndarray, spec: S.ModelSpec, mean, std, *, scale: float = 1.0,
+                   tile: int = 512, batch_size: int = 4, name: str = "image") -> np.ndarray:
+    """What `cvtool segment` computes for one uint8 (H, W[, C]) image: resample by the model's scale, normalise,
+    run whole or in tiles, bring the logits back to (K, H, W). Training validates with the same function."""
+    from cvtool.data.memory import resize_image, scaled_hw
+
+    img = image[..., None] if image.ndim == 2 else image
+    H, W = img.shape[:2]
+    if scale != 1.0:
+        img = resize_image(np.ascontiguousarray(img), scaled_hw((H, W), scale))
+    prep = prepare(img, spec.in_channels, mean, std, name=name)
+    h, w = prep.hw
+    tile = max(tile, min_tile(spec))
+    if h > tile or w > tile:
+        lg = predict_tiled(predict, prep.x, spec.multiple, tile, tile_margin(spec), batch_size=batch_size)
+    else:
+        lg = predict_batch(predict, [prep.x], spec.multiple)[0]
+    return resize_logits(lg, (H, W))

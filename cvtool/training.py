@@ -89,7 +89,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def class_weights(masks_hist: np.ndarray) -> np.ndarray:
+def class_weights(masks_hist: np.ndarray, power: float = 0.25) -> np.ndarray:
     """Inverse fourth-root frequency, normalised to mean 1 over present classes, clipped to [0.2, 5].
 
     Mild on purpose: weighting shifts the argmax towards rare classes, which buys recall with false positives.
@@ -97,7 +97,7 @@ def class_weights(masks_hist: np.ndarray) -> np.ndarray:
     0.895 unweighted, 0.892 at 1/4, 0.884 at 1/2, 0.846 at 1. A little weighting stays, so that a heavily
     imbalanced set cannot settle on "all background"."""
     f = masks_hist / max(masks_hist.sum(), 1)
-    w = np.where(f > 0, np.maximum(f, 1e-12) ** -0.25, 0.0)
+    w = np.where(f > 0, np.maximum(f, 1e-12) ** -power, 0.0)
     present = f > 0
     w[present] /= w[present].mean()
     return np.clip(w, 0.2 if present.any() else 0, 5.0).astype(np.float32)
@@ -381,11 +381,11 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
             w.writerows(history)
 
 
-def _write_curves(out_dir: Path, history: list[dict]) -> None:
+def _write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch") -> None:
     from cvtool.plot import line_chart
 
     ep = [h["epoch"] for h in history]
     line_chart(out_dir / "curves.png", ep, {"train loss": [h["train_loss"] for h in history],
                                              "val loss": [h["val_loss"] for h in history]},
                {"val mIoU": [h["mean_iou"] for h in history], "pixel acc": [h["pixel_accuracy"] for h in history]},
-               title="cvtool train", xlabel="epoch")
+               title="cvtool train", xlabel=xlabel)

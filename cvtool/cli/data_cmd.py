@@ -81,6 +81,8 @@ def check(
     json_: bool = JSON_OPT,
 ) -> None:
     """Validate every image/mask pair (exit 2 on the first bad one) and show each class's share of pixels."""
+    from rich.markup import escape
+
     from cvtool.data import check_dataset, open_datasets
 
     train, val, info = open_datasets(data, val_split=val_split, seed=seed)
@@ -92,10 +94,10 @@ def check(
         emit_json({**info.to_dict(), **{part: st.to_dict() for part, st in stats.items()}})
         return
     con = out()
-    con.print(f"{info.format} dataset {info.root or ''}: {info.n_train} train + {info.n_val} val images, "
+    con.print(f"{info.format} dataset {escape(info.root or '')}: {info.n_train} train + {info.n_val} val images, "
               f"{len(info.classes)} classes, {info.in_channels} channel(s); split: {info.split}")
-    for note in info.notes:
-        con.print(f"note: {note}")
+    for note in info.notes:  # plain text: a note may hold [...] (file names, values)
+        con.print(f"note: {escape(note)}")
     tr, va = stats["train"], stats["val"]
     rows = [[k, c, "#%02x%02x%02x" % tuple(info.colors[k]), fmt_float(float(tr.fractions()[k])), int(tr.present[k]),
              fmt_float(float(va.fractions()[k])), int(va.present[k])] for k, c in enumerate(info.classes)]

@@ -25,10 +25,11 @@ class Model:
     std: list[float]
     path: Path
     kind: str  # "checkpoint" | "onnx"
+    scale: float = 1.0  # inputs resampled by this factor before the net
 
     def meta(self) -> dict:
         return {"classes": self.classes, "colors": self.colors,
-                "normalization": {"mean": self.mean, "std": self.std}}
+                "normalization": {"mean": self.mean, "std": self.std}, "preprocess": {"scale": self.scale}}
 
 
 def latest_checkpoint(root: Path = RUNS) -> Path:
@@ -54,10 +55,10 @@ def open_model(path: Path | None) -> Model:
         spec, params, meta = _onnx_params(path)
         norm = meta.get("normalization", {})
         return Model(spec, params, meta.get("classes", []), meta.get("colors", []), norm.get("mean", [0.0] * spec.in_channels),
-                     norm.get("std", [1.0] * spec.in_channels), path, "onnx")
+                     norm.get("std", [1.0] * spec.in_channels), path, "onnx", ckpt_io.input_scale(meta))
     ck = ckpt_io.load(path)
     return Model(ck.spec, ck.params, list(ck.classes), [list(c) for c in ck.colors], list(ck.norm_mean), list(ck.norm_std),
-                 path, "checkpoint")
+                 path, "checkpoint", ck.scale)
 
 
 def _onnx_params(path: Path):

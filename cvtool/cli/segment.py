@@ -122,7 +122,9 @@ def segment(
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import next_run_dir
-    from cvtool.inference import class_fractions, min_tile, predict_batch, predict_tiled, prepare, tile_margin
+    from cvtool.data.memory import resize_image, scaled_hw
+    from cvtool.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
+                                  tile_margin)
 
     if tile < 1 or batch_size < 1:
         raise UsageError("--tile and --batch-size must be at least 1")
@@ -182,6 +184,8 @@ def segment(
 
     def finish(path: Path, raw, logits):
         t0 = time.perf_counter()
+        if logits.shape[-2:] != raw.shape[:2]:  # the model ran at its scale: back to the image's pixels
+            logits = resize_logits(logits, raw.shape[:2])
         mask = logits.argmax(0).astype(np.uint8)
         mask_png, overlay_png = dest / f"{stems[path]}_mask.png", dest / f"{stems[path]}_overlay.png"
         write_mask_png(mask_png, mask, model.colors)
@@ -201,7 +205,8 @@ def segment(
             try:
                 t0 = time.perf_counter()
                 raw = read_image(path)
-                prep = prepare(raw, spec.in_channels, model.mean, model.std, name=str(path))
+                net_in = raw if model.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], model.scale))
+                prep = prepare(net_in, spec.in_channels, model.mean, model.std, name=str(path))
                 timings["preprocess"] += time.perf_counter() - t0
                 H, W = prep.hw
                 if H > tile or W > tile:
@@ -222,7 +227,7 @@ def segment(
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "tile": tile,
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": model.scale, "tile": tile,
            "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
            "failed": failed, "ms_per_image": per_image}
     if json_:

@@ -17,8 +17,9 @@ def _opt(default_help: str):
 
 
 def train(
-    data: Optional[str] = typer.Option(None, help="Dataset folder (images/ + masks/, or VOC layout). Default: built-in synthetic shapes."),
-    epochs: Optional[int] = _opt("Epochs (default 6)."),
+    data: Optional[str] = typer.Option(None, help="Dataset folder (images/ + masks/, or VOC layout). Default: built-in synthetic "
+                                       "shapes. With --data and no --epochs the run is planned from the data and fills --time."),
+    epochs: Optional[int] = _opt("Epochs (default 6; with --data: none, the run fills --time)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step (default 8)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Training crop size (default 96)."),
     lr: Optional[float] = _opt("Peak learning rate (default 5e-3)."),
@@ -34,7 +35,11 @@ def train(
     seed: Optional[int] = _opt("Random seed (default 0)."),
     dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; 0: cross-entropy only (default 1.0)."),
     synth_images: Optional[int] = typer.Option(None, "--synth-images", help="Synthetic data: training images per epoch (default 2400)."),
-    time_budget: Optional[float] = typer.Option(None, "--time", help="Time budget in seconds; the schedule follows elapsed time."),
+    time_budget: Optional[float] = typer.Option(None, "--time", help="Wall-clock budget in seconds, everything counted; the "
+                                                "schedule follows elapsed time (default with --data and no --epochs: 300)."),
+    augment: Optional[str] = typer.Option(None, help="none | light | default | heavy (with --data: the plan chooses)."),
+    scale: Optional[float] = typer.Option(None, help="Resample images by this factor before the net (with --data: the plan chooses)."),
+    plan_only: bool = typer.Option(False, "--plan", help="Print the plan for --data (fingerprint, measured step time) and exit."),
     backend: str = typer.Option("torch", help="numpy | torch (ort cannot train)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     workers: int = typer.Option(0, help="Threads for the backend (0: the backend's default)."),
@@ -44,25 +49,31 @@ def train(
 ) -> None:
     """Train a U-Net: conv, max pooling, activations, transposed-conv upsampling, skip connections."""
     import signal
+    import time
     from dataclasses import asdict
 
     import backends as registry
     from cvtool import checkpoint as ckpt_io
     from cvtool.errors import UsageError
     from cvtool.fsutil import next_run_dir
+    from cvtool.data.augment import LEVELS
     from cvtool.training import TrainConfig, train as run_train
 
+    t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                                    activation=activation, width=width, depth=depth, norm=norm, val_split=val_split,
                                    seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    timed = data is not None and epochs is None and world == 1
     if resume is not None:
         path = resume / "last.safetensors" if resume.is_dir() else resume
         ck = ckpt_io.load(path)
         saved = ck.train_state.get("config")
         if not saved:
             raise UsageError(f"{path} holds no training state to resume from")
+        timed = "plan" in ck.train_state and epochs is None
         fixed = [k for k in ("width", "depth", "activation", "norm") if k in given and given[k] != saved.get(k)]
         if fixed:
             raise UsageError(f"--{fixed[0]} cannot change when resuming (the checkpoint's net has "
@@ -71,10 +82,17 @@ def train(
         run_dir = out_dir or path.parent
     else:
         cfg = TrainConfig(**given)
-        run_dir = out_dir or next_run_dir(Path("runs") / "train")
+        run_dir = out_dir or (None if plan_only else next_run_dir(Path("runs") / "train"))
+    if timed and cfg.time_budget is None:
+        cfg.time_budget = 300.0
+    if plan_only and not timed:
+        raise UsageError("--plan needs --data without --epochs", hint="cvtool train --data DIR --plan")
+    if augment is not None and augment not in LEVELS:
+        raise UsageError(f"unknown --augment {augment!r}", hint=f"choose one of {', '.join(LEVELS)}")
+    if scale is not None and not 0 < scale <= 4:
+        raise UsageError(f"--scale must be in (0, 4], got {scale}")
     cfg.validate()  # bad options fail here, before a framework is imported
 
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     be = registry.get(backend, device)
     if not getattr(be.capabilities, "train", False):
         raise UsageError(f"backend {backend!r} cannot train", hint="use --backend torch or --backend numpy")
@@ -94,14 +112,24 @@ def train(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     quiet = json_ or rank != 0
-    ui = _ProgressUI(quiet=quiet)
+    ui = _ProgressUI(quiet=quiet, show_plan=not plan_only)
     try:
         with ui:
-            result = run_train(
-                cfg, lambda spec, params, optim, weights, sd, dice: be.trainer(
-                    spec, params, optim=optim, class_weights=weights, seed=sd, distributed=world > 1, dice=dice),
-                Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank, world=world,
-                digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank digests of the final weights
+            make = lambda spec, params, optim, weights, sd, dice: be.trainer(  # noqa: E731
+                spec, params, optim=optim, class_weights=weights, seed=sd, distributed=world > 1, dice=dice)
+            if timed:
+                from cvtool.timed import train_timed
+
+                over = {k: v for k, v in dict(crop=img_size, batch_size=batch_size, depth=depth, width=width, lr=lr,
+                                              warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
+                                              augment=augment, scale=scale).items() if v is not None}
+                result = train_timed(cfg, make, Path(run_dir or "."), t0=t0, overrides=over, resume=ck,
+                                     cache_dir=Path("runs") / ".cache", plan_only=plan_only, on_event=ui.event,
+                                     should_stop=lambda: stop["flag"])
+            else:
+                result = run_train(
+                    cfg, make, Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank,
+                    world=world, digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank weight digests
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -112,10 +140,44 @@ def train(
     result["config"] = asdict(cfg)
     if json_:
         emit_json(_finite(result))
+    elif result["status"] == "plan":
+        out().print(plan_table(result["plan"]))
     else:
         _report(result)
     if result["status"] == "interrupted":
         raise typer.Exit(130)  # like a shell's Ctrl-C; last.safetensors resumes it
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc), 0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        return max(0.0, up - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def plan_table(plan: dict):
+    from cvtool.plan import Plan
+
+    return table(f"Plan for a {plan['budget']:g} s budget on {plan['device']}", ["value", "chosen", "why"],
+                 [list(r) for r in Plan.from_dict(plan).rows()])
+
+
+def fingerprint_table(fp: dict):
+    K = len(fp["classes"])
+    f3 = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    rows = [[str(k), c, f"{fp['class_share'][k]:.1%}", f"{fp['class_images'][k]:.0%}", str(fp["val_images"][k]),
+             f3(fp["object_area"][k]), f3(fp["thickness"][k])] for k, c in enumerate(fp["classes"])]
+    title = (f"Fingerprint: {fp['n_train']} train / {fp['n_val']} val images, {fp['channels']} channel(s), "
+             f"H {fp['size_h'][0]}/{fp['size_h'][1]}/{fp['size_h'][2]}, W {fp['size_w'][0]}/{fp['size_w'][1]}/"
+             f"{fp['size_w'][2]} (min/median/max), mean {', '.join(f'{v:.3f}' for v in fp['mean'])}, "
+             f"std {', '.join(f'{v:.3f}' for v in fp['std'])}, ignored {fp['ignore_share']:.1%}"
+             + (" (cached)" if fp.get("cached") else ""))
+    return table(title, ["index", "class", "pixels", "train images", "val images", "object px", "thickness px"], rows)
 
 
 def _finite(o):
@@ -142,9 +204,17 @@ def _report(r: dict) -> None:
         rows.append(["pixel accuracy", fmt_float(f["pixel_accuracy"])])
         con.print(table("Validation, per class", ["class", "IoU"], rows))
     run = Path(r["out"])
-    for line in (f"{r['status']}: {r['epochs']} epochs, {r['steps']} steps in {r['seconds']:.0f} s; "
-                 f"best mIoU {fmt_float(r['best_mean_iou'])}",
-                 f"wrote {run}/best.safetensors, last.safetensors, metrics.csv, curves.png",
+    if r.get("plan"):
+        done = (f"{r['status']}: {r['steps']} steps and {r['validations']} validations in {r['seconds']:.0f} s "
+                f"(the step waited for data {r['data_wait_share']:.1%} of its time); best mIoU {fmt_float(r['best_mean_iou'])}")
+        if r.get("absent_classes"):
+            names = ", ".join(r["classes"][k] for k in r["absent_classes"])
+            done += f" (not in the mean: {names}, in neither the validation masks nor the predictions)"
+    else:
+        done = f"{r['status']}: {r['epochs']} epochs, {r['steps']} steps in {r['seconds']:.0f} s; best mIoU {fmt_float(r['best_mean_iou'])}"
+    for line in (done,
+                 f"wrote {run}/best.safetensors, last.safetensors, metrics.csv, curves.png"
+                 + (", plan.json" if r.get("plan") else ""),
                  "next:",
                  f"  cvtool segment IMAGE --model {run}/best.safetensors",
                  f"  cvtool export {run}/best.safetensors -o {run}/model.onnx",
@@ -158,29 +228,34 @@ class _ProgressUI:
     The bar starts with training ("start"), so an error while the data or the net are set up is the one
     line main() prints, with no empty bar before it."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, show_plan: bool = True):
         self.quiet = quiet
+        self.show_plan = show_plan  # --plan prints the plan on stdout itself
         self.progress = None
         self.task = None
+        self.timed = False
+        self.loading = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self.loading is not None:
+            self.loading.__exit__(*exc)
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
     def _print(self, text: str) -> None:
         (self.progress.console if self.progress is not None else err()).print(text, soft_wrap=True)
 
-    def _start(self, total: int, done: int) -> None:
+    def _start(self, total: float, done: float, timed: bool = False) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=err(), transient=False)
         self.progress.__enter__()
-        self.task = self.progress.add_task("train", total=total, completed=done, info="")
+        self.task = self.progress.add_task("train (s)" if timed else "train", total=total, completed=done, info="")
 
     def event(self, kind: str, d: dict) -> None:
         if self.quiet:
@@ -190,6 +265,41 @@ class _ProgressUI:
                         f"classes {', '.join(d['classes'])}")
             for note in d["info"].get("notes", []):
                 self._print(f"note: {note}")
+        elif kind == "loading":
+            from rich.progress import Progress
+
+            self.loading = Progress(console=err(), transient=True)
+            self.loading.__enter__()
+            self.loading_task = self.loading.add_task("reading images", total=d["total"])
+        elif kind == "loaded":
+            self.loading.advance(self.loading_task)
+        elif kind == "fingerprint":
+            if self.loading is not None:
+                self.loading.__exit__(None, None, None)
+                self.loading = None
+            fp = d["fingerprint"]
+            err().print(fingerprint_table(fp))
+            for note in fp["warnings"]:
+                self._print(f"[yellow]warning[/]: {note}")
+        elif kind == "plan":
+            if self.show_plan:
+                err().print(plan_table(d["plan"]))
+        elif kind == "start" and d.get("mode") == "time":
+            s = d["spec"]
+            self.timed = True
+            self._print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
+                        f"{d['params']:,} parameters; ~{d['total_steps']} steps in {d['budget']:g} s")
+            dice = f" + {d['dice']:g} x soft Dice" if d.get("dice") else ""
+            self._print(f"loss: {'class-weighted ' if d.get('class_weights') else ''}cross-entropy{dice}")
+            self._start(d["budget"], d["elapsed"], timed=True)
+        elif kind == "step" and self.timed:
+            self.progress.update(self.task, completed=d["elapsed"],
+                                 info=f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
+        elif kind == "epoch" and self.timed:
+            mark = " *" if d.get("best") else ""
+            self._print(f"validation {d['epoch']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
+                        f"{d['train_loss']:.4f}  pixel acc {d['pixel_accuracy']:.4f}  mIoU {d['mean_iou']:.4f}{mark} "
+                        f"({d['val_seconds']:.1f} s)")
         elif kind == "start":
             s = d["spec"]
             self._print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "

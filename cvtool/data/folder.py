@@ -1,8 +1,11 @@
 """Folder datasets: DIR/images/* and DIR/masks/* paired by file stem, optionally split as DIR/train/... and
-DIR/val/..., class names and colours from an optional DIR/classes.json.
+DIR/val/..., class names (and colours) from an optional DIR/classes.json or DIR/classes.txt.
 
 Opening reads every image header (size, mode) and every mask once; the summaries are cached in a
-FileSource shared by the train and val views, so check_dataset() afterwards reads nothing again.
+FileSource shared by the train and val views, so check_dataset() afterwards reads nothing again. From the
+distinct values of all masks it decides, once per dataset, how raw mask values become classes (a ValueMap
+shared by both views): class indices as they are, binary 0/255 -> 0/1, sparse or 16-bit values -> 0..n-1 in
+ascending order, colour masks -> the class of each colour in classes.json. Each conversion adds a note.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cvtool.data.io import (IGNORE, IMAGE_SUFFIXES, image_channels, is_image_file, open_pil, read_image, read_mask,
-                            read_mask_info, voc_palette)
+from cvtool.data.io import (COLOUR_MASK_MODES, IGNORE, IMAGE_SUFFIXES, hex_color, image_channels, is_image_file,
+                            open_pil, read_image, read_mask, read_mask_info, rgb_code, voc_palette)
 from cvtool.data.loader import DataInfo, Sample
 from cvtool.data.transforms import to_chw
-from cvtool.data.validate import Record, check_pair, record_from_mask
+from cvtool.data.validate import Record, check_pair, check_values, record_from_mask, values_text
 from cvtool.errors import DataError
 
 LAYOUT_HINT = ("expected DIR/images + DIR/masks (optionally DIR/train/... and DIR/val/...), "
@@ -34,7 +37,8 @@ class Item:
 class FileSource:
     """Per-file summaries shared by the views of one dataset: image headers and mask records, each read once."""
 
-    def __init__(self):
+    def __init__(self, colour: bool = False):
+        self.colour = colour  # read RGB(A) masks as colour codes (classes.json gives "colors"); else refuse them
         self.headers: dict[Path, tuple[str, tuple[int, int]]] = {}  # image -> (mode, (H, W))
         self.records: dict[Path, Record] = {}  # image -> its mask's Record
         self.mask_modes: dict[Path, str] = {}
@@ -50,7 +54,7 @@ class FileSource:
         if it.image not in self.records:
             mask = None
             if it.mask is not None:
-                mask, mode, palette = read_mask_info(it.mask)
+                mask, mode, palette = read_mask_info(it.mask, self.colour)
                 self.mask_modes[it.mask] = mode
                 if palette is not None and self.palette is None:
                     self.palette = palette
@@ -59,30 +63,77 @@ class FileSource:
         return self.records[it.image]
 
 
+class ValueMap:
+    """Raw mask value -> class index or IGNORE; a value it does not hold -> -1 (check_values reports it).
+
+    Vectorised: a look-up table for values in 0..65535 (8- and 16-bit masks), np.searchsorted beyond (colour codes)."""
+
+    def __init__(self, mapping: dict[int, int]):
+        self.mapping = {int(k): int(v) for k, v in sorted(mapping.items())}
+        self.keys = np.fromiter(self.mapping, np.int64, len(self.mapping))
+        self.targets = np.fromiter(self.mapping.values(), np.int64, len(self.mapping))
+        self._lut: np.ndarray | None = None
+
+    @classmethod
+    def identity(cls, K: int, ignore: int | None = IGNORE) -> ValueMap:
+        return cls({**{k: k for k in range(K)}, **({} if ignore is None else {ignore: IGNORE})})
+
+    def lut(self) -> np.ndarray:
+        if self._lut is None:
+            lut = np.full(1 << 16, -1, np.int64)
+            small = (self.keys >= 0) & (self.keys < 1 << 16)
+            lut[self.keys[small]] = self.targets[small]
+            self._lut = lut
+        return self._lut
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values)
+        if v.dtype in (np.uint8, np.uint16) or v.size and v.min() >= 0 and v.max() < 1 << 16:
+            return self.lut()[v]
+        v = v.astype(np.int64)
+        if not self.keys.size or not v.size:
+            return np.full(v.shape, -1, np.int64)
+        idx = np.minimum(np.searchsorted(self.keys, v), self.keys.size - 1)
+        return np.where(self.keys[idx] == v, self.targets[idx], -1)
+
+
 class FileDataset:
-    """Image/mask file pairs. ds[i] reads both files; binary=True maps mask value 255 to class 1."""
+    """Image/mask file pairs. ds[i] reads both files and maps the mask's raw values to classes through
+    value_map (value_mapping: the raw -> class dict, IGNORE = 255 for ignored values)."""
 
     ignore_index = IGNORE
 
     def __init__(self, items: list[Item], source: FileSource, *, classes: list[str], colors, in_channels: int,
-                 binary: bool, description: str):
+                 value_map: ValueMap | dict[int, int], description: str, colour_masks: bool = False):
         self.items, self.source = items, source
         self.classes, self.colors = list(classes), list(colors)
-        self.in_channels, self.binary, self.description = in_channels, binary, description
+        self.in_channels, self.description = in_channels, description
+        self._map = value_map if isinstance(value_map, ValueMap) else ValueMap(value_map)
+        self.colour_masks = colour_masks  # raw values are r<<16|g<<8|b codes (errors show #rrggbb)
+
+    @property
+    def value_mapping(self) -> dict[int, int]:
+        """raw mask value -> class index (IGNORE: not counted); other values are errors."""
+        return dict(self._map.mapping)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def value_map(self, values: np.ndarray) -> np.ndarray:
-        return np.where(values == 255, 1, values) if self.binary else values
+        """int64 class indices (or IGNORE) of raw mask values; -1 where a value is no class."""
+        return self._map(values)
 
     def __getitem__(self, i: int) -> Sample:
         it = self.items[i]
         image = read_image(it.image, self.in_channels)
-        mask = read_mask(it.mask) if it.mask is not None else None
+        mask = read_mask(it.mask, self.source.colour) if it.mask is not None else None
         check_pair(it.name, str(it.image), it.mask and str(it.mask), image.shape[:2],
                    None if mask is None else mask.shape)
-        return Sample(to_chw(image), self.value_map(mask.astype(np.int64)), it.name)
+        y = self.value_map(mask)
+        if (y < 0).any():  # a value check_dataset would refuse: say which, never hand out -1
+            r = record_from_mask(it.name, str(it.image), str(it.mask), image.shape[:2], mask)
+            check_values(r, self.value_map(r.values), len(self.classes), self.colour_masks)
+        return Sample(to_chw(image), y, it.name)
 
     def scan(self, i: int) -> Record:
         return self.source.scan(self.items[i])
@@ -121,22 +172,108 @@ def split_items(items: list, val_split: float, seed: int) -> tuple[list, list]:
     return [x for k, x in enumerate(items) if k not in held], [x for k, x in enumerate(items) if k in held]
 
 
-def read_classes_json(path: Path) -> tuple[list[str] | None, list | None]:
-    """({"classes": [...], "colors": [[r,g,b], ...]}) -> (names, colours); (None, None) when the file is absent."""
+CLASSES_HINT = ('accepted: classes.json as ["bg", "cat", ...] or {"classes": [...], "colors": [[r, g, b], ...]} '
+                '(optionally "ignore_color": [r, g, b]); or classes.txt with one class name a line')
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """What classes.json / classes.txt says. colors: one (r, g, b) per class or None."""
+
+    path: Path
+    names: list[str]
+    colors: list[tuple[int, int, int]] | None = None
+    ignore_color: tuple[int, int, int] | None = None
+
+
+def _short(x) -> str:
+    t = json.dumps(x)
+    return t if len(t) <= 40 else t[:37] + "..."
+
+
+def _class_names(path: Path, names) -> list[str]:
+    if not isinstance(names, list):
+        raise DataError(f"{path}: \"classes\" must be a list of class names, got {_short(names)}", hint=CLASSES_HINT)
+    if not names:
+        raise DataError(f"{path}: no class names", hint=CLASSES_HINT)
+    for k, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise DataError(f"{path}: class {k} is {_short(n)}, expected a name (a non-empty string)",
+                            hint=CLASSES_HINT)
+    names = [n.strip() for n in names]
+    dup = next((n for k, n in enumerate(names) if n in names[:k]), None)
+    if dup is not None:
+        raise DataError(f"{path}: class name '{dup}' appears twice (each class needs its own name)",
+                        hint=CLASSES_HINT)
+    return names
+
+
+def _color(path: Path, what: str, c) -> tuple[int, int, int]:
+    if isinstance(c, str) and len(c) == 7 and c[0] == "#":
+        try:
+            return tuple(int(c[i:i + 2], 16) for i in (1, 3, 5))
+        except ValueError:
+            pass
+    elif (isinstance(c, list) and len(c) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)):
+        return tuple(c)
+    raise DataError(f"{path}: {what} is {_short(c)}, expected [r, g, b] with values 0..255 (or \"#rrggbb\")",
+                    hint=CLASSES_HINT)
+
+
+def read_classes_json(path: Path) -> ClassSpec | None:
+    """classes.json as a list of names, or {"classes": [...], "colors": [[r, g, b], ...], "ignore_color": [r, g, b]}
+    (colors and ignore_color optional; other keys ignored). None when the file is absent; DataError when malformed."""
     if not path.is_file():
-        return None, None
+        return None
     try:
-        doc = json.loads(path.read_text())
-        names = doc["classes"]
-        colors = doc.get("colors")
-        ok = isinstance(names, list) and names and all(isinstance(c, str) for c in names)
-        ok = ok and (colors is None or (len(colors) == len(names) and all(len(c) == 3 for c in colors)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: cannot read classes ({e})",
-                        hint='write {"classes": [...], "colors": [[r,g,b], ...]}') from None
-    if not ok:
-        raise DataError(f"{path}: 'classes' must be a list of names and 'colors' one [r, g, b] per class")
-    return names, colors
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})",
+                        hint=CLASSES_HINT) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read classes ({e})", hint=CLASSES_HINT) from None
+    if isinstance(doc, list):
+        return ClassSpec(path, _class_names(path, doc))
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a list of class names or an object with \"classes\", got {_short(doc)}",
+                        hint=CLASSES_HINT)
+    if "classes" not in doc:
+        keys = ", ".join(map(str, doc)) or "none"
+        raise DataError(f"{path}: no \"classes\" list (keys found: {keys})", hint=CLASSES_HINT)
+    names = _class_names(path, doc["classes"])
+    colors = doc.get("colors")
+    if colors is not None:
+        if not isinstance(colors, list):
+            raise DataError(f"{path}: \"colors\" must be a list of [r, g, b], got {_short(colors)}", hint=CLASSES_HINT)
+        if len(colors) != len(names):
+            raise DataError(f"{path}: {len(colors)} colors for {len(names)} classes, expected one [r, g, b] per class",
+                            hint=CLASSES_HINT)
+        colors = [_color(path, f"colors[{k}]", c) for k, c in enumerate(colors)]
+    ignore = doc.get("ignore_color")
+    if ignore is not None:
+        if colors is None:
+            raise DataError(f"{path}: \"ignore_color\" needs \"colors\" (one [r, g, b] per class)",
+                            hint=CLASSES_HINT)
+        ignore = _color(path, "ignore_color", ignore)
+    return ClassSpec(path, names, colors, ignore)
+
+
+def read_classes_txt(path: Path) -> ClassSpec | None:
+    """classes.txt: one class name a line (blank lines skipped). None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read classes ({e})", hint=CLASSES_HINT) from None
+    return ClassSpec(path, _class_names(path, [ln.strip() for ln in lines if ln.strip()]))
+
+
+def read_classes(root: Path) -> ClassSpec | None:
+    """root/classes.json, else root/classes.txt, else None."""
+    spec = read_classes_json(root / "classes.json")
+    return spec if spec is not None else read_classes_txt(root / "classes.txt")
 
 
 def describe(root: Path, part: str, n: int, K: int, C: int) -> str:
@@ -155,34 +292,127 @@ def image_notes(source: FileSource, items: list[Item]) -> tuple[int, list[str]]:
     return C, notes
 
 
-def mask_classes(source: FileSource, items: list[Item], names, colors, notes: list[str]):
-    """Read every mask once; decide binary 0/255 or class index, class names and colours -> (names, colors, binary)."""
-    recs = [source.scan(it) for it in items if it.mask is not None]
-    seen = np.unique(np.concatenate([r.values for r in recs])) if recs else np.zeros(0, np.int64)
-    palette_masks = any(m == "P" for m in source.mask_modes.values())
-    binary = (not palette_masks and 255 in seen and set(seen.tolist()) <= {0, 255}
-              and (names is None or len(names) == 2))
-    if binary:
+MAX_REMAP = 64  # more distinct values than this are not a handful of labels (grey images, JPEG masks)
+
+
+@dataclass
+class MaskClasses:
+    """How one dataset's masks become classes: names, colours, the shared value map, colour masks or not."""
+
+    names: list[str]
+    colors: list[tuple[int, int, int]]
+    value_map: ValueMap
+    colour_masks: bool = False
+
+
+def _colour_map(pairs, spec: ClassSpec, notes: list[str]) -> ValueMap:
+    """RGB masks: each palette colour -> its class, ignore_color -> IGNORE. Refuses mixed kinds and clashing colours."""
+    first = next(it for it, _, m in pairs if m in COLOUR_MASK_MODES)
+    other = next(((it, m) for it, _, m in pairs if m not in COLOUR_MASK_MODES), None)
+    if other is not None:
+        raise DataError(f"{other[0].mask}: mask is {other[1]} but {first.mask} is an RGB colour mask",
+                        hint="store every mask the same way: colour-coded RGB, or one channel holding the class")
+    codes = rgb_code(spec.colors).tolist()
+    mapping: dict[int, int] = {}
+    for k, c in enumerate(codes):
+        if c in mapping:
+            raise DataError(f"{spec.path}: classes '{spec.names[mapping[c]]}' and '{spec.names[k]}' have the same "
+                            f"colour {hex_color(c)}, so colour masks cannot tell them apart",
+                            hint="give each class its own colour")
+        mapping[c] = k
+    note = f"colour masks: each colour in {spec.path.name} \"colors\" is its class"
+    if spec.ignore_color is not None:
+        c = int(rgb_code([spec.ignore_color])[0])
+        if c in mapping:
+            raise DataError(f"{spec.path}: \"ignore_color\" {hex_color(c)} is also the colour of class "
+                            f"'{spec.names[mapping[c]]}'", hint="give the ignored pixels a colour of their own")
+        mapping[c] = IGNORE
+        note += f", {hex_color(c)} (ignore_color) is ignored"
+    notes.append(note)
+    return ValueMap(mapping)
+
+
+def _label_map(recs: list[Record], seen: np.ndarray, names, spec: ClassSpec | None, palette_masks: bool,
+               notes: list[str]) -> tuple[ValueMap, int, bool]:
+    """Grayscale / palette / 16-bit masks -> (value map, number of classes, binary 0/255)."""
+    wide = not palette_masks and seen.size and int(seen.max()) > 255  # 16-bit labels: 65535 is the ignore value
+    ignore = 65535 if wide else IGNORE
+    labels = seen[seen != ignore]
+    K = None if names is None else len(names)
+    if (not palette_masks and 255 in seen and set(seen.tolist()) <= {0, 255} and K in (None, 2)):
         notes.append("binary 0/255 masks mapped to 0/1")
-    if palette_masks:
-        notes.append("palette masks: the palette index is the class")
+        return ValueMap({0: 0, 255: 1}), 2, True
+    top = int(labels.max()) + 1 if labels.size else 0
+    if palette_masks or not labels.size or labels.min() < 0:
+        identity = True  # palette index = class; negative values are reported by check_dataset
+    elif K is not None:
+        identity = top <= K
+    else:  # no names: class indices unless sparse (more than half of 0..max unused) or 16-bit
+        identity = not wide and top <= 2 * labels.size
+    n = labels.size
+    if n > MAX_REMAP and (names is None or not identity):  # with names, ADE20K-like 150 class indices are fine
+        r = max(recs, key=lambda r: r.values.size)
+        raise DataError(f"{r.mask}: masks hold {n} distinct values: these look like images, not class-index masks "
+                        f"(this one holds {values_text(r.values)})",
+                        hint="masks need one value per class (PNG, not JPEG), or RGB colours listed in classes.json; "
+                             "if they are class indices, name the classes in classes.json or classes.txt")
+    if identity:
+        K = K if K is not None else max(top, 2)
+        if names is None and not palette_masks and 0 < labels.size < top:
+            absent = sorted(set(range(top)) - set(labels.tolist()))
+            notes.append(f"mask values {values_text(labels)} taken as class indices "
+                         f"(no mask holds {values_text(np.array(absent))})")
+        return ValueMap.identity(K, None if wide and ignore not in seen else ignore), K, False
+    if K is not None and n != K:  # some value is >= K (else identity): name the first mask holding one
+        r, bad = next((r, b) for r in recs if (b := r.values[(r.values >= K) & (r.values != ignore)]).size)
+        also = f" or {ignore} (ignore)" if ignore == IGNORE or ignore in seen else ""
+        raise DataError(f"{r.mask}: mask values {values_text(bad)} are not classes 0..{K - 1}{also}; values found: "
+                        f"{values_text(r.values)} (all masks hold {n} distinct values, {spec.path.name} names "
+                        f"{K} classes)",
+                        hint=f"fix the masks, or name one class per mask value in {spec.path.name} (values then "
+                             f"map to classes in ascending order)")
+    mapping = {int(v): k for k, v in enumerate(labels.tolist())}
+    note = f"mask values {', '.join(map(str, mapping))} remapped to classes {', '.join(map(str, range(n)))}"
+    if ignore in seen or ignore == IGNORE:  # 8-bit masks: 255 always means ignore
+        mapping[ignore] = IGNORE
+    if ignore in seen:
+        note += f" ({ignore} = ignore)" if ignore == IGNORE else f" ({ignore} -> {IGNORE}, ignore)"
+    notes.append(note)
+    return ValueMap(mapping), max(n, 2) if names is None else n, False
+
+
+def mask_classes(source: FileSource, items: list[Item], spec: ClassSpec | None, notes: list[str]) -> MaskClasses:
+    """Read every mask once; decide from all their distinct values how raw values map to classes, the class names
+    and colours. Dataset-level refusals (wrong class count, image-like masks, mixed mask kinds) raise here;
+    values of single masks that are no class are left to check_dataset."""
+    pairs = [(it, source.scan(it), source.mask_modes[it.mask]) for it in items if it.mask is not None]
+    recs = [r for _, r, _ in pairs]
+    seen = np.unique(np.concatenate([r.values for r in recs])) if recs else np.zeros(0, np.int64)
+    names = None if spec is None else spec.names
+    colors = None if spec is None else spec.colors
+    colour_masks = any(m in COLOUR_MASK_MODES for _, _, m in pairs)
+    palette_masks = any(m == "P" for _, _, m in pairs)
+    binary = False
+    if colour_masks:
+        vmap, K = _colour_map(pairs, spec, notes), len(names)
+    else:
+        vmap, K, binary = _label_map(recs, seen, names, spec, palette_masks, notes)
+        if palette_masks:
+            notes.append("palette masks: the palette index is the class")
     if names is None:
-        labels = seen[seen != IGNORE]
-        K = 2 if binary else max(int(labels.max()) + 1 if labels.size else 0, 2)
         names = ["background", "foreground"] if binary else [f"class{k}" for k in range(K)]
-        notes.append(f"no classes.json: {K} classes named {names[0]}..{names[-1]}")
-        if K > 64 and not palette_masks:
+        notes.append(f"no classes.json or classes.txt: {K} classes named {names[0]}..{names[-1]}")
+        if K > MAX_REMAP and not palette_masks:
             notes.append(f"mask values reach {K - 1}: are these class indices? (JPEG masks or grey images are not)")
-    K = len(names)
     if colors is None:
         pal = source.palette
         colors = ([tuple(pal[3 * k:3 * k + 3]) for k in range(K)] if pal is not None and len(pal) >= 3 * K
                   else voc_palette(K))
-    return list(names), [tuple(int(v) for v in c) for c in colors], binary
+    return MaskClasses(list(names), [tuple(int(v) for v in c) for c in colors], vmap, colour_masks)
 
 
 def open_folder(root: Path, *, val_split: float, seed: int) -> tuple[FileDataset, FileDataset, DataInfo]:
-    names, colors = read_classes_json(root / "classes.json")
+    spec = read_classes(root)
     if (root / "train").is_dir():
         train, orphans = list_pairs(root / "train")
         if (root / "val").is_dir():
@@ -197,21 +427,21 @@ def open_folder(root: Path, *, val_split: float, seed: int) -> tuple[FileDataset
         train, val = split_items(train, val_split, seed)
         split = f"{len(val)} of {len(train) + len(val)} held out (seed {seed}, val_split {val_split})"
 
-    source = FileSource()
+    source = FileSource(colour=spec is not None and spec.colors is not None)
     C, notes = image_notes(source, train + val)
-    names, colors, binary = mask_classes(source, train + val, names, colors, notes)
-    K = len(names)
+    mc = mask_classes(source, train + val, spec, notes)
+    names, colors, K = mc.names, mc.colors, len(mc.names)
     if orphans:
         notes.append(f"{orphans} masks without an image ignored")
 
     def view(items, part):
-        return FileDataset(items, source, classes=names, colors=colors, in_channels=C, binary=binary,
-                           description=describe(root, part, len(items), K, C))
+        return FileDataset(items, source, classes=names, colors=colors, in_channels=C, value_map=mc.value_map,
+                           colour_masks=mc.colour_masks, description=describe(root, part, len(items), K, C))
 
     info = DataInfo("folder", str(root), list(names), colors, C, len(train), len(val), split, notes,
                     description=f"folder {root}: {K} classes, {'RGB' if C == 3 else 'grayscale'}")
     return view(train, "train"), view(val, "val"), info
 
 
-__all__ = ["Item", "FileSource", "FileDataset", "list_pairs", "split_items", "read_classes_json", "open_folder",
-           "LAYOUT_HINT"]
+__all__ = ["Item", "FileSource", "ValueMap", "FileDataset", "list_pairs", "split_items", "ClassSpec", "read_classes",
+           "read_classes_json", "read_classes_txt", "mask_classes", "open_folder", "LAYOUT_HINT", "CLASSES_HINT"]

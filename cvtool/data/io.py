@@ -1,7 +1,8 @@
 """Image and mask files <-> numpy arrays. Pillow is imported inside each function (core stays light).
 
 Images come back as uint8 (H, W, C) with C = 1 (grayscale) or 3 (RGB); masks as 2-D integer arrays
-whose values are class indices (palette PNGs: the palette index). Every failure is a DataError naming the file.
+whose values are raw labels (class indices, palette indices, 16-bit values or, for colour masks, r<<16|g<<8|b
+codes) that a dataset's value map turns into class indices. Every failure is a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ IGNORE_COLOR = (224, 224, 192)  # how VOC draws it
 
 _GRAY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I"}
 _MASK_MODES = {"1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"}
+COLOUR_MASK_MODES = {"RGB", "RGBA"}
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
@@ -95,15 +97,35 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
     return np.ascontiguousarray(a)
 
 
-def read_mask_info(path: str | os.PathLike) -> tuple[np.ndarray, str, list[int] | None]:
-    """(mask as read_mask returns it, the file's Pillow mode, its flat RGB palette or None)."""
+def rgb_code(colors) -> np.ndarray:
+    """int64 r<<16 | g<<8 | b of each (r, g, b): how colour masks are read (one integer per pixel)."""
+    c = np.asarray(colors, np.int64).reshape(-1, 3)
+    return (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+
+
+def hex_color(code: int) -> str:
+    """#rrggbb of an rgb_code value."""
+    return f"#{int(code) & 0xFFFFFF:06x}"
+
+
+def read_mask_info(path: str | os.PathLike, colour: bool = False) -> tuple[np.ndarray, str, list[int] | None]:
+    """(mask as read_mask returns it, the file's Pillow mode, its flat RGB palette or None).
+
+    colour=True also accepts RGB(A) colour-coded masks (alpha dropped), read as int64 rgb_code values."""
     path = Path(path)
     with open_pil(path, "mask") as im:
-        if im.mode not in _MASK_MODES:
+        rgb = im.mode in COLOUR_MASK_MODES
+        if im.mode not in _MASK_MODES and not (colour and rgb):
+            hint = "store masks as one channel whose value is the class index"
+            if rgb:
+                hint += ', or give "colors" in classes.json (one [r, g, b] per class) to read colour masks'
             raise DataError(f"{path}: mask is {im.mode}, expected a class-index (grayscale) or palette PNG",
-                            hint="store masks as one channel whose value is the class index")
+                            hint=hint)
         _load(im, path, "mask")
-        if im.mode == "1":  # bilevel = the binary 0/255 case
+        if rgb:
+            c = np.asarray(im.convert("RGB") if im.mode != "RGB" else im, dtype=np.int64)
+            a = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+        elif im.mode == "1":  # bilevel = the binary 0/255 case
             a = np.asarray(im, dtype=np.uint8) * np.uint8(255)
         elif im.mode.startswith("I"):
             a = np.asarray(im, dtype=np.int64)
@@ -112,9 +134,10 @@ def read_mask_info(path: str | os.PathLike) -> tuple[np.ndarray, str, list[int] 
         return a, im.mode, (im.getpalette() if im.mode == "P" else None)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """2-D class-index array: uint8 for 8-bit/palette/bilevel files (palette PNG: the index), int64 for 16-bit."""
-    return read_mask_info(path)[0]
+def read_mask(path: str | os.PathLike, colour: bool = False) -> np.ndarray:
+    """2-D array of raw mask values: uint8 for 8-bit/palette/bilevel files (palette PNG: the index), int64 for
+    16-bit, and with colour=True int64 rgb_code values for RGB(A) files."""
+    return read_mask_info(path, colour)[0]
 
 
 def _rgb_table(colors) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Check a dataset before training: every image has a mask of its size, every mask value is a class or IGNORE.
 
 A dataset offers scan(i) -> Record (what its mask file holds, read once and cached) and value_map(values)
-(raw mask values -> class indices, e.g. binary 255 -> 1). The first problem is a one-line DataError naming the file.
+(raw mask values -> class indices or IGNORE, e.g. binary 255 -> 1; -1 for a value that is no class), and
+optionally colour_masks = True when its raw values are r<<16|g<<8|b colour codes (errors then show #rrggbb).
+The first problem is a one-line DataError naming the file.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from cvtool.data.io import IGNORE
+from cvtool.data.io import IGNORE, hex_color
 from cvtool.errors import DataError
 
 
@@ -30,7 +32,7 @@ def record_from_mask(name: str, image: str, mask_path: str | None, image_hw, mas
     if mask is None:
         return Record(name, image, mask_path, tuple(image_hw), None, np.zeros(0, np.int64), np.zeros(0, np.int64))
     flat = mask.ravel()
-    if flat.size and flat.min() < 0:
+    if flat.size and (flat.min() < 0 or flat.max() >= 1 << 16):  # negative, or colour codes: no huge bincount
         vals, cnts = np.unique(flat, return_counts=True)
     else:
         hist = np.bincount(flat, minlength=1)
@@ -64,8 +66,10 @@ class DataStats:
                             for k, (c, f) in enumerate(zip(self.classes, self.fractions()))]}
 
 
-def _values_text(vals: np.ndarray, limit: int = 12) -> str:
-    shown = ", ".join(str(int(v)) for v in vals[:limit])
+def values_text(vals: np.ndarray, limit: int = 12, colour: bool = False) -> str:
+    """'0, 38, 75' (at most limit shown, then the count); colour=True: '#000000, #ff0000' for rgb codes."""
+    fmt = hex_color if colour else (lambda v: str(int(v)))
+    shown = ", ".join(fmt(v) for v in vals[:limit])
     return shown + (f", ... ({len(vals)} values)" if len(vals) > limit else "")
 
 
@@ -78,24 +82,37 @@ def check_pair(name: str, image: str, mask: str | None, image_hw, mask_hw) -> No
         raise DataError(f"{mask}: mask is {mw}x{mh} but its image {image} is {iw}x{ih}")
 
 
-def check_record(r: Record, mapped: np.ndarray, K: int) -> None:
+def check_values(r: Record, mapped: np.ndarray, K: int, colour: bool = False) -> None:
+    """DataError naming r's mask file, its bad values and all its values, if any mapped value is no class."""
+    bad = (mapped >= K) & (mapped != IGNORE) | (mapped < 0)
+    if not bad.any():
+        return
+    if colour:
+        raise DataError(f"{r.mask}: mask colours {values_text(r.values[bad], colour=True)} are not in the "
+                        f"\"colors\" (or \"ignore_color\") of classes.json; colours found: "
+                        f"{values_text(r.values, colour=True)}",
+                        hint='give every class colour in "colors" (in class order), or the colour to skip '
+                             'as "ignore_color": [r, g, b]')
+    raise DataError(f"{r.mask}: mask values {values_text(r.values[bad])} are not classes 0..{K - 1} or "
+                    f"{IGNORE} (ignore); values found: {values_text(r.values)}",
+                    hint="fix the mask, or list every class in classes.json")
+
+
+def check_record(r: Record, mapped: np.ndarray, K: int, colour: bool = False) -> None:
     """Raise the DataError for the first thing wrong with one image/mask pair."""
     check_pair(r.name, r.image, r.mask, r.image_hw, r.mask_hw)
-    bad = (mapped >= K) & (mapped != IGNORE) | (mapped < 0)
-    if bad.any():
-        raise DataError(f"{r.mask}: mask values {_values_text(r.values[bad])} are not classes 0..{K - 1} or "
-                        f"{IGNORE} (ignore); values found: {_values_text(r.values)}",
-                        hint="fix the mask, or list every class in classes.json")
+    check_values(r, mapped, K, colour)
 
 
 def check_dataset(ds, on_item: Callable[[int], None] | None = None) -> DataStats:
     """Scan every mask of ds once; raise DataError at the first bad pair, else return per-class pixel counts."""
     K = len(ds.classes)
+    colour = bool(getattr(ds, "colour_masks", False))
     st = DataStats(list(ds.classes), np.zeros(K, np.int64), np.zeros(K, np.int64))
     for i in range(len(ds)):
         r = ds.scan(i)
         mapped = ds.value_map(r.values)
-        check_record(r, mapped, K)
+        check_record(r, mapped, K, colour)
         lab = mapped != IGNORE
         np.add.at(st.pixels, mapped[lab], r.counts[lab])
         st.present[np.unique(mapped[lab])] += 1
@@ -106,4 +123,5 @@ def check_dataset(ds, on_item: Callable[[int], None] | None = None) -> DataStats
     return st
 
 
-__all__ = ["Record", "record_from_mask", "DataStats", "check_pair", "check_record", "check_dataset"]
+__all__ = ["Record", "record_from_mask", "DataStats", "values_text", "check_pair", "check_values", "check_record",
+           "check_dataset"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvtool.data.folder import FileDataset, FileSource, Item, split_items
+from cvtool.data.folder import FileDataset, FileSource, Item, ValueMap, split_items
 from cvtool.data.io import voc_palette
 from cvtool.data.loader import DataInfo
 
@@ -50,10 +50,11 @@ def open_voc(root: Path, *, val_split: float, seed: int) -> tuple[FileDataset, F
         return out
 
     source = FileSource()  # nothing read now: VOC's classes are known; check_dataset reads each mask once
+    vmap = ValueMap.identity(len(VOC_CLASSES))  # palette index = class, 255 = ignore
 
     def view(names, part):
         return FileDataset(items(names), source, classes=VOC_CLASSES, colors=VOC_COLORS, in_channels=3,
-                           binary=False, description=f"{root} [{part}]: PASCAL VOC, {len(names)} images, 21 classes")
+                           value_map=vmap, description=f"{root} [{part}]: PASCAL VOC, {len(names)} images, 21 classes")
 
     notes = ["VOC masks: palette index = class, 255 = object boundary (ignored)"]
     info = DataInfo("voc", str(root), list(VOC_CLASSES), list(VOC_COLORS), 3, len(train_names), len(val_names),

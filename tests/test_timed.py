@@ -1,0 +1,193 @@
+"""Training on one's own data with only --data: the run is planned, stops by elapsed time with validation
+counted, saves its plan, resumes, and its models segment (and export) at the scale they were trained at."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+import backends as registry
+from cvtool import checkpoint as ckpt_io
+from cvtool.cli import main
+from cvtool.inference import segment_logits
+from cvtool.spec import ModelSpec, init_params
+from cvtool.timed import STOP_SIGNAL, STOP_TIME, train_timed
+from cvtool.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def make_set(root: Path, n: int = 6, hw=(40, 56), seed: int = 0) -> Path:
+    """n grayscale images with a bright disc (class 1) on a noisy background; masks 0/1 as PNG."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    H, W = hw
+    yy, xx = np.mgrid[:H, :W]
+    for i in range(n):
+        cy, cx, r = rng.integers(10, H - 10), rng.integers(10, W - 10), rng.integers(5, 9)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        img = np.clip(60 + 120 * m + rng.normal(0, 15, (H, W)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(m).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def trainer_factory(name="torch"):
+    be = registry.get(name, "cpu")
+    return lambda spec, params, optim, weights, sd, dice: be.trainer(spec, params, optim=optim, class_weights=weights,
+                                                                     seed=sd, dice=dice)
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory):
+    import time
+
+    tmp = tmp_path_factory.mktemp("timed")
+    data = make_set(tmp / "data")
+    cfg = TrainConfig(data=str(data), time_budget=12.0)
+    events = []
+    res = train_timed(cfg, trainer_factory(), tmp / "run", t0=time.perf_counter(), cache_dir=tmp / "cache",
+                      on_event=lambda k, d: events.append((k, d)))
+    return tmp, res, events
+
+
+def test_a_time_driven_run_stops_by_time_and_counts_validation(timed_run):
+    tmp, res, events = timed_run
+    assert res["status"] == STOP_TIME and res["stop_reason"] == "time"
+    assert res["validations"] >= 1 and res["steps"] > 0
+    # the budget counts validation: the clock passed training and validation both
+    assert res["seconds"] >= res["train_seconds"] + res["val_seconds"]
+    assert res["val_seconds"] > 0
+    assert 0 <= res["data_wait_share"] <= 1
+    assert [k for k, _ in events if k == "epoch"] == ["epoch"] * res["validations"]
+    kinds = [k for k, _ in events]
+    assert kinds.index("fingerprint") < kinds.index("plan") < kinds.index("start")
+
+
+def test_a_time_driven_run_saves_its_plan_and_fingerprint(timed_run):
+    tmp, res, _ = timed_run
+    doc = json.loads((tmp / "run" / "plan.json").read_text())
+    assert doc["plan"] == res["plan"] and doc["fingerprint"]["n_train"] + doc["fingerprint"]["n_val"] == 6
+    ck = ckpt_io.load(tmp / "run" / "best.safetensors")
+    assert ck.train_state["plan"]["crop"] == res["plan"]["crop"]
+    assert ck.scale == res["plan"]["scale"]
+    rows = (tmp / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + res["validations"]
+    assert res["best_mean_iou"] == pytest.approx(max(float(r.split(",")[6]) for r in rows[1:]))
+
+
+def test_six_pairs_are_enough(timed_run):
+    _, res, _ = timed_run  # 5 train / 1 val: today's epoch rule refused this ("smaller than one batch")
+    assert res["fingerprint"]["n_train"] == 5 and res["plan"]["batch_size"] >= 2
+
+
+def test_interrupted_timed_run_resumes_on_its_plan(tmp_path):
+    import time
+
+    data = make_set(tmp_path / "data", seed=1)
+    cfg = TrainConfig(data=str(data), time_budget=15.0)
+    count = {"n": 0}
+
+    def stop_after_three():
+        count["n"] += 1
+        return count["n"] > 3
+
+    res = train_timed(cfg, trainer_factory(), tmp_path / "run", t0=time.perf_counter(), should_stop=stop_after_three)
+    assert res["status"] == STOP_SIGNAL and res["step"] == 3
+    ck = ckpt_io.load(tmp_path / "run" / "last.safetensors")
+    assert ck.train_state["run"]["step"] == 3 and ck.optim_state
+    res2 = train_timed(TrainConfig(data=str(data), time_budget=15.0), trainer_factory(), tmp_path / "run",
+                       t0=time.perf_counter(), resume=ck)
+    assert res2["status"] == STOP_TIME and res2["steps"] > 3
+    assert res2["plan"] == {**ck.train_state["plan"]}  # the same plan, not a new one
+    assert res2["seconds"] >= ck.train_state["run"]["elapsed"]  # the budget continues
+
+
+def test_cli_plan_prints_and_exits(tmp_path, monkeypatch, capsys):
+    data = make_set(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "train", "--data", str(data), "--plan", "--img-size", "64", "--time", "60")
+    assert code == 0, err
+    assert "Plan for a 60 s budget" in out and "set by you" in out
+    assert "Fingerprint" in err  # the fingerprint table goes to stderr, the plan to stdout
+    assert not (tmp_path / "runs" / "train").exists()  # nothing trained, no run folder
+    code, out, err = cli(capsys, "train", "--data", str(data), "--plan", "--json")
+    doc = json.loads(out)
+    assert doc["status"] == "plan" and doc["plan"]["budget"] == 300 and doc["plan"]["steps"] > 0
+    assert doc["fingerprint"]["channels"] == 1 and doc["fingerprint"]["cached"]  # the first call cached it
+
+
+def test_cli_refuses_a_bad_augment_and_plan_without_data(tmp_path, capsys):
+    code, out, err = cli(capsys, "train", "--data", str(tmp_path), "--augment", "wild")
+    assert code == 2 and "unknown --augment" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(capsys, "train", "--plan")
+    assert code == 2 and "--plan needs --data" in err
+    code, out, err = cli(capsys, "train", "--data", str(tmp_path), "--scale", "0")
+    assert code == 2 and "--scale" in err
+
+
+def test_numpy_backend_plans_and_trains_by_time_without_torch(tmp_path):
+    data = make_set(tmp_path / "data", seed=2)
+    code = ("import sys, json; from cvtool.cli import main; sys.argv = ['cvtool', 'train', '--data', sys.argv[1], "
+            "'--time', '10', '--backend', 'numpy', '--json', '--out', sys.argv[2]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "run")], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert doc["status"] == STOP_TIME and doc["config"]["backend"] == "numpy" and doc["steps"] > 0
+    assert doc["plan"]["step_s"] > 0  # measured on the NumPy trainer itself
+    assert p.stderr.strip().endswith("NO-TORCH")
+
+
+def _scaled_checkpoint(tmp_path, scale):
+    spec = ModelSpec(in_channels=1, num_classes=3, width=4, depth=2)
+    ck = ckpt_io.Checkpoint(spec, init_params(spec, 3), ["a", "b", "c"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+                            [0.5], [0.25], scale=scale)
+    return ckpt_io.save(ck, tmp_path / "m.safetensors"), spec, ck
+
+
+def test_segment_runs_a_model_at_its_scale(tmp_path, capsys):
+    path, spec, ck = _scaled_checkpoint(tmp_path, 0.5)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 50), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    code, out, err = cli(capsys, "segment", str(tmp_path / "x.png"), "--model", str(path), "--backend", "numpy",
+                         "--out", str(tmp_path / "seg"), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["scale"] == 0.5 and doc["images"][0]["size"] == [37, 50]
+    got = np.asarray(Image.open(doc["images"][0]["mask"]))
+    run = registry.get("numpy", "cpu").runner(spec, ck.params)
+    want = segment_logits(run, img, spec, ck.norm_mean, ck.norm_std, scale=0.5).argmax(0)
+    assert got.shape == (37, 50) and np.array_equal(got, want)
+    # an export carries the scale, and ONNX Runtime segments the same
+    code, out, err = cli(capsys, "export", str(path), "-o", str(tmp_path / "m.onnx"))
+    assert code == 0, err
+    code, out, err = cli(capsys, "segment", str(tmp_path / "x.png"), "--model", str(tmp_path / "m.onnx"), "--backend",
+                         "ort", "--out", str(tmp_path / "seg2"), "--json")
+    assert code == 0, err
+    doc2 = json.loads(out)
+    assert doc2["scale"] == 0.5
+    got2 = np.asarray(Image.open(doc2["images"][0]["mask"]))
+    assert (got2 == want).mean() >= 0.999
+
+
+def test_segment_logits_at_scale_one_is_the_plain_prediction():
+    spec = ModelSpec(in_channels=1, num_classes=2, width=4, depth=2)
+    run = registry.get("numpy", "cpu").runner(spec, init_params(spec, 0))
+    img = np.random.default_rng(1).integers(0, 256, (16, 24), dtype=np.uint8)
+    x = ((img / 255.0 - 0.5) / 0.25).astype(np.float32)[None, None]
+    assert np.allclose(segment_logits(run, img, spec, [0.5], [0.25]), run(x)[0], atol=1e-5)
