@@ -37,6 +37,7 @@ class Checkpoint:
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
     scale: float = 1.0  # inputs are resampled by this factor before the net (cvtool.inference.segment_logits)
+    tta: str = "none"  # test-time augmentation segment applies: none | flip | dihedral
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -46,7 +47,7 @@ class Checkpoint:
             "classes": list(self.classes),
             "colors": [list(map(int, c)) for c in self.colors],
             "normalization": {"mean": list(map(float, self.norm_mean)), "std": list(map(float, self.norm_std))},
-            "preprocess": {"scale": float(self.scale)},
+            "preprocess": {"scale": float(self.scale), "tta": self.tta},
             "train_state": self.train_state,
         }
 
@@ -112,7 +113,7 @@ def load(path: str | Path) -> Checkpoint:
                           norm_mean=norm.get("mean", [0.0] * spec.in_channels),
                           norm_std=norm.get("std", [1.0] * spec.in_channels),
                           train_state=meta.get("train_state", {}), optim_state=optim, path=path,
-                          scale=input_scale(meta))
+                          scale=input_scale(meta), tta=model_tta(meta))
     except CvtoolError as e:
         raise DataError(f"{path}: {e.message}") from None
     except (KeyError, TypeError, AttributeError) as e:
@@ -125,6 +126,16 @@ def input_scale(meta: dict) -> float:
     if not 0 < s <= 16:
         raise DataError(f"the model's input scale {s} is not a resampling factor")
     return s
+
+
+def model_tta(meta: dict) -> str:
+    """The test-time augmentation a model's metadata asks for ("none" for files written before it existed)."""
+    from cvtool.inference import TTA
+
+    t = (meta.get("preprocess") or {}).get("tta", "none")
+    if t not in TTA:
+        raise DataError(f"the model asks for an unknown test-time augmentation {t!r}")
+    return t
 
 
 def _existing(path: str | Path) -> Path:

@@ -45,9 +45,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
-    """runs/train -> runs/train/exp1, exp2, ... (first unused)."""
+    """runs/train -> runs/train/exp1, exp2, ...: the first unused name, CLAIMED by creating it (mkdir fails when
+    the folder exists, so two processes started together never get the same one; each takes the next number)."""
     root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CvtoolError(f"cannot create {root}: {e.strerror or e}", exit_code=2) from None
     n = 1
-    while (root / f"{prefix}{n}").exists():
-        n += 1
-    return root / f"{prefix}{n}"
+    while True:
+        path = root / f"{prefix}{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+        except OSError as e:
+            raise CvtoolError(f"cannot create {path}: {e.strerror or e}", exit_code=2) from None
+
+
+def release_if_empty(path: Path | None) -> None:
+    """Remove a claimed run folder that a failed command left empty (never one with anything in it)."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.rmdir()

@@ -179,12 +179,44 @@ def resize_logits(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.matmul(out, interp_matrix(W, w).T)
 
 
+TTA = {"none": 1, "flip": 2, "dihedral": 8}  # test-time augmentation: how many passes each costs
+
+
+def with_tta(predict: Predict, tta: str) -> Predict:
+    """predict averaged over flips (tta="flip": identity and left-right) or over the 8 flips and quarter turns
+    (tta="dihedral"), each output mapped back before the mean. x (N, C, H, W) -> logits (N, K, H, W)."""
+    if tta not in TTA:
+        raise UsageError(f"unknown test-time augmentation {tta!r}", hint=f"choose one of {', '.join(TTA)}")
+    if tta == "none":
+        return predict
+    flips = [(False, False), (False, True)] if tta == "flip" else [(a, b) for a in (False, True) for b in (False, True)]
+    turns = (False,) if tta == "flip" else (False, True)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        acc = None
+        for t in turns:
+            xt = x.transpose(0, 1, 3, 2) if t else x
+            for fv, fh in flips:
+                xf = xt[..., ::-1, :] if fv else xt
+                xf = xf[..., ::-1] if fh else xf
+                y = predict(np.ascontiguousarray(xf))
+                y = y[..., ::-1] if fh else y
+                y = y[..., ::-1, :] if fv else y
+                y = y.transpose(0, 1, 3, 2) if t else y
+                acc = y.astype(np.float32) if acc is None else acc + y
+        return acc / np.float32(len(turns) * len(flips))
+
+    return run
+
+
 def segment_logits(predict: Predict, image: np.ndarray, spec: S.ModelSpec, mean, std, *, scale: float = 1.0,
-                   tile: int = 512, batch_size: int = 4, name: str = "image") -> np.ndarray:
+                   tta: str = "none", tile: int = 512, batch_size: int = 4, name: str = "image") -> np.ndarray:
     """What `cvtool segment` computes for one uint8 (H, W[, C]) image: resample by the model's scale, normalise,
-    run whole or in tiles, bring the logits back to (K, H, W). Training validates with the same function."""
+    run whole or in tiles (with the model's test-time augmentation), bring the logits back to (K, H, W).
+    Training validates with the same function."""
     from cvtool.data.memory import resize_image, scaled_hw
 
+    predict = with_tta(predict, tta)
     img = image[..., None] if image.ndim == 2 else image
     H, W = img.shape[:2]
     if scale != 1.0:

@@ -25,7 +25,7 @@ from cvtool import checkpoint as ckpt_io
 from cvtool.errors import UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.optim import OptimConfig
-from cvtool.plan import MIN_STEPS, RESERVE, Plan, fill_budget, propose, shrink
+from cvtool.plan import MIN_STEPS, RESERVE, Plan, fill_budget, propose, shrink, thin
 from cvtool.schedule import lr_at
 from cvtool.spec import ModelSpec, init_params
 
@@ -84,13 +84,14 @@ class Batches:
         self.thread.join(timeout=5)
 
 
-def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: float, K: int, ignore: int) -> dict:
+def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: float, K: int, ignore: int,
+                    tta: str = "none") -> dict:
     """Whole-image validation: one confusion matrix over every image, each segmented as `cvtool segment` would."""
     from cvtool.inference import segment_logits
 
     m = SegMetrics(K, ignore)
     for img, msk in zip(images, masks):
-        lg = segment_logits(predict, img, spec, mean, std, scale=scale)
+        lg = segment_logits(predict, img, spec, mean, std, scale=scale, tta=tta)
         m.update(lg.argmax(0), msk)
     out = m.summary()
     out["absent"] = [k for k, v in enumerate(out["iou"]) if v is None]  # in neither truth nor prediction: not averaged
@@ -101,7 +102,7 @@ def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: f
 def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list) -> tuple[float, float]:
     """(seconds a training step takes, seconds one validation pass should take) on this backend, measured
     on a throw-away trainer: 2 warm-up steps, then 3 timed; predict timed on the median-sized validation image."""
-    from cvtool.inference import predict_batch, prepare
+    from cvtool.inference import TTA, predict_batch, prepare
 
     tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
     x, y = sample(0)
@@ -112,13 +113,15 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
         tr.step(x, y, 1e-6)
     step_s = (time.perf_counter() - t) / 3
     sizes = [int(np.prod(im.shape[:2])) for im in val_images]
-    probe = val_images[int(np.argsort(sizes)[len(sizes) // 2])]
-    xv = prepare(probe, spec.in_channels, plan.mean, plan.std).x
-    predict_batch(tr.predict, [xv], spec.multiple)
-    t = time.perf_counter()
-    predict_batch(tr.predict, [xv], spec.multiple)
-    px_s = probe.shape[0] * probe.shape[1] / max(time.perf_counter() - t, 1e-6)
-    return step_s, 1.2 * sum(sizes) / px_s + 0.02 * len(sizes)  # + resampling, argmax and metrics
+    order = np.argsort(sizes)
+    med = int(order[len(order) // 2])
+    other = next((int(i) for i in order if val_images[i].shape != val_images[med].shape), med)
+    for i in (med, other):  # timed: the second, a new shape where there is one (as most validation images are)
+        xv = prepare(val_images[i], spec.in_channels, plan.mean, plan.std).x
+        t = time.perf_counter()
+        predict_batch(tr.predict, [xv], spec.multiple)
+        px_s = sizes[i] / max(time.perf_counter() - t, 1e-6)  # the last probe's rate: a new shape, warm code
+    return step_s, 1.2 * TTA[plan.tta] * sum(sizes) / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
 
 
 def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overrides: dict | None = None,
@@ -224,7 +227,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                  "metrics": metrics or {}}
         ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), classes=list(train_ds.classes),
                                 colors=[list(c) for c in train_ds.colors], norm_mean=mean.tolist(), norm_std=std.tolist(),
-                                train_state=state, optim_state=optim if name == "last" else {}, scale=plan.scale)
+                                train_state=state, optim_state=optim if name == "last" else {}, scale=plan.scale,
+                                tta=plan.tta)
         return ckpt_io.save(ck, out_dir / f"{name}.safetensors")
 
     val_s = plan.val_s
@@ -249,11 +253,12 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
             if due or final:
                 tv = time.perf_counter()
                 metrics = evaluate_images(trainer.predict, va_a.images, va_a.masks, spec, mean, std, plan.scale,
-                                          K, train_ds.ignore_index)  # the files' images: segment_logits resamples
+                                          K, train_ds.ignore_index, plan.tta)  # the files' images: segment_logits resamples
                 took = time.perf_counter() - tv
                 t_val += took
                 val_s = max(val_s, took) if n_done == 0 else took  # the next pass should take about as long
                 n_done += 1
+                plan.val_at = thin(plan.val_at, n_done, t_val, took, plan.budget)  # slower than planned: fewer
                 st.elapsed = now()
                 row = {"epoch": n_done, "step": st.step, "lr": lr_at(min(st.elapsed / t_end, 1), plan.lr,
                                                                      schedule=plan.schedule, warmup=plan.warmup),

@@ -103,3 +103,17 @@ def test_batch_indices_cover_each_epoch_once_and_repeat():
         assert sorted(seq[e * n:(e + 1) * n].tolist()) == list(range(n))
     assert np.array_equal(batch_indices(4, B, n, seed=5), batch_indices(4, B, n, seed=5))
     assert not np.array_equal(seq[:n], seq[n:2 * n])
+
+
+def test_quarter_turns_and_flips_are_exact_permutations():
+    """With only flips and 90-degree turns every output pixel is a source pixel: no interpolation blur."""
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 256, (64, 64, 1), dtype=np.uint8)
+    m = rng.integers(0, 3, (64, 64)).astype(np.uint8)
+    aug = Augment(rot90=True, vflip=True, hflip=True)
+    x, y = sample_batch([img], [m], np.zeros(16, np.int64), 32, aug, rng, fill=np.zeros(1))
+    assert np.abs(x * 255 - np.rint(x * 255)).max() < 1e-3  # whole source intensities, nothing blended
+    # and the image/mask pairing of each pixel is the source's
+    pairs = set(zip(img[..., 0].ravel().tolist(), m.ravel().tolist()))
+    got = set(zip(np.rint(x[:, 0] * 255).astype(int).ravel().tolist(), y.ravel().tolist()))
+    assert got <= pairs

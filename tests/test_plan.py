@@ -4,7 +4,7 @@ import pytest
 
 from cvtool.data.fingerprint import Fingerprint
 from cvtool.errors import UsageError
-from cvtool.plan import MIN_CROP, Plan, fill_budget, propose, shrink
+from cvtool.plan import MIN_CROP, Plan, fill_budget, propose, shrink, thin
 
 
 def fp_of(**kw) -> Fingerprint:
@@ -28,7 +28,7 @@ TINY = fp_of(n_train=5, n_val=1, channels=3, size_h=[40, 48, 48], size_w=[64, 64
 def test_membrane_plan():
     p = propose(MEMBRANE, device="cpu", budget=300)
     assert (p.scale, p.crop, p.batch_size, p.depth, p.width) == (1.0, 256, 2, 4, 16)
-    assert p.lr == 0.0015 and p.augment == "heavy" and p.rot90 and p.p_focus == 0
+    assert p.lr == 0.0015 and p.augment == "heavy" and p.rot90 and p.p_focus == 0 and p.tta == "dihedral"
     assert p.mean == [0.495] and p.std == [0.174]
     assert "7.5 px thick" in p.reasons["scale"]  # shrinking would thin the membranes below 8 px
     assert "typical object 60 px" in p.reasons["depth"]  # 8 thicknesses: the network's reach, not its extent
@@ -38,7 +38,7 @@ def test_pets_plan():
     p = propose(PETS, device="cpu", budget=300)
     assert p.scale == 0.512  # long side 500 -> 256
     assert (p.crop, p.batch_size, p.depth) == (192, 4, 4)
-    assert p.lr == 0.0021 and p.augment == "default" and not p.rot90
+    assert p.lr == 0.0021 and p.augment == "default" and not p.rot90 and p.tta == "flip"
     assert p.p_focus == 0.33 and p.focus == [1, 2, 3]
     assert "375x500 -> 192x256" in p.reasons["scale"]
 
@@ -87,3 +87,11 @@ def test_shrink_down_to_the_floor():
 def test_plan_round_trips_through_json():
     p = fill_budget(propose(PETS, budget=300), step_s=0.2, val_s=1.0, setup_s=8.0)
     assert Plan.from_dict(p.to_dict()) == p
+
+
+def test_thin_drops_later_validations_when_they_run_slow():
+    at = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert thin(at, 1, spent=2.0, took=2.0, budget=300) == at  # 28 s left fits the 5 still to come
+    assert thin(at, 1, spent=10.0, took=10.0, budget=300) == [0.5, 0.6, 1.0]  # 20 s left: two more
+    assert thin(at, 1, spent=25.0, took=25.0, budget=300) == [0.5, 1.0]  # none fits: the last is kept anyway
+    assert thin(at, 6, spent=99.0, took=9.0, budget=300) == at  # all done

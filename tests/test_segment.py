@@ -184,7 +184,7 @@ def test_model_for_other_channels(images, tmp_path, capsys):
 def test_default_model_is_latest_runs_best(model, images, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(capsys, "segment", str(images / "one.png"))
-    assert code == 2 and "no trained model found under runs/train/" in one_error_line(err)
+    assert code == 2 and "no trained model found under runs/train/ or runs/demo/" in one_error_line(err)
     for n in (2, 10, 9):
         (tmp_path / f"runs/train/exp{n}").mkdir(parents=True)
     (tmp_path / "runs/train/exp11").mkdir()  # newer, but holds no best checkpoint

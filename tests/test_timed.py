@@ -152,10 +152,10 @@ def test_numpy_backend_plans_and_trains_by_time_without_torch(tmp_path):
     assert p.stderr.strip().endswith("NO-TORCH")
 
 
-def _scaled_checkpoint(tmp_path, scale):
+def _scaled_checkpoint(tmp_path, scale, tta="flip"):
     spec = ModelSpec(in_channels=1, num_classes=3, width=4, depth=2)
     ck = ckpt_io.Checkpoint(spec, init_params(spec, 3), ["a", "b", "c"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-                            [0.5], [0.25], scale=scale)
+                            [0.5], [0.25], scale=scale, tta=tta)
     return ckpt_io.save(ck, tmp_path / "m.safetensors"), spec, ck
 
 
@@ -168,11 +168,13 @@ def test_segment_runs_a_model_at_its_scale(tmp_path, capsys):
                          "--out", str(tmp_path / "seg"), "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["scale"] == 0.5 and doc["images"][0]["size"] == [37, 50]
+    assert doc["scale"] == 0.5 and doc["tta"] == "flip" and doc["images"][0]["size"] == [37, 50]
     got = np.asarray(Image.open(doc["images"][0]["mask"]))
     run = registry.get("numpy", "cpu").runner(spec, ck.params)
-    want = segment_logits(run, img, spec, ck.norm_mean, ck.norm_std, scale=0.5).argmax(0)
+    want = segment_logits(run, img, spec, ck.norm_mean, ck.norm_std, scale=0.5, tta="flip").argmax(0)
     assert got.shape == (37, 50) and np.array_equal(got, want)
+    plain = segment_logits(run, img, spec, ck.norm_mean, ck.norm_std, scale=0.5).argmax(0)
+    assert not np.array_equal(plain, want)  # the mirror pass is really averaged in
     # an export carries the scale, and ONNX Runtime segments the same
     code, out, err = cli(capsys, "export", str(path), "-o", str(tmp_path / "m.onnx"))
     assert code == 0, err
@@ -180,7 +182,7 @@ def test_segment_runs_a_model_at_its_scale(tmp_path, capsys):
                          "ort", "--out", str(tmp_path / "seg2"), "--json")
     assert code == 0, err
     doc2 = json.loads(out)
-    assert doc2["scale"] == 0.5
+    assert doc2["scale"] == 0.5 and doc2["tta"] == "flip"
     got2 = np.asarray(Image.open(doc2["images"][0]["mask"]))
     assert (got2 == want).mean() >= 0.999
 

@@ -14,6 +14,7 @@ from cvtool.cli.output import emit_json, err, fmt_float, out, table
 data_app = typer.Typer(help="Segmentation datasets: make the synthetic one, check any.", no_args_is_help=True)
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+FINGERPRINT_CACHE = Path("runs") / ".cache" / "fingerprints.json"  # shared with `cvtool train --data`
 
 
 @contextlib.contextmanager
@@ -80,18 +81,23 @@ def check(
     seed: int = typer.Option(0, "--seed", help="Seed of the hold-out split."),
     json_: bool = JSON_OPT,
 ) -> None:
-    """Validate every image/mask pair (exit 2 on the first bad one) and show each class's share of pixels."""
+    """Validate every image/mask pair (exit 2 on the first bad one), show each class's share of pixels and the
+    dataset's fingerprint (sizes, statistics, object sizes, warnings: what `cvtool train --data` plans from)."""
     from rich.markup import escape
 
+    from cvtool.cli.train import fingerprint_table
     from cvtool.data import check_dataset, open_datasets
+    from cvtool.data.fingerprint import dataset_fingerprint
 
     train, val, info = open_datasets(data, val_split=val_split, seed=seed)
     stats = {}
     with progress("checking masks", len(train) + len(val)) as advance:
         for part, ds in (("train", train), ("val", val)):
             stats[part] = check_dataset(ds, on_item=advance)
+    with progress("fingerprint", 1):
+        fp = dataset_fingerprint(train, val, list(info.notes), FINGERPRINT_CACHE)
     if json_:
-        emit_json({**info.to_dict(), **{part: st.to_dict() for part, st in stats.items()}})
+        emit_json({**info.to_dict(), **{part: st.to_dict() for part, st in stats.items()}, "fingerprint": fp.to_dict()})
         return
     con = out()
     con.print(f"{info.format} dataset {escape(info.root or '')}: {info.n_train} train + {info.n_val} val images, "
@@ -106,4 +112,7 @@ def check(
                      f"{va.ignored / max(va.total, 1):.3g} of all", ""])
     con.print(table("Pixel fraction per class (of labelled pixels)",
                     ["index", "class", "colour", "train", "train images", "val", "val images"], rows))
+    con.print(fingerprint_table(fp.to_dict()))
+    for w in fp.warnings:
+        con.print(f"[yellow]warning[/]: {escape(w)}")
     con.print("ok: every image has a mask of its size with valid class values")

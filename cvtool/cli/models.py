@@ -26,22 +26,25 @@ class Model:
     path: Path
     kind: str  # "checkpoint" | "onnx"
     scale: float = 1.0  # inputs resampled by this factor before the net
+    tta: str = "none"  # test-time augmentation: none | flip | dihedral
 
     def meta(self) -> dict:
         return {"classes": self.classes, "colors": self.colors,
-                "normalization": {"mean": self.mean, "std": self.std}, "preprocess": {"scale": self.scale}}
+                "normalization": {"mean": self.mean, "std": self.std}, "preprocess": {"scale": self.scale, "tta": self.tta}}
 
 
 def latest_checkpoint(root: Path = RUNS) -> Path:
-    """best.safetensors of the highest-numbered run folder that has one."""
-    runs = []
-    for d in root.glob("exp*") if root.is_dir() else []:
-        m = re.fullmatch(r"exp(\d+)", d.name)
-        if m and (d / "best.safetensors").is_file():
-            runs.append((int(m.group(1)), d / "best.safetensors"))
-    if not runs:
-        raise UsageError(f"no trained model found under {root}/", hint="train one with 'cvtool train', or pass --model")
-    return max(runs)[1]
+    """The newest best.safetensors among runs/train/expN and the demo's runs/demo/expN/train (by file time, so
+    the model a `make demo` just trained is found right after it)."""
+    found = []
+    for folder, pattern in ((root, "exp*/best.safetensors"), (root.parent / "demo", "exp*/train/best.safetensors")):
+        for p in folder.glob(pattern) if folder.is_dir() else []:
+            if re.fullmatch(r"exp\d+", p.relative_to(folder).parts[0]) and p.is_file():
+                found.append((p.stat().st_mtime, p))
+    if not found:
+        raise UsageError(f"no trained model found under {root}/ or {root.parent / 'demo'}/",
+                         hint="train one with 'cvtool train', or pass --model")
+    return max(found)[1]
 
 
 def open_model(path: Path | None) -> Model:
@@ -55,10 +58,11 @@ def open_model(path: Path | None) -> Model:
         spec, params, meta = _onnx_params(path)
         norm = meta.get("normalization", {})
         return Model(spec, params, meta.get("classes", []), meta.get("colors", []), norm.get("mean", [0.0] * spec.in_channels),
-                     norm.get("std", [1.0] * spec.in_channels), path, "onnx", ckpt_io.input_scale(meta))
+                     norm.get("std", [1.0] * spec.in_channels), path, "onnx", ckpt_io.input_scale(meta),
+                     ckpt_io.model_tta(meta))
     ck = ckpt_io.load(path)
     return Model(ck.spec, ck.params, list(ck.classes), [list(c) for c in ck.colors], list(ck.norm_mean), list(ck.norm_std),
-                 path, "checkpoint", ck.scale)
+                 path, "checkpoint", ck.scale, ck.tta)
 
 
 def _onnx_params(path: Path):

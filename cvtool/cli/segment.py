@@ -112,6 +112,7 @@ def segment(
                              "(raised to what the net's field of view needs)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Same-size images (or tiles) per forward pass."),
     alpha: float = typer.Option(0.5, help="Overlay opacity."),
+    tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Label every pixel: palette mask PNG, colour overlay PNG and class fractions per image."""
@@ -124,7 +125,7 @@ def segment(
     from cvtool.fsutil import next_run_dir
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
-                                  tile_margin)
+                                  tile_margin, with_tta)
 
     if tile < 1 or batch_size < 1:
         raise UsageError("--tile and --batch-size must be at least 1")
@@ -156,6 +157,8 @@ def segment(
         passes[0] += 1
         return run(x)
 
+    tta = model.tta if tta is None else tta
+    forward = with_tta(forward, tta)  # the model's test-time augmentation (cvtool.inference.segment_logits)
     multiple, margin = spec.multiple, tile_margin(spec)
     if tile < min_tile(spec):
         err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
@@ -227,7 +230,7 @@ def segment(
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": model.scale, "tile": tile,
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": model.scale, "tta": tta, "tile": tile,
            "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
            "failed": failed, "ms_per_image": per_image}
     if json_:

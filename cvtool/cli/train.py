@@ -55,7 +55,8 @@ def train(
     import backends as registry
     from cvtool import checkpoint as ckpt_io
     from cvtool.errors import UsageError
-    from cvtool.fsutil import next_run_dir
+    from cvtool.fsutil import next_run_dir, release_if_empty
+    from cvtool.cli.data_cmd import FINGERPRINT_CACHE
     from cvtool.data.augment import LEVELS
     from cvtool.training import TrainConfig, train as run_train
 
@@ -82,7 +83,7 @@ def train(
         run_dir = out_dir or path.parent
     else:
         cfg = TrainConfig(**given)
-        run_dir = out_dir or (None if plan_only else next_run_dir(Path("runs") / "train"))
+        run_dir = out_dir  # None: a new runs/train/expN, claimed once the options have passed
     if timed and cfg.time_budget is None:
         cfg.time_budget = 300.0
     if plan_only and not timed:
@@ -103,6 +104,11 @@ def train(
     cfg.backend, cfg.device = backend, be.device
     cfg.validate()
 
+    claimed = None
+    if run_dir is None and not plan_only:
+        run_dir = claimed = next_run_dir(Path("runs") / "train") if rank == 0 else Path("runs") / "train" / f".rank{rank}"
+        if rank != 0:
+            claimed = None  # only rank 0 writes
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -124,12 +130,15 @@ def train(
                                               warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
                                               augment=augment, scale=scale).items() if v is not None}
                 result = train_timed(cfg, make, Path(run_dir or "."), t0=t0, overrides=over, resume=ck,
-                                     cache_dir=Path("runs") / ".cache", plan_only=plan_only, on_event=ui.event,
+                                     cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=ui.event,
                                      should_stop=lambda: stop["flag"])
             else:
                 result = run_train(
                     cfg, make, Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank,
                     world=world, digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank weight digests
+    except BaseException:
+        release_if_empty(claimed)  # a run that failed before writing anything leaves no empty expN behind
+        raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -41,7 +41,7 @@ PRESETS: dict[str, Augment] = {
                      brightness=0.05, contrast=0.1, gamma=0.1),
     "default": Augment(p_geom=0.5, scale=(0.75, 1.33), aspect=0.15, rotate=20, hflip=True,
                        brightness=0.1, contrast=0.15, gamma=0.2, noise=0.02, blur=0.1),
-    "heavy": Augment(p_geom=0.7, scale=(0.65, 1.5), aspect=0.2, rotate=30, hflip=True,
+    "heavy": Augment(p_geom=0.5, scale=(0.7, 1.4), aspect=0.2, rotate=30, hflip=True,
                      brightness=0.15, contrast=0.25, gamma=0.3, noise=0.03, blur=0.2),
 }
 LEVELS = tuple(PRESETS)
@@ -125,6 +125,17 @@ def plain_crop(image: np.ndarray, mask: np.ndarray, S: int, centre: tuple[float,
     return x, y
 
 
+def _permuted_crop(img, msk, S, c, fill, lut, A) -> tuple[np.ndarray, np.ndarray]:
+    """warp() for A a signed permutation (flips, quarter turns): a slice, mirrored and transposed. Output pixel
+    offset g reads source offset A g; the offset grid is symmetric, so negating an offset is a mirror."""
+    xc, yc = plain_crop(img, msk, S, c, fill, lut)
+    if abs(A[0, 0]) > 0.5:  # diagonal: O = P[a g_i, b g_j]
+        a, b = int(np.sign(A[0, 0])), int(np.sign(A[1, 1]))
+        return xc[::a, ::b], yc[::a, ::b]
+    a, b = int(np.sign(A[0, 1])), int(np.sign(A[1, 0]))  # anti-diagonal: O[i, j] = P[a g_j, b g_i]
+    return xc[::a, ::b].transpose(1, 0, 2), yc[::a, ::b].T
+
+
 def _clamp_centre(c: tuple[float, float], hw: tuple[int, int], S: int, extent: float) -> tuple[float, float]:
     """Keep a crop of source extent `extent` inside the image where the image is large enough."""
     out = []
@@ -177,10 +188,9 @@ def sample_batch(images: list[np.ndarray], masks: list[np.ndarray], idx: np.ndar
         extent = S * float(np.max(np.abs(A).sum(axis=1)))  # source rows/cols the crop spans
         c = _clamp_centre(c, msk.shape, S, extent)
         lut = tone_curve(aug, rng)
-        if np.allclose(np.abs(A), np.eye(2)):  # identity or flips: a slice, mirrored
-            xc, yc = plain_crop(img, msk, S, c, fill, lut)
-            sl = (slice(None, None, int(np.sign(A[0, 0]))), slice(None, None, int(np.sign(A[1, 1]))))
-            x[n], y[n] = xc[sl], yc[sl]
+        P = np.abs(A)
+        if np.allclose(P, np.eye(2)) or np.allclose(P, np.eye(2)[::-1]):  # flips and quarter turns: exact, no blur
+            x[n], y[n] = _permuted_crop(img, msk, S, c, fill, lut, A)
         else:
             x[n], y[n] = warp(img, msk, S, c, A, fill, lut)
         blur_noise(x[n], aug, rng)
