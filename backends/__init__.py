@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
     "numpy": "backends.numpy_ref:Backend",
     "torch": "backends.torch_backend:Backend",
     "ort": "backends.ort_backend:Backend",
+    "naive": "backends.naive:Backend",  # the lecture's loops: operations only, small sizes
 }
 ENTRY_POINT_GROUP = "cvtool.backends"
 DEVICES = ("auto", "cpu", "cuda")

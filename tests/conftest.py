@@ -7,12 +7,44 @@ test fails. numpy (backends/numpy_ref) is skipped while it is unavailable.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import backends as registry
 
-BACKENDS = ("numpy", "torch", "ort")
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"  # ../shared from the repository root
+
+
+def cuda_available(name: str = "torch") -> bool:
+    """Whether backend `name` really has a CUDA device here (tests that expect none are skipped where it does)."""
+    return "cuda" in registry.status(name).devices
+
+
+gpu = pytest.mark.gpu  # needs a usable GPU: skipped elsewhere (pytest -m gpu runs only these)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not cuda_available():
+        skip = pytest.mark.skip(reason="needs a usable CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def shared_dataset(name: str) -> Path:
+    """A real data set from ../shared/datasets. Missing: skipped on a developer's checkout, a failure under CI
+    (CI lays shared/ beside the clone, so a missing one means the tests would silently not run)."""
+    path = DATASETS / name
+    if not (path / "images").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must have ../shared/datasets beside the clone")
+        pytest.skip(f"{path} absent")
+    return path
+
+BACKENDS = ("numpy", "torch", "ort", "naive")
 MUST_RUN = ("torch", "ort")  # installed in this project's environment
 
 # Tolerance per backend for float32 results against float64 oracles and hand-worked literals (inputs
@@ -24,6 +56,7 @@ TOL: dict[str, dict[str, float]] = {
     "numpy": {"rtol": 2e-6, "atol": 2e-6},
     "torch": {"rtol": 2e-6, "atol": 2e-6},
     "ort": {"rtol": 2e-6, "atol": 2e-6},
+    "naive": {"rtol": 2e-6, "atol": 2e-6},  # one tensordot per output: the same float32 sums, in another order
 }
 
 

@@ -131,7 +131,7 @@ def test_plugin_listed_by_cvtool_backends(tmp_path):
                        env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     doc = {b["name"]: b for b in json.loads(r.stdout)["backends"]}
-    assert list(doc) == ["numpy", "torch", "ort", "broken", "toy"]  # built-ins first, then plug-ins sorted
+    assert list(doc) == ["numpy", "torch", "ort", "naive", "broken", "toy"]  # built-ins first, then plug-ins sorted
     assert doc["toy"]["available"] and doc["toy"]["version"] == "0.1" and doc["toy"]["devices"] == ["cpu"]
     assert not doc["broken"]["available"] and "toy_backend_missing" in doc["broken"]["reason"]
     assert doc["torch"]["version"] == torch.__version__  # still the real torch backend

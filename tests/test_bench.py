@@ -24,6 +24,7 @@ from backends.numpy_ref import Backend as NumpyBackend
 from cvtool import benchtime as bt
 from cvtool.cli import main
 from cvtool.cli.bench import compare
+from conftest import cuda_available, gpu  # tests/ is on sys.path under pytest
 
 QUICK = ["--sizes", "32", "--min-time", "0.01", "--warmup", "1", "--width", "4", "--gemm-size", "128"]
 ROW_KEYS = {"backend", "device", "input", "status", "reason", "providers", "threads", "p50_ms", "p90_ms", "spread",
@@ -220,8 +221,11 @@ def test_default_devices_json_csv_markdown_plot(capsys, tmp_path):
     # numpy is CPU-only by design: no numpy/cuda row; the CUDA rows say why instead of crashing
     assert set(rows) == {("numpy", "cpu"), ("torch", "cpu"), ("torch", "cuda"), ("ort", "cpu"), ("ort", "cuda")}
     for name in ("torch", "ort"):
-        (cuda,) = rows[(name, "cuda")]
-        assert cuda["status"] == "unavailable" and "CUDA" in cuda["reason"]
+        cuda = rows[(name, "cuda")]
+        if cuda_available(name):  # measured there, and agreeing
+            assert all(r["status"] == "pass" for r in cuda)
+        else:
+            assert [r["status"] for r in cuda] == ["unavailable"] and "CUDA" in cuda[0]["reason"]
     gemm = doc["gemm"]
     assert {m["backend"] for m in gemm["measured"]} == {"numpy", "torch"} and gemm["flops"] == 2 * 128**3
     assert gemm["rate"]["cpu"] == max(m["gflops"] for m in gemm["measured"])
@@ -281,10 +285,23 @@ def test_merge_rounds_takes_the_worst_status():
 
 
 def test_table_output(capsys):
-    code, out, err = cli(capsys, "bench", *QUICK, "--backend", "numpy,torch", "--device", "cuda")
-    assert code == 0 and "unavailable" in out and "torch/cuda" in out and "all rows agree" in out
-    assert "numpy/cuda" in out  # asked for explicitly: shown, as unavailable
+    code, out, err = cli(capsys, "bench", *QUICK, "--backend", "numpy,torch")
+    assert code == 0 and "torch/cpu" in out and "numpy/cpu" in out and "all rows agree" in out
     assert "Traceback" not in err
+
+
+@pytest.mark.skipif(cuda_available(), reason="a GPU is here: the CUDA rows are measured")
+def test_cuda_without_a_gpu_measures_nothing_and_says_so(capsys):
+    code, out, err = cli(capsys, "bench", *QUICK, "--backend", "numpy,torch", "--device", "cuda")
+    assert "unavailable" in out and "torch/cuda" in out and "numpy/cuda" in out  # shown, with the reason
+    assert "all rows agree" not in out  # nothing was measured, so nothing agreed
+    assert code == 2 and "nothing was measured" in err and "Traceback" not in err
+
+
+@gpu
+def test_cuda_rows_are_measured_and_agree_on_a_gpu(capsys):
+    code, out, err = cli(capsys, "bench", *QUICK, "--backend", "torch,ort", "--device", "cuda")
+    assert code == 0 and "all rows agree" in out and "unavailable" not in out
 
 
 def test_op_transposed_conv_against_onnx_reference(capsys):

@@ -360,7 +360,9 @@ def test_verify_all_backends(args):
     for name in ("numpy", "torch", "ort"):
         r = by[name]
         assert r["ok"] and r["shape_ok"] and r["shape"] == doc["expected_shape"] and r["max_rel_err"] <= 1e-4
-    assert by["numpy"]["max_abs_err"] == 0
+    # the reference is NumPy in float64: the float32 rows round; max pooling picks inputs, so it is exact
+    pooled = "max" in args
+    assert (by["numpy"]["max_abs_err"] == 0) if pooled else (0 < by["numpy"]["max_rel_err"] < 1e-5)
 
 
 class WrongBackend:

@@ -16,8 +16,9 @@ from cvtool.data.io import read_image, read_mask, voc_palette, write_mask_png, w
 from cvtool.data.loader import Sample, batches, channel_stats, pad_to_multiple
 from cvtool.data.synth import CLASSES, TRAIN, VAL, SynthDataset, shape_mask
 from cvtool.errors import DataError
+from conftest import DATASETS, shared_dataset  # tests/ is on sys.path under pytest
 
-MEMBRANE = Path("/work/shared/datasets/membrane")
+MEMBRANE = DATASETS / "membrane"
 
 
 # ---------------------------------------------------------------- helpers: tiny datasets on disk
@@ -301,8 +302,7 @@ def test_read_image_errors(tmp_path):
 
 
 def test_membrane_opens_with_two_classes_and_a_hold_out():
-    if not MEMBRANE.is_dir():
-        pytest.skip("membrane data set absent")
+    shared_dataset("membrane")
     tr, va, info = open_datasets(str(MEMBRANE), val_split=0.2, seed=0)
     assert (len(tr), len(va), info.in_channels, info.classes) == (24, 6, 1, ["background", "foreground"])
     assert "binary 0/255 masks mapped to 0/1" in info.notes

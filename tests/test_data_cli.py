@@ -10,6 +10,7 @@ import pytest
 from cvtool.cli import main
 from cvtool.data import check_dataset, open_datasets
 from cvtool.data.synth import CLASSES, SynthDataset
+from conftest import shared_dataset
 from test_data import MEMBRANE, bad_dataset  # tests/ is on sys.path under pytest
 
 
@@ -63,8 +64,7 @@ def test_check_json_on_a_good_folder(tmp_path, capsys):
 
 
 def test_check_membrane_table(capsys):
-    if not MEMBRANE.is_dir():
-        pytest.skip("membrane data set absent")
+    shared_dataset("membrane")
     code, out, _ = cli(capsys, "data", "check", str(MEMBRANE))
     assert code == 0 and "24 train + 6 val" in out and "binary 0/255 masks mapped to 0/1" in out
     assert "foreground" in out and "0.782" in out  # cell interior share of the training pixels

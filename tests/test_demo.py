@@ -7,6 +7,11 @@ import sys
 import numpy as np
 from PIL import Image
 
+import backends as registry
+from cvtool import checkpoint as ckpt_io
+from cvtool.data.io import read_image
+from cvtool.inference import segment_logits
+
 
 def test_demo_quick_runs_every_step_and_backends_agree(tmp_path):
     root = tmp_path / "demo"
@@ -23,7 +28,12 @@ def test_demo_quick_runs_every_step_and_backends_agree(tmp_path):
     masks_torch = sorted((root / "segment-torch").glob("*_mask.png"))
     masks_ort = sorted((root / "segment-ort").glob("*_mask.png"))
     assert len(masks_torch) == len(masks_ort) == 3
+    ck = ckpt_io.load(root / "train" / "best.safetensors")
+    run = registry.get("numpy", "cpu").runner(ck.spec, ck.params)  # an oracle neither segment run used
     for a, b in zip(masks_torch, masks_ort):  # the trained model, torch vs the exported ONNX in ORT
         ma, mb = np.asarray(Image.open(a)), np.asarray(Image.open(b))
         assert ma.shape == mb.shape == (160, 160)
         assert (ma == mb).mean() >= 0.999
+        img = read_image(root / "images" / "images" / a.name.replace("_mask.png", ".png"))
+        want = segment_logits(run, img, ck.spec, ck.norm_mean, ck.norm_std, scale=ck.scale, tta=ck.tta).argmax(0)
+        assert (ma == want).mean() >= 0.999  # two identical wrong masks would not pass this

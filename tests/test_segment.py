@@ -21,6 +21,7 @@ from cvtool.cli.segment import output_stems
 from cvtool.data.io import read_image, read_mask, read_mask_info
 from cvtool.inference import predict_batch, prepare
 from cvtool.spec import ModelSpec
+from conftest import shared_dataset
 from test_data import MEMBRANE  # tests/ is on sys.path under pytest
 from test_data_cli import cli
 from test_inference import COLORS, tiny_checkpoint
@@ -253,8 +254,7 @@ def test_exported_onnx_runs_alone_on_every_backend(model, images, tmp_path, caps
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A width-4 U-Net trained for a few Adam steps on membrane crops by the torch backend."""
-    if not MEMBRANE.is_dir():
-        pytest.skip("membrane data set absent")
+    shared_dataset("membrane")
     from cvtool import checkpoint as ckpt_io
     from cvtool.optim import OptimConfig
     from cvtool.spec import init_params

@@ -18,7 +18,8 @@ from cvtool.errors import BackendUnavailable
 
 class Backend:
     name: ClassVar[str] = "numpy"
-    capabilities: ClassVar[Capabilities] = Capabilities(backward=True, train=True, float64=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(backward=True, train=True, float64=True,
+                                                        extra={"cpu_only": True})
 
     def __init__(self, device: str = "cpu"):
         if device not in ("cpu", "auto"):

@@ -108,6 +108,12 @@ def bench(
         write_plot(doc, plot)
     if not doc["ok"]:
         raise typer.Exit(1)
+    if not any(r["status"] != "unavailable" for r in doc["rows"]):
+        from cvtool.errors import UsageError
+
+        reasons = sorted({r.get("reason") or "" for r in doc["rows"]})
+        raise UsageError("nothing was measured: every backend and device asked for is unavailable here"
+                         + (f" ({reasons[0]})" if reasons and reasons[0] else ""), hint="drop --device cuda, or see 'cvtool backends'")
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -141,11 +147,27 @@ def _cpu_name() -> str | None:
         return None
 
 
-def _targets(registry, backend: str, device: str) -> list[tuple[str, str]]:
-    """(backend, device) pairs to bench. The NumPy reference is CPU-only by design: no numpy/cuda row unless asked."""
+def _targets(registry, backend: str, device: str, networks: bool = False) -> list[tuple[str, str]]:
+    """(backend, device) pairs to bench. A CPU-only backend gets no cuda row, and with networks=True a backend
+    of operations only (capabilities.extra["networks"] False) no row at all, unless asked for by name."""
     devices = ["cpu", "cuda"] if device == "all" else [device]
-    return [(n, d) for n in registry.parse_list(backend) for d in devices
-            if not (n == "numpy" and d == "cuda" and device == "all")]
+    out = []
+    for n in registry.parse_list(backend):
+        caps = _capabilities(registry, n)
+        if backend.strip().lower() == "all" and networks and caps is not None and not caps.extra.get("networks", True):
+            continue
+        for d in devices:
+            cpu_only = caps is not None and caps.extra.get("cpu_only", False)
+            if not (cpu_only and d == "cuda" and device == "all"):
+                out.append((n, d))
+    return out
+
+
+def _capabilities(registry, name: str):
+    try:
+        return getattr(registry.backend_class(name), "capabilities", None)
+    except Exception:  # a backend that does not import: its row says why
+        return None
 
 
 # --- one row ----------------------------------------------------------------------------------
@@ -421,7 +443,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     net = _network(model, width, depth, cfg["seed"], info if model in (None, "default") else None)
     spec, params = net["spec"], net["params"]
     per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
-    targets = _targets(registry, backend, device)
+    targets = _targets(registry, backend, device, networks=True)
     ref_run = registry.get("numpy", "cpu").runner(spec, params, dtype=np.float64)
     rng = np.random.default_rng(cfg["seed"])
     points = []
@@ -550,6 +572,9 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     def make(be):
         if not getattr(be, "capabilities", None) or not be.capabilities.ops:
             raise NotSupported("no layer operations")
+        limit = be.capabilities.extra.get("max_outputs")
+        if limit and max(p[1].size for p in points) > limit:
+            raise NotSupported(f"too large for its loops (at most {limit:,} outputs): try --sizes 16 --batch-sizes 1")
         return lambda x: run_layer(be, lspec, x, w, b)
 
     rows = [_onnx_reference_row(lspec, cfg["sizes"][0], C, ref_be, RTOL, cfg["seed"])]

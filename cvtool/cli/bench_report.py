@@ -90,7 +90,10 @@ def render(doc: dict) -> None:
                 con.print(table(f"{title}: {part}", [cols[i] for i in idx], [[r[i] for i in idx] for r in rows]))
         for line in _footer(doc):
             con.print(f"[dim]{line}[/]")
-        con.print("[bold green]all rows agree[/]" if doc["ok"] else "[bold red]MISMATCH or FAILED rows (see above)[/]")
+        if not any(r["status"] != "unavailable" for r in doc["rows"]):
+            con.print("[bold yellow]nothing was measured[/]")
+        else:
+            con.print("[bold green]all rows agree[/]" if doc["ok"] else "[bold red]MISMATCH or FAILED rows (see above)[/]")
     finally:
         con.width = width
 
