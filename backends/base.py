@@ -106,3 +106,20 @@ class Trainer(Protocol):
 #   whose loss is the class-weighted cross-entropy (ignore label 255) + dice * soft Dice (numpy_ref/loss.py)
 # and one that runs networks:
 #   runner(spec, params) -> Runner
+
+
+def layer_gradients(lib, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:
+    """y and dL/dx, dL/dw, dL/db (L = sum(y * dy)) of one layer from a module of CS231n-style pairs
+    (`<op>_forward(...) -> (y, cache)`, `<op>_backward(dy, cache)`): what a backend with hand-written backward
+    rules answers to `gradients` (convcalc --backward). op: conv2d, conv_transpose2d, max_pool2d, avg_pool2d,
+    relu, sigmoid, tanh."""
+    fwd, bwd = getattr(lib, f"{op}_forward"), getattr(lib, f"{op}_backward")
+    if op in ("conv2d", "conv_transpose2d"):
+        y, cache = fwd(x, w, b, **params)
+        dx, dw, db = bwd(dy, cache)
+        out = {"y": y, "dx": dx, "dw": dw}
+        if b is not None:
+            out["db"] = db
+        return out
+    y, cache = fwd(x, **params)
+    return {"y": y, "dx": bwd(dy, cache)}

@@ -65,6 +65,15 @@ class Backend:
         return pool.avg_pool2d_forward(x, kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
                                        count_include_pad=count_include_pad)[0]
 
+    def gradients(self, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:
+        """y, dL/dx (and dL/dw, dL/db) by the loops run backwards (backends.base.layer_gradients)."""
+        from types import SimpleNamespace
+
+        from backends.base import layer_gradients
+
+        lib = SimpleNamespace(**{n: getattr(m, n) for m in (conv, pool, layers) for n in dir(m) if "_forward" in n or "_backward" in n})
+        return layer_gradients(lib, op, x, w, b, dy, **params)
+
     def relu(self, x) -> np.ndarray:
         return layers.relu_forward(x)[0]
 

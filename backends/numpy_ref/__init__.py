@@ -53,6 +53,12 @@ class Backend:
         return layers.avg_pool2d_forward(x, kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
                                          count_include_pad=count_include_pad)[0]
 
+    def gradients(self, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:
+        """y, dL/dx (and dL/dw, dL/db) by the hand-written backward rules (backends.base.layer_gradients)."""
+        from backends.base import layer_gradients
+
+        return layer_gradients(layers, op, x, w, b, dy, **params)
+
     def relu(self, x) -> np.ndarray:
         return layers.relu_forward(x)[0]
 

@@ -72,6 +72,12 @@ class Backend:
             raise UsageError(f"{what} must have 4 dimensions (N, C, H, W), got shape {x.shape}")
         return x
 
+    def gradients(self, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:
+        """y, dL/dx (and dL/dw, dL/db) of one layer by autograd in float64, L = sum(y * dy) (convcalc --backward)."""
+        from backends.torch_backend.grads import gradients
+
+        return gradients(op, x, w, b, dy, params)
+
     # --- convolutions ---------------------------------------------------------------------------
 
     @torch.no_grad()

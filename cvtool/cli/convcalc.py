@@ -7,8 +7,9 @@ Modes (picked by the options given):
     -i 32 -o 16 -k 3 [--solve]     paddings (and kernel/stride choices) that give the output
     -i 64 --chain "conv k3 p1 c16; pool k2 s2"   shapes and receptive fields through a stack
     --matrix --x ... --w ...       the convolution as its matrix C (and C^T for --transposed)
+    --steps --x ... --w ...        every output written as its sum with the numbers (pooling: the winner)
     -i 32 -k 3 --verify            run it on every backend, compare with the NumPy reference
-Only --matrix and --verify import numpy, only --verify imports a backend (convcalc_matrix.py, convcalc_verify.py).
+Only --matrix, --steps and --verify import numpy, only --verify imports a backend (convcalc_matrix.py, convcalc_verify.py).
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ def convcalc(
     chain: Optional[str] = typer.Option(None, "--chain", help='Layers: "conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8".'),
     channels: Optional[int] = typer.Option(None, "--channels", "-c", help="--chain: input channels."),
     matrix: bool = typer.Option(False, "--matrix", help="Show the convolution as its matrix C (small sizes)."),
-    x: Optional[str] = typer.Option(None, "--x", help="--matrix input: '4,5;1,8' (rows by ';') or a .npy file."),
-    w: Optional[str] = typer.Option(None, "--w", help="--matrix kernel: '1,4;1,4' or a .npy file."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated values (--matrix, --verify)."),
+    steps: bool = typer.Option(False, "--steps", help="Write every output as its sum with the numbers (small sizes)."),
+    backward: bool = typer.Option(False, "--backward", help="Forward, backward (dL/dx, dL/dw, dL/db) and update on the numbers."),
+    dy: Optional[str] = typer.Option(None, "--dy", help="--backward: the upstream gradient dL/dy (default all ones)."),
+    lr: float = typer.Option(0.1, "--lr", help="--backward: the learning rate of the update w - lr * dL/dw."),
+    activation: Optional[str] = typer.Option(None, "--activation", help="--backward: relu | sigmoid | tanh instead of a layer."),
+    x: Optional[str] = typer.Option(None, "--x", help="--matrix/--steps/--backward input: '4,5;1,8' (rows by ';') or a .npy file."),
+    w: Optional[str] = typer.Option(None, "--w", help="--matrix/--steps kernel: '1,4;1,4' or a .npy file."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated values (--matrix, --steps, --verify)."),
     verify: bool = typer.Option(False, "--verify", help="Run it on every backend and compare with NumPy."),
     backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
     device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),
@@ -63,6 +69,31 @@ def convcalc(
             raise UsageError("--chain needs the input size", hint='e.g. -i 64 --chain "conv k3 p1; pool k2"')
         return _finish(chain_mode(chain, hw, channels), json_, render_chain)
     _refuse_with("without --chain", channels=channels)
+    if backward:
+        _refuse_with("--backward", matrix=matrix, steps=steps, same=same, solve=solve, verify=verify, output=output)
+        from cvtool.cli.convcalc_backward import backward_mode, render_backward
+
+        if activation is not None:
+            if activation not in ("relu", "sigmoid", "tanh"):
+                raise UsageError(f"unknown --activation {activation!r}", hint="use relu, sigmoid or tanh")
+            _refuse_with("--activation", kernel=kernel, pool=pool, transposed=transposed, w=w)
+            spec = None
+        else:
+            spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
+                         default_kernel=None if w is None else "1")
+        doc = backward_mode(spec, hw, x, w, dy, lr, seed, kernel is not None, activation)
+        _finish(doc, json_, render_backward)
+        if not doc["ok"]:
+            raise typer.Exit(1)
+        return None
+    _refuse_with("without --backward", dy=dy, activation=activation)
+    if steps:
+        _refuse_with("--steps", matrix=matrix, same=same, solve=solve, verify=verify, output=output)
+        spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
+                     default_kernel=None if w is None else "1")
+        from cvtool.cli.convcalc_steps import render_steps, steps_mode
+
+        return _finish(steps_mode(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_steps)
     if matrix:
         _refuse_with("--matrix", same=same, solve=solve, verify=verify, output=output)
         spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
@@ -70,7 +101,7 @@ def convcalc(
         from cvtool.cli.convcalc_matrix import matrix_mode, render_matrix
 
         return _finish(matrix_mode(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_matrix)
-    _refuse_with("without --matrix", x=x, w=w)
+    _refuse_with("without --matrix, --steps or --backward", x=x, w=w)
     spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode,
                  default_kernel="1" if solve and kernel is None else None)  # --solve searches the kernel
     if verify:

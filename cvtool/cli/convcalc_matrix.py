@@ -10,19 +10,17 @@ from cvtool.cli.output import out
 from cvtool.errors import UsageError
 
 
-def matrix_mode(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
+def layer_values(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool, *, fixed_avg: bool = True):
+    """(spec, hw, x, w) for a one-channel worked example: --x / --w as given (their shapes set the input size and
+    the kernel), else seeded small integers; average pooling's w is 1/(KH*KW) (fixed_avg), max pooling has none."""
     import numpy as np
 
     from cvtool import convmatrix as M
 
-    if spec.kind == "maxpool":
-        raise UsageError("max pooling is not linear: it has no matrix", hint="use --pool avg, or a convolution")
-    if spec.ceil_mode:
-        raise UsageError("--matrix does not take --ceil-mode")
-    if spec.kind == "avgpool":  # a convolution with weights 1/(KH*KW)
+    if spec.kind in ("maxpool", "avgpool"):
         if w_text is not None:
-            raise UsageError("--pool avg has fixed weights 1/(KH*KW): drop --w")
-        wv = np.full(spec.kernel, 1.0 / (spec.kernel[0] * spec.kernel[1]))
+            raise UsageError(f"--pool {spec.kind[:3]} has no kernel weights to give: drop --w")
+        wv = np.full(spec.kernel, 1.0 / (spec.kernel[0] * spec.kernel[1])) if spec.kind == "avgpool" and fixed_avg else None
     elif w_text is not None:
         wv = M.parse_values(w_text, "--w")
         if kernel_given and tuple(wv.shape) != spec.kernel:
@@ -40,6 +38,17 @@ def matrix_mode(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bo
     else:
         hw = hw or ((2, 2) if spec.kind == "tconv" else (4, 4))
         xv = M.seeded_ints(hw, seed, 10)
+    return spec, hw, xv, wv
+
+
+def matrix_mode(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
+    from cvtool import convmatrix as M
+
+    if spec.kind == "maxpool":
+        raise UsageError("max pooling is not linear: it has no matrix", hint="use --pool avg, or a convolution")
+    if spec.ceil_mode:
+        raise UsageError("--matrix does not take --ceil-mode")
+    spec, hw, xv, wv = layer_values(spec, hw, x_text, w_text, seed, kernel_given)
     o, pads = output_hw(spec, hw)
     stride, dilation = spec.stride, spec.dilation
     if spec.kind == "tconv":
@@ -112,4 +121,4 @@ def render_matrix(doc: dict) -> None:
                "(C^T is also the gradient dL/dx of that convolution)", style="dim")
 
 
-__all__ = ["matrix_mode", "render_matrix", "pads_arg"]
+__all__ = ["matrix_mode", "render_matrix", "pads_arg", "layer_values", "_grid", "_num"]
