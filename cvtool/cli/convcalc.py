@@ -43,6 +43,7 @@ def convcalc(
     channels: Optional[int] = typer.Option(None, "--channels", "-c", help="--chain: input channels."),
     matrix: bool = typer.Option(False, "--matrix", help="Show the convolution as its matrix C (small sizes)."),
     steps: bool = typer.Option(False, "--steps", help="Write every output as its sum with the numbers (small sizes)."),
+    draw: Optional[str] = typer.Option(None, "--draw", help="Draw the layer: FILE.png, .gif (a frame per output) or .svg."),
     backward: bool = typer.Option(False, "--backward", help="Forward, backward (dL/dx, dL/dw, dL/db) and update on the numbers."),
     dy: Optional[str] = typer.Option(None, "--dy", help="--backward: the upstream gradient dL/dy (default all ones)."),
     lr: float = typer.Option(0.1, "--lr", help="--backward: the learning rate of the update w - lr * dL/dw."),
@@ -69,6 +70,24 @@ def convcalc(
             raise UsageError("--chain needs the input size", hint='e.g. -i 64 --chain "conv k3 p1; pool k2"')
         return _finish(chain_mode(chain, hw, channels), json_, render_chain)
     _refuse_with("without --chain", channels=channels)
+    if draw is not None:
+        _refuse_with("--draw", matrix=matrix, steps=steps, backward=backward, same=same, solve=solve, verify=verify,
+                     output=output, x=x, w=w)
+        if hw is None:
+            raise UsageError("--draw needs the input size", hint="e.g. -i 5 -k 3 --draw conv.gif")
+        from cvtool.draw import render, write
+
+        spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode)
+        images, lay = render(spec, hw)
+        path = write(draw, images)
+        doc = {"mode": "draw", "file": str(path), "frames": len(images), "size": list(lay.size), "title": lay.title,
+               "notes": lay.notes}
+        if json_:
+            emit_json(doc)
+        else:
+            _print(f"wrote {path}: {lay.title}; {len(images) if path.suffix.lower() == '.gif' else 1} frame(s), "
+                   f"{lay.size[0]}x{lay.size[1]} px")
+        return None
     if backward:
         _refuse_with("--backward", matrix=matrix, steps=steps, same=same, solve=solve, verify=verify, output=output)
         from cvtool.cli.convcalc_backward import backward_mode, render_backward
