@@ -8,7 +8,7 @@ direct convolution over the zero-inserted, re-padded input (s - 1 zeros between 
 whose window holds exactly those input pixels. Pillow only.
 
     frames, layout = render(spec, hw)          # PIL images, and where every cell was drawn (for tests)
-    write(path, frames, layout)                # .png, .gif or .svg, atomically
+    write(path, frames, layout)                # .png, .gif or .svg (vector), atomically
 """
 
 from __future__ import annotations
@@ -198,22 +198,30 @@ def render(spec: LayerSpec, hw) -> tuple[list, Layout]:
     return images, lay
 
 
-def svg(image) -> str:
-    """An SVG of one frame: one rect per run of equal pixels per row would be exact but large; the frame is
-    embedded as a PNG data URI inside an SVG of its size, with the title as real text for search and screen readers."""
-    import base64
-    import io
+def svg(image, lay: Layout) -> str:
+    """One frame as a vector SVG: a rect per cell (its colour read from the frame), the labels as text."""
+    from xml.sax.saxutils import escape
 
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    data = base64.b64encode(buf.getvalue()).decode()
-    w, h = image.size
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{w}" '
-            f'height="{h}" viewBox="0 0 {w} {h}"><image width="{w}" height="{h}" '
-            f'xlink:href="data:image/png;base64,{data}"/></svg>\n')
+    w, h = lay.size
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+             f'font-family="sans-serif" font-size="11">', f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{MARGIN}" y="{MARGIN + 10}">{escape(lay.title)}</text>']
+    labels = {"input": "input", "output": "output", "zero-inserted input": "input, zeros inserted, padded",
+              "output (direct)": "output (the same)"}
+    for name, g in lay.grids.items():
+        parts.append(f'<text x="{g.x0}" y="{g.y0 - 5}">{escape(labels[name])} {g.rows}x{g.cols}</text>')
+        for r in range(g.r0, g.r0 + g.rows):
+            for c in range(g.c0, g.c0 + g.cols):
+                x0, y0, _, _ = g.box(r, c)
+                rgb = image.getpixel(g.centre(r, c))[:3]
+                parts.append(f'<rect x="{x0}" y="{y0}" width="{CELL}" height="{CELL}" fill="#%02x%02x%02x" '
+                             f'stroke="#5a5a5a"/>' % rgb)
+    for k, note in enumerate(lay.notes):
+        parts.append(f'<text x="{MARGIN}" y="{h - MARGIN - TEXT_H * (len(lay.notes) - k) + 10}">{escape(note)}</text>')
+    return "\n".join(parts + ["</svg>"]) + "\n"
 
 
-def write(path: str | Path, images: list) -> Path:
+def write(path: str | Path, images: list, lay: Layout) -> Path:
     """.png (the first frame), .gif (every frame, 0.6 s each, looping) or .svg; written atomically."""
     from cvtool.fsutil import atomic_path
 
@@ -232,5 +240,5 @@ def write(path: str | Path, images: list) -> Path:
             pal = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]  # our colours, exactly
             pal[0].save(tmp, format="GIF", save_all=True, append_images=pal[1:], duration=600, loop=0, disposal=1)
         else:
-            tmp.write_text(svg(images[0]))
+            tmp.write_text(svg(images[0], lay))
     return path

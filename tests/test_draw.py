@@ -95,7 +95,14 @@ def test_png_and_svg_are_the_first_frame(tmp_path, capsys):
     images, lay = render(spec_of("conv", 3, 1, 0), (4, 4))
     assert np.array_equal(np.asarray(im), np.asarray(images[0]))
     text = (tmp_path / "a.svg").read_text()
-    assert text.startswith("<svg") and f'width="{lay.size[0]}"' in text and "data:image/png;base64," in text
+    assert text.startswith("<svg") and f'width="{lay.size[0]}"' in text
+    g = lay.grids["input"]
+    x0, y0, _, _ = g.box(0, 0)  # output (0, 0)'s window starts at input (0, 0): a blue rect there
+    assert f'<rect x="{x0}" y="{y0}" width="26" height="26" fill="#4285f4"' in text
+    assert text.count("<rect ") == 1 + sum(gr.rows * gr.cols for gr in lay.grids.values())
+    import xml.dom.minidom
+
+    xml.dom.minidom.parseString(text)  # well-formed
     assert colour(im, lay.grids["input"], 3, 3) == WHITE  # outside output (0, 0)'s window
 
 

@@ -79,7 +79,7 @@ def convcalc(
 
         spec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, ceil_mode)
         images, lay = render(spec, hw)
-        path = write(draw, images)
+        path = write(draw, images, lay)
         doc = {"mode": "draw", "file": str(path), "frames": len(images), "size": list(lay.size), "title": lay.title,
                "notes": lay.notes}
         if json_:
