@@ -17,7 +17,7 @@ def backends(json_: bool = typer.Option(False, "--json", help="Print one JSON do
         return
     rows = []
     for s in sts:
-        extra = ", ".join(s.providers) if s.providers else (f"{s.threads} threads" if s.threads else "")
+        extra = ", ".join(s.providers) if s.providers else (f"{s.threads} thread{'s' if s.threads != 1 else ''}" if s.threads else "")
         if s.providers and s.threads:
             extra += f" ({s.threads} threads)"
         rows.append([s.name, "yes" if s.available else f"no: {s.reason}", s.version or "-",
