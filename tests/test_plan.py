@@ -27,11 +27,11 @@ TINY = fp_of(n_train=5, n_val=1, channels=3, size_h=[40, 48, 48], size_w=[64, 64
 
 def test_membrane_plan():
     p = propose(MEMBRANE, device="cpu", budget=300)
-    assert (p.scale, p.crop, p.batch_size, p.depth, p.width) == (1.0, 256, 2, 4, 16)
+    assert (p.scale, p.crop, p.batch_size, p.depth, p.width) == (1.0, 256, 2, 3, 16)
     assert p.lr == 0.0015 and p.augment == "heavy" and p.rot90 and p.p_focus == 0 and p.tta == "dihedral"
     assert p.mean == [0.495] and p.std == [0.174]
     assert "7.5 px thick" in p.reasons["scale"]  # shrinking would thin the membranes below 8 px
-    assert "typical object 60 px" in p.reasons["depth"]  # 8 thicknesses: the network's reach, not its extent
+    assert "typical object 45 px" in p.reasons["depth"]  # 6 thicknesses: the network's reach, not its extent
 
 
 def test_pets_plan():
