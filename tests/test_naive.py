@@ -9,26 +9,13 @@ from backends.naive import conv as nconv
 from backends.naive import layers as nlayers
 from backends.naive import pool as npool
 from backends.numpy_ref import layers as fast
+from cvtool.gradcheck import numeric_grad
 
 RNG = np.random.default_rng(0)
 
 
 def r(*shape, dtype=np.float64):
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of x (changed in place, restored)."""
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        hi = f()
-        x[idx] = old - eps
-        lo = f()
-        x[idx] = old
-        g[idx] = (hi - lo) / (2 * eps)
-    return g
 
 
 def test_lecture_stamp_example():

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from backends.numpy_ref import Backend, layers as L
 from cvtool.arithmetic import conv_transpose2d_output, effective_kernel, resolve_padding
 from cvtool.errors import DataError, UsageError
+from cvtool.gradcheck import numeric_grad
 
 RNG = np.random.default_rng(1234)
 HYP = settings(max_examples=25, deadline=None)
@@ -31,18 +32,7 @@ def close(a, b, tol: float = 1e-10) -> None:
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
-def numgrad(f, a: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """Centred finite differences of the scalar f() with respect to a (changed in place, restored)."""
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + h
-        fp = f()
-        a[idx] = old - h
-        fm = f()
-        a[idx] = old
-        g[idx] = (fp - fm) / (2 * h)
-    return g
+numgrad = numeric_grad  # centred finite differences (cvtool.gradcheck)
 
 
 def gradcheck(forward, backward, arrays: list[np.ndarray], tol: float = 1e-6) -> None:

@@ -30,25 +30,6 @@ def _params(spec: LayerSpec, pads) -> dict:
     return dict(kernel=spec.kernel, stride=spec.stride, padding=(pads[0][0], pads[1][0]), ceil_mode=spec.ceil_mode)
 
 
-def finite_differences(f, arrays: dict, eps: float = 1e-6) -> dict:
-    """Central differences of the scalar f() with respect to each named float64 array (changed and restored)."""
-    import numpy as np
-
-    out = {}
-    for name, a in arrays.items():
-        g = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + eps
-            hi = f()
-            a[idx] = old - eps
-            lo = f()
-            a[idx] = old
-            g[idx] = (hi - lo) / (2 * eps)
-        out[name] = g
-    return out
-
-
 def backward_mode(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float, seed: int, kernel_given: bool,
                   activation: str | None) -> dict:
     import numpy as np
@@ -93,7 +74,9 @@ def backward_mode(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float
         return float((ref_be.gradients(op, x4, w4, b4, dy4, **params)["y"] * dy4).sum())
 
     wrt = {"dx": x4} | ({"dw": w4} if w4 is not None else {}) | ({"db": b4} if b4 is not None else {})
-    fd = finite_differences(loss, {k: v for k, v in wrt.items()})
+    from cvtool.gradcheck import numeric_grad
+
+    fd = {k: numeric_grad(loss, v) for k, v in wrt.items()}
     kinks = _kinks(op, xv, ref)
     methods = {"numpy (hand-written)": ref, "naive (loops)": results.get("naive"), "torch (autograd)": results.get("torch"),
                "finite differences": fd}
@@ -188,4 +171,4 @@ def render_backward(doc: dict) -> None:
         _print("all agree", style="bold green")
 
 
-__all__ = ["backward_mode", "render_backward", "finite_differences"]
+__all__ = ["backward_mode", "render_backward"]
