@@ -96,14 +96,15 @@ CONVS = {  # (C, F, k, stride, padding, dilation, groups): shapes that take nump
     "1x1": (4, 6, 1, 1, 0, 1, 1), "rgb-im2col": (3, 8, 3, 1, 1, 1, 1), "few-outputs": (16, 16, 3, 1, 1, 1, 1),
     "per-kernel-row": (8, 40, 3, 1, 1, 1, 1), "strided": (4, 6, 3, 2, 1, 1, 1), "tiled-2x2-s2": (4, 6, 2, 2, 0, 1, 1),
     "dilated": (4, 6, 3, 1, 2, 2, 1), "grouped": (4, 6, 3, 1, 1, 1, 2), "asymmetric": (4, 6, 3, 1, (0, 1, 2, 0), 1, 1),
-    "5x5-valid": (2, 3, 5, 1, 0, 1, 1),
+    "5x5-valid": (2, 3, 5, 1, 0, 1, 1), "many-blocks": (16, 16, 3, 1, 1, 1, 1, 40),  # 40x40: work split in blocks
 }
 
 
 @pytest.mark.parametrize("name", list(CONVS))
 def test_fast_conv2d_equals_the_loops(name):
-    C, F, k, s, p, d, g = CONVS[name]
-    x, w, b = r(2, C, 12, 10, dtype=np.float32), r(F, C // g, k, k, dtype=np.float32), r(F, dtype=np.float32)
+    C, F, k, s, p, d, g, *side = CONVS[name]
+    H, W = (side[0], side[0]) if side else (12, 10)
+    x, w, b = r(2, C, H, W, dtype=np.float32), r(F, C // g, k, k, dtype=np.float32), r(F, dtype=np.float32)
     kw = dict(stride=s, padding=p, dilation=d, groups=g)
     want, cache = nconv.conv2d_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
     got, fcache = fast.conv2d_forward(x, w, b, **kw)
@@ -111,6 +112,8 @@ def test_fast_conv2d_equals_the_loops(name):
     dy = r(*want.shape, dtype=np.float32)
     for a, e in zip(fast.conv2d_backward(dy, fcache), nconv.conv2d_backward(dy.astype(np.float64), cache)):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+    # the fused inference path (conv + ReLU in the copy out of the product)
+    np.testing.assert_allclose(fast.conv2d_relu(x, w, b, **kw), np.maximum(want, 0), rtol=1e-5, atol=1e-5)
 
 
 TCONVS = {"tiled-2x2-s2": (4, 6, 2, 2, 0, 0, 1, 1), "k3-s2-op1": (4, 6, 3, 2, 1, 1, 1, 1), "k4-s2-p1": (4, 6, 4, 2, 1, 0, 1, 1),
