@@ -198,6 +198,25 @@ def numpy_gemm(n: int, seed: int = 0) -> Callable[[], None]:
     return lambda: np.matmul(a, b, out=out)
 
 
-__all__ = ["Timing", "measure", "percentile", "traced_peak", "rss_bytes", "max_rss_bytes", "release_free_memory",
+def cpu_peak_gflops(cores: int) -> dict:
+    """An ESTIMATE of the float32 peak: cores x vector lanes x FMA units x 2 FLOP x clock, from /proc/cpuinfo
+    (lanes: 16 with AVX-512, 8 with AVX2; 2 FMA units, as on current x86 server cores; the clock is the one the
+    kernel reports now, not a boost clock). {"gflops": None, "how": why} where the CPU says too little."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return {"gflops": None, "how": "no /proc/cpuinfo"}
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    mhz = next((float(ln.split(":", 1)[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")), None)
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+    if lanes is None or "fma" not in flags or not mhz:
+        return {"gflops": None, "how": "the CPU reports no AVX2/AVX-512 FMA or no clock"}
+    g = cores * lanes * 2 * 2 * mhz / 1e3
+    return {"gflops": g, "how": f"estimate: {cores} cores x {lanes} float32 lanes x 2 FMA units x 2 FLOP x "
+                                f"{mhz / 1e3:.2f} GHz (the clock the kernel reports now)"}
+
+
+__all__ = ["Timing", "measure", "cpu_peak_gflops", "percentile", "traced_peak", "rss_bytes", "max_rss_bytes", "release_free_memory",
            "RssSampler",
            "gemm_flops", "numpy_gemm"]

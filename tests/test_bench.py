@@ -227,7 +227,10 @@ def test_default_devices_json_csv_markdown_plot(capsys, tmp_path):
         else:
             assert [r["status"] for r in cuda] == ["unavailable"] and "CUDA" in cuda[0]["reason"]
     gemm = doc["gemm"]
-    assert {m["backend"] for m in gemm["measured"]} == {"numpy", "torch"} and gemm["flops"] == 2 * 128**3
+    assert {m["backend"] for m in gemm["measured"]} == {"numpy", "torch", "ort"} and gemm["flops"] == 2 * 128**3
+    assert gemm["own"] == {m["backend"]: m["gflops"] for m in gemm["measured"] if m["device"] == "cpu"}
+    peak = gemm["peak"]["cpu"]
+    assert peak["gflops"] is None or (peak["gflops"] > 0 and "estimate" in peak["how"])
     assert gemm["rate"]["cpu"] == max(m["gflops"] for m in gemm["measured"])
     flops_per_image = doc["gflop_per_image"]["32"] * 1e9
     for name in ("numpy", "torch", "ort"):

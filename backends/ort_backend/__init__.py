@@ -201,3 +201,20 @@ class Backend:
 
     def set_threads(self, n: int) -> None:
         session.THREADS = n
+
+    def gemm(self, n: int):
+        """A callable doing one float32 (n x n) @ (n x n) in a one-node MatMul session (MLAS on the CPU), the
+        inputs bound once on the device (IO binding), returning when the product is done."""
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        sess = session.make(graphs.one_node("MatMul", [("a", [n, n]), ("b", [n, n])], [n, n], np.float32), self.device)
+        binding = sess.io_binding()
+        for name, v in (("a", a), ("b", b)):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(v, self.device, 0))
+        binding.bind_output("y", self.device)
+
+        def run():
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return run

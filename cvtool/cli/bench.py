@@ -265,6 +265,8 @@ def merge_rounds(docs: list[dict]) -> dict:
     gemm["measured"] = [{**m, "round": k + 1} for k, d in enumerate(docs) for m in d["gemm"]["measured"]]
     gemm["rate"] = {dev: max(d["gemm"]["rate"].get(dev, 0.0) for d in docs)
                     for dev in {dev for d in docs for dev in d["gemm"]["rate"]}}
+    gemm["own"] = {b: max(d["gemm"].get("own", {}).get(b, 0.0) for d in docs)
+                   for b in {b for d in docs for b in d["gemm"].get("own", {})}}  # each library's best round
     for i, row in enumerate(doc["rows"]):
         same = [d["rows"][i] for d in docs]
         worst = max(same, key=lambda r: STATUS_RANK.get(r["status"], 0))
@@ -352,12 +354,6 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
             be.set_threads(cfg["threads"])
         if hasattr(be, "gemm"):
             sources.append((name, dev, f"{name} matmul", be.gemm(n)))
-        elif name == "torch" and getattr(be, "capabilities", None) and be.capabilities.ops:
-            rng = np.random.default_rng(cfg["seed"])
-            a = rng.standard_normal((1, n, 1, n), dtype=np.float32)  # (N, C=n, H=1, W=n): a 1x1 conv is w @ x
-            w = rng.standard_normal((n, n, 1, 1), dtype=np.float32)
-            sources.append((name, dev, "torch conv2d 1x1 (op interface, host copies included)",
-                            lambda be=be, a=a, w=w: be.conv2d(a, w)))
     for name, dev, how, fn in sources:
         err().print(f"[dim]bench: GEMM {n}x{n} {how} on {dev} ...[/]")
         t = bt.measure(fn, min_time=cfg["min_time"], warmup=cfg["warmup"])
@@ -365,6 +361,8 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
         doc["measured"].append({"backend": name, "device": dev, "how": how, "gflops": rate, "median_ms": 1e3 * t.median,
                                 "spread": t.spread, "repeats": t.n})
         doc["rate"][dev] = max(doc["rate"].get(dev, 0.0), rate)
+    doc["own"] = {m["backend"]: m["gflops"] for m in doc["measured"] if m["device"] == "cpu"}  # each library's own rate
+    doc["peak"] = {"cpu": bt.cpu_peak_gflops(cfg["threads"])}
     return doc
 
 

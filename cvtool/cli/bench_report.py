@@ -7,7 +7,7 @@ from pathlib import Path
 from cvtool.cli.output import err, fmt_float, out, table
 
 COLUMNS = ["backend", "input", "status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s",
-           "peak MB", "GFLOP/s", "% GEMM", "max abs diff", "max rel diff", "labels =", "mIoU"]
+           "peak MB", "GFLOP/s", "% GEMM", "% own GEMM", "max abs diff", "max rel diff", "labels =", "mIoU"]
 
 
 def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
@@ -18,6 +18,12 @@ def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
     def f(v, fmt):
         return "-" if v is None else fmt(v)
 
+    own = doc["gemm"].get("own", {})
+
+    def own_fraction(r):  # the row against its own library's GEMM (what that backend can reach with its BLAS)
+        rate = own.get(r["backend"]) if r["device"] == "cpu" else None
+        return r["gflops"] / rate if rate and r["gflops"] else None
+
     rows = []
     for r in doc["rows"]:
         prov = ", ".join(p.replace("ExecutionProvider", "") for p in r["providers"]) if r["providers"] else "-"
@@ -26,7 +32,8 @@ def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
                 "p50 ms/img": f(r["p50_ms"], fmt_float), "p90 ms/img": f(r["p90_ms"], fmt_float),
                 "spread": f(r["spread"], lambda v: f"{v:.1%}"), "img/s": f(r["images_per_s"], fmt_float),
                 "peak MB": f(r["peak_mem_mb"], lambda v: f"{v:.1f}"), "GFLOP/s": f(r["gflops"], fmt_float),
-                "% GEMM": f(r["gemm_fraction"], lambda v: f"{v:.0%}"), "max abs diff": f(r["max_abs_diff"], fmt_float),
+                "% GEMM": f(r["gemm_fraction"], lambda v: f"{v:.0%}"),
+                "% own GEMM": f(own_fraction(r), lambda v: f"{v:.0%}"), "max abs diff": f(r["max_abs_diff"], fmt_float),
                 "max rel diff": f(r["max_rel_diff"], fmt_float),
                 "labels =": f(r["label_agreement"], lambda v: f"{v:.4%}"), "mIoU": f(r["miou"], lambda v: f"{v:.4f}")}
         rows.append([cell[c] for c in cols])
@@ -49,7 +56,11 @@ def _header(doc: dict) -> list[str]:
             by_source.setdefault((m["how"], m["device"]), []).append(f"{m['gflops']:.1f}")
         rates = "; ".join(f"{how} on {dev}: {'/'.join(v)} GFLOP/s" for (how, dev), v in by_source.items())
         best = ", ".join(f"{d} {v:.1f}" for d, v in g["rate"].items())
-        lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; 100% GEMM = {best} GFLOP/s (the best)")
+        lines.append(f"float32 GEMM {g['n']}x{g['n']}: {rates}; 100% GEMM = {best} GFLOP/s (the best library here, "
+                     f"the same threads)")
+        peak = (g.get("peak") or {}).get("cpu") or {}
+        if peak.get("gflops"):
+            lines.append(f"CPU float32 peak {peak['gflops']:.0f} GFLOP/s ({peak['how']})")
     m = doc["machine"]
     load = m["load_1min"]
     busy = f"; load average {load['start']:.2f} at start, {load['end']:.2f} at end" if load["start"] is not None else ""
@@ -66,7 +77,8 @@ def _footer(doc: dict) -> list[str]:
     return why + doc["notes"]
 
 
-SPEED = ("status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s", "peak MB", "GFLOP/s", "% GEMM")
+SPEED = ("status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s", "peak MB", "GFLOP/s", "% GEMM",
+         "% own GEMM")
 
 
 def render(doc: dict) -> None:
