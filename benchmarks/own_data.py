@@ -261,9 +261,13 @@ def render(doc: dict) -> str:
             lines.append(f"| {s} | " + " | ".join(fmt(v, p) for v, p in zip(row, PREC)) + " |")
             if "error" in ind:
                 notes.append(f"seed {s} cvtool independent check failed: `{last_line(ind['error'])}`")
-            extra = {k: c[k] for k in ("stop_reason", "data_wait_share", "plan", "epochs") if k in c}
-            if extra:
-                notes.append(f"seed {s} cvtool: " + ", ".join(f"{k} `{json.dumps(v)[:160]}`" for k, v in extra.items()))
+            if "plan" in c:
+                p = c["plan"]
+                shown = ", ".join(f"{k} {p[k]}" for k in ("scale", "crop", "batch_size", "depth", "lr", "augment", "tta",
+                                                          "p_focus") if k in p)
+                notes.append(f"seed {s} cvtool plan: {shown}; {c.get('epochs')} validations; stop: "
+                             f"{c.get('stop_reason')}; the step waited for data {100 * (c.get('data_wait_share') or 0):.2f}% "
+                             f"of its time")
         mrow = [mean([r[j] for r in rows]) for j in range(12)]
         if len(rows) > 1:
             lines.append("| mean | " + " | ".join(fmt(v, p) for v, p in zip(mrow, PREC)) + " |")
