@@ -64,6 +64,17 @@ def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
             raise CvtoolError(f"cannot create {path}: {e.strerror or e}", exit_code=2) from None
 
 
+def make_dir(path: Path) -> Path:
+    """mkdir -p, or one clear error (exit 2) when the folder cannot be made or written into."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".cvtool-probe-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise CvtoolError(f"cannot write into {path}: {e.strerror or e}", hint="choose another --out", exit_code=2) from None
+    return path
+
+
 def release_if_empty(path: Path | None) -> None:
     """Remove a claimed run folder that a failed command left empty (never one with anything in it)."""
     if path is not None:

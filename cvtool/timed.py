@@ -141,6 +141,10 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     check_dataset(val_ds)
     if len(val_ds) == 0:
         raise UsageError("the validation set is empty", hint="raise --val-split, or add DIR/val")
+    if not plan_only:  # an --out that cannot be written fails now, not after the budget is spent
+        from cvtool.fsutil import make_dir
+
+        make_dir(out_dir)
     on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
     on_event("loading", {"total": len(train_ds) + len(val_ds)})
     tick = lambda i: on_event("loaded", {})  # noqa: E731
@@ -209,8 +213,9 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                            cfg.seed, plan.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from cvtool.fsutil import atomic_write_bytes
+    from cvtool.fsutil import atomic_write_bytes, make_dir
+
+    make_dir(out_dir)
     import json
 
     atomic_write_bytes(out_dir / "plan.json", (json.dumps({"plan": plan.to_dict(), "fingerprint": fp.to_dict()},

@@ -267,7 +267,9 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         return ckpt_io.save(ck, out_dir / f"{name}.safetensors")
 
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from cvtool.fsutil import make_dir
+
+        make_dir(out_dir)
     stopped = STOP_NONE
     metrics: dict = {}
     shards: dict[int, list[int]] = {}  # epoch -> the dataset indices this rank trains on (for the digest)

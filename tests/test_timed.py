@@ -193,3 +193,14 @@ def test_segment_logits_at_scale_one_is_the_plain_prediction():
     img = np.random.default_rng(1).integers(0, 256, (16, 24), dtype=np.uint8)
     x = ((img / 255.0 - 0.5) / 0.25).astype(np.float32)[None, None]
     assert np.allclose(segment_logits(run, img, spec, [0.5], [0.25]), run(x)[0], atol=1e-5)
+
+
+def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, capsys):
+    data = make_set(tmp_path / "data")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, out, err = cli(capsys, "train", "--data", str(data), "--time", "60", "--out", str(blocker / "run"))
+    assert code == 2 and "cannot write into" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(capsys, "train", "--data", str(data), "--epochs", "1", "-b", "2", "--out", str(blocker / "run"))
+    assert code == 2 and "cannot write into" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"  # nothing the user had is touched
