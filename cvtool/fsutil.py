@@ -48,6 +48,7 @@ def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
     """runs/train -> runs/train/exp1, exp2, ...: the first unused name, CLAIMED by creating it (mkdir fails when
     the folder exists, so two processes started together never get the same one; each takes the next number)."""
     root = Path(root)
+    made = [p for p in (root, *root.parents) if str(p) not in ("", ".") and not p.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -57,6 +58,7 @@ def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
         path = root / f"{prefix}{n}"
         try:
             path.mkdir()
+            _MADE[path] = made  # the parents this claim created: release_if_empty removes them too
             return path
         except FileExistsError:
             n += 1
@@ -75,8 +77,16 @@ def make_dir(path: Path) -> Path:
     return path
 
 
+_MADE: dict[Path, list[Path]] = {}
+
+
 def release_if_empty(path: Path | None) -> None:
-    """Remove a claimed run folder that a failed command left empty (never one with anything in it)."""
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.rmdir()
+    """Remove a claimed run folder that a failed command left empty, and the empty parents its claim created
+    (never a folder with anything in it, never one that was there before)."""
+    if path is None:
+        return
+    for p in [path, *_MADE.pop(path, [])]:
+        try:
+            p.rmdir()
+        except OSError:
+            return

@@ -34,13 +34,18 @@ class Model:
 
 
 def latest_checkpoint(root: Path = RUNS) -> Path:
-    """The newest best.safetensors among runs/train/expN and the demo's runs/demo/expN/train (by file time, so
-    the model a `make demo` just trained is found right after it)."""
+    """best.safetensors of the latest run: the highest-numbered runs/train/expN that has one, or the demo's
+    runs/demo/expN/train when that one is newer (so the model a `make demo` just trained is found right after it)."""
     found = []
     for folder, pattern in ((root, "exp*/best.safetensors"), (root.parent / "demo", "exp*/train/best.safetensors")):
+        runs = []
         for p in folder.glob(pattern) if folder.is_dir() else []:
-            if re.fullmatch(r"exp\d+", p.relative_to(folder).parts[0]) and p.is_file():
-                found.append((p.stat().st_mtime, p))
+            m = re.fullmatch(r"exp(\d+)", p.relative_to(folder).parts[0])
+            if m and p.is_file():
+                runs.append((int(m.group(1)), p))
+        if runs:
+            p = max(runs)[1]  # the numbers are the order the runs were started in
+            found.append((p.stat().st_mtime, p))
     if not found:
         raise UsageError(f"no trained model found under {root}/ or {root.parent / 'demo'}/",
                          hint="train one with 'cvtool train', or pass --model")

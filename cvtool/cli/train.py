@@ -19,7 +19,7 @@ def _opt(default_help: str):
 def train(
     data: Optional[str] = typer.Option(None, help="Dataset folder (images/ + masks/, or VOC layout). Default: built-in synthetic "
                                        "shapes. With --data and no --epochs the run is planned from the data and fills --time."),
-    epochs: Optional[int] = _opt("Epochs (default 6; with --data: none, the run fills --time)."),
+    epochs: Optional[int] = _opt("Epochs (default 6). With --data and no --epochs the run fills --time instead."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step (default 8)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Training crop size (default 96)."),
     lr: Optional[float] = _opt("Peak learning rate (default 5e-3)."),
@@ -36,7 +36,7 @@ def train(
     dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; 0: cross-entropy only (default 1.0)."),
     synth_images: Optional[int] = typer.Option(None, "--synth-images", help="Synthetic data: training images per epoch (default 2400)."),
     time_budget: Optional[float] = typer.Option(None, "--time", help="Wall-clock budget in seconds, everything counted; the "
-                                                "schedule follows elapsed time (default with --data and no --epochs: 300)."),
+                                                "schedule follows elapsed time; 300 s when --data is given without --epochs."),
     augment: Optional[str] = typer.Option(None, help="none | light | default | heavy (with --data: the plan chooses)."),
     scale: Optional[float] = typer.Option(None, help="Resample images by this factor before the net (with --data: the plan chooses)."),
     plan_only: bool = typer.Option(False, "--plan", help="Print the plan for --data (fingerprint, measured step time) and exit."),
