@@ -1,4 +1,8 @@
-"""Small line charts drawn with Pillow (no plotting library needed): training curves, bench plots."""
+"""Line charts drawn by matplotlib (Agg, imported only when a chart is written): training curves, bench plots.
+
+One or more panels side by side, each a dict of named series over the same x; round ticks and a legend per
+panel; a panel whose values span more than a factor of 20 (losses) can be drawn on a log scale.
+"""
 
 from __future__ import annotations
 
@@ -7,65 +11,51 @@ from pathlib import Path
 
 from cvtool.fsutil import atomic_path
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
-
-def _finite(vals):
+def _finite(vals) -> list[float]:
     return [v for v in vals if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
 
 
-def _panel(draw, box, xs, series: dict[str, list], title: str, xlabel: str, log_x: bool = False) -> None:
-    x0, y0, x1, y1 = box
-    pl, pr, pt, pb = 55, 10, 22, 30  # inner margins
-    ax0, ay0, ax1, ay1 = x0 + pl, y0 + pt, x1 - pr, y1 - pb
-    draw.rectangle([ax0, ay0, ax1, ay1], outline=(0, 0, 0))
-    draw.text((x0 + pl, y0 + 4), title, fill=(0, 0, 0))
-    ys = [v for s in series.values() for v in _finite(s)]
-    if not ys or not xs:
-        return
-    lo, hi = min(ys), max(ys)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    fx = (lambda v: math.log(v)) if log_x else (lambda v: float(v))
-    xlo, xhi = fx(min(xs)), fx(max(xs))
-    if xhi - xlo < 1e-12:
-        xlo, xhi = xlo - 1, xhi + 1
-
-    def px(x, y):
-        return (ax0 + (fx(x) - xlo) / (xhi - xlo) * (ax1 - ax0), ay1 - (y - lo) / (hi - lo) * (ay1 - ay0))
-
-    for k in range(5):  # y ticks
-        v = lo + (hi - lo) * k / 4
-        _, yy = px(xs[0], v)
-        draw.line([ax0 - 4, yy, ax0, yy], fill=(0, 0, 0))
-        draw.text((x0 + 2, yy - 6), f"{v:.3g}", fill=(0, 0, 0))
-    for x in sorted(set(xs))[:: max(1, len(set(xs)) // 8)]:  # x ticks
-        xx, _ = px(x, lo)
-        draw.line([xx, ay1, xx, ay1 + 4], fill=(0, 0, 0))
-        draw.text((xx - 8, ay1 + 6), f"{x:g}", fill=(0, 0, 0))
-    draw.text(((ax0 + ax1) / 2 - 15, y1 - 12), xlabel, fill=(0, 0, 0))
-    for i, (name, vals) in enumerate(series.items()):
-        c = COLORS[i % len(COLORS)]
-        pts = [px(x, v) for x, v in zip(xs, vals) if v is not None and math.isfinite(v)]
-        if len(pts) > 1:
-            draw.line(pts, fill=c, width=2)
-        for p in pts:
-            draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=c)
-        draw.text((ax1 - 110, ay0 + 6 + 14 * i), name, fill=c)
+def _wide(series: dict[str, list]) -> bool:
+    """Positive values spanning more than 20x: a log scale shows them better."""
+    v = [x for s in series.values() for x in _finite(s)]
+    return bool(v) and min(v) > 0 and max(v) / min(v) > 20
 
 
-def line_chart(path: str | Path, xs, left: dict[str, list], right: dict[str, list] | None = None, *,
-               title: str = "", xlabel: str = "", log_x: bool = False) -> Path:
-    """One or two panels side by side, written atomically as PNG."""
-    from PIL import Image, ImageDraw
+def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, list] | None, title: str = "",
+               xlabel: str = "", log_x: bool = False, log_y: str = "auto", titles: list[str] | None = None) -> Path:
+    """Panels (left, then each of `more`) as one PNG, written atomically. log_y: "auto" (a panel spanning > 20x
+    gets a log scale), "yes" or "no"; titles: one per panel."""
+    import matplotlib
 
-    panels = [left] + ([right] if right else [])
-    W, H = 420 * len(panels), 300
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    for i, series in enumerate(panels):
-        _panel(d, (420 * i, 0, 420 * (i + 1), H), list(xs), series, title if i == 0 else "", xlabel, log_x)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [left] + [p for p in more if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), dpi=100, squeeze=False)
+    for k, (ax, series) in enumerate(zip(axes[0], panels)):
+        for name, vals in series.items():
+            pts = [(x, v) for x, v in zip(xs, vals) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.5, label=name)
+        if log_x:
+            ax.set_xscale("log")
+        if log_y == "yes" or (log_y == "auto" and _wide(series)):
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if titles and k < len(titles):
+            ax.set_title(titles[k], fontsize=10)
+        if any(_finite(v) for v in series.values()):
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
     return path
+
+
+__all__ = ["line_chart"]

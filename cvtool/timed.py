@@ -267,9 +267,10 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                 st.elapsed = now()
                 row = {"epoch": n_done, "step": st.step, "lr": lr_at(min(st.elapsed / t_end, 1), plan.lr,
                                                                      schedule=plan.schedule, warmup=plan.warmup),
-                       "train_loss": st.loss_sum / max(st.batch, 1), "val_loss": None,
+                       "train_loss": st.loss_sum / st.batch if st.batch else None, "val_loss": None,
                        "pixel_accuracy": metrics["pixel_accuracy"], "mean_iou": metrics["mean_iou"],
-                       "seconds": round(st.elapsed, 2)}
+                       "seconds": round(st.elapsed, 2),
+                       **{f"iou_{c}": v for c, v in zip(train_ds.classes, metrics["iou"])}}  # per-class curves
                 st.history.append(row)
                 st.loss_sum, st.batch = 0.0, 0
                 miou = metrics["mean_iou"]

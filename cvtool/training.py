@@ -387,7 +387,9 @@ def _write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch") -> 
     from cvtool.plot import line_chart
 
     ep = [h["epoch"] for h in history]
+    per_class = {k[4:]: [h.get(k) for h in history] for k in history[-1] if k.startswith("iou_")}
     line_chart(out_dir / "curves.png", ep, {"train loss": [h["train_loss"] for h in history],
                                              "val loss": [h["val_loss"] for h in history]},
                {"val mIoU": [h["mean_iou"] for h in history], "pixel acc": [h["pixel_accuracy"] for h in history]},
-               title="cvtool train", xlabel=xlabel)
+               per_class or None, title="cvtool train", xlabel=xlabel,
+               titles=["loss (log scale when it spans > 20x)", "validation", "validation IoU per class"])

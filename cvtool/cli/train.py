@@ -306,8 +306,9 @@ class _ProgressUI:
                                  info=f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
         elif kind == "epoch" and self.timed:
             mark = " *" if d.get("best") else ""
+            loss = "-" if d["train_loss"] is None else f"{d['train_loss']:.4f}"  # no step since the last one
             self._print(f"validation {d['epoch']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
-                        f"{d['train_loss']:.4f}  pixel acc {d['pixel_accuracy']:.4f}  mIoU {d['mean_iou']:.4f}{mark} "
+                        f"{loss}  pixel acc {d['pixel_accuracy']:.4f}  mIoU {d['mean_iou']:.4f}{mark} "
                         f"({d['val_seconds']:.1f} s)")
         elif kind == "start":
             s = d["spec"]
