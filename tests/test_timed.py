@@ -17,9 +17,6 @@ from cvtool.spec import ModelSpec, init_params
 from cvtool.timed import STOP_SIGNAL, STOP_TIME, train_timed
 from cvtool.training import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as e:
         main(list(args))

@@ -332,9 +332,8 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
 # --- the GEMM rate ------------------------------------------------------------------------------
 
 def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
-    """float32 (n x n) @ (n x n) through NumPy and through torch (on each device benched); rate = the best per device."""
-    import numpy as np
-
+    """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
+    rate = the best per device."""
     from cvtool import benchtime as bt
     from cvtool.cli.convcalc_verify import _status
 

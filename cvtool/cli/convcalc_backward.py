@@ -9,7 +9,7 @@ L is taken as sum(y * dL/dy), so dL/dy is whatever the user gives (default: all 
 from __future__ import annotations
 
 from cvtool.chain import LayerSpec, output_hw
-from cvtool.cli.convcalc import _print, _title, hw_text, params_text
+from cvtool.cli.convcalc import _print, _title, params_text
 from cvtool.cli.convcalc_matrix import _grid, layer_values, pads_arg
 from cvtool.cli.output import fmt_float, out, table
 from cvtool.errors import UsageError

@@ -177,7 +177,6 @@ def plan_table(plan: dict):
 
 
 def fingerprint_table(fp: dict):
-    K = len(fp["classes"])
     f3 = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
     rows = [[str(k), c, f"{fp['class_share'][k]:.1%}", f"{fp['class_images'][k]:.0%}", str(fp["val_images"][k]),
              f3(fp["object_area"][k]), f3(fp["thickness"][k])] for k, c in enumerate(fp["classes"])]

@@ -165,7 +165,7 @@ def save_cache(path: Path, records: dict[str, dict]) -> None:
 def records_for(ds, keys: list[str], cache: dict[str, dict], arrays=None) -> tuple[list[dict], int]:
     """Per-image records of ds, from the cache where the key matches, else computed (from `arrays`, an
     ArraySet of ds at scale 1, when given; else by reading ds[i]). Returns (records, how many were computed)."""
-    from cvtool.data.memory import _to_hwc_uint8
+    from cvtool.data.memory import to_hwc_uint8
 
     out, fresh = [], 0
     K = len(ds.classes)
@@ -176,7 +176,7 @@ def records_for(ds, keys: list[str], cache: dict[str, dict], arrays=None) -> tup
                 img, mask = arrays.images[i], arrays.full_masks[i]
             else:
                 smp = ds[i]
-                img, mask = _to_hwc_uint8(smp.image), smp.mask.astype(np.uint8)
+                img, mask = to_hwc_uint8(smp.image), smp.mask.astype(np.uint8)
             rec = image_record(img, mask, K)
             cache[key] = rec
             fresh += 1

@@ -31,12 +31,8 @@ class ArraySet:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
-    def pixels(self) -> int:
-        return int(sum(m.size for m in self.masks))
 
-
-def _to_hwc_uint8(chw: np.ndarray) -> np.ndarray:
+def to_hwc_uint8(chw: np.ndarray) -> np.ndarray:
     """float32 (C, H, W) in [0, 1] (k/255 exactly) -> uint8 (H, W, C)."""
     return np.ascontiguousarray((chw.transpose(1, 2, 0) * 255.0).round().astype(np.uint8))
 
@@ -48,7 +44,7 @@ def load_arrays(ds, *, workers: int = 2, on_item: Callable[[int], None] | None =
         s = ds[i]
         if s.mask.size and (s.mask.min() < 0 or s.mask.max() > 255):
             raise ValueError(f"{s.name}: mask values outside 0..255 after mapping")
-        return s.name, _to_hwc_uint8(s.image), s.mask.astype(np.uint8)
+        return s.name, to_hwc_uint8(s.image), s.mask.astype(np.uint8)
 
     out: list = [None] * len(ds)
     with ThreadPoolExecutor(max(1, workers)) as pool:
