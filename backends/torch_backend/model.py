@@ -223,14 +223,17 @@ class TorchTrainer:
 
 
 class TorchRunner:
-    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: str):
-        self.device = torch.device(device)
-        self.net = build(spec, params, self.device).eval().to(memory_format=torch.channels_last)
+    """Inference through infer.FrozenNet (BatchNorm folded, ReLU and the skip concatenations fused)."""
 
-    @torch.no_grad()
+    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: str):
+        from backends.torch_backend.infer import FrozenNet
+
+        self.device = torch.device(device)
+        self.net = FrozenNet(spec, params, self.device)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
-        return self.net(t.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        return self.net(t).float().cpu().numpy()
 
 
 def set_threads() -> int:
