@@ -186,23 +186,19 @@ def _error(e: BaseException) -> str:
 
 
 def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
-    """max |y - ref|, that over max |ref|, the share of pixels with the same argmax class; pass when rel <= tol."""
-    import numpy as np
+    """max |y - ref|, that over max |ref| (cvtool.compare), the share of pixels with the same argmax class;
+    pass when rel <= tol."""
+    from cvtool.compare import Tolerance
+    from cvtool.compare import compare as agree
 
-    y = np.asarray(y)
-    if y.shape != ref.shape:
-        return {"status": "mismatch", "reason": f"shape {list(y.shape)}, the reference gives {list(ref.shape)}"}
-    fin = np.isfinite(ref)  # a max pool window that sees only padding is -inf in every backend
-    if not np.array_equal(y[~fin], ref[~fin]):
-        return {"status": "mismatch", "reason": "infinities differ from the reference"}
-    d = np.abs(y[fin].astype(np.float64) - ref[fin]) if fin.any() else np.zeros(1)
-    max_abs = float(d.max())
-    max_rel = max_abs / max(float(np.abs(ref[fin]).max()) if fin.any() else 0.0, 1e-30)
-    res = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "status": "pass" if max_rel <= tol else "mismatch"}
+    a = agree(y, ref, Tolerance(max_rel=tol), labels=labels)
+    if a.max_abs is None:  # shapes or infinities differ: no error to measure
+        return {"status": "mismatch", "reason": a.reason}
+    res = {"max_abs_diff": a.max_abs, "max_rel_diff": a.max_rel, "status": "pass" if a.ok else "mismatch"}
     if labels:
-        res["label_agreement"] = float((y.argmax(1) == ref.argmax(1)).mean())
-    if res["status"] == "mismatch":
-        res["reason"] = f"max rel diff {max_rel:.2e} > tolerance {tol:g}"
+        res["label_agreement"] = a.labels
+    if not a.ok:
+        res["reason"] = a.reason
     return res
 
 
