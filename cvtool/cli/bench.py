@@ -280,9 +280,9 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
     from cvtool import benchtime as bt
-    from cvtool.cli.convcalc_verify import _status
+    from cvtool.cli.convcalc_common import backend_status
 
-    st = _status(registry, name)
+    st = backend_status(registry, name)
     if not st.available:
         return [_row(name, dev, None, "unavailable", st.reason)]
     try:
@@ -331,7 +331,7 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
     rate = the best per device."""
     from cvtool import benchtime as bt
-    from cvtool.cli.convcalc_verify import _status
+    from cvtool.cli.convcalc_common import backend_status
 
     n = cfg["gemm_size"]
     doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
@@ -339,7 +339,7 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
         return doc
     sources: list[tuple[str, str, str, Callable]] = [("numpy", "cpu", "numpy.matmul", bt.numpy_gemm(n, cfg["seed"]))]
     for name, dev in targets:
-        if name == "numpy" or not _status(registry, name).available:
+        if name == "numpy" or not backend_status(registry, name).available:
             continue
         try:
             be = registry.get(name, dev)
@@ -424,7 +424,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import backends as registry
-    from cvtool.cli.convcalc_verify import RTOL
+    from cvtool.calc.verify import RTOL
     from cvtool.spec import total_flops
 
     ds = info = None
@@ -511,7 +511,7 @@ def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int)
     import numpy as np
 
     from cvtool.chain import output_hw
-    from cvtool.cli.convcalc_verify import run_layer
+    from cvtool.calc.verify import run_layer
     from cvtool.errors import UsageError
 
     s = size
@@ -541,11 +541,12 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
 
     import backends as registry
     from cvtool.chain import output_hw
-    from cvtool.cli.convcalc import _spec, params_text
-    from cvtool.cli.convcalc_verify import RTOL, run_layer
+    from cvtool.calc.verify import RTOL, run_layer
+    from cvtool.cli.convcalc_common import layer_spec
+    from cvtool.layer_text import params_text
 
     transposed, pool = OPS[op]
-    lspec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
+    lspec = layer_spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
     for S in cfg["sizes"]:
         output_hw(lspec, (S, S))  # a size the operation cannot take -> UsageError now
     rng = np.random.default_rng(cfg["seed"])
