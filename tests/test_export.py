@@ -137,7 +137,9 @@ def test_verify_only_refuses_another_network(exported, tmp_path, capsys):
 
 
 def test_failed_verification_writes_nothing(ckpt, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(__import__("cvtool.cli.export", fromlist=["TOLERANCE"]).TOLERANCE, "float32", (0.0, 1.0))
+    from cvtool.compare import TOLERANCE, Tolerance
+
+    monkeypatch.setitem(TOLERANCE, "float32 logits", Tolerance(max_rel=0.0, labels=1.0))  # nothing passes
     out = tmp_path / "m.onnx"
     code, stdout, err = cli(capsys, "export", str(ckpt), "-o", str(out))
     assert code == 1 and f"{out} not written" in one_error_line(err) and "NO" in stdout

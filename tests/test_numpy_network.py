@@ -26,10 +26,12 @@ from cvtool.spec import ModelSpec, init_params
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+    """max |a - b| / max |b|: the error relative to the tensor's scale (cvtool.compare's definition)."""
+    from cvtool.compare import compare
+
+    agree = compare(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    assert agree.max_rel is not None, agree.reason
+    return agree.max_rel
 
 
 def random_params(spec: ModelSpec, seed: int, dtype=np.float64) -> dict[str, np.ndarray]:

@@ -186,23 +186,19 @@ def _error(e: BaseException) -> str:
 
 
 def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
-    """max |y - ref|, that over max |ref|, the share of pixels with the same argmax class; pass when rel <= tol."""
-    import numpy as np
+    """max |y - ref|, that over max |ref| (cvtool.compare), the share of pixels with the same argmax class;
+    pass when rel <= tol."""
+    from cvtool.compare import Tolerance
+    from cvtool.compare import compare as agree
 
-    y = np.asarray(y)
-    if y.shape != ref.shape:
-        return {"status": "mismatch", "reason": f"shape {list(y.shape)}, the reference gives {list(ref.shape)}"}
-    fin = np.isfinite(ref)  # a max pool window that sees only padding is -inf in every backend
-    if not np.array_equal(y[~fin], ref[~fin]):
-        return {"status": "mismatch", "reason": "infinities differ from the reference"}
-    d = np.abs(y[fin].astype(np.float64) - ref[fin]) if fin.any() else np.zeros(1)
-    max_abs = float(d.max())
-    max_rel = max_abs / max(float(np.abs(ref[fin]).max()) if fin.any() else 0.0, 1e-30)
-    res = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "status": "pass" if max_rel <= tol else "mismatch"}
+    a = agree(y, ref, Tolerance(max_rel=tol), labels=labels)
+    if a.max_abs is None:  # shapes or infinities differ: no error to measure
+        return {"status": "mismatch", "reason": a.reason}
+    res = {"max_abs_diff": a.max_abs, "max_rel_diff": a.max_rel, "status": "pass" if a.ok else "mismatch"}
     if labels:
-        res["label_agreement"] = float((y.argmax(1) == ref.argmax(1)).mean())
-    if res["status"] == "mismatch":
-        res["reason"] = f"max rel diff {max_rel:.2e} > tolerance {tol:g}"
+        res["label_agreement"] = a.labels
+    if not a.ok:
+        res["reason"] = a.reason
     return res
 
 
@@ -284,9 +280,9 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
     from cvtool import benchtime as bt
-    from cvtool.cli.convcalc_verify import _status
+    from cvtool.cli.convcalc_common import backend_status
 
-    st = _status(registry, name)
+    st = backend_status(registry, name)
     if not st.available:
         return [_row(name, dev, None, "unavailable", st.reason)]
     try:
@@ -335,7 +331,7 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
     rate = the best per device."""
     from cvtool import benchtime as bt
-    from cvtool.cli.convcalc_verify import _status
+    from cvtool.cli.convcalc_common import backend_status
 
     n = cfg["gemm_size"]
     doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
@@ -343,7 +339,7 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
         return doc
     sources: list[tuple[str, str, str, Callable]] = [("numpy", "cpu", "numpy.matmul", bt.numpy_gemm(n, cfg["seed"]))]
     for name, dev in targets:
-        if name == "numpy" or not _status(registry, name).available:
+        if name == "numpy" or not backend_status(registry, name).available:
             continue
         try:
             be = registry.get(name, dev)
@@ -428,7 +424,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import backends as registry
-    from cvtool.cli.convcalc_verify import RTOL
+    from cvtool.calc.verify import RTOL
     from cvtool.spec import total_flops
 
     ds = info = None
@@ -515,7 +511,7 @@ def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int)
     import numpy as np
 
     from cvtool.chain import output_hw
-    from cvtool.cli.convcalc_verify import run_layer
+    from cvtool.calc.verify import run_layer
     from cvtool.errors import UsageError
 
     s = size
@@ -545,11 +541,12 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
 
     import backends as registry
     from cvtool.chain import output_hw
-    from cvtool.cli.convcalc import _spec, params_text
-    from cvtool.cli.convcalc_verify import RTOL, run_layer
+    from cvtool.calc.verify import RTOL, run_layer
+    from cvtool.cli.convcalc_common import layer_spec
+    from cvtool.layer_text import params_text
 
     transposed, pool = OPS[op]
-    lspec = _spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
+    lspec = layer_spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
     for S in cfg["sizes"]:
         output_hw(lspec, (S, S))  # a size the operation cannot take -> UsageError now
     rng = np.random.default_rng(cfg["seed"])

@@ -21,8 +21,6 @@ import typer
 
 from cvtool.cli.output import emit_json, err, fmt_float, out, table
 
-# (max relative difference of logits, min label agreement) against the NumPy reference in float64
-TOLERANCE = {"float32": (1e-4, 0.999), "float16": (2e-2, 0.98)}
 VERIFY_SHAPES = ((1, 64, 64), (2, 96, 128), (1, 160, 96))  # (N, H, W), each rounded up to the net's multiple
 REFERENCE_SHAPES = 1  # onnx.reference is slow: it checks the first shape only
 
@@ -32,15 +30,6 @@ def verify_shapes(multiple: int) -> list[tuple[int, int, int]]:
     from cvtool.arithmetic import ceil_div
 
     return [(n, ceil_div(h, multiple) * multiple, ceil_div(w, multiple) * multiple) for n, h, w in VERIFY_SHAPES]
-
-
-def compare(ref, got) -> dict:
-    import numpy as np
-
-    diff = np.abs(got.astype(np.float64) - ref)
-    scale = np.abs(ref).max() or 1.0
-    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale),
-            "label_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
 
 
 def _reference_runner(onnx_path: Path):
@@ -75,6 +64,7 @@ def parity_report(model, onnx_path: Path, *, half: bool, seed: int = 0) -> list[
     import numpy as np
 
     import backends as registry
+    from cvtool.compare import TOLERANCE, compare
 
     spec = model.spec
     rng = np.random.default_rng(seed)
@@ -87,11 +77,11 @@ def parity_report(model, onnx_path: Path, *, half: bool, seed: int = 0) -> list[
         for label, run, fp, n_shapes in runners:
             if i >= n_shapes:
                 continue
-            c = compare(ref, run(x))
-            tol_rel, tol_agree = TOLERANCE[fp]
-            c.update(backend=label, shape=[n, spec.in_channels, h, w], tol_rel=tol_rel, tol_agreement=tol_agree,
-                     ok=c["max_rel"] <= tol_rel and c["label_agreement"] >= tol_agree)
-            rows.append(c)
+            tol = TOLERANCE[f"{fp} logits"]
+            a = compare(run(x), ref, tol, labels=True)
+            rows.append({"max_abs": a.max_abs, "max_rel": a.max_rel, "label_agreement": a.labels, "backend": label,
+                         "shape": [n, spec.in_channels, h, w], "tol_rel": tol.max_rel, "tol_agreement": tol.labels,
+                         "ok": a.ok})
     return rows
 
 

@@ -1,0 +1,48 @@
+"""The convcalc modules are layered: the core (cvtool/calc, cvtool/compare.py, cvtool/layer_text.py) imports the
+standard library, numpy and the core only; the CLI's mode modules import the shared convcalc_common, never
+convcalc.py (which imports them); nobody borrows another module's underscore-private names. Read from the source."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = sorted((ROOT / "cvtool" / "calc").glob("*.py")) + [ROOT / "cvtool" / "compare.py", ROOT / "cvtool" / "layer_text.py"]
+MODES = sorted((ROOT / "cvtool" / "cli").glob("convcalc_*.py"))
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import in the file, lazy ones inside functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append((node.module, [a.name for a in node.names]))
+    return found
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("path", CORE, ids=rel)
+def test_core_imports_stdlib_numpy_and_core_only(path):
+    for module, _ in imports(path):
+        top = module.split(".")[0]
+        allowed = top in sys.stdlib_module_names or top == "numpy" or (
+            top == "cvtool" and not module.startswith("cvtool.cli"))
+        assert allowed, f"{rel(path)} imports {module}"
+
+
+@pytest.mark.parametrize("path", MODES + [ROOT / "cvtool" / "cli" / "convcalc.py"] + CORE, ids=rel)
+def test_no_mode_imports_the_command_or_private_names(path):
+    for module, names in imports(path):
+        if path.name.startswith("convcalc_"):
+            assert module != "cvtool.cli.convcalc", f"{rel(path)} imports the command module: a cycle"
+        private = [n for n in names if n.startswith("_") and n != "__version__"]
+        assert not private, f"{rel(path)} borrows {private} from {module}"
