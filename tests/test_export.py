@@ -18,8 +18,8 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import backends as registry
-from backends.ort_backend.export import INPUT, OUTPUT, read_meta
-from backends.ort_backend.opset import newest_opset
+from backends.onnx_format.export import INPUT, OUTPUT, read_meta
+from backends.onnx_format.opset import newest_opset
 from cvtool import __version__
 from cvtool import checkpoint as ckpt_io
 from cvtool.cli import main
@@ -104,6 +104,18 @@ def test_metadata_round_trip(exported, ckpt):
     assert m.params.keys() == ck.params.keys()
     for k, v in ck.params.items():
         np.testing.assert_array_equal(m.params[k], v)
+
+
+def test_reading_an_export_loads_no_runtime(exported):
+    """open_model (segment, bench, export --verify-only) reads an .onnx with `onnx` alone: no onnxruntime, no torch."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from cvtool.cli.models import open_model; m = open_model({str(exported[0])!r}); "
+            "print(m.kind, [k for k in ('onnxruntime', 'torch') if k in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["onnx", "[]"]
 
 
 def test_tampered_initializer_fails_the_parity_check(exported, ckpt, tmp_path, capsys):

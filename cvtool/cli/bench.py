@@ -491,11 +491,11 @@ def _op_flops(lspec, x_shape, M: int, o) -> int:
 
 
 def _onnx_reference(lspec, x, w, b) -> Any:
-    """The operation as a one-node ONNX model (backends/ort_backend/graphs.py) run by onnx.reference, in float64."""
+    """The operation as a one-node ONNX model (backends/onnx_format/graphs.py) run by onnx.reference, in float64."""
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from backends.ort_backend import graphs
+    from backends.onnx_format import graphs
     from cvtool.chain import output_hw
 
     (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]

@@ -1,6 +1,6 @@
 """`cvtool export CHECKPOINT -o model.onnx`: an ONNX export that proves it computes what was trained.
 
-The file (backends/ort_backend/export.py): input "image" float32 (N, C, H, W) normalised, H and W
+The file (backends/onnx_format/export.py): input "image" float32 (N, C, H, W) normalised, H and W
 divisible by 2**depth; output "logits" float32 (N, K, H, W); batch, height and width dynamic; weights
 inside; metadata_props["cvtool"] = JSON with spec, classes, colors, normalization, cvtool_version.
 
@@ -48,7 +48,7 @@ def _reference_runner(onnx_path: Path):
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from backends.ort_backend.export import INPUT, OUTPUT
+    from backends.onnx_format.export import INPUT, OUTPUT
 
     ev = ReferenceEvaluator(onnx.load(str(onnx_path)))
     return lambda x: ev.run([OUTPUT], {INPUT: x})[0]
@@ -99,7 +99,7 @@ def check_meta(model, onnx_path: Path) -> dict:
     """The file's metadata against the checkpoint: a different network is an error, not a parity row."""
     import onnx
 
-    from backends.ort_backend.export import read_meta
+    from backends.onnx_format.export import read_meta
     from cvtool.cli.models import file_digest
     from cvtool.errors import CvtoolError, DataError
 
@@ -149,8 +149,8 @@ def export(
     """
     import onnx
 
-    from backends.ort_backend.export import INPUT, OUTPUT
-    from backends.ort_backend.opset import newest_opset
+    from backends.onnx_format.export import INPUT, OUTPUT
+    from backends.onnx_format.opset import OLDEST, newest_opset
     from cvtool.cli.models import build_onnx, open_model
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import atomic_path
@@ -181,8 +181,8 @@ def export(
 
     top = newest_opset()
     opset = opset or top
-    if not 13 <= opset <= top:
-        raise UsageError(f"opset {opset} is outside what this ONNX Runtime runs (13..{top})")
+    if not OLDEST <= opset <= top:
+        raise UsageError(f"opset {opset} is outside what this ONNX Runtime runs ({OLDEST}..{top})")
     with atomic_path(output) as tmp:  # an unwritable place fails here, before any work; no partial file ever
         m = build_onnx(model, opset, half)
         onnx.checker.check_model(m, full_check=True)

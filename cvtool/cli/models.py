@@ -73,7 +73,7 @@ def open_model(path: Path | None) -> Model:
 def _onnx_params(path: Path):
     import onnx
 
-    from backends.ort_backend.export import to_params
+    from backends.onnx_format.export import to_params
 
     try:
         model = onnx.load(str(path))
@@ -89,7 +89,7 @@ def _onnx_params(path: Path):
 
 def onnx_meta(model: Model) -> dict:
     """What an exported file carries in metadata_props besides the spec: enough to run it alone."""
-    from backends.ort_backend.export import INPUT, OUTPUT
+    from backends.onnx_format.export import INPUT, OUTPUT
     from cvtool import __version__
 
     src = file_digest(model.path) if model.kind == "checkpoint" else None
@@ -98,7 +98,7 @@ def onnx_meta(model: Model) -> dict:
 
 def build_onnx(model: Model, opset: int, half: bool = False):
     """The model as an onnx.ModelProto (weights inside) with its metadata."""
-    from backends.ort_backend.export import build_model
+    from backends.onnx_format.export import build_model
 
     return build_model(model.spec, model.params, onnx_meta(model), opset=opset, half=half)
 

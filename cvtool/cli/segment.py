@@ -75,8 +75,8 @@ def onnx_for_checkpoint(model) -> tuple[Path | bytes, str]:
     """
     import onnx
 
-    from backends.ort_backend.export import read_meta
-    from backends.ort_backend.opset import newest_opset
+    from backends.onnx_format.export import read_meta
+    from backends.onnx_format.opset import newest_opset
     from cvtool.cli.models import build_onnx, onnx_meta
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import atomic_write_bytes
