@@ -154,7 +154,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     on_event("fingerprint", {"fingerprint": fp.to_dict()})
 
     K = len(train_ds.classes)
-    device = getattr(cfg, "device", "cpu")
+    device = cfg.device
     if resume is not None:
         plan = Plan.from_dict(resume.train_state["plan"])
         spec = resume.spec

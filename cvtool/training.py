@@ -21,6 +21,7 @@ from cvtool import checkpoint as ckpt_io
 from cvtool.errors import UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.optim import OptimConfig
+from cvtool.ranks import MaxOverRanks, SyncBuffers
 from cvtool.schedule import SCHEDULES, lr_at
 from cvtool.spec import ACTIVATIONS, NORMS, ModelSpec, init_params, trainable
 
@@ -233,8 +234,8 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
                            cfg.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
-    agree = getattr(trainer, "max_over_ranks", None) if world > 1 else None
-    sync = getattr(trainer, "sync_buffers", None) if world > 1 else None  # BN statistics: the same on every rank
+    agree = trainer.max_over_ranks if world > 1 and isinstance(trainer, MaxOverRanks) else None
+    sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else None  # BN statistics alike
 
     def poll(step_done: bool) -> int:
         """STOP_* for this moment, the same on every rank."""
