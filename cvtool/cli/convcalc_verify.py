@@ -33,11 +33,11 @@ def verify_mode(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device:
     if device == "cuda" and not any(st.available and "cuda" in st.devices for st in statuses.values()):
         raise BackendUnavailable("--device cuda: no usable CUDA GPU here (no selected backend reports one)",
                                  hint="use --device cpu or auto")
-    ref_status = statuses.get("numpy") or _status(registry, "numpy")
+    ref_status = statuses.get(registry.REFERENCE) or _status(registry, registry.REFERENCE)
     if not ref_status.available:
         raise BackendUnavailable(f"the NumPy reference backend is not available: {ref_status.reason}")
     try:
-        ref_backend = registry.get("numpy", "cpu")
+        ref_backend = registry.get(registry.REFERENCE, "cpu")
     except Exception as e:
         raise BackendUnavailable(f"the NumPy reference backend cannot run: {e}") from None
     # the reference runs in float64, so every float32 row (the NumPy one too) shows its own rounding error
@@ -56,7 +56,7 @@ def verify_mode(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device:
         except CvtoolError as e:
             row["available"], row["error"] = False, f"unavailable: {e.message}"
             continue
-        row["device"] = getattr(be, "device", device)
+        row["device"] = be.device
         try:
             res = np.asarray(run_layer(be, spec, xv, wv, bv), dtype=np.float32)
         except Exception as e:  # a backend's failure is a row of the table, not a crash

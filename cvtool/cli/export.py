@@ -79,7 +79,7 @@ def parity_report(model, onnx_path: Path, *, half: bool, seed: int = 0) -> list[
     spec = model.spec
     rng = np.random.default_rng(seed)
     runners = _runners(model, onnx_path, half)
-    ref_runner = registry.get("numpy", "cpu").runner(spec, model.params, dtype=np.float64)
+    ref_runner = registry.get(registry.REFERENCE, "cpu").runner(spec, model.params, dtype=np.float64)
     rows = []
     for i, (n, h, w) in enumerate(verify_shapes(spec.multiple)):
         x = rng.standard_normal((n, spec.in_channels, h, w)).astype(np.float32)

@@ -119,6 +119,7 @@ def segment(
     import numpy as np
 
     import backends as registry
+    from backends.base import Runs, hook
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
@@ -142,15 +143,18 @@ def segment(
     if spec.num_classes > 255:
         raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
     be = registry.get(backend, device)
-    if backend == "ort" and model.kind == "checkpoint":
+    load_onnx = hook(be, "load_onnx")  # a backend that runs ONNX files runs the file, a checkpoint's export cached
+    if load_onnx is not None and model.kind == "checkpoint":
         src, what = onnx_for_checkpoint(model)
         where = f" {src}" if isinstance(src, Path) else ""
-        err().print(f"ort: {what}{where} for {model.path}", soft_wrap=True, markup=False)
-        run = be.load_onnx(src)
-    elif backend == "ort":
-        run = be.load_onnx(model.path)
-    else:
+        err().print(f"{backend}: {what}{where} for {model.path}", soft_wrap=True, markup=False)
+        run = load_onnx(src)
+    elif load_onnx is not None:
+        run = load_onnx(model.path)
+    elif isinstance(be, Runs):
         run = be.runner(spec, model.params)
+    else:
+        raise UsageError(f"backend {backend!r} runs no networks", hint="use --backend torch, numpy or ort")
     passes = [0]  # forward passes: batches of images or of tiles
 
     def forward(x):
