@@ -398,7 +398,7 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
             path = None
     if path is not None:
         m = open_model(path)
-        return {"spec": m.spec, "params": m.params, "source": str(m.path), "mean": m.mean, "std": m.std,
+        return {"spec": m.spec, "params": m.params, "source": str(m.path), "mean": m.meta.mean, "std": m.meta.std,
                 "onnx": m.path if m.kind == "onnx" else None}
     kw = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     if info is not None:

@@ -112,7 +112,7 @@ def check_meta(model, onnx_path: Path) -> dict:
         raise DataError(f"{onnx_path} is not a cvtool ONNX export ({why})") from None
     if meta.get("spec") != model.spec.to_dict():
         raise CvtoolError(f"{onnx_path} holds another network than {model.path} (spec {meta.get('spec')})", exit_code=1)
-    same = {k: meta.get(k) == v for k, v in model.meta().items()}
+    same = {k: meta.get(k) == v for k, v in model.meta.to_dict().items()}
     if not all(same.values()):
         raise CvtoolError(f"{onnx_path}: metadata differs from {model.path} in " +
                           ", ".join(k for k, ok in same.items() if not ok), exit_code=1)
