@@ -190,8 +190,8 @@ def test_a_wrong_signature_is_caught():
         def gemm(self, *args, **kwargs):  # takes anything
             ...
 
-    assert check(Bad, base.Backend, ["conv2d"]) == ["conv2d: parameter 2 must be 'w'", "conv2d: keyword 'groups' missing",
-                                                    "conv2d: extra parameter 'weight' needs a default"]
+    assert check(Bad, base.Backend, ["conv2d"]) == [
+        "conv2d: parameter 2 must be 'w'", "conv2d: keyword 'groups' missing", "conv2d: extra parameter 'weight' needs a default"]
     assert check(Bad, base.SetThreads) == ["set_threads: extra parameter 'm' needs a default"]
     assert check(Bad, base.Gemm) == [] and check(Bad, base.PeakMemory) == ["peak_memory: missing"]
 

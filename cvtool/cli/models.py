@@ -83,7 +83,8 @@ def onnx_meta(model: Model) -> dict:
     from cvtool import __version__
 
     src = file_digest(model.path) if model.kind == "checkpoint" else None
-    return {**model.meta.to_dict(), "cvtool_version": __version__, "source_sha256": src, "input": INPUT, "output": OUTPUT}
+    return {**model.meta.to_dict(), "cvtool_version": __version__, "source_sha256": src, "input": INPUT,
+            "output": OUTPUT}
 
 
 def build_onnx(model: Model, opset: int, half: bool = False):

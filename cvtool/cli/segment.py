@@ -137,6 +137,7 @@ def segment(
         raise UsageError("no images to segment: " + "; ".join(f["error"] for f in failed))
     n_bad_sources = len(failed)
     model = open_model(model_path)
+    meta = model.meta
     if model_path is None:
         err().print(f"model: {model.path} (best checkpoint of the latest training run)", soft_wrap=True, markup=False)
     spec = model.spec
@@ -161,7 +162,7 @@ def segment(
         passes[0] += 1
         return run(x)
 
-    tta = model.meta.tta if tta is None else tta
+    tta = meta.tta if tta is None else tta
     forward = with_tta(forward, tta)  # the model's test-time augmentation (cvtool.inference.segment_logits)
     multiple, margin = spec.multiple, tile_margin(spec)
     if tile < min_tile(spec):
@@ -195,11 +196,11 @@ def segment(
             logits = resize_logits(logits, raw.shape[:2])
         mask = logits.argmax(0).astype(np.uint8)
         mask_png, overlay_png = dest / f"{stems[path]}_mask.png", dest / f"{stems[path]}_overlay.png"
-        write_mask_png(mask_png, mask, model.meta.colors)
-        write_overlay_png(overlay_png, raw, mask, model.meta.colors, alpha=alpha)
+        write_mask_png(mask_png, mask, meta.colors)
+        write_overlay_png(overlay_png, raw, mask, meta.colors, alpha=alpha)
         results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])], "mask": str(mask_png),
                         "overlay": str(overlay_png), "tiled": path in tiled,
-                        "fractions": class_fractions(mask, model.meta.classes)})
+                        "fractions": class_fractions(mask, meta.classes)})
         timings["postprocess"] += time.perf_counter() - t0
 
     from rich.markup import escape
@@ -212,8 +213,8 @@ def segment(
             try:
                 t0 = time.perf_counter()
                 raw = read_image(path)
-                net_in = raw if model.meta.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], model.meta.scale))
-                prep = prepare(net_in, spec.in_channels, model.meta.mean, model.meta.std, name=str(path))
+                net_in = raw if meta.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], meta.scale))
+                prep = prepare(net_in, spec.in_channels, meta.mean, meta.std, name=str(path))
                 timings["preprocess"] += time.perf_counter() - t0
                 H, W = prep.hw
                 if H > tile or W > tile:
@@ -234,7 +235,7 @@ def segment(
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": model.meta.scale, "tta": tta, "tile": tile,
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": meta.scale, "tta": tta, "tile": tile,
            "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
            "failed": failed, "ms_per_image": per_image}
     if json_:
