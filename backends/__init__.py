@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "ort": "backends.ort_backend:Backend",
     "naive": "backends.naive:Backend",  # the lecture's loops: operations only, small sizes
 }
+REFERENCE = "numpy"  # the float64 oracle every other backend is checked against (bench, export, convcalc --verify)
 ENTRY_POINT_GROUP = "cvtool.backends"
 DEVICES = ("auto", "cpu", "cuda")
 

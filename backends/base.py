@@ -1,4 +1,9 @@
-"""The one backend interface. Every command dispatches through it; three built-ins implement it.
+"""The one backend interface. Every command dispatches through it; four built-ins implement it.
+
+Declared as Protocols, nothing else: `Backend` (the operations, required of all), `Runner` and `Trainer` (what
+a backend's networks answer to), the abilities `Runs`, `Trains` and `Gradients` (present exactly when the
+backend can), and the optional hooks in HOOKS, each a Protocol of its own, reached through `hook(obj, name)`.
+tests/test_contract.py checks every built-in (and a plug-in) against these signatures.
 
 Arrays cross the interface as NumPy, NCHW, float32 (float64 where a backend supports it, for
 gradient checks). Shape maths is never done here: it lives in `cvtool.arithmetic`.
@@ -7,11 +12,14 @@ gradient checks). Shape maths is never done here: it lives in `cvtool.arithmetic
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from cvtool.optim import OptimConfig  # noqa: F401  (re-exported: part of the trainer contract)
+from cvtool.errors import CvtoolError
+from cvtool.optim import OptimConfig  # re-exported: part of the trainer contract
+from cvtool.ranks import MaxOverRanks, SyncBuffers  # the trainers' hooks
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,14 @@ class Runner(Protocol):
 
 
 @runtime_checkable
+class RunnerInfo(Protocol):
+    """Optional on a Runner: what it really runs with (an ORT session's providers and threads; bench shows them)."""
+
+    providers: list[str]
+    threads: int
+
+
+@runtime_checkable
 class Trainer(Protocol):
     """One network being trained. Optimiser state is named `<slot>.<param>` (exp_avg, exp_avg_sq,
     momentum_buffer) on every backend, so checkpoints resume anywhere."""
@@ -100,12 +116,73 @@ class Trainer(Protocol):
 
     def load_optim_state(self, state: dict[str, np.ndarray], step: int) -> None: ...
 
-# A backend that can train also has:
-#   trainer(spec, params, *, optim: OptimConfig, class_weights: np.ndarray | None, seed: int,
-#           distributed: bool = False, dice: float = 0.0) -> Trainer
-#   whose loss is the class-weighted cross-entropy (ignore label 255) + dice * soft Dice (numpy_ref/loss.py)
-# and one that runs networks:
-#   runner(spec, params) -> Runner
+
+# --- what a backend does beyond the operations ------------------------------------------------
+# Three abilities, each a method set a backend has exactly when it can (tests/test_contract.py checks):
+
+@runtime_checkable
+class Runs(Protocol):
+    """Runs networks. One that cannot may say so with capabilities.extra["networks"] = False (bench then skips it)."""
+
+    def runner(self, spec, params) -> Runner: ...
+
+
+@runtime_checkable
+class Trains(Protocol):
+    """Trains networks: exactly the backends with capabilities.train. The loss is the class-weighted
+    cross-entropy (ignore label 255) + dice * soft Dice (numpy_ref/loss.py)."""
+
+    def trainer(self, spec, params, *, optim: OptimConfig, class_weights: np.ndarray | None, seed: int,
+                distributed: bool = False, dice: float = 0.0) -> Trainer: ...
+
+    def init_distributed(self) -> tuple[int, int]: ...  # (rank, world) under torchrun; UsageError where it cannot
+
+    def finish_distributed(self) -> None: ...
+
+
+@runtime_checkable
+class Gradients(Protocol):
+    """dL/dx (dL/dw, dL/db) of one layer, L = sum(y * dy): exactly the backends with capabilities.backward
+    (convcalc --backward). op: conv2d, conv_transpose2d, max_pool2d, avg_pool2d, relu, sigmoid, tanh."""
+
+    def gradients(self, op: str, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
+                  dy: np.ndarray | None = None, **params) -> dict[str, np.ndarray]: ...
+
+
+# --- optional hooks: used where present, never required; one Protocol each ----------------------
+
+@runtime_checkable
+class Gemm(Protocol):
+    def gemm(self, n: int) -> Callable[[], object]: ...  # one float32 (n x n) @ (n x n) on our device, done on return
+
+
+@runtime_checkable
+class PeakMemory(Protocol):
+    def peak_memory(self, fn: Callable[[], Any]) -> tuple[Any, int | None]: ...  # (fn(), peak device bytes during fn)
+
+
+@runtime_checkable
+class SetThreads(Protocol):
+    def set_threads(self, n: int) -> None: ...  # CPU threads for what the backend runs next
+
+
+@runtime_checkable
+class LoadOnnx(Protocol):
+    def load_onnx(self, path: str | Path | bytes) -> Runner: ...  # a cvtool export (backends.onnx_format) as a Runner
+
+
+# on trainers: MaxOverRanks, SyncBuffers (cvtool.ranks, imported above)
+HOOKS: dict[str, type] = {"gemm": Gemm, "peak_memory": PeakMemory, "set_threads": SetThreads, "load_onnx": LoadOnnx,
+                          "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
+
+
+def hook(obj, name: str) -> Callable | None:
+    """obj's optional hook `name`, bound, or None where obj has none. Only names in HOOKS: a misspelt hook is an
+    error here, not a silent None that switches a feature off."""
+    if name not in HOOKS:
+        raise CvtoolError(f"{name!r} is not an optional hook of the backend contract",
+                          hint=f"declared hooks: {', '.join(HOOKS)} (backends/base.py)")
+    return getattr(obj, name) if isinstance(obj, HOOKS[name]) else None
 
 
 def layer_gradients(lib, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """Checkpoints: safetensors files (never pickles) whose metadata carry everything else.
 
 Tensors: the model's parameters by torch-style name, plus optimiser state under `optim.<slot>.<name>`.
-Metadata (safetensors allows str -> str): one key "cvtool" holding JSON with the spec, class names
-and colours, input normalisation, and training state (epoch, step, RNG state, config).
+Metadata (safetensors allows str -> str): one key "cvtool" holding JSON with the spec, the ModelMeta
+(class names and colours, input normalisation, preprocessing: cvtool/model_meta.py) and training state
+(epoch, step, RNG state, config).
 The NumPy backend reads these without torch. Written atomically.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 from cvtool import __version__
 from cvtool.errors import CvtoolError, DataError
 from cvtool.fsutil import atomic_path
+from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec, check_params
 
 META_KEY = "cvtool"
@@ -29,27 +31,15 @@ OPTIM_PREFIX = "optim."
 class Checkpoint:
     spec: ModelSpec
     params: dict[str, np.ndarray]
-    classes: list[str]
-    colors: list[list[int]]
-    norm_mean: list[float]
-    norm_std: list[float]
+    meta: ModelMeta  # classes, colours, normalisation, preprocessing: the same record an ONNX export carries
     train_state: dict[str, Any] = field(default_factory=dict)  # epoch, step, rng, config, metrics
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
-    scale: float = 1.0  # inputs are resampled by this factor before the net (cvtool.inference.segment_logits)
-    tta: str = "none"  # test-time augmentation segment applies: none | flip | dihedral
 
-    def meta(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "cvtool_version": __version__,
-            "spec": self.spec.to_dict(),
-            "classes": list(self.classes),
-            "colors": [list(map(int, c)) for c in self.colors],
-            "normalization": {"mean": list(map(float, self.norm_mean)), "std": list(map(float, self.norm_std))},
-            "preprocess": {"scale": float(self.scale), "tta": self.tta},
-            "train_state": self.train_state,
-        }
+    def header(self) -> dict[str, Any]:
+        """The file's metadata (JSON under META_KEY)."""
+        return {"format": FORMAT, "cvtool_version": __version__, "spec": self.spec.to_dict(), **self.meta.to_dict(),
+                "train_state": self.train_state}
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
@@ -58,7 +48,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
     tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.params.items()}
     for k, v in ckpt.optim_state.items():
         tensors[OPTIM_PREFIX + k] = np.ascontiguousarray(v)
-    meta = {META_KEY: json.dumps(ckpt.meta(), default=_json_default)}
+    meta = {META_KEY: json.dumps(ckpt.header(), default=_json_default)}
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -108,34 +98,12 @@ def load(path: str | Path) -> Checkpoint:
     try:  # a damaged or hand-edited header is the file's fault: DataError, never a KeyError
         spec = ModelSpec.from_dict(meta["spec"])
         check_params(spec, params)
-        norm = meta.get("normalization", {})
-        return Checkpoint(spec=spec, params=params, classes=list(meta["classes"]), colors=list(meta["colors"]),
-                          norm_mean=norm.get("mean", [0.0] * spec.in_channels),
-                          norm_std=norm.get("std", [1.0] * spec.in_channels),
-                          train_state=meta.get("train_state", {}), optim_state=optim, path=path,
-                          scale=input_scale(meta), tta=model_tta(meta))
+        return Checkpoint(spec=spec, params=params, meta=ModelMeta.from_dict(meta, spec.in_channels),
+                          train_state=meta.get("train_state", {}), optim_state=optim, path=path)
     except CvtoolError as e:
         raise DataError(f"{path}: {e.message}") from None
     except (KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{path}: the checkpoint metadata lacks or garbles {e}") from None
-
-
-def input_scale(meta: dict) -> float:
-    """The resampling factor a model's metadata asks for (1.0 for files written before it existed)."""
-    s = float((meta.get("preprocess") or {}).get("scale", 1.0))
-    if not 0 < s <= 16:
-        raise DataError(f"the model's input scale {s} is not a resampling factor")
-    return s
-
-
-def model_tta(meta: dict) -> str:
-    """The test-time augmentation a model's metadata asks for ("none" for files written before it existed)."""
-    from cvtool.inference import TTA
-
-    t = (meta.get("preprocess") or {}).get("tta", "none")
-    if t not in TTA:
-        raise DataError(f"the model asks for an unknown test-time augmentation {t!r}")
-    return t
 
 
 def _existing(path: str | Path) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 from cvtool import checkpoint as ckpt_io
 from cvtool.errors import UsageError
 from cvtool.metrics import SegMetrics
+from cvtool.model_meta import ModelMeta
 from cvtool.optim import OptimConfig
 from cvtool.plan import MIN_STEPS, RESERVE, Plan, fill_budget, propose, shrink, thin
 from cvtool.schedule import lr_at
@@ -154,7 +155,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     on_event("fingerprint", {"fingerprint": fp.to_dict()})
 
     K = len(train_ds.classes)
-    device = getattr(cfg, "device", "cpu")
+    device = cfg.device
     if resume is not None:
         plan = Plan.from_dict(resume.train_state["plan"])
         spec = resume.spec
@@ -230,10 +231,10 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
         state = {"run": asdict(st), "config": asdict(cfg), "plan": plan.to_dict(), "fingerprint": fp.to_dict(),
                  "class_weights": None if weights is None else weights.tolist(), "optim_step": ostep,
                  "metrics": metrics or {}}
-        ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), classes=list(train_ds.classes),
-                                colors=[list(c) for c in train_ds.colors], norm_mean=mean.tolist(), norm_std=std.tolist(),
-                                train_state=state, optim_state=optim if name == "last" else {}, scale=plan.scale,
-                                tta=plan.tta)
+        meta = ModelMeta(list(train_ds.classes), [list(c) for c in train_ds.colors], mean.tolist(), std.tolist(),
+                         scale=plan.scale, tta=plan.tta)
+        ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), meta=meta, train_state=state,
+                                optim_state=optim if name == "last" else {})
         return ckpt_io.save(ck, out_dir / f"{name}.safetensors")
 
     val_s = plan.val_s

@@ -20,7 +20,9 @@ import numpy as np
 from cvtool import checkpoint as ckpt_io
 from cvtool.errors import UsageError
 from cvtool.metrics import SegMetrics
+from cvtool.model_meta import ModelMeta
 from cvtool.optim import OptimConfig
+from cvtool.ranks import MaxOverRanks, SyncBuffers
 from cvtool.schedule import SCHEDULES, lr_at
 from cvtool.spec import ACTIVATIONS, NORMS, ModelSpec, init_params, trainable
 
@@ -207,7 +209,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
     if resume is not None:
         spec = resume.spec
         params = resume.params
-        mean, std = np.array(resume.norm_mean, np.float32), np.array(resume.norm_std, np.float32)
+        mean, std = np.array(resume.meta.mean, np.float32), np.array(resume.meta.std, np.float32)
         st = RunState(**{k: v for k, v in resume.train_state.get("run", {}).items() if k in RunState.__dataclass_fields__})
         weights = np.array(resume.train_state["class_weights"], np.float32) if resume.train_state.get("class_weights") else None
         if st.epoch >= cfg.epochs:
@@ -233,8 +235,8 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
                            cfg.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
-    agree = getattr(trainer, "max_over_ranks", None) if world > 1 else None
-    sync = getattr(trainer, "sync_buffers", None) if world > 1 else None  # BN statistics: the same on every rank
+    agree = trainer.max_over_ranks if world > 1 and isinstance(trainer, MaxOverRanks) else None
+    sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else None  # BN statistics alike
 
     def poll(step_done: bool) -> int:
         """STOP_* for this moment, the same on every rank."""
@@ -261,9 +263,9 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
         optim, ostep = trainer.optim_state()
         state = {"run": asdict(st), "config": asdict(cfg), "class_weights": None if weights is None else weights.tolist(),
                  "optim_step": ostep, "metrics": metrics or {}}
-        ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), classes=list(train_ds.classes),
-                                colors=[list(c) for c in train_ds.colors], norm_mean=mean.tolist(), norm_std=std.tolist(),
-                                train_state=state, optim_state=optim if name == "last" else {})
+        meta = ModelMeta(list(train_ds.classes), [list(c) for c in train_ds.colors], mean.tolist(), std.tolist())
+        ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), meta=meta, train_state=state,
+                                optim_state=optim if name == "last" else {})
         return ckpt_io.save(ck, out_dir / f"{name}.safetensors")
 
     if rank == 0:

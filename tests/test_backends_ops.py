@@ -4,7 +4,7 @@
     worked out by hand (the working is in the comments).
 (b) Properties over random valid parameters (hypothesis): the output size is cvtool.arithmetic's and
     the one torch really produces; the values match torch.nn.functional run in float64 and ONNX's own
-    onnx.reference.ReferenceEvaluator run on the one-node model (backends/ort_backend/graphs.py).
+    onnx.reference.ReferenceEvaluator run on the one-node model (backends/onnx_format/graphs.py).
     Every backend is held to the same oracles, so numpy, torch and ort agree with each other too.
 """
 
@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
-from backends.ort_backend import graphs
+from backends.onnx_format import graphs
 from cvtool import arithmetic as A
 from cvtool.errors import UsageError
 

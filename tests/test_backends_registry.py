@@ -98,6 +98,7 @@ def test_cuda_without_gpu_is_a_clear_error(name):
     ("cvtool.cli", ("torch", "onnx", "onnxruntime")),  # start-up: `cvtool --help`, `cvtool convcalc`
     ("backends.torch_backend", ("onnx", "onnxruntime")),
     ("backends.ort_backend", ("torch",)),
+    ("backends.onnx_format.export", ("torch", "onnxruntime")),  # building or reading a file: onnx alone
 ])
 def test_imports_stay_light(module, heavy):
     code = (f"import sys, backends, backends.base, cvtool, {module}; backends.names(); "

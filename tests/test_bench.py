@@ -355,10 +355,11 @@ def test_data_miou_matches_one_computed_here(capsys):
 
 def test_model_from_a_checkpoint_and_the_latest_run(capsys, tmp_path):
     from cvtool.checkpoint import Checkpoint, save
+    from cvtool.model_meta import ModelMeta
     from cvtool.spec import ModelSpec, init_params
 
     spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)
-    ck = Checkpoint(spec, init_params(spec, 3), ["a", "b"], [[0, 0, 0], [255, 255, 255]], [0.5], [0.25])
+    ck = Checkpoint(spec, init_params(spec, 3), ModelMeta(["a", "b"], [[0, 0, 0], [255, 255, 255]], [0.5], [0.25]))
     save(ck, tmp_path / "runs" / "train" / "exp2" / "best.safetensors")
     args = ["--sizes", "16", "--min-time", "0", "--warmup", "1", "--gemm-size", "0", "--backend", "numpy,torch",
             "--device", "cpu"]

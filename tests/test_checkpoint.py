@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 
 from cvtool import checkpoint as ckpt_io
 from cvtool.errors import DataError
+from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec, init_params
 from cvtool.training import train
 from conftest import load_backend  # tests/ is on sys.path under pytest
@@ -28,8 +29,8 @@ def make_ckpt(**kw) -> ckpt_io.Checkpoint:
                      "loss_sum": 2.5},
              "config": {"epochs": 4, "lr": 0.01, "optimizer": "adam", "seed": 5}, "optim_step": 11,
              "class_weights": [0.5, 1.0, 2.0], "rng": {"bit_generator": "PCG64", "state": 2**100 + 7}}
-    base = dict(spec=spec, params=params, classes=["bg", "cat", "dog"], colors=[[0, 0, 0], [128, 0, 0], [0, 128, 0]],
-                norm_mean=[0.5, 0.25, 0.125], norm_std=[0.2, 0.3, 0.4], train_state=state, optim_state=optim)
+    meta = ModelMeta(["bg", "cat", "dog"], [[0, 0, 0], [128, 0, 0], [0, 128, 0]], [0.5, 0.25, 0.125], [0.2, 0.3, 0.4])
+    base = dict(spec=spec, params=params, meta=meta, train_state=state, optim_state=optim)
     return ckpt_io.Checkpoint(**{**base, **kw})
 
 
@@ -38,8 +39,7 @@ def test_round_trip_keeps_everything(tmp_path):
     path = ckpt_io.save(ck, tmp_path / "m.safetensors")
     back = ckpt_io.load(path)
     assert back.spec == ck.spec and back.path == path
-    assert back.classes == ck.classes and back.colors == ck.colors
-    assert back.norm_mean == ck.norm_mean and back.norm_std == ck.norm_std
+    assert back.meta == ck.meta  # classes, colours, normalisation, preprocessing
     assert back.train_state == ck.train_state  # run state, config, optimiser step, RNG state (a 101-bit int)
     for a, b in ((ck.params, back.params), (ck.optim_state, back.optim_state)):
         assert set(a) == set(b)
@@ -131,13 +131,13 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        ckpt_io.save(make_ckpt(norm_mean=[0.0, 0.0, 0.0]), target)
+        ckpt_io.save(make_ckpt(meta=ModelMeta(["a"] * 3, [[0, 0, 0]] * 3, [0.0] * 3, [1.0] * 3)), target)
     with pytest.raises(OSError):
         ckpt_io.save(make_ckpt(), tmp_path / "new.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]  # no temp files, no new.safetensors
     assert target.read_bytes() == old  # the previous checkpoint is intact
     monkeypatch.undo()
-    assert ckpt_io.load(target).norm_mean == [0.5, 0.25, 0.125]
+    assert ckpt_io.load(target).meta.mean == [0.5, 0.25, 0.125]
 
 
 # --- one checkpoint, every runner ---------------------------------------------------------------

@@ -35,5 +35,5 @@ def test_demo_quick_runs_every_step_and_backends_agree(tmp_path):
         assert ma.shape == mb.shape == (160, 160)
         assert (ma == mb).mean() >= 0.999
         img = read_image(root / "images" / "images" / a.name.replace("_mask.png", ".png"))
-        want = segment_logits(run, img, ck.spec, ck.norm_mean, ck.norm_std, scale=ck.scale, tta=ck.tta).argmax(0)
+        want = segment_logits(run, img, ck.spec, ck.meta.mean, ck.meta.std, scale=ck.meta.scale, tta=ck.meta.tta).argmax(0)
         assert (ma == want).mean() >= 0.999  # two identical wrong masks would not pass this

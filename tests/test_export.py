@@ -18,12 +18,13 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import backends as registry
-from backends.ort_backend.export import INPUT, OUTPUT, read_meta
-from backends.ort_backend.opset import newest_opset
+from backends.onnx_format.export import INPUT, OUTPUT, read_meta
+from backends.onnx_format.opset import newest_opset
 from cvtool import __version__
 from cvtool import checkpoint as ckpt_io
 from cvtool.cli import main
 from cvtool.cli.models import file_digest, open_model
+from cvtool.model_meta import ModelMeta
 from test_data_cli import cli  # tests/ is on sys.path under pytest
 from test_inference import tiny_checkpoint
 from conftest import cuda_available  # tests/ is on sys.path under pytest
@@ -95,15 +96,27 @@ def test_metadata_round_trip(exported, ckpt):
     path = exported[0]
     meta = read_meta(onnx.load(str(path), load_external_data=False))
     ck = ckpt_io.load(ckpt)
-    assert meta["spec"] == ck.spec.to_dict() and meta["classes"] == ck.classes and meta["colors"] == ck.colors
-    assert meta["normalization"] == {"mean": ck.norm_mean, "std": ck.norm_std}
+    assert meta["spec"] == ck.spec.to_dict() and meta["classes"] == ck.meta.classes and meta["colors"] == ck.meta.colors
+    assert meta["normalization"] == {"mean": ck.meta.mean, "std": ck.meta.std}
     assert meta["cvtool_version"] == __version__ and meta["source_sha256"] == file_digest(ckpt)
     assert (meta["input"], meta["output"], meta["half"]) == ("image", "logits", False)
     m = open_model(path)  # the .onnx alone gives back the network, its weights and its labels
-    assert m.kind == "onnx" and m.spec == ck.spec and m.classes == ck.classes and m.mean == ck.norm_mean
+    assert m.kind == "onnx" and m.spec == ck.spec and m.meta == ck.meta  # the same record from either file
     assert m.params.keys() == ck.params.keys()
     for k, v in ck.params.items():
         np.testing.assert_array_equal(m.params[k], v)
+
+
+def test_reading_an_export_loads_no_runtime(exported):
+    """open_model (segment, bench, export --verify-only) reads an .onnx with `onnx` alone: no onnxruntime, no torch."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from cvtool.cli.models import open_model; m = open_model({str(exported[0])!r}); "
+            "print(m.kind, [k for k in ('onnxruntime', 'torch') if k in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["onnx", "[]"]
 
 
 def test_tampered_initializer_fails_the_parity_check(exported, ckpt, tmp_path, capsys):
@@ -199,7 +212,7 @@ def test_checkpoints_trained_by_either_backend(trainer, tmp_path, capsys):
     for _ in range(3):
         x = rng.standard_normal((2, 1, 16, 16)).astype(np.float32)
         tr.step(x, (x[:, 0] > 0).astype(np.int64), 1e-2)
-    ck = ckpt_io.Checkpoint(spec, tr.params(), ["bg", "fg"], [[0, 0, 0], [255, 0, 0]], [0.5], [0.25])
+    ck = ckpt_io.Checkpoint(spec, tr.params(), ModelMeta(["bg", "fg"], [[0, 0, 0], [255, 0, 0]], [0.5], [0.25]))
     path = ckpt_io.save(ck, tmp_path / "t.safetensors")
     assert np.abs(ck.params["enc0.bn1.running_mean"]).max() > 0  # trained, not the initial state
     code, stdout, err = cli(capsys, "export", str(path), "-o", str(tmp_path / "t.onnx"), "--json")

@@ -14,6 +14,7 @@ import pytest
 import backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.errors import DataError, UsageError
+from cvtool.model_meta import ModelMeta
 from cvtool.inference import (class_fractions, halo, min_tile, predict_batch, predict_tiled, prepare,
                               tile_margin)
 from cvtool.spec import ModelSpec, init_params
@@ -37,9 +38,9 @@ def tiny_checkpoint(path: Path, *, in_channels: int = 1, num_classes: int = 3, d
                     params: dict | None = None) -> Path:
     """A width-4 U-Net saved as a cvtool checkpoint (what `cvtool train` writes, minus training state)."""
     spec = ModelSpec(in_channels=in_channels, num_classes=num_classes, width=4, depth=depth)
-    ck = ckpt_io.Checkpoint(spec, params if params is not None else tiny_params(spec, seed),
-                            [f"class{i}" for i in range(num_classes)], COLORS[:num_classes],
-                            [0.5] * in_channels, [0.25] * in_channels)
+    meta = ModelMeta([f"class{i}" for i in range(num_classes)], COLORS[:num_classes], [0.5] * in_channels,
+                     [0.25] * in_channels)
+    ck = ckpt_io.Checkpoint(spec, params if params is not None else tiny_params(spec, seed), meta)
     return ckpt_io.save(ck, path)
 
 

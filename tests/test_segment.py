@@ -20,6 +20,7 @@ from cvtool.checkpoint import load as load_checkpoint
 from cvtool.cli.segment import output_stems
 from cvtool.data.io import read_image, read_mask, read_mask_info
 from cvtool.inference import predict_batch, prepare
+from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec
 from conftest import shared_dataset
 from test_data import MEMBRANE  # tests/ is on sys.path under pytest
@@ -30,7 +31,7 @@ from test_inference import COLORS, tiny_checkpoint
 def reference_mask(ckpt_path: Path, image_path: Path) -> np.ndarray:
     """The mask computed without cvtool.cli: NumPy reference forward on the image edge-padded by hand."""
     ck = load_checkpoint(ckpt_path)
-    x = prepare(read_image(image_path), ck.spec.in_channels, ck.norm_mean, ck.norm_std).x
+    x = prepare(read_image(image_path), ck.spec.in_channels, ck.meta.mean, ck.meta.std).x
     _, h, w = x.shape
     m = ck.spec.multiple
     xp = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m)), mode="edge")
@@ -268,7 +269,7 @@ def trained(tmp_path_factory) -> Path:
     for _ in range(12):
         i, (r, c) = rng.integers(0, 8, 4), rng.integers(0, 512 - 64, 2)
         tr.step(((xs[i, None, r:r + 64, c:c + 64] - mean) / std).astype(np.float32), ys[i, r:r + 64, c:c + 64], 1e-2)
-    ck = ckpt_io.Checkpoint(spec, tr.params(), ["background", "membrane"], COLORS[:2], [mean], [std])
+    ck = ckpt_io.Checkpoint(spec, tr.params(), ModelMeta(["background", "membrane"], COLORS[:2], [mean], [std]))
     return ckpt_io.save(ck, tmp_path_factory.mktemp("trained") / "best.safetensors")
 
 
@@ -283,7 +284,7 @@ def test_three_backends_agree_on_real_images(trained, tmp_path, capsys):
             "torch": registry.get("torch", "cpu").runner(m.spec, m.params),
             "ort": registry.get("ort", "cpu").load_onnx(onnx_src)}
     paths = [MEMBRANE / "images" / f"{i}.png" for i in (25, 29)]
-    xs = [prepare(read_image(p), 1, m.mean, m.std).x for p in paths]
+    xs = [prepare(read_image(p), 1, m.meta.mean, m.meta.std).x for p in paths]
     logits = {k: np.stack(predict_batch(r, xs, m.spec.multiple)) for k, r in runs.items()}
     ref = logits["numpy"]
     assert 0.05 < ref.argmax(1).mean() < 0.95  # the trained net finds both classes

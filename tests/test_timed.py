@@ -13,6 +13,7 @@ import backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.cli import main
 from cvtool.inference import segment_logits
+from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec, init_params
 from cvtool.timed import STOP_SIGNAL, STOP_TIME, train_timed
 from cvtool.training import TrainConfig
@@ -78,7 +79,7 @@ def test_a_time_driven_run_saves_its_plan_and_fingerprint(timed_run):
     assert doc["plan"] == res["plan"] and doc["fingerprint"]["n_train"] + doc["fingerprint"]["n_val"] == 6
     ck = ckpt_io.load(tmp / "run" / "best.safetensors")
     assert ck.train_state["plan"]["crop"] == res["plan"]["crop"]
-    assert ck.scale == res["plan"]["scale"]
+    assert ck.meta.scale == res["plan"]["scale"]
     rows = (tmp / "run" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + res["validations"]
     assert res["best_mean_iou"] == pytest.approx(max(float(r.split(",")[6]) for r in rows[1:]))
@@ -151,8 +152,8 @@ def test_numpy_backend_plans_and_trains_by_time_without_torch(tmp_path):
 
 def _scaled_checkpoint(tmp_path, scale, tta="flip"):
     spec = ModelSpec(in_channels=1, num_classes=3, width=4, depth=2)
-    ck = ckpt_io.Checkpoint(spec, init_params(spec, 3), ["a", "b", "c"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-                            [0.5], [0.25], scale=scale, tta=tta)
+    meta = ModelMeta(["a", "b", "c"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]], [0.5], [0.25], scale=scale, tta=tta)
+    ck = ckpt_io.Checkpoint(spec, init_params(spec, 3), meta)
     return ckpt_io.save(ck, tmp_path / "m.safetensors"), spec, ck
 
 
@@ -168,9 +169,9 @@ def test_segment_runs_a_model_at_its_scale(tmp_path, capsys):
     assert doc["scale"] == 0.5 and doc["tta"] == "flip" and doc["images"][0]["size"] == [37, 50]
     got = np.asarray(Image.open(doc["images"][0]["mask"]))
     run = registry.get("numpy", "cpu").runner(spec, ck.params)
-    want = segment_logits(run, img, spec, ck.norm_mean, ck.norm_std, scale=0.5, tta="flip").argmax(0)
+    want = segment_logits(run, img, spec, ck.meta.mean, ck.meta.std, scale=0.5, tta="flip").argmax(0)
     assert got.shape == (37, 50) and np.array_equal(got, want)
-    plain = segment_logits(run, img, spec, ck.norm_mean, ck.norm_std, scale=0.5).argmax(0)
+    plain = segment_logits(run, img, spec, ck.meta.mean, ck.meta.std, scale=0.5).argmax(0)
     assert not np.array_equal(plain, want)  # the mirror pass is really averaged in
     # an export carries the scale, and ONNX Runtime segments the same
     code, out, err = cli(capsys, "export", str(path), "-o", str(tmp_path / "m.onnx"))

@@ -101,7 +101,7 @@ def test_json_is_pure_and_the_run_folder_is_sane(shapes, tmp_path, capsys):
     best, last = ckpt_io.load(run / "best.safetensors"), ckpt_io.load(run / "last.safetensors")
     assert best.train_state["metrics"]["mean_iou"] == pytest.approx(max(float(r["mean_iou"]) for r in rows))
     assert last.optim_state and not best.optim_state  # only last resumes the optimiser
-    assert last.train_state["run"]["epoch"] == 2 and last.classes == doc["classes"]
+    assert last.train_state["run"]["epoch"] == 2 and last.meta.classes == doc["classes"]
 
 
 def test_people_get_progress_a_table_and_next_commands(shapes, tmp_path, capsys):

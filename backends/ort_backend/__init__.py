@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: each operation is a one-node ONNX graph (graphs.py) run by a cached session.
+"""ONNX Runtime backend: each operation is a one-node ONNX graph (backends/onnx_format/graphs.py) run by a cached session.
 
 Where an ONNX attribute means something else than in torch, this backend gives torch's result:
 - ConvTranspose: ORT refuses output_padding >= stride, which torch allows below the dilation. We fold
@@ -23,7 +23,8 @@ import onnxruntime as ort
 
 from backends import resolve_device
 from backends.base import Capabilities, Status
-from backends.ort_backend import graphs, session
+from backends.onnx_format import graphs
+from backends.ort_backend import session
 from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, conv_transpose_output, pair,
                                pool2d_output, resolve_padding)
 from cvtool.errors import CvtoolError, UsageError
@@ -182,8 +183,8 @@ class Backend:
 
     def runner(self, spec, params, opset: int | None = None):
         """The spec exported in memory (float32) and run by ONNX Runtime."""
-        from backends.ort_backend.export import build_model
-        from backends.ort_backend.opset import newest_opset
+        from backends.onnx_format.export import build_model
+        from backends.onnx_format.opset import newest_opset
         from backends.ort_backend.runner import OrtRunner
 
         model = build_model(spec, params, {}, opset=opset or newest_opset())

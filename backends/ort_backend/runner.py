@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from backends.onnx_format.export import INPUT, OUTPUT
 from backends.ort_backend import session
-from backends.ort_backend.export import INPUT, OUTPUT
 
 
 class OrtRunner:

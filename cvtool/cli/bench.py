@@ -10,10 +10,11 @@ spread), images/s, GFLOP/s from the spec's FLOP count, and that as a fraction of
 GEMM rate measured in the same run. Timing: warm-up calls, then calls until --min-time; runners return
 host arrays, so every CUDA call is synchronised; ORT on CUDA runs with IO binding, torch in channels_last.
 
-Optional backend hooks used when a backend has them (the built-ins do not yet):
+Optional backend hooks (backends.base.HOOKS), used where a backend has them:
     gemm(n) -> callable             one float32 (n x n) @ (n x n) on the backend's device, returning when done
     peak_memory(fn) -> (fn(), bytes)  device memory peak during fn (CUDA)
-Without `gemm`, torch's GEMM rate is taken through its op interface as a 1x1 convolution (host copies included).
+    set_threads(n)                  --threads;  load_onnx(path): a --model .onnx runs as that file
+A backend without `gemm` adds no GEMM source: NumPy's matmul and the others' set the rate.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def _targets(registry, backend: str, device: str, networks: bool = False) -> lis
 
 def _capabilities(registry, name: str):
     try:
-        return getattr(registry.backend_class(name), "capabilities", None)
+        return registry.backend_class(name).capabilities
     except Exception:  # a backend that does not import: its row says why
         return None
 
@@ -204,15 +205,17 @@ def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
 
 def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | None):
     """The first warm-up call, measuring memory: (output, MB, method)."""
+    from backends import REFERENCE
+    from backends.base import hook
     from cvtool import benchtime as bt
 
     if be.device == "cuda":
-        hook = getattr(be, "peak_memory", None)
-        if hook is None:
+        peak_memory = hook(be, "peak_memory")
+        if peak_memory is None:
             return run(x), None, "not measured (backend has no peak_memory hook)"
-        y, peak = hook(lambda: run(x))
+        y, peak = peak_memory(lambda: run(x))
         return y, peak / MB, "device peak (peak_memory hook)"
-    if name == "numpy":  # its arrays are traced; the weights were allocated before, so they are added
+    if name == REFERENCE:  # its arrays are traced; the weights were allocated before, so they are added
         y, peak = bt.traced_peak(lambda: run(x))
         return y, (peak + weight_bytes) / MB, "tracemalloc peak + weights"
     with bt.RssSampler() as s:
@@ -279,6 +282,7 @@ def merge_rounds(docs: list[dict]) -> dict:
 def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
+    from backends.base import RunnerInfo
     from cvtool import benchtime as bt
     from cvtool.cli.convcalc_common import backend_status
 
@@ -289,8 +293,7 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
         be = registry.get(name, dev)
     except Exception as e:  # BackendUnavailable: no GPU, or a CPU-only backend asked for CUDA
         return [_row(name, dev, None, "unavailable", _error(e))]
-    if hasattr(be, "set_threads"):
-        be.set_threads(cfg["threads"])
+    _set_threads(be, cfg["threads"])
     gc.collect()
     bt.release_free_memory()  # so that memory freed by earlier rows does not hide this one's growth
     base_rss = bt.rss_bytes()
@@ -301,8 +304,9 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
         return [_row(name, dev, None, "unavailable", str(e))]
     except Exception as e:
         return [_row(name, dev, None, "failed", _error(e))]
-    providers = getattr(run, "providers", None)  # ORT: what the session really uses
-    used_threads = getattr(run, "threads", None) or (st.threads if name == "numpy" else cfg["threads"])
+    info = run if isinstance(run, RunnerInfo) else None  # ORT: what the session really uses
+    providers = info.providers if info else None
+    used_threads = (info.threads if info else None) or (st.threads if name == registry.REFERENCE else cfg["threads"])
     rows = []
     for x, ref in points:
         row = _row(name, dev, x.shape, "failed")
@@ -325,11 +329,20 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
     return rows
 
 
+def _set_threads(be, n: int) -> None:
+    from backends.base import hook
+
+    set_threads = hook(be, "set_threads")
+    if set_threads is not None:
+        set_threads(n)
+
+
 # --- the GEMM rate ------------------------------------------------------------------------------
 
 def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
     rate = the best per device."""
+    from backends.base import hook
     from cvtool import benchtime as bt
     from cvtool.cli.convcalc_common import backend_status
 
@@ -339,16 +352,16 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
         return doc
     sources: list[tuple[str, str, str, Callable]] = [("numpy", "cpu", "numpy.matmul", bt.numpy_gemm(n, cfg["seed"]))]
     for name, dev in targets:
-        if name == "numpy" or not backend_status(registry, name).available:
+        if not backend_status(registry, name).available:
             continue
         try:
             be = registry.get(name, dev)
         except Exception:
             continue
-        if hasattr(be, "set_threads"):
-            be.set_threads(cfg["threads"])
-        if hasattr(be, "gemm"):
-            sources.append((name, dev, f"{name} matmul", be.gemm(n)))
+        gemm = hook(be, "gemm")
+        if gemm is not None:  # the NumPy backend has none: numpy.matmul above is its rate
+            _set_threads(be, cfg["threads"])
+            sources.append((name, dev, f"{name} matmul", gemm(n)))
     for name, dev, how, fn in sources:
         err().print(f"[dim]bench: GEMM {n}x{n} {how} on {dev} ...[/]")
         t = bt.measure(fn, min_time=cfg["min_time"], warmup=cfg["warmup"])
@@ -381,7 +394,7 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
             path = None
     if path is not None:
         m = open_model(path)
-        return {"spec": m.spec, "params": m.params, "source": str(m.path), "mean": m.mean, "std": m.std,
+        return {"spec": m.spec, "params": m.params, "source": str(m.path), "mean": m.meta.mean, "std": m.meta.std,
                 "onnx": m.path if m.kind == "onnx" else None}
     kw = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     if info is not None:
@@ -424,6 +437,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import backends as registry
+    from backends.base import Runs, hook
     from cvtool.calc.verify import RTOL
     from cvtool.spec import total_flops
 
@@ -437,7 +451,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     spec, params = net["spec"], net["params"]
     per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
     targets = _targets(registry, backend, device, networks=True)
-    ref_run = registry.get("numpy", "cpu").runner(spec, params, dtype=np.float64)
+    ref_run = registry.get(registry.REFERENCE, "cpu").runner(spec, params, dtype=np.float64)
     rng = np.random.default_rng(cfg["seed"])
     points = []
     for S in cfg["sizes"]:
@@ -451,9 +465,10 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     gemm = gemm_rates(registry, targets, cfg)
 
     def make(be):
-        if net["onnx"] is not None and hasattr(be, "load_onnx"):
-            return be.load_onnx(net["onnx"])
-        if not hasattr(be, "runner"):
+        load_onnx = hook(be, "load_onnx")
+        if net["onnx"] is not None and load_onnx is not None:
+            return load_onnx(net["onnx"])
+        if not isinstance(be, Runs):
             raise NotSupported("no network runner")
         return be.runner(spec, params)
 
@@ -487,11 +502,11 @@ def _op_flops(lspec, x_shape, M: int, o) -> int:
 
 
 def _onnx_reference(lspec, x, w, b) -> Any:
-    """The operation as a one-node ONNX model (backends/ort_backend/graphs.py) run by onnx.reference, in float64."""
+    """The operation as a one-node ONNX model (backends/onnx_format/graphs.py) run by onnx.reference, in float64."""
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from backends.ort_backend import graphs
+    from backends.onnx_format import graphs
     from cvtool.chain import output_hw
 
     (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
@@ -553,7 +568,7 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     KH, KW = lspec.kernel
     w = (rng.standard_normal((C, C, KH, KW)) / np.sqrt(C * KH * KW)).astype(np.float32)  # OIHW, or IOHW for tconv
     b = rng.standard_normal(C).astype(np.float32)
-    ref_be = registry.get("numpy", "cpu")
+    ref_be = registry.get(registry.REFERENCE, "cpu")
     w64, b64 = w.astype(np.float64), b.astype(np.float64)
     points = []
     for S in cfg["sizes"]:
@@ -564,7 +579,7 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     gemm = gemm_rates(registry, targets, cfg if lspec.kind != "maxpool" else {**cfg, "gemm_size": 0})  # pools: no GEMM work
 
     def make(be):
-        if not getattr(be, "capabilities", None) or not be.capabilities.ops:
+        if not be.capabilities.ops:
             raise NotSupported("no layer operations")
         limit = be.capabilities.extra.get("max_outputs")
         if limit and max(p[1].size for p in points) > limit:

@@ -24,11 +24,11 @@ def cross_check(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device:
     if device == "cuda" and not any(st.available and "cuda" in st.devices for st in statuses.values()):
         raise BackendUnavailable("--device cuda: no usable CUDA GPU here (no selected backend reports one)",
                                  hint="use --device cpu or auto")
-    ref_status = statuses.get("numpy") or backend_status(registry, "numpy")
+    ref_status = statuses.get(registry.REFERENCE) or backend_status(registry, registry.REFERENCE)
     if not ref_status.available:
         raise BackendUnavailable(f"the NumPy reference backend is not available: {ref_status.reason}")
     try:
-        ref_backend = registry.get("numpy", "cpu")
+        ref_backend = registry.get(registry.REFERENCE, "cpu")
     except Exception as e:
         raise BackendUnavailable(f"the NumPy reference backend cannot run: {e}") from None
     engines: dict[str, Any] = {}  # name -> the backend, or why it is unavailable

@@ -1,6 +1,6 @@
 """`cvtool export CHECKPOINT -o model.onnx`: an ONNX export that proves it computes what was trained.
 
-The file (backends/ort_backend/export.py): input "image" float32 (N, C, H, W) normalised, H and W
+The file (backends/onnx_format/export.py): input "image" float32 (N, C, H, W) normalised, H and W
 divisible by 2**depth; output "logits" float32 (N, K, H, W); batch, height and width dynamic; weights
 inside; metadata_props["cvtool"] = JSON with spec, classes, colors, normalization, cvtool_version.
 
@@ -37,7 +37,7 @@ def _reference_runner(onnx_path: Path):
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from backends.ort_backend.export import INPUT, OUTPUT
+    from backends.onnx_format.export import INPUT, OUTPUT
 
     ev = ReferenceEvaluator(onnx.load(str(onnx_path)))
     return lambda x: ev.run([OUTPUT], {INPUT: x})[0]
@@ -69,7 +69,7 @@ def parity_report(model, onnx_path: Path, *, half: bool, seed: int = 0) -> list[
     spec = model.spec
     rng = np.random.default_rng(seed)
     runners = _runners(model, onnx_path, half)
-    ref_runner = registry.get("numpy", "cpu").runner(spec, model.params, dtype=np.float64)
+    ref_runner = registry.get(registry.REFERENCE, "cpu").runner(spec, model.params, dtype=np.float64)
     rows = []
     for i, (n, h, w) in enumerate(verify_shapes(spec.multiple)):
         x = rng.standard_normal((n, spec.in_channels, h, w)).astype(np.float32)
@@ -89,7 +89,7 @@ def check_meta(model, onnx_path: Path) -> dict:
     """The file's metadata against the checkpoint: a different network is an error, not a parity row."""
     import onnx
 
-    from backends.ort_backend.export import read_meta
+    from backends.onnx_format.export import read_meta
     from cvtool.cli.models import file_digest
     from cvtool.errors import CvtoolError, DataError
 
@@ -102,7 +102,7 @@ def check_meta(model, onnx_path: Path) -> dict:
         raise DataError(f"{onnx_path} is not a cvtool ONNX export ({why})") from None
     if meta.get("spec") != model.spec.to_dict():
         raise CvtoolError(f"{onnx_path} holds another network than {model.path} (spec {meta.get('spec')})", exit_code=1)
-    same = {k: meta.get(k) == v for k, v in model.meta().items()}
+    same = {k: meta.get(k) == v for k, v in model.meta.to_dict().items()}
     if not all(same.values()):
         raise CvtoolError(f"{onnx_path}: metadata differs from {model.path} in " +
                           ", ".join(k for k, ok in same.items() if not ok), exit_code=1)
@@ -139,8 +139,8 @@ def export(
     """
     import onnx
 
-    from backends.ort_backend.export import INPUT, OUTPUT
-    from backends.ort_backend.opset import newest_opset
+    from backends.onnx_format.export import INPUT, OUTPUT
+    from backends.onnx_format.opset import OLDEST, newest_opset
     from cvtool.cli.models import build_onnx, open_model
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import atomic_path
@@ -171,8 +171,8 @@ def export(
 
     top = newest_opset()
     opset = opset or top
-    if not 13 <= opset <= top:
-        raise UsageError(f"opset {opset} is outside what this ONNX Runtime runs (13..{top})")
+    if not OLDEST <= opset <= top:
+        raise UsageError(f"opset {opset} is outside what this ONNX Runtime runs ({OLDEST}..{top})")
     with atomic_path(output) as tmp:  # an unwritable place fails here, before any work; no partial file ever
         m = build_onnx(model, opset, half)
         onnx.checker.check_model(m, full_check=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.errors import CvtoolError, DataError, UsageError
+from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec
 
 RUNS = Path("runs") / "train"
@@ -17,20 +18,13 @@ RUNS = Path("runs") / "train"
 
 @dataclass
 class Model:
+    """A checkpoint or an export, opened alike: its ModelMeta is read from either file's metadata."""
+
     spec: ModelSpec
     params: dict[str, np.ndarray]
-    classes: list[str]
-    colors: list[list[int]]
-    mean: list[float]
-    std: list[float]
+    meta: ModelMeta
     path: Path
     kind: str  # "checkpoint" | "onnx"
-    scale: float = 1.0  # inputs resampled by this factor before the net
-    tta: str = "none"  # test-time augmentation: none | flip | dihedral
-
-    def meta(self) -> dict:
-        return {"classes": self.classes, "colors": self.colors,
-                "normalization": {"mean": self.mean, "std": self.std}, "preprocess": {"scale": self.scale, "tta": self.tta}}
 
 
 def latest_checkpoint(root: Path = RUNS) -> Path:
@@ -60,27 +54,23 @@ def open_model(path: Path | None) -> Model:
     if not path.exists():
         raise DataError(f"model {path} does not exist")
     if path.suffix == ".onnx":
-        spec, params, meta = _onnx_params(path)
-        norm = meta.get("normalization", {})
-        return Model(spec, params, meta.get("classes", []), meta.get("colors", []), norm.get("mean", [0.0] * spec.in_channels),
-                     norm.get("std", [1.0] * spec.in_channels), path, "onnx", ckpt_io.input_scale(meta),
-                     ckpt_io.model_tta(meta))
+        return Model(*_onnx_model(path), path, "onnx")
     ck = ckpt_io.load(path)
-    return Model(ck.spec, ck.params, list(ck.classes), [list(c) for c in ck.colors], list(ck.norm_mean), list(ck.norm_std),
-                 path, "checkpoint", ck.scale, ck.tta)
+    return Model(ck.spec, ck.params, ck.meta, path, "checkpoint")
 
 
-def _onnx_params(path: Path):
+def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta]:
     import onnx
 
-    from backends.ort_backend.export import to_params
+    from backends.onnx_format.export import to_params
 
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf's DecodeError and friends for corrupt files
         raise DataError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
     try:
-        return to_params(model)
+        spec, params, meta = to_params(model)
+        return spec, params, ModelMeta.from_dict(meta, spec.in_channels)
     except (ValueError, KeyError, TypeError) as e:  # no/garbled metadata
         raise DataError(f"{path} is not a cvtool ONNX model: {e}") from None
     except CvtoolError as e:  # weights that do not fit the spec in its metadata
@@ -89,16 +79,17 @@ def _onnx_params(path: Path):
 
 def onnx_meta(model: Model) -> dict:
     """What an exported file carries in metadata_props besides the spec: enough to run it alone."""
-    from backends.ort_backend.export import INPUT, OUTPUT
+    from backends.onnx_format.export import INPUT, OUTPUT
     from cvtool import __version__
 
     src = file_digest(model.path) if model.kind == "checkpoint" else None
-    return {**model.meta(), "cvtool_version": __version__, "source_sha256": src, "input": INPUT, "output": OUTPUT}
+    return {**model.meta.to_dict(), "cvtool_version": __version__, "source_sha256": src, "input": INPUT,
+            "output": OUTPUT}
 
 
 def build_onnx(model: Model, opset: int, half: bool = False):
     """The model as an onnx.ModelProto (weights inside) with its metadata."""
-    from backends.ort_backend.export import build_model
+    from backends.onnx_format.export import build_model
 
     return build_model(model.spec, model.params, onnx_meta(model), opset=opset, half=half)
 

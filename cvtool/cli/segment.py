@@ -75,8 +75,8 @@ def onnx_for_checkpoint(model) -> tuple[Path | bytes, str]:
     """
     import onnx
 
-    from backends.ort_backend.export import read_meta
-    from backends.ort_backend.opset import newest_opset
+    from backends.onnx_format.export import read_meta
+    from backends.onnx_format.opset import newest_opset
     from cvtool.cli.models import build_onnx, onnx_meta
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import atomic_write_bytes
@@ -119,6 +119,7 @@ def segment(
     import numpy as np
 
     import backends as registry
+    from backends.base import Runs, hook
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
@@ -136,28 +137,32 @@ def segment(
         raise UsageError("no images to segment: " + "; ".join(f["error"] for f in failed))
     n_bad_sources = len(failed)
     model = open_model(model_path)
+    meta = model.meta
     if model_path is None:
         err().print(f"model: {model.path} (best checkpoint of the latest training run)", soft_wrap=True, markup=False)
     spec = model.spec
     if spec.num_classes > 255:
         raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
     be = registry.get(backend, device)
-    if backend == "ort" and model.kind == "checkpoint":
+    load_onnx = hook(be, "load_onnx")  # a backend that runs ONNX files runs the file, a checkpoint's export cached
+    if load_onnx is not None and model.kind == "checkpoint":
         src, what = onnx_for_checkpoint(model)
         where = f" {src}" if isinstance(src, Path) else ""
-        err().print(f"ort: {what}{where} for {model.path}", soft_wrap=True, markup=False)
-        run = be.load_onnx(src)
-    elif backend == "ort":
-        run = be.load_onnx(model.path)
-    else:
+        err().print(f"{backend}: {what}{where} for {model.path}", soft_wrap=True, markup=False)
+        run = load_onnx(src)
+    elif load_onnx is not None:
+        run = load_onnx(model.path)
+    elif isinstance(be, Runs):
         run = be.runner(spec, model.params)
+    else:
+        raise UsageError(f"backend {backend!r} runs no networks", hint="use --backend torch, numpy or ort")
     passes = [0]  # forward passes: batches of images or of tiles
 
     def forward(x):
         passes[0] += 1
         return run(x)
 
-    tta = model.tta if tta is None else tta
+    tta = meta.tta if tta is None else tta
     forward = with_tta(forward, tta)  # the model's test-time augmentation (cvtool.inference.segment_logits)
     multiple, margin = spec.multiple, tile_margin(spec)
     if tile < min_tile(spec):
@@ -191,11 +196,11 @@ def segment(
             logits = resize_logits(logits, raw.shape[:2])
         mask = logits.argmax(0).astype(np.uint8)
         mask_png, overlay_png = dest / f"{stems[path]}_mask.png", dest / f"{stems[path]}_overlay.png"
-        write_mask_png(mask_png, mask, model.colors)
-        write_overlay_png(overlay_png, raw, mask, model.colors, alpha=alpha)
+        write_mask_png(mask_png, mask, meta.colors)
+        write_overlay_png(overlay_png, raw, mask, meta.colors, alpha=alpha)
         results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])], "mask": str(mask_png),
                         "overlay": str(overlay_png), "tiled": path in tiled,
-                        "fractions": class_fractions(mask, model.classes)})
+                        "fractions": class_fractions(mask, meta.classes)})
         timings["postprocess"] += time.perf_counter() - t0
 
     from rich.markup import escape
@@ -208,8 +213,8 @@ def segment(
             try:
                 t0 = time.perf_counter()
                 raw = read_image(path)
-                net_in = raw if model.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], model.scale))
-                prep = prepare(net_in, spec.in_channels, model.mean, model.std, name=str(path))
+                net_in = raw if meta.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], meta.scale))
+                prep = prepare(net_in, spec.in_channels, meta.mean, meta.std, name=str(path))
                 timings["preprocess"] += time.perf_counter() - t0
                 H, W = prep.hw
                 if H > tile or W > tile:
@@ -230,7 +235,7 @@ def segment(
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": model.scale, "tta": tta, "tile": tile,
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": meta.scale, "tta": tta, "tile": tile,
            "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
            "failed": failed, "ms_per_image": per_image}
     if json_:

@@ -53,6 +53,7 @@ def train(
     from dataclasses import asdict
 
     import backends as registry
+    from backends.base import Trains, hook
     from cvtool import checkpoint as ckpt_io
     from cvtool.errors import UsageError
     from cvtool.fsutil import next_run_dir, release_if_empty
@@ -95,10 +96,11 @@ def train(
     cfg.validate()  # bad options fail here, before a framework is imported
 
     be = registry.get(backend, device)
-    if not getattr(be.capabilities, "train", False):
+    if not (be.capabilities.train and isinstance(be, Trains)):
         raise UsageError(f"backend {backend!r} cannot train", hint="use --backend torch or --backend numpy")
-    if workers:
-        be.set_threads(workers)
+    set_threads = hook(be, "set_threads")
+    if workers and set_threads is not None:
+        set_threads(workers)
     if world > 1:
         be.init_distributed()
     cfg.backend, cfg.device = backend, be.device

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from backends.onnx_format.opset import max_ir
 from cvtool import spec as S
 
 INPUT, OUTPUT = "image", "logits"
@@ -80,17 +81,9 @@ def build_model(spec: S.ModelSpec, params: dict[str, np.ndarray], meta: dict, *,
                                       doc_string="class scores per pixel; argmax over dim 1 = class index")
     g = helper.make_graph(nodes, "cvtool_unet", [x], [y], initializer=initializers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="cvtool")
-    model.ir_version = min(model.ir_version, _max_ir_for_opset(opset))
+    model.ir_version = min(model.ir_version, max_ir(opset))
     helper.set_model_props(model, {META_KEY: json.dumps({**meta, "spec": spec.to_dict(), "half": half})})
     return model
-
-
-def _max_ir_for_opset(opset: int) -> int:
-    """The IR version that goes with an opset (older runtimes refuse a newer IR)."""
-    from onnx.helper import VERSION_TABLE
-
-    irs = [ir for (_, ir, op, *_rest) in VERSION_TABLE if op == opset]
-    return max(irs) if irs else onnx.IR_VERSION
 
 
 def read_meta(model: onnx.ModelProto) -> dict:
