@@ -8,7 +8,7 @@ after --warmup runs. The two libraries take turns run by run (so that background
 machine hits both alike), with a --pause between runs: OpenBLAS's and OpenMP's worker threads
 spin for a while after a call and would otherwise slow down the other library.
 torch's backward is autograd's (y.backward(dout)) on a fresh graph. glibc keeps freed memory, as
-the NumPy backend has it (backends/numpy_ref/alloc.py).
+the NumPy backend has it (cvtool/heap.py).
 """
 
 from __future__ import annotations
@@ -169,9 +169,9 @@ def main(argv=None) -> int:
         assert len(args.shape) == 4
     except (ValueError, AssertionError):
         ap.error(f"--shape needs N,C,H,W, got {args.shape!r}")
-    from backends.numpy_ref.alloc import keep_freed_memory
+    from cvtool.heap import keep_freed_memory
 
-    keep_freed_memory()  # as the NumPy backend sets it up (backends/numpy_ref/__init__.py, alloc.py)
+    keep_freed_memory()  # as the NumPy backend sets it up (backends/numpy_ref/__init__.py, cvtool/heap.py)
     res = measure(args)
     info = machine()
     try:

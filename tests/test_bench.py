@@ -104,7 +104,7 @@ def test_traced_peak_sees_numpy_arrays():
 
 
 def test_rss_sampler_sees_touched_memory():
-    """In a fresh process: one that already ran the NumPy backend keeps freed memory resident (numpy_ref/alloc.py),
+    """In a fresh process: one that already ran the NumPy backend keeps freed memory resident (cvtool/heap.py),
     so a new 64 MB array may reuse pages that RSS already counts."""
     if bt.rss_bytes() is None:
         pytest.skip("no /proc here")

@@ -25,7 +25,7 @@ class Backend:
         if device not in ("cpu", "auto"):
             raise BackendUnavailable(f"backend 'numpy' runs on the CPU only, not {device!r}", hint="use --device cpu")
         self.device = "cpu"
-        from backends.numpy_ref.alloc import keep_freed_memory
+        from cvtool.heap import keep_freed_memory
 
         keep_freed_memory()  # the layers allocate and free MBs per block: without it every block page-faults (4x)
 

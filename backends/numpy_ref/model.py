@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from backends.numpy_ref import layers, optim as rules
-from backends.numpy_ref.alloc import keep_freed_memory
+from cvtool.heap import keep_freed_memory
 from backends.numpy_ref.parallel import held, map_blocks, map_channels
 from backends.numpy_ref.activations import ReluCache
 from cvtool import spec as S
