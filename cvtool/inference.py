@@ -147,7 +147,8 @@ def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, mar
             acc[:, t:t + th, l:l + tw] += lg * wgt
             norm[t:t + th, l:l + tw] += wgt
     assert acc is not None and norm.min() > 0, "tile cores must cover the image"
-    return (acc / norm)[:, :H, :W]
+    acc /= norm  # in place: a 4000 x 3000 image's 4-class logits are 192 MB
+    return acc[:, :H, :W]
 
 
 def class_fractions(mask: np.ndarray, classes: list[str]) -> dict[str, float]:
