@@ -35,3 +35,10 @@ class DataError(CvtoolError):
     """Unreadable images, wrong masks, missing files."""
 
     exit_code = 2
+
+
+class TrainingDiverged(CvtoolError):
+    """The training loss became NaN/infinite or exploded: exit 3 (not 2: the options were valid, the run
+    failed), with the checkpoints written before it left as they were."""
+
+    exit_code = 3

@@ -134,7 +134,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     from cvtool.data.augment import PRESETS, Augment, sample_batch
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
-    from cvtool.training import RunState, class_weights, _write_curves, _write_metrics
+    from cvtool.training import RunState, check_loss, class_weights, _write_curves, _write_metrics
 
     budget = float(cfg.time_budget)
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
@@ -291,8 +291,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
             lr = lr_at(min(now() / t_end, 1.0), plan.lr, schedule=plan.schedule, warmup=plan.warmup)
             loss = trainer.step(x, y, lr)
             t_train += time.perf_counter() - ts
-            if not math.isfinite(loss):
-                raise UsageError(f"training diverged at step {st.step} (loss {loss})", hint="lower --lr")
+            check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=plan.lr, dice=plan.dice, out_dir=out_dir,
+                       resumable=False, ignore=train_ds.ignore_index)  # a resume keeps the plan's --lr
             st.step += 1
             st.batch += 1
             st.loss_sum += loss

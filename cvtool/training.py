@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cvtool import checkpoint as ckpt_io
-from cvtool.errors import UsageError
+from cvtool.errors import DataError, TrainingDiverged, UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.model_meta import ModelMeta
 from cvtool.optim import OptimConfig
@@ -176,6 +176,52 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, mean, std, batch_s
     return out
 
 
+DIVERGED = 1e3  # a step's loss above this (plus the Dice weight, at most 1 x dice) has diverged: the cross-entropy is
+# a weighted mean of -log p over pixels, so 1000 means the logits stand ~1000 apart; no healthy run gets near it
+
+
+def check_loss(loss: float, y: np.ndarray, *, step: int, lr: float, peak_lr: float, dice: float, out_dir: Path,
+               resumable: bool = True, ignore: int = 255) -> None:
+    """After each step: a loss that is not finite or above DIVERGED + dice stops the run with one line naming the
+    step, what was kept (best/last.safetensors from earlier validations, left as they are: the weights in memory are
+    already broken) and a lower --lr. A batch with no labelled pixel has no loss at all: that one is the data's."""
+    if math.isfinite(loss) and loss <= DIVERGED + dice:
+        return
+    kept = _kept(Path(out_dir))
+    if not (np.asarray(y) != ignore).any():
+        raise DataError(f"training stopped at step {step}: every mask pixel of the batch is {ignore} (ignore), so "
+                        f"the loss is undefined; {kept}", hint="train on larger crops (--img-size), or check the masks")
+    lower = f"{peak_lr / 10:.2g}"
+    hint = f"lower --lr (this run's peak was {peak_lr:.3g}), e.g. --lr {lower}"
+    if resumable and "last.safetensors (step" in kept:
+        hint += f"; 'cvtool train --resume {out_dir} --lr {lower}' continues from the last checkpoint"
+    raise TrainingDiverged(f"training diverged at step {step} (loss {loss:.3g} at learning rate {lr:.3g}); {kept}",
+                           hint=hint)
+
+
+def _kept(out_dir: Path) -> str:
+    """What a run that stops now leaves: 'kept DIR/best.safetensors (mIoU ..) and DIR/last.safetensors (step ..)'."""
+    parts = []
+    for name in ("best", "last"):
+        path = out_dir / f"{name}.safetensors"
+        state = _train_state(path)
+        if state is None:
+            pass
+        elif name == "best":
+            miou = (state.get("metrics") or {}).get("mean_iou")
+            parts.append(f"{path} (validation mIoU {miou:.3g})" if isinstance(miou, float) else str(path))
+        else:
+            parts.append(f"{path} (step {(state.get('run') or {}).get('step', '?')}, resumable)")
+    return "kept " + " and ".join(parts) if parts else "it stopped before the first validation: no checkpoint was written"
+
+
+def _train_state(path: Path) -> dict | None:
+    try:
+        return ckpt_io.read_meta(path).get("train_state", {})
+    except Exception:  # noqa: BLE001 - absent or unreadable: not kept
+        return None
+
+
 STOP_NONE, STOP_TIME, STOP_SIGNAL = 0, 1, 2  # why a run stops early; ranks agree on the largest
 
 
@@ -292,8 +338,8 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
             x = (x - mean[:, None, None]) / std[:, None, None]
             lr = lr_after(st.step + 1)
             loss = trainer.step(x.astype(np.float32), y, lr)
-            if not math.isfinite(loss):
-                raise UsageError(f"training diverged at step {st.step} (loss {loss})", hint="lower --lr")
+            check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=cfg.lr, dice=cfg.dice, out_dir=out_dir,
+                       ignore=train_ds.ignore_index)
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             st.elapsed += dt

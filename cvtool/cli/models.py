@@ -53,26 +53,43 @@ def open_model(path: Path | None) -> Model:
     path = Path(path) if path is not None else latest_checkpoint()
     if not path.exists():
         raise DataError(f"model {path} does not exist")
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         return Model(*_onnx_model(path), path, "onnx")
     ck = ckpt_io.load(path)
     return Model(ck.spec, ck.params, ck.meta, path, "checkpoint")
 
 
+NOT_OURS_HINT = "export a checkpoint with 'cvtool export CHECKPOINT -o model.onnx', or pass the .safetensors checkpoint"
+
+
 def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta]:
+    import json
+
     import onnx
 
-    from backends.onnx_format.export import to_params
+    from backends.onnx_format.export import META_KEY, to_params
 
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf's DecodeError and friends for corrupt files
         raise DataError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+    raw = {p.key: p.value for p in model.metadata_props}.get(META_KEY)
+    if raw is None:  # any other ONNX model: segment needs the net's spec, classes and normalisation
+        raise DataError(f"{path} is an ONNX model but not a cvtool model: it has no '{META_KEY}' metadata (the net's "
+                        f"spec, classes, colours and input normalisation)", hint=NOT_OURS_HINT)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
+        what = "is not a JSON object" if not isinstance(meta, dict) else "has no 'spec' (the network's layout)"
+        raise DataError(f"{path} is not a cvtool model: its '{META_KEY}' metadata {what}", hint=NOT_OURS_HINT)
     try:
         spec, params, meta = to_params(model)
         return spec, params, ModelMeta.from_dict(meta, spec.in_channels)
-    except (ValueError, KeyError, TypeError) as e:  # no/garbled metadata
-        raise DataError(f"{path} is not a cvtool ONNX model: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:  # garbled metadata
+        raise DataError(f"{path} is not a cvtool model: its '{META_KEY}' metadata lacks or garbles {e}",
+                        hint=NOT_OURS_HINT) from None
     except CvtoolError as e:  # weights that do not fit the spec in its metadata
         raise DataError(f"{path}: {e.message}") from None
 

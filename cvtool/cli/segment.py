@@ -123,7 +123,7 @@ def segment(
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
-    from cvtool.fsutil import next_run_dir
+    from cvtool.fsutil import make_dir, next_run_dir
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
                                   tile_margin, with_tta)
@@ -169,11 +169,7 @@ def segment(
         err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
                     f"what this net sees around a pixel", soft_wrap=True, markup=False)
         tile = min_tile(spec)
-    dest = out_dir or next_run_dir(Path("runs") / "segment")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CvtoolError(f"cannot create output folder {dest}: {e.strerror or e}", exit_code=2) from None
+    dest = make_dir(out_dir or next_run_dir(Path("runs") / "segment"))  # not writable: one line, exit 2, no image read
     stems = dict(zip(images, output_stems(images)))
 
     timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}

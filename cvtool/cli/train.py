@@ -76,6 +76,10 @@ def train(
         if not saved:
             raise UsageError(f"{path} holds no training state to resume from")
         timed = "plan" in ck.train_state and epochs is None
+        if "data" in given and not same_data(given["data"], saved.get("data")):
+            raise UsageError(f"--data {given['data']} is not the data {path} was trained on "
+                             f"({saved.get('data') or 'the synthetic shapes'})",
+                             hint="resume without --data, or start a new run on the other data")
         fixed = [k for k in ("width", "depth", "activation", "norm") if k in given and given[k] != saved.get(k)]
         if fixed:
             raise UsageError(f"--{fixed[0]} cannot change when resuming (the checkpoint's net has "
@@ -157,6 +161,20 @@ def train(
         _report(result)
     if result["status"] == "interrupted":
         raise typer.Exit(130)  # like a shell's Ctrl-C; last.safetensors resumes it
+
+
+def same_data(given: str, saved: str | None) -> bool:
+    """Whether --data names the dataset a checkpoint was trained on. Where the saved folder no longer exists (moved)
+    any folder is taken: the net's channels and classes are still checked against the data."""
+    synth = ("synth", None)
+    if given in synth or saved in synth:
+        return given in synth and saved in synth
+    if not Path(saved).exists():
+        return True
+    try:
+        return os.path.samefile(given, saved)
+    except OSError:
+        return False
 
 
 def process_age() -> float:

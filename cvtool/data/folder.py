@@ -159,6 +159,15 @@ def list_pairs(d: Path) -> tuple[list[Item], int]:
     images, masks = files_by_stem(img_dir), files_by_stem(mask_dir)
     if not images:
         raise DataError(f"{img_dir}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    if not masks:
+        raise DataError(f"{mask_dir}: no masks for the {len(images)} images in {img_dir} (looked for "
+                        f"{', '.join(IMAGE_SUFFIXES)})", hint="each image needs a mask of the same name in masks/")
+    if not set(images) & set(masks):  # masks there, none paired: a naming scheme, not a few missing files
+        first = images[min(images)]
+        held = ", ".join(masks[n].name for n in sorted(masks)[:3]) + (", ..." if len(masks) > 3 else "")
+        raise DataError(f"{img_dir}: none of its {len(images)} images has a mask of the same name in {mask_dir} "
+                        f"({first.name} pairs with a mask named {first.stem}.*; masks/ holds {held})",
+                        hint="name each mask like its image: images/a.jpg pairs with masks/a.png")
     return [Item(n, images[n], masks.get(n)) for n in sorted(images)], len(set(masks) - set(images))
 
 
@@ -225,6 +234,8 @@ def read_classes_json(path: Path) -> ClassSpec | None:
     """classes.json as a list of names, or {"classes": [...], "colors": [[r, g, b], ...], "ignore_color": [r, g, b]}
     (colors and ignore_color optional; other keys ignored). None when the file is absent; DataError when malformed."""
     if not path.is_file():
+        if path.exists():
+            raise DataError(f"{path}: not a file", hint=CLASSES_HINT)
         return None
     try:
         doc = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -289,6 +300,10 @@ def image_notes(source: FileSource, items: list[Item]) -> tuple[int, list[str]]:
         notes.append(f"{n} images with alpha: alpha dropped (RGBA -> RGB)")
     if C == 3 and (n := sum(image_channels(m) == 1 for m in modes)):
         notes.append(f"{n} grayscale images repeated to 3 channels (the others are colour)")
+    if n := sum(m.startswith("I") for m in modes):
+        notes.append(f"{n} 16-bit images read as 8-bit: value >> 8 (65535 -> 255; 12-bit data, 0..4095, becomes 0..15)")
+    if n := sum(m == "CMYK" for m in modes):
+        notes.append(f"{n} CMYK images converted to RGB: R = (255 - C)(255 - K) / 255, G and B likewise from M and Y")
     return C, notes
 
 
@@ -350,6 +365,12 @@ def _label_map(recs: list[Record], seen: np.ndarray, names, spec: ClassSpec | No
     else:  # no names: class indices unless sparse (more than half of 0..max unused) or 16-bit
         identity = not wide and top <= 2 * labels.size
     n = labels.size
+    if K is not None and identity and not palette_masks and labels.size and top < K:
+        raise DataError(f"{spec.path}: names {K} classes but no mask holds a value above {top - 1} (values found: "
+                        f"{values_text(labels)}), so {', '.join(repr(c) for c in names[top:][:5])}"
+                        f"{', ...' if K - top > 5 else ''} would never be trained",
+                        hint=f"list one name per mask value in {spec.path.name} (class k = mask value k), or check "
+                             f"that these are the right masks")
     if n > MAX_REMAP and (names is None or not identity):  # with names, ADE20K-like 150 class indices are fine
         r = max(recs, key=lambda r: r.values.size)
         raise DataError(f"{r.mask}: masks hold {n} distinct values: these look like images, not class-index masks "

@@ -75,14 +75,19 @@ def image_channels(mode: str) -> int:
 
 
 def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
-    """uint8 (H, W, C): C = 1 for grayscale files, 3 otherwise (RGBA drops alpha, palette/CMYK -> RGB).
+    """uint8 (H, W, C): C = 1 for grayscale files, 3 otherwise (RGBA drops alpha, palette -> RGB).
 
+    16-bit (and 32-bit integer) grayscale keeps the top 8 of 16 bits: value >> 8, after clipping to 0..65535.
+    CMYK (no colour management): R = round((255 - C)(255 - K) / 255), G and B likewise from M and Y.
     channels=1 or 3 forces that many (RGB -> luminance, gray -> repeated)."""
     path = Path(path)
     with open_pil(path) as im:
         _load(im, path, "image")
         if im.mode.startswith("I"):  # 16/32-bit grayscale: keep the top 8 of 16 bits
             a = (np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)[..., None]
+        elif im.mode == "CMYK":  # our rule, not Pillow's (which has changed between versions)
+            c = np.asarray(im, dtype=np.float32)
+            a = np.rint((255 - c[..., :3]) * (255 - c[..., 3:]) / 255).astype(np.uint8)
         elif im.mode in ("1", "L", "LA"):
             a = np.asarray(im.convert("L"))[..., None]
         elif im.mode == "F":
