@@ -10,12 +10,13 @@ settings below. They make malloc take large blocks from the heap and keep what i
 process holds on to its peak memory, as PyTorch's caching allocator does). Called by the NumPy
 trainer and runner.
 
-return_large_blocks: for torch inference over images of many sizes (`segment` of a folder). glibc's mmap
-threshold slides up to the largest block freed (up to 32 MB), after which activations of 1-32 MB come from the
-heap; shapes that change with every image fragment it, and the process only grows: 300 images of random sizes
-(100-700 px) took torch's resident memory from 0.9 GB after 30 to 1.3 GB after 120, still growing
-(benchmarks/segment_scale.py). A fixed 1 MB threshold maps every activation on its own and unmaps it when freed:
-0.38 -> 0.44 GB over the same 120. The price is page faults on each new activation (a few % of a pass).
+trim: between the images of a folder (`segment`, validation). A new image size means new activation sizes; torch
+allocates them from glibc's heap (its mmap threshold slides up to 32 MB after the first large block is freed), the
+changing sizes fragment it, and the process only grows: 150 images of random sizes (100-700 px) took torch's
+resident memory from 0.97 GB after 30 to 1.73 GB after 150, still growing (benchmarks/segment_scale.py). Trimming
+once more than 256 MB lie free keeps it at 0.38-0.45 GB over the same images. Cheaper than mapping every large
+block on its own (a fixed mmap threshold: flat too, but page faults on every activation of every pass: 1024 x 1024
+images 20-30% slower); the price here is the first pass after a trim faulting its pages in again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import ctypes
 import ctypes.util
 from functools import lru_cache
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters (malloc.h)
 
 
 @lru_cache(maxsize=1)
@@ -44,19 +45,42 @@ def _mallopt():
 def keep_freed_memory() -> bool:
     """Once per process: no mmap for large blocks, no trimming of the heap. True when it took."""
     mallopt = _mallopt()
-    if mallopt is None or return_large_blocks.cache_info().currsize:
-        return False  # the other policy came first: keep it
+    if mallopt is None:
+        return False
     ok = mallopt(M_MMAP_MAX, 0) == 1
     ok &= mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
     ok &= mallopt(M_TOP_PAD, 64 << 20) == 1
     return bool(ok)
 
 
+
+class _Mallinfo2(ctypes.Structure):  # glibc >= 2.33, malloc.h
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
 @lru_cache(maxsize=1)
-def return_large_blocks(threshold: int = 1 << 20) -> bool:
-    """Once per process: blocks of `threshold` bytes and more are mapped on their own and unmapped when freed
-    (a fixed threshold, which also stops glibc's sliding one). Not when keep_freed_memory came first."""
-    mallopt = _mallopt()
-    if mallopt is None or keep_freed_memory.cache_info().currsize:
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if _mallopt() is not None else None
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes the heap holds free (fordblks over every arena), or None where glibc cannot say."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _Mallinfo2
+    return int(libc.mallinfo2().fordblks)
+
+
+def trim(over: int = 256 << 20) -> bool:
+    """Hand the heap's free pages back to the kernel (malloc_trim, which frees the middle of the heap too) once
+    more than `over` bytes lie free: between images of a folder, so that shapes which change with every image
+    cannot grow the process, while the next image of a like size still finds its pages. True when it trimmed."""
+    libc = _libc()
+    if libc is None:
         return False
-    return mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    free = free_heap_bytes()
+    if free is not None and free <= over:
+        return False
+    return bool(libc.malloc_trim(0))

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from cvtool import spec as S
+from cvtool import heap, spec as S
 from cvtool.arithmetic import ceil_div, effective_kernel
 from cvtool.errors import DataError, UsageError
 
@@ -229,4 +229,7 @@ def segment_logits(predict: Predict, image: np.ndarray, spec: S.ModelSpec, mean,
         lg = predict_tiled(predict, prep.x, spec.multiple, tile, tile_margin(spec), batch_size=batch_size)
     else:
         lg = predict_batch(predict, [prep.x], spec.multiple)[0]
-    return resize_logits(lg, (H, W))
+    out = resize_logits(lg, (H, W))
+    del prep, lg, img
+    heap.trim()  # a folder of many sizes must not grow the process (cvtool/heap.py)
+    return out

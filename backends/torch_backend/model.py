@@ -227,11 +227,8 @@ class TorchRunner:
 
     def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: str):
         from backends.torch_backend.infer import FrozenNet
-        from cvtool.heap import return_large_blocks
 
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            return_large_blocks()  # flat memory over images of many sizes (cvtool/heap.py)
         self.net = FrozenNet(spec, params, self.device)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
