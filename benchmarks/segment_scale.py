@@ -96,7 +96,7 @@ def main() -> None:
         print(json.dumps(res[name]), file=sys.stderr)
     names = list(res)
     ref = "ort" if "ort" in res else names[-1]
-    lines = [f"Machine: {markdown_line()}", "",
+    lines = [markdown_line(), "",
              "| backend | " + " | ".join(f"{k} s (x {ref})" for k in res[ref]["large"]) + " | peak MB | "
              f"folder ms/image (x {ref}) | RSS MB after " + ", ".join(str(i) for i, _ in res[ref]["folder"]["rss_mb"])
              + " images | after import |",
