@@ -12,10 +12,10 @@ from importlib.metadata import entry_points
 from cvtool.errors import BackendUnavailable, UsageError
 
 BUILTIN: dict[str, str] = {
-    "numpy": "backends.numpy_ref:Backend",
-    "torch": "backends.torch_backend:Backend",
-    "ort": "backends.ort_backend:Backend",
-    "naive": "backends.naive:Backend",  # the lecture's loops: operations only, small sizes
+    "numpy": "cvtool_backends.numpy_ref:Backend",
+    "torch": "cvtool_backends.torch_backend:Backend",
+    "ort": "cvtool_backends.ort_backend:Backend",
+    "naive": "cvtool_backends.naive:Backend",  # the lecture's loops: operations only, small sizes
 }
 REFERENCE = "numpy"  # the float64 oracle every other backend is checked against (bench, export, convcalc --verify)
 ENTRY_POINT_GROUP = "cvtool.backends"
@@ -44,7 +44,7 @@ def backend_class(name: str):
 
 def status(name: str):
     """Status of a backend, also for one whose framework is missing (available=False, reason)."""
-    from backends.base import Status
+    from cvtool_backends.base import Status
 
     try:
         cls = backend_class(name)

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from backends.numpy_ref.conv import conv2d_backward, conv2d_forward  # noqa: E402
+from cvtool_backends.numpy_ref.conv import conv2d_backward, conv2d_forward  # noqa: E402
 
 PHASES = ("forward", "backward", "forward+backward")
 
@@ -120,7 +120,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, str]:
-    from backends.numpy_ref.parallel import blas_threads
+    from cvtool_backends.numpy_ref.parallel import blas_threads
 
     return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "numpy": np.__version__,
             "blas threads": str(blas_threads()), "python": platform.python_version(),

@@ -40,7 +40,7 @@ def worker(backend: str, folder: int, seed: int, large: bool = True) -> dict:
     """Runs in the child process: one backend, every measurement."""
     import numpy as np
 
-    import backends as registry
+    import cvtool_backends as registry
     from cvtool import spec as S
     from cvtool.inference import segment_logits
 

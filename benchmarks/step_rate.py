@@ -44,7 +44,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from backends.torch_backend.model import TorchTrainer
+    from cvtool_backends.torch_backend.model import TorchTrainer
     from cvtool.optim import OptimConfig
     from cvtool.spec import ModelSpec, init_params
 

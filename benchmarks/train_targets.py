@@ -71,7 +71,7 @@ def throughput(size: int = 256, batch: int = 8, steps: int = 8, rounds: int = 3)
     """Images/s of TorchTrainer.step on the default net (CPU): median and best over rounds of `steps` steps."""
     import numpy as np
 
-    from backends.torch_backend.model import TorchTrainer, native_bf16, set_threads
+    from cvtool_backends.torch_backend.model import TorchTrainer, native_bf16, set_threads
     from cvtool.optim import OptimConfig
     from cvtool.spec import ModelSpec, init_params
     from cvtool.training import TrainConfig

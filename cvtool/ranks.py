@@ -1,7 +1,7 @@
 """What the training loop asks of a trainer that runs in several processes (torchrun): two optional hooks.
 
 Declared here, in the core, because the loop tests for them and the core never imports `backends`;
-backends.base re-exports them with the rest of the contract (its `hook` finds them by name). A trainer in
+cvtool_backends.base re-exports them with the rest of the contract (its `hook` finds them by name). A trainer in
 one process needs neither.
 """
 

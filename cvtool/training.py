@@ -1,7 +1,7 @@
 """The training loop, backend-agnostic: batches, schedule, validation, checkpoints, resume.
 
 It is handed a `make_trainer(spec, params, optim, class_weights, seed, dice) -> Trainer` (see
-backends.base.Trainer) and reports through `on_event(kind, data)`, so it needs neither a
+cvtool_backends.base.Trainer) and reports through `on_event(kind, data)`, so it needs neither a
 framework nor rich. Determinism: every epoch's order and augmentation come from
 np.random.default_rng([seed, epoch, rank]), so a resumed run replays the same batches.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backends as registry
+import cvtool_backends as registry
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"  # ../shared from the repository root
 

@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
-from backends.onnx_format import graphs
+from cvtool_backends.onnx_format import graphs
 from cvtool import arithmetic as A
 from cvtool.errors import UsageError
 
@@ -342,8 +342,8 @@ def test_activation_property(backend, close, op, shape, seed):
 # --- ORT specifics ----------------------------------------------------------------------------------
 
 def test_ort_reuses_one_session_across_batch_and_image_sizes():
-    from backends import get
-    from backends.ort_backend import session
+    from cvtool_backends import get
+    from cvtool_backends.ort_backend import session
 
     b = get("ort", "cpu")
     b.conv2d(rand(0, 1, 3, 8, 8), rand(1, 2, 3, 3, 3), stride=1, padding=1)
@@ -355,7 +355,7 @@ def test_ort_reuses_one_session_across_batch_and_image_sizes():
 
 
 def test_ort_float64_only_where_declared():
-    from backends import get
+    from cvtool_backends import get
 
     b = get("ort", "cpu")
     x = np.random.default_rng(0).standard_normal((1, 1, 4, 4))

@@ -12,8 +12,8 @@ import onnxruntime
 import pytest
 import torch
 
-import backends as registry
-from backends.base import Backend as BackendProtocol
+import cvtool_backends as registry
+from cvtool_backends.base import Backend as BackendProtocol
 from cvtool.cli import main, output
 from cvtool.errors import BackendUnavailable, UsageError
 
@@ -96,12 +96,12 @@ def test_cuda_without_gpu_is_a_clear_error(name):
 
 @pytest.mark.parametrize("module, heavy", [
     ("cvtool.cli", ("torch", "onnx", "onnxruntime")),  # start-up: `cvtool --help`, `cvtool convcalc`
-    ("backends.torch_backend", ("onnx", "onnxruntime")),
-    ("backends.ort_backend", ("torch",)),
-    ("backends.onnx_format.export", ("torch", "onnxruntime")),  # building or reading a file: onnx alone
+    ("cvtool_backends.torch_backend", ("onnx", "onnxruntime")),
+    ("cvtool_backends.ort_backend", ("torch",)),
+    ("cvtool_backends.onnx_format.export", ("torch", "onnxruntime")),  # building or reading a file: onnx alone
 ])
 def test_imports_stay_light(module, heavy):
-    code = (f"import sys, backends, backends.base, cvtool, {module}; backends.names(); "
+    code = (f"import sys, cvtool_backends as backends, cvtool_backends.base, cvtool, {module}; backends.names(); "
             f"print([m for m in {heavy!r} if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", f"importing {module} loads {r.stdout.strip()}"
@@ -150,6 +150,6 @@ def test_plugin_through_registry(tmp_path, monkeypatch):
             registry.get("toy", "cuda")
         with pytest.raises(BackendUnavailable, match="not available"):
             registry.get("broken")
-        assert registry.backend_class("torch").__module__ == "backends.torch_backend"
+        assert registry.backend_class("torch").__module__ == "cvtool_backends.torch_backend"
     finally:
         sys.modules.pop("toy_backend", None)

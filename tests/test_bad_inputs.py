@@ -19,7 +19,7 @@ from test_timed import make_set, trainer_factory
 from test_train import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 from test_train_cli import ARGS, cvtool, write_dataset
 
-import backends as registry
+import cvtool_backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.data import open_datasets
 from cvtool.data.io import read_image, read_mask

@@ -21,9 +21,9 @@ import sys
 import numpy as np
 import pytest
 
-import backends as registry
-from backends.base import Capabilities, Status
-from backends.numpy_ref import Backend as NumpyBackend
+import cvtool_backends as registry
+from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.numpy_ref import Backend as NumpyBackend
 from cvtool import benchtime as bt
 from cvtool.cli import main
 from cvtool.cli.bench import compare
@@ -334,7 +334,7 @@ def test_op_max_pool_has_no_gemm_fraction(capsys):
 
 
 def test_data_miou_matches_one_computed_here(capsys):
-    from backends.numpy_ref.model import NumpyRunner
+    from cvtool_backends.numpy_ref.model import NumpyRunner
     from cvtool.data import open_datasets
     from cvtool.metrics import SegMetrics
     from cvtool.spec import ModelSpec, init_params

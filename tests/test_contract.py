@@ -17,8 +17,8 @@ from inspect import Parameter
 import numpy as np
 import pytest
 
-import backends as registry
-from backends import base
+import cvtool_backends as registry
+from cvtool_backends import base
 from cvtool.errors import CvtoolError
 from cvtool.optim import OptimConfig
 from cvtool.spec import ModelSpec, init_params

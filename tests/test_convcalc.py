@@ -375,18 +375,18 @@ class WrongBackend:
 
     @classmethod
     def status(cls):
-        from backends.base import Status
+        from cvtool_backends.base import Status
 
         return Status(name="wrong", available=True, devices=("cpu",))
 
     def conv2d(self, x, w, b=None, **kw):
-        import backends as registry
+        import cvtool_backends as registry
 
         return registry.get("numpy", "cpu").conv2d(x, w, b, **kw) + 1e-2
 
 
 def test_verify_reports_failures_and_unavailable(monkeypatch, capsys):
-    import backends as registry
+    import cvtool_backends as registry
 
     monkeypatch.setitem(registry.BUILTIN, "wrong", "test_convcalc:WrongBackend")
     monkeypatch.setitem(registry.BUILTIN, "missing", "no_such_module_xyz:Backend")

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-import backends as registry
+import cvtool_backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.data.io import read_image
 from cvtool.inference import segment_logits

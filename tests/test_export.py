@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-import backends as registry
-from backends.onnx_format.export import INPUT, OUTPUT, read_meta
-from backends.onnx_format.opset import newest_opset
+import cvtool_backends as registry
+from cvtool_backends.onnx_format.export import INPUT, OUTPUT, read_meta
+from cvtool_backends.onnx_format.opset import newest_opset
 from cvtool import __version__
 from cvtool import checkpoint as ckpt_io
 from cvtool.cli import main

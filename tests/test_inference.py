@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backends as registry
+import cvtool_backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.errors import DataError, UsageError
 from cvtool.model_meta import ModelMeta

@@ -46,3 +46,18 @@ def test_no_mode_imports_the_command_or_private_names(path):
             assert module != "cvtool.cli.convcalc", f"{rel(path)} imports the command module: a cycle"
         private = [n for n in names if n.startswith("_") and n != "__version__"]
         assert not private, f"{rel(path)} borrows {private} from {module}"
+
+
+def test_every_package_is_installed_under_its_import_name():
+    """pyproject lists the packages (backends/ installs as cvtool_backends): a new folder must be listed there, and
+    nothing may import the folder's own name, which only resolves from the repository root."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts).replace("backends", "cvtool_backends", 1)
+             for top in ("cvtool", "backends") for p in (ROOT / top).rglob("__init__.py")}
+    assert listed == found
+    for path in [*ROOT.glob("cvtool/**/*.py"), *ROOT.glob("backends/**/*.py"), *ROOT.glob("tests/**/*.py"),
+                 *ROOT.glob("benchmarks/*.py")]:
+        for module, _ in imports(path):
+            assert module.split(".")[0] != "backends", f"{rel(path)} imports {module}: use cvtool_backends"

@@ -4,11 +4,11 @@ and the fast `numpy` layers against it on small shapes that take each of their f
 import numpy as np
 import pytest
 
-import backends as registry
-from backends.naive import conv as nconv
-from backends.naive import layers as nlayers
-from backends.naive import pool as npool
-from backends.numpy_ref import layers as fast
+import cvtool_backends as registry
+from cvtool_backends.naive import conv as nconv
+from cvtool_backends.naive import layers as nlayers
+from cvtool_backends.naive import pool as npool
+from cvtool_backends.numpy_ref import layers as fast
 from cvtool.gradcheck import numeric_grad
 
 RNG = np.random.default_rng(0)

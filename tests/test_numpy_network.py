@@ -1,6 +1,6 @@
 """The whole U-Net on the NumPy reference backend (backends/numpy_ref/model.py) against torch.
 
-Oracle: the same spec built as a torch SpecNet (backends.torch_backend.model) with autograd and
+Oracle: the same spec built as a torch SpecNet (cvtool_backends.torch_backend.model) with autograd and
 torch.optim. Gradients are compared in float64 (hand-written backward vs autograd, to ~1e-12);
 training steps and inference in float32 (TorchTrainer with amp=False: no bf16 autocast; TorchRunner).
 """
@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import backends as registry
-from backends.base import Runner, Trainer
-from backends.numpy_ref.model import NumpyRunner, NumpyTrainer, backward, forward
-from backends.torch_backend.model import TorchRunner, TorchTrainer, build
+import cvtool_backends as registry
+from cvtool_backends.base import Runner, Trainer
+from cvtool_backends.numpy_ref.model import NumpyRunner, NumpyTrainer, backward, forward
+from cvtool_backends.torch_backend.model import TorchRunner, TorchTrainer, build
 from cvtool.errors import UsageError
 from cvtool.optim import OptimConfig
 from cvtool.spec import ModelSpec, init_params
@@ -209,7 +209,7 @@ def test_numpy_backend_imports_no_torch():
     code = textwrap.dedent("""
         import sys
         import numpy as np
-        import backends as registry
+        import cvtool_backends as registry
         from cvtool.optim import OptimConfig
         from cvtool.spec import ModelSpec, init_params
         spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)

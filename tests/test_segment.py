@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import backends as registry
+import cvtool_backends as registry
 from cvtool.checkpoint import load as load_checkpoint
 from cvtool.cli.segment import output_stems
 from cvtool.data.io import read_image, read_mask, read_mask_info

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from backends.torch_backend.model import SpecNet, build, export_params
+from cvtool_backends.torch_backend.model import SpecNet, build, export_params
 from cvtool.errors import UsageError
 from cvtool.spec import ModelSpec, init_params, total_flops
 

@@ -4,7 +4,7 @@ and refusals for what cannot be written out."""
 import numpy as np
 import pytest
 
-import backends as registry
+import cvtool_backends as registry
 from cvtool.chain import make_layer
 from cvtool.steps import conv_steps, pool_steps, sum_text, tconv_steps
 from test_convcalc import cc, fails  # tests/ is on sys.path under pytest

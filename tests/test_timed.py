@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-import backends as registry
+import cvtool_backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.cli import main
 from cvtool.inference import segment_logits

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from backends.torch_backend.infer import FrozenNet, channels
-from backends.torch_backend.model import TorchRunner, build
+from cvtool_backends.torch_backend.infer import FrozenNet, channels
+from cvtool_backends.torch_backend.model import TorchRunner, build
 from cvtool import spec as S
 from cvtool.fuse import fuse_relu
 

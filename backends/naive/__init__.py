@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from backends.base import Capabilities, Status
-from backends.naive import conv, layers, pool
+from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.naive import conv, layers, pool
 from cvtool.errors import BackendUnavailable
 
 MAX_OUTPUTS = 1 << 22  # loops over outputs: beyond this many a call takes minutes; refuse instead
@@ -69,7 +69,7 @@ class Backend:
         """y, dL/dx (and dL/dw, dL/db) by the loops run backwards (backends.base.layer_gradients)."""
         from types import SimpleNamespace
 
-        from backends.base import layer_gradients
+        from cvtool_backends.base import layer_gradients
 
         lib = SimpleNamespace(**{n: getattr(m, n) for m in (conv, pool, layers) for n in dir(m) if "_forward" in n or "_backward" in n})
         return layer_gradients(lib, op, x, w, b, dy, **params)

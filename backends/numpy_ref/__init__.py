@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from backends.base import Capabilities, Status
-from backends.numpy_ref import layers
+from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.numpy_ref import layers
 from cvtool.errors import BackendUnavailable
 
 
@@ -31,7 +31,7 @@ class Backend:
 
     @classmethod
     def status(cls) -> Status:
-        from backends.numpy_ref.parallel import blas_threads
+        from cvtool_backends.numpy_ref.parallel import blas_threads
 
         return Status(name=cls.name, available=True, version=np.__version__, devices=("cpu",),
                       threads=blas_threads())
@@ -55,7 +55,7 @@ class Backend:
 
     def gradients(self, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:
         """y, dL/dx (and dL/dw, dL/db) by the hand-written backward rules (backends.base.layer_gradients)."""
-        from backends.base import layer_gradients
+        from cvtool_backends.base import layer_gradients
 
         return layer_gradients(layers, op, x, w, b, dy, **params)
 
@@ -71,13 +71,13 @@ class Backend:
     # --- networks (backends/numpy_ref/model.py) ---------------------------------------------------
 
     def runner(self, spec, params, dtype=np.float32):
-        from backends.numpy_ref.model import NumpyRunner
+        from cvtool_backends.numpy_ref.model import NumpyRunner
 
         return NumpyRunner(spec, params, dtype=dtype)
 
     def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
                 dice: float = 0.0):
-        from backends.numpy_ref.model import NumpyTrainer
+        from cvtool_backends.numpy_ref.model import NumpyTrainer
 
         if distributed:
             self.init_distributed()

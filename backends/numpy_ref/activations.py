@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from backends.numpy_ref.arrays import as_float
+from cvtool_backends.numpy_ref.arrays import as_float
 
 
 class ReluCache(NamedTuple):

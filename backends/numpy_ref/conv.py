@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from backends.numpy_ref.arrays import as_float, offsets, window
-from backends.numpy_ref.parallel import map_blocks, map_channels, map_runs, workers
+from cvtool_backends.numpy_ref.arrays import as_float, offsets, window
+from cvtool_backends.numpy_ref.parallel import map_blocks, map_channels, map_runs, workers
 from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_kernel, pair, resolve_padding
 from cvtool.errors import UsageError
 

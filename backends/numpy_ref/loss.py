@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.numpy_ref.arrays import as_float
+from cvtool_backends.numpy_ref.arrays import as_float
 from cvtool.errors import DataError, UsageError
 
 

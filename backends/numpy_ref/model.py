@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from backends.numpy_ref import layers, optim as rules
+from cvtool_backends.numpy_ref import layers, optim as rules
 from cvtool.heap import keep_freed_memory
-from backends.numpy_ref.parallel import held, map_blocks, map_channels
-from backends.numpy_ref.activations import ReluCache
+from cvtool_backends.numpy_ref.parallel import held, map_blocks, map_channels
+from cvtool_backends.numpy_ref.activations import ReluCache
 from cvtool import spec as S
 from cvtool.errors import UsageError
 from cvtool.fuse import ConvReLU, fold_batchnorm, fuse_relu

@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from backends.numpy_ref.arrays import as_float
-from backends.numpy_ref.parallel import map_channels
+from cvtool_backends.numpy_ref.arrays import as_float
+from cvtool_backends.numpy_ref.parallel import map_channels
 from cvtool.errors import UsageError
 
 

@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from backends.numpy_ref.arrays import as_float, offsets, window
-from backends.numpy_ref.parallel import map_blocks
+from cvtool_backends.numpy_ref.arrays import as_float, offsets, window
+from cvtool_backends.numpy_ref.parallel import map_blocks
 from cvtool.arithmetic import effective_kernel, pair, pool_output
 from cvtool.errors import UsageError
 

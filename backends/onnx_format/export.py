@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from backends.onnx_format.opset import max_ir
+from cvtool_backends.onnx_format.opset import max_ir
 from cvtool import spec as S
 
 INPUT, OUTPUT = "image", "logits"

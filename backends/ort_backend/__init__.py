@@ -21,10 +21,10 @@ import functools
 import numpy as np
 import onnxruntime as ort
 
-from backends import resolve_device
-from backends.base import Capabilities, Status
-from backends.onnx_format import graphs
-from backends.ort_backend import session
+from cvtool_backends import resolve_device
+from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.onnx_format import graphs
+from cvtool_backends.ort_backend import session
 from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, conv_transpose_output, pair,
                                pool2d_output, resolve_padding)
 from cvtool.errors import CvtoolError, UsageError
@@ -183,15 +183,15 @@ class Backend:
 
     def runner(self, spec, params, opset: int | None = None):
         """The spec exported in memory (float32) and run by ONNX Runtime."""
-        from backends.onnx_format.export import build_model
-        from backends.onnx_format.opset import newest_opset
-        from backends.ort_backend.runner import OrtRunner
+        from cvtool_backends.onnx_format.export import build_model
+        from cvtool_backends.onnx_format.opset import newest_opset
+        from cvtool_backends.ort_backend.runner import OrtRunner
 
         model = build_model(spec, params, {}, opset=opset or newest_opset())
         return OrtRunner(model.SerializeToString(), self.device)
 
     def load_onnx(self, path):
-        from backends.ort_backend.runner import OrtRunner
+        from cvtool_backends.ort_backend.runner import OrtRunner
         from cvtool.errors import DataError
 
         try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from backends.onnx_format.export import INPUT, OUTPUT
-from backends.ort_backend import session
+from cvtool_backends.onnx_format.export import INPUT, OUTPUT
+from cvtool_backends.ort_backend import session
 
 
 class OrtRunner:

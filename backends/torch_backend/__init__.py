@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends import resolve_device
-from backends.base import Capabilities, Status
+from cvtool_backends import resolve_device
+from cvtool_backends.base import Capabilities, Status
 from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output,
                                resolve_padding)
 from cvtool.errors import UsageError
@@ -74,7 +74,7 @@ class Backend:
 
     def gradients(self, op: str, x, w=None, b=None, dy=None, **params) -> dict[str, np.ndarray]:
         """y, dL/dx (and dL/dw, dL/db) of one layer by autograd in float64, L = sum(y * dy) (convcalc --backward)."""
-        from backends.torch_backend.grads import gradients
+        from cvtool_backends.torch_backend.grads import gradients
 
         return gradients(op, x, w, b, dy, params)
 
@@ -146,13 +146,13 @@ class Backend:
     # --- networks -------------------------------------------------------------------------------
 
     def runner(self, spec, params):
-        from backends.torch_backend.model import TorchRunner
+        from cvtool_backends.torch_backend.model import TorchRunner
 
         return TorchRunner(spec, params, self.device)
 
     def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
                 dice: float = 0.0):
-        from backends.torch_backend.model import TorchTrainer
+        from cvtool_backends.torch_backend.model import TorchTrainer
 
         return TorchTrainer(spec, params, device=self.device, optim=optim, class_weights=class_weights, seed=seed,
                             distributed=distributed, dice=dice)
@@ -161,12 +161,12 @@ class Backend:
         torch.set_num_threads(n)
 
     def init_distributed(self) -> tuple[int, int]:
-        from backends.torch_backend import distributed
+        from cvtool_backends.torch_backend import distributed
 
         return distributed.init(self.device)
 
     def finish_distributed(self) -> None:
-        from backends.torch_backend import distributed
+        from cvtool_backends.torch_backend import distributed
 
         distributed.finish()
 

@@ -184,7 +184,7 @@ class TorchTrainer:
     def sync_buffers(self) -> None:
         """DDP: BatchNorm's running statistics averaged over the ranks (see distributed.average_buffers)."""
         if self.distributed:
-            from backends.torch_backend.distributed import average_buffers
+            from cvtool_backends.torch_backend.distributed import average_buffers
 
             average_buffers(self.net)
 
@@ -192,7 +192,7 @@ class TorchTrainer:
         """The largest v over all processes (one tiny all-reduce): ranks agree on when to stop."""
         if not self.distributed:
             return v
-        from backends.torch_backend.distributed import all_max
+        from cvtool_backends.torch_backend.distributed import all_max
 
         return all_max(v, self.device)
 
@@ -226,7 +226,7 @@ class TorchRunner:
     """Inference through infer.FrozenNet (BatchNorm folded, ReLU and the skip concatenations fused)."""
 
     def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: str):
-        from backends.torch_backend.infer import FrozenNet
+        from cvtool_backends.torch_backend.infer import FrozenNet
 
         self.device = torch.device(device)
         self.net = FrozenNet(spec, params, self.device)

@@ -9,7 +9,7 @@ from cvtool.cli.output import emit_json, out, table
 
 def backends(json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """List the backends: available or why not, version, devices, providers/threads."""
-    import backends as registry
+    import cvtool_backends as registry
 
     sts = [registry.status(n) for n in registry.names()]
     if json_:

@@ -10,7 +10,7 @@ spread), images/s, GFLOP/s from the spec's FLOP count, and that as a fraction of
 GEMM rate measured in the same run. Timing: warm-up calls, then calls until --min-time; runners return
 host arrays, so every CUDA call is synchronised; ORT on CUDA runs with IO binding, torch in channels_last.
 
-Optional backend hooks (backends.base.HOOKS), used where a backend has them:
+Optional backend hooks (cvtool_backends.base.HOOKS), used where a backend has them:
     gemm(n) -> callable             one float32 (n x n) @ (n x n) on the backend's device, returning when done
     peak_memory(fn) -> (fn(), bytes)  device memory peak during fn (CUDA)
     set_threads(n)                  --threads;  load_onnx(path): a --model .onnx runs as that file
@@ -205,8 +205,8 @@ def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
 
 def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | None):
     """The first warm-up call, measuring memory: (output, MB, method)."""
-    from backends import REFERENCE
-    from backends.base import hook
+    from cvtool_backends import REFERENCE
+    from cvtool_backends.base import hook
     from cvtool import benchtime as bt
 
     if be.device == "cuda":
@@ -282,7 +282,7 @@ def merge_rounds(docs: list[dict]) -> dict:
 def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
-    from backends.base import RunnerInfo
+    from cvtool_backends.base import RunnerInfo
     from cvtool import benchtime as bt
     from cvtool.cli.convcalc_common import backend_status
 
@@ -330,7 +330,7 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
 
 
 def _set_threads(be, n: int) -> None:
-    from backends.base import hook
+    from cvtool_backends.base import hook
 
     set_threads = hook(be, "set_threads")
     if set_threads is not None:
@@ -342,7 +342,7 @@ def _set_threads(be, n: int) -> None:
 def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
     rate = the best per device."""
-    from backends.base import hook
+    from cvtool_backends.base import hook
     from cvtool import benchtime as bt
     from cvtool.cli.convcalc_common import backend_status
 
@@ -436,8 +436,8 @@ def _miou(run, items: list, spec) -> float:
 def network_bench(cfg: dict, backend: str, device: str, model, width, depth, data, data_limit: int) -> dict:
     import numpy as np
 
-    import backends as registry
-    from backends.base import Runs, hook
+    import cvtool_backends as registry
+    from cvtool_backends.base import Runs, hook
     from cvtool.calc.verify import RTOL
     from cvtool.spec import total_flops
 
@@ -506,7 +506,7 @@ def _onnx_reference(lspec, x, w, b) -> Any:
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from backends.onnx_format import graphs
+    from cvtool_backends.onnx_format import graphs
     from cvtool.chain import output_hw
 
     (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
@@ -554,7 +554,7 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
              C: int) -> dict:
     import numpy as np
 
-    import backends as registry
+    import cvtool_backends as registry
     from cvtool.chain import output_hw
     from cvtool.calc.verify import RTOL, run_layer
     from cvtool.cli.convcalc_common import layer_spec

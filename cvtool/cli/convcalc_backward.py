@@ -13,7 +13,7 @@ from cvtool.errors import BackendUnavailable
 
 def gradients(case: B.Case) -> dict:
     """The --backward document: every backend with a backward that is available here, on the CPU."""
-    import backends as registry
+    import cvtool_backends as registry
 
     engines: dict[str, Any] = {}  # name -> the backend, or why it is unavailable
     for name in B.METHODS:

@@ -93,7 +93,7 @@ def grid(a) -> Any:
 
 def backend_status(registry, name: str):
     """A backend's status; one that cannot even be imported is unavailable, not a crash."""
-    from backends.base import Status
+    from cvtool_backends.base import Status
 
     try:
         return registry.status(name)

@@ -14,7 +14,7 @@ from cvtool.layer_text import hw_text
 
 def cross_check(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device: str, seed: int) -> dict:
     """The --verify document for the backends named (all: every one known) on the device."""
-    import backends as registry
+    import cvtool_backends as registry
 
     names = registry.parse_list(backend_spec)
     if device not in registry.DEVICES:

@@ -37,7 +37,7 @@ def _reference_runner(onnx_path: Path):
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from backends.onnx_format.export import INPUT, OUTPUT
+    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
 
     ev = ReferenceEvaluator(onnx.load(str(onnx_path)))
     return lambda x: ev.run([OUTPUT], {INPUT: x})[0]
@@ -45,7 +45,7 @@ def _reference_runner(onnx_path: Path):
 
 def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, object, str, int]]:
     """(label, runner, tolerance key, how many of the verify shapes) for every way we can run the model."""
-    import backends as registry
+    import cvtool_backends as registry
 
     fp = "float16" if half else "float32"
     rows = [(name, registry.get(name, "cpu").runner(model.spec, model.params), "float32", 99)
@@ -63,7 +63,7 @@ def parity_report(model, onnx_path: Path, *, half: bool, seed: int = 0) -> list[
     """The same seeded inputs through the written file (ORT), PyTorch and NumPy, against NumPy float64."""
     import numpy as np
 
-    import backends as registry
+    import cvtool_backends as registry
     from cvtool.compare import TOLERANCE, compare
 
     spec = model.spec
@@ -89,7 +89,7 @@ def check_meta(model, onnx_path: Path) -> dict:
     """The file's metadata against the checkpoint: a different network is an error, not a parity row."""
     import onnx
 
-    from backends.onnx_format.export import read_meta
+    from cvtool_backends.onnx_format.export import read_meta
     from cvtool.cli.models import file_digest
     from cvtool.errors import CvtoolError, DataError
 
@@ -139,8 +139,8 @@ def export(
     """
     import onnx
 
-    from backends.onnx_format.export import INPUT, OUTPUT
-    from backends.onnx_format.opset import OLDEST, newest_opset
+    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
+    from cvtool_backends.onnx_format.opset import OLDEST, newest_opset
     from cvtool.cli.models import build_onnx, open_model
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import atomic_path

@@ -67,7 +67,7 @@ def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta
 
     import onnx
 
-    from backends.onnx_format.export import META_KEY, to_params
+    from cvtool_backends.onnx_format.export import META_KEY, to_params
 
     try:
         model = onnx.load(str(path))
@@ -96,7 +96,7 @@ def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta
 
 def onnx_meta(model: Model) -> dict:
     """What an exported file carries in metadata_props besides the spec: enough to run it alone."""
-    from backends.onnx_format.export import INPUT, OUTPUT
+    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
     from cvtool import __version__
 
     src = file_digest(model.path) if model.kind == "checkpoint" else None
@@ -106,7 +106,7 @@ def onnx_meta(model: Model) -> dict:
 
 def build_onnx(model: Model, opset: int, half: bool = False):
     """The model as an onnx.ModelProto (weights inside) with its metadata."""
-    from backends.onnx_format.export import build_model
+    from cvtool_backends.onnx_format.export import build_model
 
     return build_model(model.spec, model.params, onnx_meta(model), opset=opset, half=half)
 

@@ -75,8 +75,8 @@ def onnx_for_checkpoint(model) -> tuple[Path | bytes, str]:
     """
     import onnx
 
-    from backends.onnx_format.export import read_meta
-    from backends.onnx_format.opset import newest_opset
+    from cvtool_backends.onnx_format.export import read_meta
+    from cvtool_backends.onnx_format.opset import newest_opset
     from cvtool.cli.models import build_onnx, onnx_meta
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import atomic_write_bytes
@@ -118,8 +118,8 @@ def segment(
     """Label every pixel: palette mask PNG, colour overlay PNG and class fractions per image."""
     import numpy as np
 
-    import backends as registry
-    from backends.base import Runs, hook
+    import cvtool_backends as registry
+    from cvtool_backends.base import Runs, hook
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError

@@ -52,8 +52,8 @@ def train(
     import time
     from dataclasses import asdict
 
-    import backends as registry
-    from backends.base import Trains, hook
+    import cvtool_backends as registry
+    from cvtool_backends.base import Trains, hook
     from cvtool import checkpoint as ckpt_io
     from cvtool.errors import UsageError
     from cvtool.fsutil import next_run_dir, release_if_empty

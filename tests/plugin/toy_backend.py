@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import Capabilities, Status
+from cvtool_backends.base import Capabilities, Status
 from cvtool.errors import BackendUnavailable, CvtoolError
 
 
