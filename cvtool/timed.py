@@ -134,7 +134,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     from cvtool.data.augment import PRESETS, Augment, sample_batch
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
-    from cvtool.training import RunState, check_loss, class_weights, _write_curves, _write_metrics
+    from cvtool.training import RunState, check_loss, class_weights, write_curves, write_metrics
 
     budget = float(cfg.time_budget)
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
@@ -282,8 +282,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                 if final:
                     stopped = STOP_TIME
                 save("last", metrics)
-                _write_metrics(out_dir, st.history)
-                _write_curves(out_dir, st.history, xlabel="validation")
+                write_metrics(out_dir, st.history)
+                write_curves(out_dir, st.history, xlabel="validation")
                 on_event("epoch", {**row, "iou": metrics.get("iou"), "best": best, "val_seconds": val_s})
                 continue
             x, y = stream.get()

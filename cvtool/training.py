@@ -372,8 +372,8 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
                 st.best_miou = miou if math.isfinite(miou) else st.best_miou
                 save("best", metrics)
             save("last", metrics)
-            _write_metrics(out_dir, st.history)
-            _write_curves(out_dir, st.history)
+            write_metrics(out_dir, st.history)
+            write_curves(out_dir, st.history)
         on_event("epoch", {**row, "iou": metrics.get("iou"), "best": best})
         t_last = time.perf_counter()  # validation time is not training time
         if stopped:
@@ -421,7 +421,7 @@ def _class_weights(ds, K: int, max_items: int = 64) -> np.ndarray:
     return class_weights(hist)
 
 
-def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
     from cvtool.fsutil import atomic_path
 
     with atomic_path(out_dir / "metrics.csv") as tmp:
@@ -431,7 +431,7 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
             w.writerows(history)
 
 
-def _write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch") -> None:
+def write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch") -> None:
     from cvtool.plot import line_chart
 
     ep = [h["epoch"] for h in history]

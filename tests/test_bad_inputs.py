@@ -115,7 +115,7 @@ def test_nan_in_a_time_driven_run_keeps_best(tmp_path, monkeypatch, capsys):
     run = tmp_path / "r"
     nan_after_first_validation(monkeypatch, run)
     monkeypatch.setattr("cvtool.cli.train.process_age", lambda: 0.0)  # the budget starts now, not at pytest's start
-    monkeypatch.setattr("cvtool.training._write_curves", lambda *a, **k: None)  # ~1 s a plot here: steps between
+    monkeypatch.setattr("cvtool.training.write_curves", lambda *a, **k: None)  # ~1 s a plot here: steps between
     code, out, err = cvtool(capsys, "train", "--data", data, "--time", "8", "--img-size", "32", "-b", "2",
                             "--width", "4", "--depth", "1", "--workers", "1", "--json", "--out", run)
     assert code == 3 and out == "", out[:400]

@@ -61,3 +61,10 @@ def test_every_package_is_installed_under_its_import_name():
                  *ROOT.glob("benchmarks/*.py")]:
         for module, _ in imports(path):
             assert module.split(".")[0] != "backends", f"{rel(path)} imports {module}: use cvtool_backends"
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("cvtool/**/*.py")) + sorted(ROOT.glob("backends/**/*.py")), ids=rel)
+def test_nobody_borrows_private_names(path):
+    for module, names in imports(path):
+        private = [n for n in names if n.startswith("_") and n != "__version__"]
+        assert not private, f"{rel(path)} borrows {private} from {module}"
