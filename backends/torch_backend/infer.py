@@ -34,6 +34,15 @@ def _onednn(device: torch.device) -> bool:
     return True
 
 
+def _max_pool(x: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """2x2 stride-2 pooling of even sizes as the maximum of four strided views: no argmax to keep (inference), and
+    1.1-2x faster than max_pool2d_with_indices on channels_last activations here. Other windows: F.max_pool2d."""
+    if k == stride == 2 and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+        return torch.maximum(torch.maximum(x[..., ::2, ::2], x[..., 1::2, ::2]),
+                             torch.maximum(x[..., ::2, 1::2], x[..., 1::2, 1::2]))
+    return F.max_pool2d(x, k, stride)
+
+
 def channels(nodes: list[S.Node], in_channels: int) -> dict[str, int]:
     """Output channels of every node: convs say theirs, Concat sums, the rest keep their input's."""
     C = {"input": in_channels}
@@ -56,6 +65,7 @@ class FrozenNet:
         nodes, p = fold_batchnorm(spec.graph(), {k: np.asarray(v, np.float32) for k, v in params.items()})
         self.nodes = fuse_relu(nodes)
         self.device, self.fused = device, _onednn(device)
+        self.memory_format = torch.channels_last
         self.w = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in p.items()}
         kinds = {n.name: n.layer for n in self.nodes}
         uses = Counter(src for n in self.nodes for src in n.inputs)
@@ -95,7 +105,7 @@ class FrozenNet:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        vals = {"input": x.contiguous(memory_format=torch.channels_last)}
+        vals = {"input": x.contiguous(memory_format=self.memory_format)}
         for i, n in enumerate(self.nodes):
             L = n.layer
             relu = isinstance(L, ConvReLU)
@@ -118,7 +128,7 @@ class FrozenNet:
                 y = F.batch_norm(vals[n.inputs[0]], self.w[f"{n.name}.running_mean"], self.w[f"{n.name}.running_var"],
                                  self.w[f"{n.name}.weight"], self.w[f"{n.name}.bias"], False, 0.0, L.eps)
             elif isinstance(L, S.MaxPool2d):
-                y = F.max_pool2d(vals[n.inputs[0]], L.kernel_size, L.stride)
+                y = _max_pool(vals[n.inputs[0]], L.kernel_size, L.stride)
             elif isinstance(L, S.Activation):
                 y = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[L.kind](vals[n.inputs[0]])
             elif isinstance(L, S.Concat):
