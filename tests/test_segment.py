@@ -183,6 +183,17 @@ def test_model_for_other_channels(images, tmp_path, capsys):
     assert err.strip().splitlines()[-1] == "error: 2 of 2 input(s) failed: odd.png, rgb.jpg"
 
 
+def test_all_images_failing_leave_no_empty_run_folder(model, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = (images / "rgb.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    code, _, err = cli(capsys, "segment", str(tmp_path / "cut.jpg"), "-m", str(model), "--backend", "numpy")
+    assert code == 1 and "1 of 1 input(s) failed" in err
+    assert not (tmp_path / "runs").exists()  # the claimed runs/segment/exp1 (and its parents) released
+    code, _, _ = cli(capsys, "segment", str(images / "one.png"), "-m", str(model), "--backend", "numpy")
+    assert code == 0 and (tmp_path / "runs/segment/exp1/one_mask.png").is_file()
+
+
 def test_default_model_is_latest_runs_best(model, images, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(capsys, "segment", str(images / "one.png"))

@@ -123,7 +123,8 @@ def segment(
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
-    from cvtool.fsutil import make_dir, next_run_dir
+    from cvtool import heap
+    from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
                                   tile_margin, with_tta)
@@ -169,7 +170,8 @@ def segment(
         err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
                     f"what this net sees around a pixel", soft_wrap=True, markup=False)
         tile = min_tile(spec)
-    dest = make_dir(out_dir or next_run_dir(Path("runs") / "segment"))  # not writable: one line, exit 2, no image read
+    claimed = None if out_dir else next_run_dir(Path("runs") / "segment")
+    dest = make_dir(out_dir or claimed)  # not writable: one line, exit 2, no image read
     stems = dict(zip(images, output_stems(images)))
 
     timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
@@ -197,6 +199,8 @@ def segment(
         results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])], "mask": str(mask_png),
                         "overlay": str(overlay_png), "tiled": path in tiled,
                         "fractions": class_fractions(mask, meta.classes)})
+        del logits, mask
+        heap.trim()  # images of many sizes must not grow the process (cvtool/heap.py)
         timings["postprocess"] += time.perf_counter() - t0
 
     from rich.markup import escape
@@ -228,6 +232,8 @@ def segment(
                 failed.append({"source": str(path), "error": e.message})
             prog.advance(task)
         flush()
+    if not results:
+        release_if_empty(claimed)  # every image failed: no empty runs/segment/expN left behind
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
