@@ -44,16 +44,24 @@ def _reference_runner(onnx_path: Path):
 
 
 def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, object, str, int]]:
-    """(label, runner, tolerance key, how many of the verify shapes) for every way we can run the model."""
+    """(label, runner, tolerance key, how many of the verify shapes) for every way this machine can run the model:
+    each available backend on each of its devices, the written file where it runs ONNX files (load_onnx), else the
+    checkpoint's weights through its runner."""
     import cvtool_backends as registry
+    from cvtool_backends.base import Runs, hook
+    from cvtool.cli.convcalc_common import backend_status
 
     fp = "float16" if half else "float32"
-    rows = [(name, registry.get(name, "cpu").runner(model.spec, model.params), "float32", 99)
-            for name in ("numpy", "torch") if registry.status(name).available]
-    ort = registry.get("ort", "cpu")
-    rows.append(("ort cpu", ort.load_onnx(onnx_path), fp, 99))
-    if "cuda" in registry.status("ort").devices:
-        rows.append(("ort cuda", registry.get("ort", "cuda").load_onnx(onnx_path), fp, 99))
+    rows = []
+    for name in registry.names():
+        st = backend_status(registry, name)
+        for dev in st.devices if st.available else ():
+            be = registry.get(name, dev)
+            load_onnx = hook(be, "load_onnx")
+            if load_onnx is not None:
+                rows.append((f"{name} {dev}", load_onnx(onnx_path), fp, 99))
+            elif isinstance(be, Runs):
+                rows.append((name if dev == "cpu" else f"{name} {dev}", be.runner(model.spec, model.params), "float32", 99))
     if half:
         rows.append(("onnx.ref fp16", _reference_runner(onnx_path), fp, REFERENCE_SHAPES))
     return rows
