@@ -18,17 +18,11 @@ def chain_doc(text: str, hw: tuple[int, int], channels: int | None) -> dict:
             "params": None if any(s.params is None for s in steps) else sum(s.params for s in steps)}
 
 
-def model_doc(model: str, hw: tuple[int, int]) -> dict:
-    """The U-Net of a checkpoint (or the default spec) traced layer by layer with parameters and FLOPs."""
-    from cvtool.spec import ModelSpec
+def model_doc(spec, source: str, hw: tuple[int, int]) -> dict:
+    """A U-Net spec (from a checkpoint, an export or the default; the CLI reads it) traced layer by layer with
+    parameters and FLOPs."""
     from cvtool.spec import trace as trace_net
 
-    if model == "default":
-        spec, source = ModelSpec(), "default ModelSpec()"
-    else:
-        from cvtool.checkpoint import read_meta
-
-        spec, source = ModelSpec.from_dict(read_meta(model)["spec"]), model
     rows = trace_net(spec, hw)
     layers = [{"name": r.name, "op": r.op, "detail": r.detail, "shape": list(r.out_shape), "params": r.params,
                "flops": r.flops} for r in rows]

@@ -72,7 +72,7 @@ def convcalc(
     if model is not None:
         refuse_with("--model", chain=chain, kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
                     solve=solve, matrix=matrix, verify=verify, output=output)
-        return finish(T.model_doc(model, hw or (256, 256)), json_, render_model)
+        return finish(T.model_doc(*model_spec(model), hw or (256, 256)), json_, render_model)
     if chain is not None:
         refuse_with("--chain", kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
                     solve=solve, matrix=matrix, verify=verify, output=output)
@@ -184,3 +184,21 @@ def convcalc_tour(quick: bool = False) -> None:
 
 
 __all__ = ["convcalc", "convcalc_tour"]
+
+
+def model_spec(model: str):
+    """(spec, source) for --model: 'default', a cvtool .onnx export (read with onnx alone), or a checkpoint (its
+    metadata only, no tensors)."""
+    from pathlib import Path
+
+    from cvtool.spec import ModelSpec
+
+    if model == "default":
+        return ModelSpec(), "default ModelSpec()"
+    if model.lower().endswith(".onnx"):
+        from cvtool.cli.models import open_model
+
+        return open_model(Path(model)).spec, model
+    from cvtool.checkpoint import read_meta
+
+    return ModelSpec.from_dict(read_meta(model)["spec"]), model
