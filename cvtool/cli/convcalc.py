@@ -60,7 +60,7 @@ def convcalc(
     verify: bool = typer.Option(False, "--verify", help="Run it on every backend and compare with NumPy."),
     backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
     device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),
-    model: Optional[str] = typer.Option(None, "--model", help="Trace a network: a checkpoint, or 'default' (the default U-Net)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Trace a network: a checkpoint, a cvtool .onnx export, or 'default' (the default U-Net)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Convolution arithmetic explained: output sizes, 'same' padding, solving, chains, the matrix C, cross-checks."""
