@@ -31,7 +31,7 @@ def _check_size(*shape: int) -> None:
 class Backend:
     name: ClassVar[str] = "naive"
     capabilities: ClassVar[Capabilities] = Capabilities(backward=True, train=False, float64=True,
-                                                        extra={"networks": False, "cpu_only": True,
+                                                        extra={"networks": False, "cpu_only": True, "backward_by": "loops",
                                                                "max_outputs": MAX_OUTPUTS})
 
     def __init__(self, device: str = "cpu"):

@@ -19,7 +19,7 @@ from cvtool.errors import BackendUnavailable
 class Backend:
     name: ClassVar[str] = "numpy"
     capabilities: ClassVar[Capabilities] = Capabilities(backward=True, train=True, float64=True,
-                                                        extra={"cpu_only": True})
+                                                        extra={"cpu_only": True, "backward_by": "hand-written"})
 
     def __init__(self, device: str = "cpu"):
         if device not in ("cpu", "auto"):

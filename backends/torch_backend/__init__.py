@@ -45,7 +45,7 @@ def _float(a) -> np.ndarray:
 
 class Backend:
     name = "torch"
-    capabilities = Capabilities(ops=True, backward=True, train=True, float64=True)
+    capabilities = Capabilities(ops=True, backward=True, train=True, float64=True, extra={"backward_by": "autograd"})
 
     def __init__(self, device: str = "cpu"):
         self.device = resolve_device(self.name, device, self.status().devices)

@@ -2,7 +2,7 @@
 
 forward y; backward dL/dx (for a convolution also as C^T dL/dy and as the transposed convolution of dL/dy),
 dL/dw (the correlation of x with dL/dy) and dL/db; the update w - lr * dL/dw. Every backend with a backward
-(hand-written NumPy, the naive loops, torch autograd) and central finite differences in float64 agree in one table.
+(every backend with a backward: hand-written NumPy, the naive loops, torch autograd, plug-ins) and central finite differences in float64 agree in one table.
 L is taken as sum(y * dL/dy), so dL/dy is whatever the user gives (default: all ones).
 
 The backends come in as objects the CLI resolved: nothing here imports `backends`.
@@ -27,7 +27,6 @@ from cvtool.layer_text import params_text, title
 OPS = {"conv": "conv2d", "tconv": "conv_transpose2d", "maxpool": "max_pool2d", "avgpool": "avg_pool2d"}
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 MAX_VALUES = 144  # a 12x12 input at most: every array is printed
-METHODS = ("numpy", "naive", "torch")  # the backends with a backward, in the table's order
 
 
 def _params(spec: LayerSpec, pads) -> dict:
@@ -124,14 +123,14 @@ def _conv_views(c: Case, ref_be, dy4, w4) -> dict:
     return doc
 
 
-def backward_doc(c: Case, backends: dict[str, Any]) -> dict:
-    """backends: METHODS' names -> a backend object, or a str: why that one is unavailable ("numpy", the
-    reference, must be an object)."""
+def backward_doc(c: Case, backends: dict[str, Any], reference: str) -> dict:
+    """backends: a label per backend with a backward ("numpy (hand-written)") -> the backend object, or a str: why
+    that one is unavailable; `reference` labels the float64 reference among them (an object)."""
     x4, w4, b4, dy4 = c.arrays()
-    ref_be = backends["numpy"]
+    ref_be = backends[reference]
     rows: list[dict] = [{"method": n, "error": f"unavailable: {be}"} for n, be in backends.items() if isinstance(be, str)]
     results = {n: be.gradients(c.op, x4, w4, b4, dy4, **c.params) for n, be in backends.items() if not isinstance(be, str)}
-    ref = results["numpy"]
+    ref = results[reference]
 
     def loss() -> float:
         return float((ref_be.gradients(c.op, x4, w4, b4, dy4, **c.params)["y"] * dy4).sum())
@@ -139,8 +138,7 @@ def backward_doc(c: Case, backends: dict[str, Any]) -> dict:
     wrt = {"dx": x4} | ({"dw": w4} if w4 is not None else {}) | ({"db": b4} if b4 is not None else {})
     fd = {k: numeric_grad(loss, v) for k, v in wrt.items()}
     kinked = kinks(c.op, c.x)
-    methods = {"numpy (hand-written)": ref, "naive (loops)": results.get("naive"), "torch (autograd)": results.get("torch"),
-               "finite differences": fd}
+    methods = {reference: ref, **{n: g for n, g in results.items() if n != reference}, "finite differences": fd}
     rows += [_agreement(label, g, ref, wrt, kinked) for label, g in methods.items() if g is not None]
     doc = {"mode": "backward", "op": c.op, "title": c.title, "params_text": c.params_text, "x": c.x.tolist(),
            "dy": c.dy.tolist(), "y": ref["y"][0, 0].tolist(), "dx": ref["dx"][0, 0].tolist(), "agreement": rows,
@@ -157,4 +155,4 @@ def backward_doc(c: Case, backends: dict[str, Any]) -> dict:
     return doc
 
 
-__all__ = ["case", "backward_doc", "kinks", "Case", "OPS", "ACTIVATIONS", "MAX_VALUES", "METHODS"]
+__all__ = ["case", "backward_doc", "kinks", "Case", "OPS", "ACTIVATIONS", "MAX_VALUES"]

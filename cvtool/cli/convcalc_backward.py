@@ -15,13 +15,24 @@ def gradients(case: B.Case) -> dict:
     """The --backward document: every backend with a backward that is available here, on the CPU."""
     import cvtool_backends as registry
 
-    engines: dict[str, Any] = {}  # name -> the backend, or why it is unavailable
-    for name in B.METHODS:
+    engines: dict[str, Any] = {}  # "name (how)" -> the backend, or why it is unavailable; the reference first
+    names = [registry.REFERENCE] + sorted(n for n in registry.names() if n != registry.REFERENCE)
+    reference = None
+    for name in names:
+        try:
+            caps = registry.backend_class(name).capabilities
+        except Exception:  # a framework or plug-in that cannot even be imported has no backward to show
+            continue
+        if not caps.backward:
+            continue
+        label = f"{name} ({caps.extra.get('backward_by', 'backward')})"
         st = backend_status(registry, name)
-        engines[name] = registry.get(name, "cpu") if st.available else st.reason
-    if isinstance(engines["numpy"], str):
-        raise BackendUnavailable(f"the NumPy reference backend is not available: {engines['numpy']}")
-    return B.backward_doc(case, engines)
+        engines[label] = registry.get(name, "cpu") if st.available else st.reason
+        reference = reference or label
+    if reference is None or isinstance(engines[reference], str):
+        why = engines.get(reference, "not installed") if reference else "not installed"
+        raise BackendUnavailable(f"the NumPy reference backend is not available: {why}")
+    return B.backward_doc(case, engines, reference)
 
 
 def render_backward(doc: dict) -> None:
