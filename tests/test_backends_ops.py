@@ -76,6 +76,15 @@ def test_asymmetric_padding(backend, close):
 POOL_X = [[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]
 
 
+def test_tconv_crop_reaching_into_the_output_padding(backend, close):
+    """Width 1, kernel 1 (w = 2), stride 3, left padding 2, output_padding 2: the full output [2] grows by the
+    output padding to [2, 0, 0], then loses 2 columns on the left: [0] (out = (1-1)*3 - 2 - 0 + 1 + 2 = 1).
+    Found by hypothesis: ORT used to crop before padding and gave 2 columns."""
+    y = backend.conv_transpose2d(img([[1.0]]), np.full((1, 1, 1, 1), 2.0, np.float32), stride=3,
+                                 padding=(0, 0, 2, 0), output_padding=(0, 2))
+    close(y, img([[0.0]]), "tconv crop into output padding")
+
+
 def test_max_pool(backend, close):
     close(backend.max_pool2d(img(POOL_X), kernel=2, stride=2), img([[6, 8], [3, 4]]), "max pool")
 

@@ -136,7 +136,7 @@ class Backend:
         y = self._run(graphs.conv_transpose, feeds, None, C=x.shape[1], M=w.shape[1] * groups,
                       kernel=w.shape[2:], strides=S, pads=(h0, w0, h1, w1), dilations=D, group=groups,
                       bias="b" in feeds, dtype=dt)
-        y = np.pad(y[:, :, ch:, cw:], ((0, 0), (0, 0), (0, eh), (0, ew)))
+        y = np.pad(y, ((0, 0), (0, 0), (0, eh), (0, ew)))[:, :, ch:, cw:]  # pad, then crop: a crop may reach into the pad
         if bias_here:
             y += np.asarray(b, dtype=dt).reshape(1, -1, 1, 1)
         assert y.shape[2:] == hw, (y.shape, hw)  # _fold's promise
