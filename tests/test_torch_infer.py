@@ -75,3 +75,20 @@ def test_runner_returns_numpy_float32():
     y = TorchRunner(spec, p, "cpu")(x)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32
     assert np.abs(y - reference(spec, p, x)).max() < 1e-4 * max(np.abs(y).max(), 1.0)
+
+
+def test_cuda_inference_keeps_ieee_float32_convolutions():
+    """cuDNN's default TF32 convolutions (~1e-3) would fail the float64 cross-check on every GPU: the runner turns
+    them off before it builds the net on CUDA (checked here on the flag, which exists without a GPU too)."""
+    from cvtool_backends.torch_backend.model import full_fp32_convolutions
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        pytest.skip("this torch has only the legacy allow_tf32 flag")
+    before = conv.fp32_precision
+    try:
+        conv.fp32_precision = "tf32"
+        full_fp32_convolutions()
+        assert conv.fp32_precision == "ieee"
+    finally:
+        conv.fp32_precision = before
