@@ -1,4 +1,4 @@
-"""Two glibc heap policies (mallopt; nothing happens where the C library is not glibc), one per kind of work.
+"""Two glibc heap policies, one per kind of work (nothing happens where the C library is not glibc).
 
 keep_freed_memory: for training steps (the NumPy backend).
 
@@ -29,39 +29,32 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc's mallopt paramete
 
 
 @lru_cache(maxsize=1)
-def _mallopt():
-    """glibc's mallopt(param, value) -> 1 on success, or None where the C library is another."""
+def _libc():
+    """The C library when it is glibc, else None (musl's mallopt does nothing useful, and it has no mallinfo2)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        ctypes.CDLL(None).gnu_get_libc_version  # glibc only: musl's mallopt does nothing useful
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018  (glibc only)
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return mallopt
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return libc
 
 
 @lru_cache(maxsize=1)
 def keep_freed_memory() -> bool:
     """Once per process: no mmap for large blocks, no trimming of the heap. True when it took."""
-    mallopt = _mallopt()
-    if mallopt is None:
+    libc = _libc()
+    if libc is None:
         return False
-    ok = mallopt(M_MMAP_MAX, 0) == 1
-    ok &= mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    ok &= mallopt(M_TOP_PAD, 64 << 20) == 1
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    ok &= libc.mallopt(M_TOP_PAD, 64 << 20) == 1
     return bool(ok)
-
 
 
 class _Mallinfo2(ctypes.Structure):  # glibc >= 2.33, malloc.h
     _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@lru_cache(maxsize=1)
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if _mallopt() is not None else None
 
 
 def free_heap_bytes() -> int | None:

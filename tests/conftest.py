@@ -91,3 +91,13 @@ def assert_close(actual, expected, tol: dict[str, float], what: str = "") -> Non
 def close(backend):
     """close(actual, expected, what): assert_close with this backend's tolerance."""
     return lambda actual, expected, what="": assert_close(actual, expected, TOL[backend.name], f"{backend.name} {what}")
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The console script in-process (main() with its own error handling): (exit code, stdout, stderr)."""
+    from cvtool.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err

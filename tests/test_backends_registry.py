@@ -10,21 +10,15 @@ from pathlib import Path
 
 import onnxruntime
 import pytest
+from conftest import cli as run_cli  # tests/ is on sys.path under pytest
 import torch
 
 import cvtool_backends as registry
 from cvtool_backends.base import Backend as BackendProtocol
-from cvtool.cli import main, output
+from cvtool.cli import output
 from cvtool.errors import BackendUnavailable, UsageError
 
 PLUGIN = Path(__file__).parent / "plugin" / "toy_backend.py"
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
 
 
 def has_cuda(name: str) -> bool:

@@ -59,3 +59,15 @@ def test_transposed_conv_and_activations():
 ])
 def test_bad_backward_inputs_are_one_line_and_exit_2(capsys, args, msg):
     assert msg in fails(capsys, *args)
+
+
+def test_without_the_reference_backend_backward_refuses_in_one_line(capsys, monkeypatch):
+    """The NumPy reference unavailable: one line naming why, even though naive and torch could still run."""
+    import cvtool_backends as registry
+    from cvtool_backends.base import Status
+
+    real = registry.status
+    monkeypatch.setattr(registry, "status", lambda name: Status(name=name, available=False, reason="numpy is broken")
+                        if name == registry.REFERENCE else real(name))
+    assert "NumPy reference backend is not available: numpy is broken" in fails(
+        capsys, "--backward", "-k", "3", "-i", "4")

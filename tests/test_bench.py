@@ -25,21 +25,13 @@ import cvtool_backends as registry
 from cvtool_backends.base import Capabilities, Status
 from cvtool_backends.numpy_ref import Backend as NumpyBackend
 from cvtool import benchtime as bt
-from cvtool.cli import main
 from cvtool.cli.bench import compare
-from conftest import cuda_available, gpu  # tests/ is on sys.path under pytest
+from conftest import cli, cuda_available, gpu# tests/ is on sys.path under pytest
 
 QUICK = ["--sizes", "32", "--min-time", "0.01", "--warmup", "1", "--width", "4", "--gemm-size", "128"]
 ROW_KEYS = {"backend", "device", "input", "status", "reason", "providers", "threads", "p50_ms", "p90_ms", "spread",
             "repeats", "images_per_s", "peak_mem_mb", "mem_method", "gflops", "gemm_fraction", "max_abs_diff",
             "max_rel_diff", "label_agreement", "miou"}
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def bench_json(capsys, *args: str) -> tuple[int, dict]:

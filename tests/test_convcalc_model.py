@@ -7,20 +7,12 @@ from __future__ import annotations
 import json
 
 import onnx
-import pytest
+from conftest import cli  # tests/ is on sys.path under pytest
 from onnx import TensorProto, helper
 
 from cvtool import checkpoint as ckpt_io
-from cvtool.cli import main
 from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec, init_params, total_flops, trainable
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def traced(capsys, model: str, hw: str = "64") -> dict:

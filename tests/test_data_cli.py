@@ -7,18 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from cvtool.cli import main
 from cvtool.data import check_dataset, open_datasets
 from cvtool.data.synth import CLASSES, SynthDataset
-from conftest import shared_dataset
+from conftest import cli, shared_dataset
 from test_data import MEMBRANE, bad_dataset  # tests/ is on sys.path under pytest
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_synth_written_to_disk_reads_back_equal(tmp_path, capsys):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli  # tests/ is on sys.path under pytest
 from PIL import Image
 
-from cvtool.cli import main
 from cvtool.data import check_dataset, open_datasets
 from cvtool.data.folder import ValueMap
 from cvtool.errors import DataError
@@ -51,13 +51,6 @@ def by_name(ds) -> dict[str, object]:
 def open_all(root: Path):
     tr, va, info = open_datasets(str(root), val_split=0)
     return tr, info
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 # ---------------------------------------------------------------- accepted class files

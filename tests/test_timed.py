@@ -8,22 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli  # tests/ is on sys.path under pytest
 from PIL import Image
 import cvtool_backends as registry
 from cvtool import checkpoint as ckpt_io
-from cvtool.cli import main
 from cvtool.inference import segment_logits
 from cvtool.model_meta import ModelMeta
 from cvtool.spec import ModelSpec, init_params
 from cvtool.timed import STOP_SIGNAL, STOP_TIME, train_timed
 from cvtool.training import TrainConfig
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
 
 def make_set(root: Path, n: int = 6, hw=(40, 56), seed: int = 0) -> Path:
     """n grayscale images with a bright disc (class 1) on a noisy background; masks 0/1 as PNG."""

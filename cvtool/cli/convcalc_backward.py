@@ -16,9 +16,8 @@ def gradients(case: B.Case) -> dict:
     import cvtool_backends as registry
 
     engines: dict[str, Any] = {}  # "name (how)" -> the backend, or why it is unavailable; the reference first
-    names = [registry.REFERENCE] + sorted(n for n in registry.names() if n != registry.REFERENCE)
-    reference = None
-    for name in names:
+    reference = None  # its label
+    for name in [registry.REFERENCE] + sorted(n for n in registry.names() if n != registry.REFERENCE):
         try:
             caps = registry.backend_class(name).capabilities
         except Exception:  # a framework or plug-in that cannot even be imported has no backward to show
@@ -28,9 +27,10 @@ def gradients(case: B.Case) -> dict:
         label = f"{name} ({caps.extra.get('backward_by', 'backward')})"
         st = backend_status(registry, name)
         engines[label] = registry.get(name, "cpu") if st.available else st.reason
-        reference = reference or label
+        if name == registry.REFERENCE:
+            reference = label
     if reference is None or isinstance(engines[reference], str):
-        why = engines.get(reference, "not installed") if reference else "not installed"
+        why = engines[reference] if reference else "it cannot be imported"
         raise BackendUnavailable(f"the NumPy reference backend is not available: {why}")
     return B.backward_doc(case, engines, reference)
 
