@@ -59,3 +59,11 @@ def test_matrix_imports_numpy_and_verify_the_backend():
     assert res["convcalc --matrix -i 4 -k 3"] == [0, ["numpy"]]
     code, mods = res["convcalc -i 8 -k 3 --verify --backend numpy,torch"]
     assert code == 0 and "torch" in mods
+
+
+def test_backward_loads_only_the_backends_with_a_backward():
+    """--backward reads every backend's capabilities, but runs (and so imports the framework of) only those with a
+    backward: torch's autograd, not ONNX Runtime."""
+    res = probe([["convcalc", "-i", "4", "-k", "3", "--backward"]])
+    code, mods = res["convcalc -i 4 -k 3 --backward"]
+    assert code == 0 and "torch" in mods and "onnxruntime" not in mods and "onnx" not in mods, mods

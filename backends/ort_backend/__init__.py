@@ -12,6 +12,8 @@ Where an ONNX attribute means something else than in torch, this backend gives t
   -inf in torch; we write -inf there.
 Precision: ORT's CPU kernels have no double Conv, ConvTranspose or AveragePool; those compute in
 float32 (capabilities.float64 is False); MaxPool, Relu, Sigmoid and Tanh keep float64.
+onnx and onnxruntime are imported where they are used: reading the class and its capabilities (what `convcalc
+--backward` and `bench` ask of every backend) loads neither.
 """
 
 from __future__ import annotations
@@ -19,12 +21,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import onnxruntime as ort
 
 from cvtool_backends import resolve_device
 from cvtool_backends.base import Capabilities, Status
-from cvtool_backends.onnx_format import graphs
-from cvtool_backends.ort_backend import session
 from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, conv_transpose_output, pair,
                                pool2d_output, resolve_padding)
 from cvtool.errors import CvtoolError, UsageError
@@ -34,6 +33,11 @@ DOUBLE_OPS = ("max_pool2d", "relu", "sigmoid", "tanh")  # the rest have float ke
 
 @functools.cache
 def _status() -> Status:
+    import onnxruntime as ort
+
+    from cvtool_backends.onnx_format import graphs
+    from cvtool_backends.ort_backend import session
+
     probe = graphs.unary(op="Relu", rank=1, dtype=np.float32)
     providers = session.make(probe, "cpu").get_providers()
     devices, notes = ["cpu"], []
@@ -97,7 +101,14 @@ class Backend:
     def _dtype(op: str, x) -> type:
         return np.float64 if op in DOUBLE_OPS and np.asarray(x).dtype == np.float64 else np.float32
 
-    def _run(self, builder, feeds: dict, hw, **attrs) -> np.ndarray:
+    def _run(self, graph: str, feeds: dict, hw, **attrs) -> np.ndarray:
+        """Run the one-node graph graphs.<graph>(**attrs) on feeds; hw: the output size torch's rule gives."""
+        import onnxruntime as ort
+
+        from cvtool_backends.onnx_format import graphs
+        from cvtool_backends.ort_backend import session
+
+        builder = getattr(graphs, graph)
         sess = session.cached(self.device, builder, tuple(sorted(attrs.items())))
         y = sess.run(None, feeds)[0]
         if hw is not None and tuple(y.shape[2:]) != tuple(hw):
@@ -116,7 +127,7 @@ class Backend:
         (pt, pb), (pl, pr) = resolve_padding(padding, kernel=w.shape[2:], stride=stride, dilation=dilation,
                                              input_size=x.shape[2:])
         feeds = {"x": x, "w": w} | ({} if b is None else {"b": np.asarray(b, dtype=dt, order="C")})
-        return self._run(graphs.conv, feeds, hw, C=x.shape[1], M=w.shape[0], kernel=w.shape[2:],
+        return self._run("conv", feeds, hw, C=x.shape[1], M=w.shape[0], kernel=w.shape[2:],
                          strides=pair(stride), pads=(pt, pl, pb, pr), dilations=pair(dilation),
                          group=groups, bias=b is not None, dtype=dt)
 
@@ -133,7 +144,7 @@ class Backend:
                                               zip(full, resolve_padding(padding, kernel=w.shape[2:]), OP)]
         bias_here = b is not None and (eh or ew)  # rows/columns ORT never sees get the bias here
         feeds = {"x": x, "w": w} | ({"b": np.asarray(b, dtype=dt, order="C")} if b is not None and not bias_here else {})
-        y = self._run(graphs.conv_transpose, feeds, None, C=x.shape[1], M=w.shape[1] * groups,
+        y = self._run("conv_transpose", feeds, None, C=x.shape[1], M=w.shape[1] * groups,
                       kernel=w.shape[2:], strides=S, pads=(h0, w0, h1, w1), dilations=D, group=groups,
                       bias="b" in feeds, dtype=dt)
         y = np.pad(y, ((0, 0), (0, 0), (0, eh), (0, ew)))[:, :, ch:, cw:]  # pad, then crop: a crop may reach into the pad
@@ -148,7 +159,7 @@ class Backend:
         x = _nchw(x, self._dtype("max_pool2d", x))
         hw = pool2d_output(x.shape[2:], kernel, stride, padding, dilation, ceil_mode)
         K, S, P, D = pair(kernel), pair(kernel if stride is None else stride), pair(padding), pair(dilation)
-        y = self._run(graphs.max_pool, {"x": x}, hw, kernel=K, strides=S, pads=(P[0], P[1], P[0], P[1]),
+        y = self._run("max_pool", {"x": x}, hw, kernel=K, strides=S, pads=(P[0], P[1], P[0], P[1]),
                       dilations=D, ceil_mode=int(ceil_mode), dtype=x.dtype.type)
         if D != (1, 1):  # windows that see only padding: -inf as in torch, not ORT's lowest float
             y[:, :, _all_padding(x.shape[2], K[0], S[0], P[0], D[0], hw[0]), :] = -np.inf
@@ -160,7 +171,7 @@ class Backend:
         x = _nchw(x, self._dtype("avg_pool2d", x))
         hw = pool2d_output(x.shape[2:], kernel, stride, padding, 1, ceil_mode)
         ph, pw = pair(padding)
-        return self._run(graphs.avg_pool, {"x": x}, hw, kernel=pair(kernel),
+        return self._run("avg_pool", {"x": x}, hw, kernel=pair(kernel),
                          strides=pair(kernel if stride is None else stride), pads=(ph, pw, ph, pw),
                          ceil_mode=int(ceil_mode), count_include_pad=int(count_include_pad), dtype=x.dtype.type)
 
@@ -168,7 +179,7 @@ class Backend:
 
     def _unary(self, op: str, x) -> np.ndarray:
         x = np.asarray(x, dtype=self._dtype(op.lower(), x), order="C")
-        return self._run(graphs.unary, {"x": x}, None, op=op, rank=x.ndim, dtype=x.dtype.type)
+        return self._run("unary", {"x": x}, None, op=op, rank=x.ndim, dtype=x.dtype.type)
 
     def relu(self, x) -> np.ndarray:
         return self._unary("Relu", x)
@@ -201,11 +212,18 @@ class Backend:
             raise DataError(f"onnxruntime cannot load {what}: {str(e).splitlines()[0][:200]}") from None
 
     def set_threads(self, n: int) -> None:
+        from cvtool_backends.ort_backend import session
+
         session.THREADS = n
 
     def gemm(self, n: int):
         """A callable doing one float32 (n x n) @ (n x n) in a one-node MatMul session (MLAS on the CPU), the
         inputs bound once on the device (IO binding), returning when the product is done."""
+        import onnxruntime as ort
+
+        from cvtool_backends.onnx_format import graphs
+        from cvtool_backends.ort_backend import session
+
         rng = np.random.default_rng(0)
         a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
         sess = session.make(graphs.one_node("MatMul", [("a", [n, n]), ("b", [n, n])], [n, n], np.float32), self.device)
