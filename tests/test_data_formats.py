@@ -84,6 +84,8 @@ def test_classes_json_wins_over_classes_txt(tmp_path):
     ('"bg"', ["expected a list of class names"]),
     ('{"names": ["a", "b"]}', ['no "classes"', "names"]),
     ('{"classes": "a, b"}', ['"classes" must be a list']),
+    ('{"classes": 3}', ['"classes" must be a list of class names, got 3']),
+    ('{"classes": ["a", "b"], "colors": "red"}', ['"colors" must be a list']),
     ('["a", 3]', ["class 1 is 3"]),
     ("[]", ["no class names"]),
     ('["a", "b", "a"]', ["'a' appears twice"]),
