@@ -1,6 +1,6 @@
 """Run every benchmark side by side and write the results as Markdown (each section names its machine).
 
-    python benchmarks/run_all.py [--only startup,conv,bench,step,train] [--out docs/benchmarks-latest.md]
+    python benchmarks/run_all.py [--only startup,conv,bench,numpy,step,train] [--out docs/benchmarks-latest.md]
 
 docs/benchmarks.md is the curated record: these sections, with the analysis written around them by hand.
 """
@@ -20,6 +20,7 @@ SECTIONS = {
     "startup": [PY, "benchmarks/startup.py"],
     "conv": [PY, "benchmarks/conv_numpy_vs_torch.py"],
     "bench": [PY, "-m", "cvtool", "bench", "--sizes", "256", "--batch-sizes", "1", "--rounds", "3"],
+    "numpy": [PY, "benchmarks/numpy_profile.py"],
     "step": [PY, "benchmarks/train_step.py"],
     "train": [PY, "benchmarks/train_targets.py"],
 }
