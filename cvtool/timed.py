@@ -7,6 +7,12 @@ validation, checkpoints. The learning rate follows the elapsed share of the time
 validation runs on whole images (cvtool.inference.segment_logits, as `cvtool segment` does) at the plan's
 points, each timed so that the next ones, and the training's end, keep to the budget. Batches come from a
 background thread; batch k depends only on (seed, k), so a resumed run replays the same batches.
+
+Under torchrun (world > 1) every rank runs this loop: rank r trains on global batches k*world + r (its own data),
+DDP averages the gradients, and the ranks agree (max over ranks, the trainer's max_over_ranks) on everything the
+clock decides: the measured step and validation times the plan is built from, the elapsed time that sets the
+learning rate and the validation points, and the stop. BatchNorm statistics are averaged before each validation,
+which every rank runs on the same weights; rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -100,9 +106,20 @@ def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: f
     return out
 
 
-def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list) -> tuple[float, float]:
-    """(seconds a training step takes, seconds one validation pass should take) on this backend, measured
-    on a throw-away trainer: 2 warm-up steps, then 3 timed; predict timed on the median-sized validation image."""
+def seconds_agreed(trainer, world: int) -> Callable[[float], float]:
+    """v -> the largest v over the ranks (to the millisecond), the same on every rank; v itself in one process."""
+    from cvtool.ranks import MaxOverRanks
+
+    if world == 1 or not isinstance(trainer, MaxOverRanks):
+        return lambda v: v
+    return lambda v: trainer.max_over_ranks(int(math.ceil(v * 1000))) / 1000
+
+
+def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list,
+             world: int = 1) -> tuple[float, float, Callable[[float], float]]:
+    """(seconds a training step takes, seconds one validation pass should take, the ranks' agreement on seconds) on
+    this backend, measured on a throw-away trainer: 2 warm-up steps, then 3 timed; predict timed on the
+    median-sized validation image. Under torchrun both times are the slowest rank's."""
     from cvtool.inference import TTA, predict_batch, prepare
 
     tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
@@ -122,19 +139,24 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
         t = time.perf_counter()
         predict_batch(tr.predict, [xv], spec.multiple)
         px_s = sizes[i] / max(time.perf_counter() - t, 1e-6)  # the last probe's rate: a new shape, warm code
-    return step_s, 1.2 * TTA[plan.tta] * sum(sizes) / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
+    agree = seconds_agreed(tr, world)
+    val_s = 1.2 * TTA[plan.tta] * sum(sizes) / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
+    return agree(step_s), agree(val_s), agree
 
 
 def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overrides: dict | None = None,
                 resume: ckpt_io.Checkpoint | None = None, cache_dir: Path | None = None, plan_only: bool = False,
                 on_event: Callable[[str, dict], None] = lambda k, d: None,
-                should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """Fingerprint the data, plan, and train until cfg.time_budget seconds after t0. Returns a summary."""
+                should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world: int = 1,
+                digest_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fingerprint the data, plan, and train until cfg.time_budget seconds after t0. Returns a summary.
+    rank, world: torchrun's (see the module's notes); digest_dir: each rank writes a digest of its final weights."""
     from cvtool.data import check_dataset, open_datasets
     from cvtool.data.augment import PRESETS, Augment, sample_batch
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
-    from cvtool.training import RunState, check_loss, class_weights, write_curves, write_metrics
+    from cvtool.ranks import SyncBuffers
+    from cvtool.training import RunState, check_loss, class_weights, write_curves, write_digest, write_metrics
 
     budget = float(cfg.time_budget)
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
@@ -142,7 +164,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     check_dataset(val_ds)
     if len(val_ds) == 0:
         raise UsageError("the validation set is empty", hint="raise --val-split, or add DIR/val")
-    if not plan_only:  # an --out that cannot be written fails now, not after the budget is spent
+    if not plan_only and rank == 0:  # an --out that cannot be written fails now, not after the budget is spent
         from cvtool.fsutil import make_dir
 
         make_dir(out_dir)
@@ -186,7 +208,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
             aug = Augment(**{**aug.to_dict(), "rot90": True, "vflip": True})
         focus = np.asarray(p.focus, np.int64)
 
-        def sample(k: int):
+        def sample(k: int):  # this rank's batch k: the global batch k*world + rank
+            k = k * world + rank
             rng = np.random.default_rng([cfg.seed, k, 1])
             idx = batch_indices(k, p.batch_size, len(tr_s), cfg.seed)
             x, y = sample_batch(tr_s.images, tr_s.masks, idx, p.crop, aug, rng, fill=fill, focus=focus,
@@ -198,8 +221,9 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
         while True:
             spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=K, width=plan.width, depth=plan.depth,
                              activation=cfg.activation, norm=cfg.norm)
-            step_s, val_s = _measure(make_trainer, spec, plan, sample_for(plan), cfg.seed, weights, va_s.images)
-            plan = fill_budget(plan, step_s=step_s, val_s=val_s, setup_s=time.perf_counter() - t0)
+            step_s, val_s, agree_s = _measure(make_trainer, spec, plan, sample_for(plan), cfg.seed, weights,
+                                              va_s.images, world)
+            plan = fill_budget(plan, step_s=step_s, val_s=val_s, setup_s=agree_s(time.perf_counter() - t0))
             smaller = shrink(plan) if plan.steps < MIN_STEPS else None
             if smaller is None:
                 break
@@ -214,19 +238,24 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                            cfg.seed, plan.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
+    agree_s = seconds_agreed(trainer, world)
+    sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else (lambda: None)
     from cvtool.fsutil import atomic_write_bytes, make_dir
 
-    make_dir(out_dir)
-    import json
+    if rank == 0:
+        import json
 
-    atomic_write_bytes(out_dir / "plan.json", (json.dumps({"plan": plan.to_dict(), "fingerprint": fp.to_dict()},
-                                                          indent=2) + "\n").encode())
+        make_dir(out_dir)
+        atomic_write_bytes(out_dir / "plan.json", (json.dumps({"plan": plan.to_dict(), "fingerprint": fp.to_dict()},
+                                                              indent=2) + "\n").encode())
     base = t0 - st.elapsed  # wall clock of a resumed run continues where it stopped
 
     def now() -> float:
         return time.perf_counter() - base
 
-    def save(name: str, metrics: dict | None = None) -> Path:
+    def save(name: str, metrics: dict | None = None) -> Path | None:
+        if rank != 0:
+            return None
         optim, ostep = trainer.optim_state()
         state = {"run": asdict(st), "config": asdict(cfg), "plan": plan.to_dict(), "fingerprint": fp.to_dict(),
                  "class_weights": None if weights is None else weights.tolist(), "optim_step": ostep,
@@ -248,19 +277,23 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     stopped = None
     metrics: dict = {}
     t_train = t_val = 0.0  # seconds inside steps and inside validation (this process)
+    batches: list[int] = []  # the global batch numbers this rank trained on (for the digest)
     try:
         while stopped is None:
-            if should_stop():
+            signal_now = should_stop() if world == 1 else agree_s(float(should_stop())) > 0
+            if signal_now:
                 stopped = STOP_SIGNAL
                 break
             t_end = end_at()
-            due = n_done < len(plan.val_at) and now() >= plan.val_at[n_done] * t_end
-            final = now() >= t_end
+            clock = agree_s(now())  # one reading per turn, the slowest rank's: every rank decides alike
+            due = n_done < len(plan.val_at) and clock >= plan.val_at[n_done] * t_end
+            final = clock >= t_end
             if due or final:
+                sync()  # BatchNorm statistics averaged over the ranks: every rank validates the same net
                 tv = time.perf_counter()
                 metrics = evaluate_images(trainer.predict, va_a.images, va_a.masks, spec, mean, std, plan.scale,
                                           K, train_ds.ignore_index, plan.tta)  # the files' images: segment_logits resamples
-                took = time.perf_counter() - tv
+                took = agree_s(time.perf_counter() - tv)
                 t_val += took
                 val_s = max(val_s, took) if n_done == 0 else took  # the next pass should take about as long
                 n_done += 1
@@ -282,17 +315,19 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                 if final:
                     stopped = STOP_TIME
                 save("last", metrics)
-                write_metrics(out_dir, st.history)
-                write_curves(out_dir, st.history, xlabel="validation")
+                if rank == 0:
+                    write_metrics(out_dir, st.history)
+                    write_curves(out_dir, st.history, xlabel="validation")
                 on_event("epoch", {**row, "iou": metrics.get("iou"), "best": best, "val_seconds": val_s})
                 continue
             x, y = stream.get()
             ts = time.perf_counter()
-            lr = lr_at(min(now() / t_end, 1.0), plan.lr, schedule=plan.schedule, warmup=plan.warmup)
+            lr = lr_at(min(clock / t_end, 1.0), plan.lr, schedule=plan.schedule, warmup=plan.warmup)
             loss = trainer.step(x, y, lr)
             t_train += time.perf_counter() - ts
             check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=plan.lr, dice=plan.dice, out_dir=out_dir,
                        resumable=False, ignore=train_ds.ignore_index)  # a resume keeps the plan's --lr
+            batches.append(st.step * world + rank)
             st.step += 1
             st.batch += 1
             st.loss_sum += loss
@@ -303,10 +338,14 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
         stream.close()
     st.elapsed = now()
     if stopped == STOP_SIGNAL:
+        sync()
+    if digest_dir is not None:
+        write_digest(Path(digest_dir), rank, world, trainer.params(), {0: batches})
+    if stopped == STOP_SIGNAL:
         path = save("last")
-        on_event("interrupted", {"checkpoint": str(path), "step": st.step})
-        return {"status": "interrupted", "checkpoint": str(path), "step": st.step, "out": str(out_dir),
-                "seconds": round(st.elapsed, 2)}
+        on_event("interrupted", {"checkpoint": str(path) if path else None, "step": st.step})
+        return {"status": "interrupted", "checkpoint": str(path) if path else None, "step": st.step,
+                "out": str(out_dir), "seconds": round(st.elapsed, 2)}
     wait = stream.waited / max(stream.waited + t_train, 1e-9)
     return {"status": STOP_TIME, "stop_reason": "time", "out": str(out_dir), "epochs": n_done, "steps": st.step,
             "seconds": round(st.elapsed, 2), "train_seconds": round(t_train, 2), "val_seconds": round(t_val, 2),

@@ -284,6 +284,52 @@ def test_torchrun_two_ranks_train_the_same_weights_on_different_data(shapes, tmp
     assert d0["all"] == sha256(last, last) and d0["weights"] == sha256(last, [k for k in last if trainable(k)])
 
 
+def test_torchrun_time_driven_ranks_agree_on_the_clock(shapes, tmp_path):
+    """--data without --epochs under torchrun fills the budget (not 6 epochs): both ranks take the same plan and the
+    same number of steps on their own batches (rank r: global batches k*2 + r), stop for time together with the same
+    weights and BatchNorm statistics, and rank 0 alone writes the run."""
+    digests, run = tmp_path / "digests", tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvtool",
+           "train", "--data", shapes, "--time", "30", "--img-size", "32", "-b", "2", "--width", "4", "--depth", "1",
+           "--workers", "1", "--json", "--out", str(run)]
+    env = {**os.environ, "CVTOOL_DIGEST_DIR": str(digests), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)  # rank 0 alone prints
+    assert doc["stop_reason"] == "time" and doc["validations"] >= 1 and doc["plan"]["budget"] == 30
+    d0, d1 = (json.loads((digests / f"rank{k}.json").read_text()) for k in (0, 1))
+    b0, b1 = d0["shards"]["0"], d1["shards"]["0"]
+    assert len(b0) == len(b1) == doc["steps"] > 0  # the same steps: they stopped at the same turn
+    assert b0 == [2 * k for k in range(len(b0))] and b1 == [2 * k + 1 for k in range(len(b1))]  # their own batches
+    assert d0["weights"] == d1["weights"] and d0["all"] == d1["all"]  # BN statistics averaged before validating
+    last = ckpt_io.load(run / "last.safetensors")
+    assert d0["all"] == sha256(last.params, last.params) and last.train_state["plan"] == doc["plan"]
+    assert {p.name for p in run.iterdir()} >= {"best.safetensors", "last.safetensors", "plan.json", "metrics.csv"}
+    assert not (tmp_path / "runs" / "train").exists()  # no folder of rank 1's anywhere
+
+
+def test_sigterm_to_a_time_driven_torchrun_stops_both_ranks_together(shapes, tmp_path):
+    """The ranks agree on the signal too: both stop at the same step with the same weights, rank 0 saves."""
+    digests, run = tmp_path / "digests", tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvtool",
+           "train", "--data", shapes, "--time", "120", "--img-size", "32", "-b", "2", "--width", "4", "--depth", "1",
+           "--workers", "1", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env={**os.environ, "CVTOOL_DIGEST_DIR": str(digests), "OMP_NUM_THREADS": "1"})
+    t0 = time.monotonic()
+    while not (run / "plan.json").exists() and p.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.05)  # plan.json: the plan is made and the run's trainer is about to step
+    time.sleep(1.0)
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert "interrupted: saved a resumable checkpoint" in err, err[-3000:]
+    d0, d1 = (json.loads((digests / f"rank{k}.json").read_text()) for k in (0, 1))
+    assert len(d0["shards"]["0"]) == len(d1["shards"]["0"]) > 0 and d0["all"] == d1["all"]
+    ck = ckpt_io.load(run / "last.safetensors")
+    assert ck.train_state["run"]["step"] == len(d0["shards"]["0"]) and d0["all"] == sha256(ck.params, ck.params)
+
+
 def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step(shapes, tmp_path):
     """torchrun forwards SIGTERM to every rank; the ranks agree on the step to stop at (else one would wait in an
     all-reduce for a peer that has left), both end with the same weights, and rank 0 saves them resumably."""

@@ -68,7 +68,7 @@ def train(
                                    seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    timed = data is not None and epochs is None and world == 1
+    timed = data is not None and epochs is None  # under torchrun too: the ranks agree on the clock (cvtool/timed.py)
     if resume is not None:
         path = resume / "last.safetensors" if resume.is_dir() else resume
         ck = ckpt_io.load(path)
@@ -137,7 +137,8 @@ def train(
                                               augment=augment, scale=scale).items() if v is not None}
                 result = train_timed(cfg, make, Path(run_dir or "."), t0=t0, overrides=over, resume=ck,
                                      cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=ui.event,
-                                     should_stop=lambda: stop["flag"])
+                                     should_stop=lambda: stop["flag"], rank=rank, world=world,
+                                     digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))
             else:
                 result = run_train(
                     cfg, make, Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank,
