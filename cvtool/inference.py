@@ -118,6 +118,27 @@ def _core(start: int, tile: int, size: int, margin: int) -> np.ndarray:
     return w
 
 
+def _boxes(Hp: int, Wp: int, multiple: int, tile: int, margin: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Tile height, width and top-left corners for a padded (Hp, Wp) image (predict_tiled's layout)."""
+    th, tw = min(tile, Hp), min(tile, Wp)
+    step = tile - 2 * margin  # cores of neighbouring tiles meet (or overlap where the last tile is pulled back)
+    return th, tw, [(t, l) for t in _starts(Hp, th, step, multiple) for l in _starts(Wp, tw, step, multiple)]
+
+
+def net_pixels(hw: tuple[int, int], spec: S.ModelSpec, tile: int = 512) -> int:
+    """Pixels the net runs on for an image of hw (after the model's scale) in segment_logits: the padded image, or
+    every tile where it is cut into overlapping tiles (a 768 x 768 image in 512-px tiles: 4 of them, 1.8x its own
+    pixels). What validation's time estimate counts."""
+    h, w = hw
+    m = spec.multiple
+    Hp, Wp = _round_up(h, m), _round_up(w, m)
+    tile = max(tile, min_tile(spec))
+    if h <= tile and w <= tile:
+        return Hp * Wp
+    th, tw, boxes = _boxes(Hp, Wp, m, tile - tile % m, tile_margin(spec))
+    return th * tw * len(boxes)
+
+
 def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, margin: int,
                   batch_size: int = 4) -> np.ndarray:
     """(C, H, W) -> logits (K, H, W) from tiles of at most `tile` pixels a side, `batch_size` per pass.
@@ -132,9 +153,7 @@ def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, mar
                          hint=f"use a tile of at least {2 * margin + multiple}")
     xp = _pad_to(x[None], _round_up(H, multiple), _round_up(W, multiple))[0]
     Hp, Wp = xp.shape[-2:]
-    th, tw = min(tile, Hp), min(tile, Wp)
-    step = tile - 2 * margin  # cores of neighbouring tiles meet (or overlap where the last tile is pulled back)
-    boxes = [(t, l) for t in _starts(Hp, th, step, multiple) for l in _starts(Wp, tw, step, multiple)]
+    th, tw, boxes = _boxes(Hp, Wp, multiple, tile, margin)
     acc: np.ndarray | None = None
     norm = np.zeros((Hp, Wp), np.float32)
     for i in range(0, len(boxes), batch_size):

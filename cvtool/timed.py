@@ -120,7 +120,7 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     """(seconds a training step takes, seconds one validation pass should take, the ranks' agreement on seconds) on
     this backend, measured on a throw-away trainer: 2 warm-up steps, then 3 timed; predict timed on the
     median-sized validation image. Under torchrun both times are the slowest rank's."""
-    from cvtool.inference import TTA, predict_batch, prepare
+    from cvtool.inference import TTA, net_pixels, predict_batch, prepare
 
     tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
     x, y = sample(0)
@@ -136,11 +136,13 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     other = next((int(i) for i in order if val_images[i].shape != val_images[med].shape), med)
     for i in (med, other):  # timed: the second, a new shape where there is one (as most validation images are)
         xv = prepare(val_images[i], spec.in_channels, plan.mean, plan.std).x
+        padded = int(np.prod([-(-v // spec.multiple) * spec.multiple for v in xv.shape[1:]]))
         t = time.perf_counter()
         predict_batch(tr.predict, [xv], spec.multiple)
-        px_s = sizes[i] / max(time.perf_counter() - t, 1e-6)  # the last probe's rate: a new shape, warm code
+        px_s = padded / max(time.perf_counter() - t, 1e-6)  # the last probe's rate: a new shape, warm code
+    work = sum(net_pixels(im.shape[:2], spec) for im in val_images)  # tiles overlap where an image is cut
     agree = seconds_agreed(tr, world)
-    val_s = 1.2 * TTA[plan.tta] * sum(sizes) / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
+    val_s = 1.2 * TTA[plan.tta] * work / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
     return agree(step_s), agree(val_s), agree
 
 

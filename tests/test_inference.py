@@ -15,8 +15,8 @@ import cvtool_backends as registry
 from cvtool import checkpoint as ckpt_io
 from cvtool.errors import DataError, UsageError
 from cvtool.model_meta import ModelMeta
-from cvtool.inference import (class_fractions, halo, min_tile, predict_batch, predict_tiled, prepare,
-                              tile_margin)
+from cvtool.inference import (class_fractions, halo, min_tile, net_pixels, predict_batch, predict_tiled, prepare,
+                              segment_logits, tile_margin)
 from cvtool.spec import ModelSpec, init_params
 
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
@@ -149,6 +149,28 @@ def test_tiled_logits_equal_whole_image_logits(ort_be, hw, tile):
     rel = np.abs(tiled - whole).max() / np.abs(whole).max()
     assert rel < 1e-5, rel
     assert (tiled.argmax(0) == whole.argmax(0)).mean() >= 0.999
+
+
+@pytest.mark.parametrize("hw, expected", [
+    ((512, 512), 512 * 512),  # one tile: the image itself
+    ((500, 700), 504 * 512 * 2),  # padded to 504 x 704; width cut at step 512 - 2*64 = 384: starts 0, 192
+    ((768, 768), 4 * 512 * 512),  # starts 0 and 256 each way: 1.8x the image's own pixels
+    ((100, 1000), 104 * 512 * 3),  # starts 0, 384 and the last one pulled back to 488
+])
+def test_net_pixels_hand_worked_and_as_segment_logits_runs(hw, expected):
+    """What validation's time estimate counts (default net: multiple 8, margin 64, tiles of 512), checked by hand
+    and against the pixels segment_logits really hands the net."""
+    spec = ModelSpec(in_channels=1, num_classes=2)
+    assert (spec.multiple, tile_margin(spec)) == (8, 64)
+    assert net_pixels(hw, spec) == expected
+    seen = []
+
+    def predict(b):
+        seen.append(b.shape[0] * b.shape[2] * b.shape[3])
+        return np.zeros((b.shape[0], 2, *b.shape[2:]), np.float32)
+
+    segment_logits(predict, np.zeros(hw, np.uint8), spec, [0.5], [0.25])
+    assert sum(seen) == expected
 
 
 def test_tile_without_a_core_is_refused():
