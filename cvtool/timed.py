@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cvtool import checkpoint as ckpt_io
-from cvtool.errors import UsageError
+from cvtool.errors import CvtoolError, UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.model_meta import ModelMeta
 from cvtool.optim import OptimConfig
@@ -158,7 +158,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
     from cvtool.ranks import SyncBuffers
-    from cvtool.training import RunState, check_loss, class_weights, write_curves, write_digest, write_metrics
+    from cvtool.training import (RunState, check_loss, class_weights, other_rank_failed, write_curves, write_digest,
+                                 write_metrics)
 
     budget = float(cfg.time_budget)
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
@@ -280,9 +281,16 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     metrics: dict = {}
     t_train = t_val = 0.0  # seconds inside steps and inside validation (this process)
     batches: list[int] = []  # the global batch numbers this rank trained on (for the digest)
+    failed: CvtoolError | None = None  # under torchrun: this rank's loss check, raised once the ranks agree
     try:
         while stopped is None:
-            signal_now = should_stop() if world == 1 else agree_s(float(should_stop())) > 0
+            if world == 1:
+                signal_now = should_stop()
+            else:  # 2: some rank's loss failed its check, 1: a signal; every rank stops at the same step
+                code = agree_s(2.0 if failed is not None else float(should_stop()))
+                if code >= 2:
+                    raise failed or other_rank_failed(st.step, plan.lr)
+                signal_now = code > 0
             if signal_now:
                 stopped = STOP_SIGNAL
                 break
@@ -327,8 +335,13 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
             lr = lr_at(min(clock / t_end, 1.0), plan.lr, schedule=plan.schedule, warmup=plan.warmup)
             loss = trainer.step(x, y, lr)
             t_train += time.perf_counter() - ts
-            check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=plan.lr, dice=plan.dice, out_dir=out_dir,
-                       resumable=False, ignore=train_ds.ignore_index)  # a resume keeps the plan's --lr
+            try:
+                check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=plan.lr, dice=plan.dice, out_dir=out_dir,
+                           resumable=False, ignore=train_ds.ignore_index)  # a resume keeps the plan's --lr
+            except CvtoolError as e:
+                if world == 1:
+                    raise
+                failed = e  # raised at the top of the next turn, on every rank together
             batches.append(st.step * world + rank)
             st.step += 1
             st.batch += 1

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cvtool import checkpoint as ckpt_io
-from cvtool.errors import DataError, TrainingDiverged, UsageError
+from cvtool.errors import CvtoolError, DataError, TrainingDiverged, UsageError
 from cvtool.metrics import SegMetrics
 from cvtool.model_meta import ModelMeta
 from cvtool.optim import OptimConfig
@@ -199,6 +199,12 @@ def check_loss(loss: float, y: np.ndarray, *, step: int, lr: float, peak_lr: flo
                            hint=hint)
 
 
+def other_rank_failed(step: int, peak_lr: float) -> TrainingDiverged:
+    """What the ranks whose own loss was fine say when another rank's failed its check (torchrun)."""
+    return TrainingDiverged(f"training stopped at step {step}: the loss of another rank's batch failed its check "
+                            f"(that rank's line names it)", hint=f"lower --lr (this run's peak was {peak_lr:.3g})")
+
+
 def _kept(out_dir: Path) -> str:
     """What a run that stops now leaves: 'kept DIR/best.safetensors (mIoU ..) and DIR/last.safetensors (step ..)'."""
     parts = []
@@ -222,7 +228,7 @@ def _train_state(path: Path) -> dict | None:
         return None
 
 
-STOP_NONE, STOP_TIME, STOP_SIGNAL = 0, 1, 2  # why a run stops early; ranks agree on the largest
+STOP_NONE, STOP_TIME, STOP_SIGNAL, STOP_FAILED = 0, 1, 2, 3  # why a run stops early; ranks agree on the largest
 
 
 def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ckpt_io.Checkpoint | None = None,
@@ -284,12 +290,17 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
     agree = trainer.max_over_ranks if world > 1 and isinstance(trainer, MaxOverRanks) else None
     sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else None  # BN statistics alike
 
+    failed: CvtoolError | None = None  # several ranks: this rank's failed loss check, raised once they agree
+
     def poll(step_done: bool) -> int:
-        """STOP_* for this moment, the same on every rank."""
-        why = STOP_SIGNAL if should_stop() else STOP_NONE
+        """STOP_* for this moment, the same on every rank; a failed loss check on any rank stops every rank."""
+        why = STOP_FAILED if failed is not None else STOP_SIGNAL if should_stop() else STOP_NONE
         if step_done and why == STOP_NONE and cfg.time_budget and st.elapsed >= cfg.time_budget:
             why = STOP_TIME
-        return agree(why) if agree is not None else why
+        why = agree(why) if agree is not None else why
+        if why == STOP_FAILED:
+            raise failed or other_rank_failed(st.step, cfg.lr)
+        return why
 
     total_steps = steps_per_epoch * cfg.epochs
     on_event("start", {"spec": spec.to_dict(), "params": spec.num_params(), "steps_per_epoch": steps_per_epoch,
@@ -338,8 +349,13 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ck
             x = (x - mean[:, None, None]) / std[:, None, None]
             lr = lr_after(st.step + 1)
             loss = trainer.step(x.astype(np.float32), y, lr)
-            check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=cfg.lr, dice=cfg.dice, out_dir=out_dir,
-                       ignore=train_ds.ignore_index)
+            try:
+                check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=cfg.lr, dice=cfg.dice, out_dir=out_dir,
+                           ignore=train_ds.ignore_index)
+            except CvtoolError as e:
+                if agree is None:
+                    raise
+                failed = e  # poll() below raises it, on every rank at this step
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             st.elapsed += dt

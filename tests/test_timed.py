@@ -195,3 +195,71 @@ def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, capsys):
     code, out, err = cli(capsys, "train", "--data", str(data), "--epochs", "1", "-b", "2", "--out", str(blocker / "run"))
     assert code == 2 and "cannot write into" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"  # nothing the user had is touched
+
+
+@pytest.mark.parametrize("mode", ["time", "epochs"])
+def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
+    """Two ranks in threads, agreeing through a barrier (as torch's all-reduce would): rank 1's loss explodes at its
+    3rd step; both stop after that same step, rank 1 with its own line, rank 0 with one that points to it, and
+    neither is left waiting for the other. Time-driven (cvtool.timed) and epoch-driven (cvtool.training) alike."""
+    import threading
+    import time
+
+    from cvtool.errors import TrainingDiverged
+
+    data = make_set(tmp_path / "data", n=8)
+    barrier, vals = threading.Barrier(2, timeout=120), [0, 0]
+    steps = [0, 0]
+
+    class Rank:  # the torch trainer, plus max_over_ranks; rank 1's run reports an exploded loss at its step 3
+        def __init__(self, inner, rank):
+            self.inner, self.rank = inner, rank
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def max_over_ranks(self, v: int) -> int:
+            vals[self.rank] = v
+            barrier.wait()
+            m = max(vals)
+            barrier.wait()
+            return m
+
+        def step(self, x, y, lr):
+            loss = self.inner.step(x, y, lr)
+            if lr != 1e-6:  # not the plan's step-time probe (cvtool.timed._measure steps at 1e-6)
+                steps[self.rank] += 1
+                if self.rank == 1 and steps[1] == 3:
+                    return 1e9
+            return loss
+
+    def factory(rank):
+        make = trainer_factory()
+        return lambda *a: Rank(make(*a), rank)
+
+    errors = [None, None]
+
+    def run(rank):
+        from cvtool.training import train
+
+        try:
+            if mode == "time":
+                train_timed(TrainConfig(data=str(data), time_budget=60.0), factory(rank), tmp_path / f"run{rank}",
+                            t0=time.perf_counter(), cache_dir=tmp_path / f"cache{rank}", rank=rank, world=2)
+            else:  # 8 images, 2 for validation: 3 each, one batch of 2 per rank and epoch
+                cfg = TrainConfig(data=str(data), epochs=6, batch_size=2, img_size=32, width=4, depth=1)
+                train(cfg, factory(rank), tmp_path / f"run{rank}", rank=rank, world=2)
+        except BaseException as e:  # noqa: BLE001 - what each rank ended with
+            errors[rank] = e
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not any(t.is_alive() for t in threads), "a rank was left waiting"
+    assert all(isinstance(e, TrainingDiverged) for e in errors), errors
+    assert "training diverged at step 3 (loss 1e+09" in str(errors[1])
+    assert str(errors[0]).startswith("training stopped at step 3: the loss of another rank's batch")
+    assert steps == [3, 3]
+    assert not (tmp_path / "run1").exists()  # rank 1 writes nothing
