@@ -106,13 +106,21 @@ def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: f
     return out
 
 
-def seconds_agreed(trainer, world: int) -> Callable[[float], float]:
-    """v -> the largest v over the ranks (to the millisecond), the same on every rank; v itself in one process."""
+def ranks_max(trainer, world: int) -> Callable[[int], int]:
+    """v -> the largest v over the ranks, the same on every rank (the trainer's max_over_ranks); v in one process."""
     from cvtool.ranks import MaxOverRanks
 
     if world == 1 or not isinstance(trainer, MaxOverRanks):
         return lambda v: v
-    return lambda v: trainer.max_over_ranks(int(math.ceil(v * 1000))) / 1000
+    return trainer.max_over_ranks
+
+
+def seconds_agreed(trainer, world: int) -> Callable[[float], float]:
+    """Seconds -> the largest over the ranks, to the millisecond; the seconds themselves in one process."""
+    if world == 1:
+        return lambda v: v
+    agree = ranks_max(trainer, world)
+    return lambda v: agree(int(math.ceil(v * 1000))) / 1000
 
 
 def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list,
@@ -241,7 +249,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                            cfg.seed, plan.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
-    agree_s = seconds_agreed(trainer, world)
+    agree, agree_s = ranks_max(trainer, world), seconds_agreed(trainer, world)
     sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else (lambda: None)
     from cvtool.fsutil import atomic_write_bytes, make_dir
 
@@ -284,14 +292,10 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     failed: CvtoolError | None = None  # under torchrun: this rank's loss check, raised once the ranks agree
     try:
         while stopped is None:
-            if world == 1:
-                signal_now = should_stop()
-            else:  # 2: some rank's loss failed its check, 1: a signal; every rank stops at the same step
-                code = agree_s(2.0 if failed is not None else float(should_stop()))
-                if code >= 2:
-                    raise failed or other_rank_failed(st.step, plan.lr)
-                signal_now = code > 0
-            if signal_now:
+            code = agree(2 if failed is not None else int(should_stop()))  # 2: a rank's loss failed, 1: a signal
+            if code == 2:  # every rank stops at the same step
+                raise failed or other_rank_failed(st.step, plan.lr)
+            if code == 1:
                 stopped = STOP_SIGNAL
                 break
             t_end = end_at()
