@@ -123,6 +123,24 @@ def seconds_agreed(trainer, world: int) -> Callable[[float], float]:
     return lambda v: agree(int(math.ceil(v * 1000))) / 1000
 
 
+CODE_SHIFT = 40  # a turn's agreement packs the stop code above the clock's milliseconds (2^40 ms: 34 years)
+
+
+def turn_agreed(trainer, world: int) -> Callable[[int, float], tuple[int, float]]:
+    """(stop code, clock seconds) -> the largest code and, while no rank stops, the largest clock over the ranks: one
+    all-reduce a turn, not two. code << CODE_SHIFT | ms: the max is the largest code's; where every code is 0, the
+    largest clock (a stopping turn does not read the clock)."""
+    if world == 1:
+        return lambda code, clock: (code, clock)
+    agree = ranks_max(trainer, world)
+
+    def both(code: int, clock: float) -> tuple[int, float]:
+        v = agree(code << CODE_SHIFT | int(math.ceil(clock * 1000)))
+        return v >> CODE_SHIFT, (v & ((1 << CODE_SHIFT) - 1)) / 1000
+
+    return both
+
+
 def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list,
              world: int = 1) -> tuple[float, float, Callable[[float], float]]:
     """(seconds a training step takes, seconds one validation pass should take, the ranks' agreement on seconds) on
@@ -249,7 +267,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                            cfg.seed, plan.dice)
     if resume is not None and resume.optim_state:
         trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
-    agree, agree_s = ranks_max(trainer, world), seconds_agreed(trainer, world)
+    agree_turn, agree_s = turn_agreed(trainer, world), seconds_agreed(trainer, world)
     sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else (lambda: None)
     from cvtool.fsutil import atomic_write_bytes, make_dir
 
@@ -292,14 +310,15 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     failed: CvtoolError | None = None  # under torchrun: this rank's loss check, raised once the ranks agree
     try:
         while stopped is None:
-            code = agree(2 if failed is not None else int(should_stop()))  # 2: a rank's loss failed, 1: a signal
+            # 2: a rank's loss failed, 1: a signal; and one clock reading per turn, the slowest rank's: every rank
+            # decides alike
+            code, clock = agree_turn(2 if failed is not None else int(should_stop()), now())
             if code == 2:  # every rank stops at the same step
                 raise failed or other_rank_failed(st.step, plan.lr)
             if code == 1:
                 stopped = STOP_SIGNAL
                 break
             t_end = end_at()
-            clock = agree_s(now())  # one reading per turn, the slowest rank's: every rank decides alike
             due = n_done < len(plan.val_at) and clock >= plan.val_at[n_done] * t_end
             final = clock >= t_end
             if due or final:

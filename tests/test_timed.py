@@ -186,6 +186,26 @@ def test_segment_logits_at_scale_one_is_the_plain_prediction():
     assert np.allclose(segment_logits(run, img, spec, [0.5], [0.25]), run(x)[0], atol=1e-5)
 
 
+def test_one_all_reduce_a_turn_agrees_on_the_stop_code_and_the_clock():
+    """turn_agreed packs (code, clock) into one int: the max is the largest code, or the slowest clock when none stops."""
+    from cvtool.timed import turn_agreed
+
+    class TwoRanks:  # this rank's value against another rank's (code, clock), as the all-reduce's max would see it
+        def __init__(self, other):
+            self.other = other
+
+        def max_over_ranks(self, v: int) -> int:
+            code, clock = self.other
+            return max(v, code << 40 | int(np.ceil(clock * 1000)))
+
+    assert turn_agreed(TwoRanks((0, 12.3456)), 2)(0, 10.0) == (0, 12.346)  # nobody stops: the slowest clock, to the ms
+    assert turn_agreed(TwoRanks((0, 9.0)), 2)(0, 10.0) == (0, 10.0)
+    assert turn_agreed(TwoRanks((0, 99.0)), 2)(1, 10.0)[0] == 1  # a signal here, a later clock there: stop
+    assert turn_agreed(TwoRanks((1, 99.0)), 2)(2, 10.0)[0] == 2  # a failed loss outranks a signal
+    assert turn_agreed(TwoRanks((2, 1.0)), 2)(0, 10.0)[0] == 2
+    assert turn_agreed(None, 1)(0, 7.25) == (0, 7.25)  # one process: no all-reduce, the clock as read
+
+
 def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, capsys):
     data = make_set(tmp_path / "data")
     blocker = tmp_path / "a-file"
