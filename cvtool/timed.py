@@ -323,6 +323,7 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
             final = clock >= t_end
             if due or final:
                 sync()  # BatchNorm statistics averaged over the ranks: every rank validates the same net
+                on_event("validating", {"images": len(va_a.images), "expected_s": val_s, "elapsed": now()})
                 tv = time.perf_counter()
                 metrics = evaluate_images(trainer.predict, va_a.images, va_a.masks, spec, mean, std, plan.scale,
                                           K, train_ds.ignore_index, plan.tta)  # the files' images: segment_logits resamples

@@ -324,7 +324,11 @@ class _ProgressUI:
         elif kind == "step" and self.timed:
             self.progress.update(self.task, completed=d["elapsed"],
                                  info=f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
+        elif kind == "validating" and self.timed:  # the bar would stand still meanwhile: say why
+            self.progress.update(self.task, completed=d["elapsed"],
+                                 info=f"validating on {d['images']} whole images (~{d['expected_s']:.0f} s)")
         elif kind == "epoch" and self.timed:
+            self.progress.update(self.task, completed=d["seconds"], info="")
             mark = " *" if d.get("best") else ""
             loss = "-" if d["train_loss"] is None else f"{d['train_loss']:.4f}"  # no step since the last one
             self._print(f"validation {d['epoch']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
