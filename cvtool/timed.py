@@ -120,7 +120,12 @@ def seconds_agreed(trainer, world: int) -> Callable[[float], float]:
     if world == 1:
         return lambda v: v
     agree = ranks_max(trainer, world)
-    return lambda v: agree(int(math.ceil(v * 1000))) / 1000
+    return lambda v: agree(_ms(v)) / 1000
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as whole milliseconds, rounded up: what the ranks compare (an all-reduce of ints)."""
+    return int(math.ceil(seconds * 1000))
 
 
 CODE_SHIFT = 40  # a turn's agreement packs the stop code above the clock's milliseconds (2^40 ms: 34 years)
@@ -135,7 +140,7 @@ def turn_agreed(trainer, world: int) -> Callable[[int, float], tuple[int, float]
     agree = ranks_max(trainer, world)
 
     def both(code: int, clock: float) -> tuple[int, float]:
-        v = agree(code << CODE_SHIFT | int(math.ceil(clock * 1000)))
+        v = agree(code << CODE_SHIFT | _ms(clock))
         return v >> CODE_SHIFT, (v & ((1 << CODE_SHIFT) - 1)) / 1000
 
     return both

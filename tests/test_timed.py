@@ -64,6 +64,10 @@ def test_a_time_driven_run_stops_by_time_and_counts_validation(timed_run):
     assert [k for k, _ in events if k == "epoch"] == ["epoch"] * res["validations"]
     kinds = [k for k, _ in events]
     assert kinds.index("fingerprint") < kinds.index("plan") < kinds.index("start")
+    # each validation is announced just before it runs (the bar says so meanwhile), with its images and seconds
+    assert [kinds[i - 1] for i, k in enumerate(kinds) if k == "epoch"] == ["validating"] * res["validations"]
+    announced = [d for k, d in events if k == "validating"]
+    assert all(d["images"] > 0 and d["expected_s"] > 0 for d in announced)
 
 
 def test_a_time_driven_run_saves_its_plan_and_fingerprint(timed_run):
@@ -188,7 +192,7 @@ def test_segment_logits_at_scale_one_is_the_plain_prediction():
 
 def test_one_all_reduce_a_turn_agrees_on_the_stop_code_and_the_clock():
     """turn_agreed packs (code, clock) into one int: the max is the largest code, or the slowest clock when none stops."""
-    from cvtool.timed import turn_agreed
+    from cvtool.timed import CODE_SHIFT, turn_agreed
 
     class TwoRanks:  # this rank's value against another rank's (code, clock), as the all-reduce's max would see it
         def __init__(self, other):
@@ -196,7 +200,7 @@ def test_one_all_reduce_a_turn_agrees_on_the_stop_code_and_the_clock():
 
         def max_over_ranks(self, v: int) -> int:
             code, clock = self.other
-            return max(v, code << 40 | int(np.ceil(clock * 1000)))
+            return max(v, code << CODE_SHIFT | int(np.ceil(clock * 1000)))
 
     assert turn_agreed(TwoRanks((0, 12.3456)), 2)(0, 10.0) == (0, 12.346)  # nobody stops: the slowest clock, to the ms
     assert turn_agreed(TwoRanks((0, 9.0)), 2)(0, 10.0) == (0, 10.0)
