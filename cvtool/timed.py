@@ -240,6 +240,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
         aug = PRESETS[p.augment]
         if p.rot90:
             aug = Augment(**{**aug.to_dict(), "rot90": True, "vflip": True})
+        if p.elastic:
+            aug = Augment(**{**aug.to_dict(), "elastic": float(p.elastic)})
         focus = np.asarray(p.focus, np.int64)
 
         def sample(k: int):  # this rank's batch k: the global batch k*world + rank

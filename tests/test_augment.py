@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cvtool.data.augment import PRESETS, Augment, plain_crop, sample_batch, tone_curve, warp
+from cvtool.data.augment import PRESETS, Augment, elastic_field, plain_crop, sample_batch, tone_curve, warp
 from cvtool.data.io import IGNORE
 from cvtool.timed import batch_indices
 
@@ -117,3 +117,26 @@ def test_quarter_turns_and_flips_are_exact_permutations():
     pairs = set(zip(img[..., 0].ravel().tolist(), m.ravel().tolist()))
     got = set(zip(np.rint(x[:, 0] * 255).astype(int).ravel().tolist(), y.ravel().tolist()))
     assert got <= pairs
+
+
+def test_elastic_field_is_smooth_centred_and_of_the_asked_spread():
+    rng = np.random.default_rng(0)
+    f = np.stack([elastic_field(256, 10.0, rng) for _ in range(300)])  # (300, 2, 256, 256)
+    assert f.shape[1:] == (2, 256, 256) and f.dtype == np.float32
+    assert 8.5 < f.std() < 11.5  # sigma 10 pixels, as U-Net's warp
+    assert np.abs(f.mean(axis=0)).max() < 3.0  # no drift in any direction: 300 draws, std of the mean ~0.6
+    # smooth: neighbouring pixels move almost together (a 10-px field over 128-px cells)
+    assert np.abs(np.diff(f, axis=-1)).max() < 1.0 and np.abs(np.diff(f, axis=-2)).max() < 1.0
+    assert np.abs(f[:, 0] - f[:, 1]).mean() > 5  # dy and dx drawn independently
+
+
+def test_warp_with_a_constant_displacement_is_a_shifted_crop():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (40, 50, 1), dtype=np.uint8)
+    m = rng.integers(0, 3, (40, 50)).astype(np.uint8)
+    fill = np.zeros(1, np.float32)
+    disp = np.zeros((2, 16, 16), np.float32)
+    disp[0], disp[1] = 3.0, -2.0  # every output pixel reads 3 rows down and 2 columns left
+    a, ya = warp(img, m, 16, (20, 25), np.eye(2), fill, disp=disp)
+    b, yb = plain_crop(img, m, 16, (23, 23), fill)
+    assert np.array_equal(ya, yb) and np.abs(a - b).max() < 1e-6

@@ -287,3 +287,32 @@ def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
     assert str(errors[0]).startswith("training stopped at step 3: the loss of another rank's batch")
     assert steps == [3, 3]
     assert not (tmp_path / "run1").exists()  # rank 1 writes nothing
+
+
+def test_elastic_warp_is_off_by_default_and_the_flag_reaches_the_crops(tmp_path, monkeypatch, capsys):
+    import time
+
+    import cvtool.data.augment as A
+
+    data = make_set(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "train", "--data", str(data), "--plan", "--json")
+    assert code == 0 and json.loads(out)["plan"]["elastic"] == 0
+    code, out, err = cli(capsys, "train", "--data", str(data), "--plan", "--json", "--elastic", "6")
+    plan = json.loads(out)["plan"]
+    assert plan["elastic"] == 6 and "elastic" in plan["given"]
+    for bad in ("-1", "100"):
+        code, out, err = cli(capsys, "train", "--data", str(data), "--plan", "--elastic", bad)
+        assert code == 2 and "--elastic" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(capsys, "train", "--elastic", "5", "--epochs", "1")
+    assert code == 2 and "--elastic needs --data" in err
+    seen, real = [], A.sample_batch  # the augmentation each training batch was drawn with
+
+    def spy(*a, **k):
+        seen.append(a[4])
+        return real(*a, **k)
+
+    monkeypatch.setattr(A, "sample_batch", spy)
+    train_timed(TrainConfig(data=str(data), time_budget=30.0), trainer_factory(), tmp_path / "run",
+                t0=time.perf_counter(), overrides={"elastic": 6.0}, should_stop=lambda: bool(seen))
+    assert seen and all(a.elastic == 6.0 for a in seen) and seen[0].p_geom > 0

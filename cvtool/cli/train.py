@@ -38,6 +38,7 @@ def train(
     time_budget: Optional[float] = typer.Option(None, "--time", help="Wall-clock budget in seconds, everything counted; the "
                                                 "schedule follows elapsed time; 300 s when --data is given without --epochs."),
     augment: Optional[str] = typer.Option(None, help="none | light | default | heavy (with --data: the plan chooses)."),
+    elastic: Optional[float] = typer.Option(None, help="Std (pixels) of U-Net's elastic warp on the geometric crops (with --data; default off)."),
     scale: Optional[float] = typer.Option(None, help="Resample images by this factor before the net (with --data: the plan chooses)."),
     plan_only: bool = typer.Option(False, "--plan", help="Print the plan for --data (fingerprint, measured step time) and exit."),
     backend: str = typer.Option("torch", help="numpy | torch (ort cannot train)."),
@@ -97,6 +98,10 @@ def train(
         raise UsageError(f"unknown --augment {augment!r}", hint=f"choose one of {', '.join(LEVELS)}")
     if scale is not None and not 0 < scale <= 4:
         raise UsageError(f"--scale must be in (0, 4], got {scale}")
+    if elastic is not None and not 0 <= elastic <= 64:
+        raise UsageError(f"--elastic is the warp's std in pixels: 0 to 64, got {elastic:g}")
+    if elastic and not timed:
+        raise UsageError("--elastic needs --data without --epochs (the plan's augmentation)")
     cfg.validate()  # bad options fail here, before a framework is imported
 
     be = registry.get(backend, device)
@@ -134,7 +139,7 @@ def train(
 
                 over = {k: v for k, v in dict(crop=img_size, batch_size=batch_size, depth=depth, width=width, lr=lr,
                                               warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
-                                              augment=augment, scale=scale).items() if v is not None}
+                                              augment=augment, scale=scale, elastic=elastic).items() if v is not None}
                 result = train_timed(cfg, make, Path(run_dir or "."), t0=t0, overrides=over, resume=ck,
                                      cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=ui.event,
                                      should_stop=lambda: stop["flag"], rank=rank, world=world,

@@ -30,6 +30,7 @@ class Augment:
     gamma: float = 0.0  # x ** exp(U(-g, g))
     noise: float = 0.0  # gaussian sigma (of [0, 1] intensities), on half the crops
     blur: float = 0.0  # share of crops smoothed by a 3x3 binomial filter
+    elastic: float = 0.0  # std (pixels) of a smooth random displacement on geometric crops (U-Net's elastic warp)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,16 +81,35 @@ def _matrix(aug: Augment, rng: np.random.Generator, geom: bool) -> np.ndarray:
     return A
 
 
+ELASTIC_SPACING = 128  # output pixels between the control points of the elastic field (U-Net: a 3x3 grid on a tile)
+
+
+def elastic_field(S: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """float32 (2, S, S): a smooth random displacement (dy, dx) in pixels. Control points every ELASTIC_SPACING
+    pixels (and one past each edge) draw N(0, sigma^2) vectors; every pixel takes their Gaussian-weighted mean
+    (separable: L @ D @ L.T with L (S, G) the row-normalised weights), so the field has no kinks."""
+    G = int(np.ceil(S / ELASTIC_SPACING)) + 1
+    p = np.linspace(0.0, S, G)  # control points, spanning the crop
+    u = np.arange(S) + 0.5
+    L = np.exp(-0.5 * ((u[:, None] - p[None, :]) / (0.5 * (p[1] - p[0]))) ** 2)
+    L /= L.sum(axis=1, keepdims=True)
+    D = rng.normal(0.0, sigma, (2, G, G))
+    # a weighted mean of draws spreads less than one draw: a pixel's std is sigma * |L_y| * |L_x|; undo it on average
+    D /= (L ** 2).sum(axis=1).mean()
+    return np.einsum("sg,cgh,th->cst", L, D, L).astype(np.float32)
+
+
 def warp(image: np.ndarray, mask: np.ndarray, S: int, centre: tuple[float, float], A: np.ndarray,
-         fill: np.ndarray, lut: np.ndarray = IDENTITY) -> tuple[np.ndarray, np.ndarray]:
+         fill: np.ndarray, lut: np.ndarray = IDENTITY, disp: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (H, W, C) image and (H, W) mask -> float32 (S, S, C) and uint8 (S, S), sampling
-    source = centre + A @ (output pixel centre - S/2). Image bilinear (of lut[value], lut: 256 float32 intensities,
-    the tone curve), mask nearest, outside: fill / IGNORE."""
+    source = centre + A @ (output pixel centre - S/2 + disp). Image bilinear (of lut[value], lut: 256 float32
+    intensities, the tone curve), mask nearest, outside: fill / IGNORE. disp: (2, S, S) output-pixel offsets or None."""
     H, W, C = image.shape
     g = np.arange(S, dtype=np.float32) + np.float32(0.5 - S / 2)
     A = A.astype(np.float32)
-    sy = np.float32(centre[0] - 0.5) + A[0, 0] * g[:, None] + A[0, 1] * g[None, :]  # source pixel-index units
-    sx = np.float32(centre[1] - 0.5) + A[1, 0] * g[:, None] + A[1, 1] * g[None, :]
+    gy, gx = (g[:, None], g[None, :]) if disp is None else (g[:, None] + disp[0], g[None, :] + disp[1])
+    sy = np.float32(centre[0] - 0.5) + A[0, 0] * gy + A[0, 1] * gx  # source pixel-index units
+    sx = np.float32(centre[1] - 0.5) + A[1, 0] * gy + A[1, 1] * gx
     ny, nx = np.rint(sy).astype(np.int64), np.rint(sx).astype(np.int64)
     inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
     y_out = np.full((S, S), IGNORE, np.uint8)
@@ -187,11 +207,12 @@ def sample_batch(images: list[np.ndarray], masks: list[np.ndarray], idx: np.ndar
         A = _matrix(aug, rng, geom)
         extent = S * float(np.max(np.abs(A).sum(axis=1)))  # source rows/cols the crop spans
         c = _clamp_centre(c, msk.shape, S, extent)
+        disp = elastic_field(S, aug.elastic, rng) if geom and aug.elastic > 0 else None  # geometry's draws first
         lut = tone_curve(aug, rng)
         P = np.abs(A)
-        if np.allclose(P, np.eye(2)) or np.allclose(P, np.eye(2)[::-1]):  # flips and quarter turns: exact, no blur
-            x[n], y[n] = _permuted_crop(img, msk, S, c, fill, lut, A)
+        if disp is None and (np.allclose(P, np.eye(2)) or np.allclose(P, np.eye(2)[::-1])):  # flips, quarter turns
+            x[n], y[n] = _permuted_crop(img, msk, S, c, fill, lut, A)  # exact, no blur
         else:
-            x[n], y[n] = warp(img, msk, S, c, A, fill, lut)
+            x[n], y[n] = warp(img, msk, S, c, A, fill, lut, disp)
         blur_noise(x[n], aug, rng)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
