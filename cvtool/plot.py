@@ -23,9 +23,11 @@ def _wide(series: dict[str, list]) -> bool:
 
 
 def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, list] | None, title: str = "",
-               xlabel: str = "", log_x: bool = False, log_y: str = "auto", titles: list[str] | None = None) -> Path:
+               xlabel: str = "", log_x: bool = False, log_y: str = "auto", titles: list[str] | None = None,
+               panel_xs: list | None = None) -> Path:
     """Panels (left, then each of `more`) as one PNG, written atomically. log_y: "auto" (a panel spanning > 20x
-    gets a log scale), "yes" or "no"; titles: one per panel."""
+    gets a log scale), "yes" or "no"; titles: one per panel; panel_xs: one x list per panel (None: xs), for panels
+    sampled at different points (a loss every few steps, validation now and then)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,10 +36,17 @@ def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, lis
     panels = [left] + [p for p in more if p]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), dpi=100, squeeze=False)
     for k, (ax, series) in enumerate(zip(axes[0], panels)):
+        px = panel_xs[k] if panel_xs and k < len(panel_xs) and panel_xs[k] is not None else xs
         for name, vals in series.items():
-            pts = [(x, v) for x, v in zip(xs, vals) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+            pts = [(x, v) for x, v in zip(px, vals) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.5, label=name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) <= 50 else None, markersize=3,
+                        linewidth=1.5 if len(pts) <= 50 else 1.0, label=name)  # dense traces: a line alone
+        if panel_xs:  # one x range for all panels, so a validation point sits above the loss at its step
+            every = [x for xs_k in panel_xs if xs_k for x in xs_k]
+            lo, hi = min(every), max(every)
+            pad = 0.03 * (hi - lo) or 0.5
+            ax.set_xlim(lo - pad, hi + pad)
         if log_x:
             ax.set_xscale("log")
         if log_y == "yes" or (log_y == "auto" and _wide(series)):

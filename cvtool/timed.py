@@ -189,8 +189,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
     from cvtool.ranks import SyncBuffers
-    from cvtool.training import (RunState, check_loss, class_weights, other_rank_failed, write_curves, write_digest,
-                                 write_metrics)
+    from cvtool.training import (TRACE_POINTS, RunState, check_loss, class_weights, other_rank_failed, trace_add,
+                                 write_curves, write_digest, write_metrics, write_trace)
 
     budget = float(cfg.time_budget)
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
@@ -310,6 +310,9 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                        "class_weights": None if weights is None else weights.tolist(), "dice": plan.dice,
                        "elapsed": now()})
     stream = Batches(sample_for(plan), st.step)
+    st.history, st.trace = list(st.history), [list(t) for t in st.trace or []]  # a resume's own copies, not its checkpoint's
+    every = max(1, round(plan.steps / TRACE_POINTS))  # steps per point of the loss trace
+    w_sum, w_n = 0.0, 0  # the loss over the steps since the trace's last point
     stopped = None
     metrics: dict = {}
     t_train = t_val = 0.0  # seconds inside steps and inside validation (this process)
@@ -358,7 +361,8 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
                 save("last", metrics)
                 if rank == 0:
                     write_metrics(out_dir, st.history)
-                    write_curves(out_dir, st.history, xlabel="validation")
+                    write_trace(out_dir, st.trace)
+                    write_curves(out_dir, st.history, trace=st.trace)
                 on_event("epoch", {**row, "iou": metrics.get("iou"), "best": best, "val_seconds": val_s})
                 continue
             x, y = stream.get()
@@ -378,6 +382,10 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
             st.batch += 1
             st.loss_sum += loss
             st.elapsed = now()
+            w_sum, w_n = w_sum + loss, w_n + 1
+            if w_n >= every:
+                trace_add(st.trace, st.step, st.elapsed, w_sum / w_n)
+                w_sum, w_n = 0.0, 0
             on_event("step", {"epoch": n_done, "step": st.step, "loss": loss, "lr": lr, "elapsed": st.elapsed,
                               "t_end": t_end, "images_per_s": plan.batch_size / max(time.perf_counter() - ts, 1e-9)})
     finally:

@@ -141,6 +141,19 @@ class RunState:
     best_miou: float = -1.0  # -1: no best checkpoint yet (a NaN mIoU still makes the first one)
     history: list | None = None
     loss_sum: float = 0.0  # training loss summed over the current epoch's batches (also over a resume)
+    trace: list | None = None  # time-driven runs: [step, seconds, mean loss] every few steps (the loss curve)
+
+
+TRACE_POINTS = 200  # a loss trace keeps between this many and twice as many points, however long the run
+
+
+def trace_add(trace: list, step: int, seconds: float, loss: float) -> None:
+    """Append [step, seconds, loss]; past 2 x TRACE_POINTS, neighbours merge in pairs (the later step and time,
+    the mean loss), so a long run's trace stays bounded and evenly spread."""
+    trace.append([int(step), round(float(seconds), 2), float(loss)])
+    if len(trace) > 2 * TRACE_POINTS:
+        trace[:] = [[b[0], b[1], (a[2] + b[2]) / 2] for a, b in zip(trace[0::2], trace[1::2])] + \
+            ([trace[-1]] if len(trace) % 2 else [])
 
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, mean, std, batch_size: int, multiple: int) -> dict:
@@ -447,13 +460,31 @@ def write_metrics(out_dir: Path, history: list[dict]) -> None:
             w.writerows(history)
 
 
-def write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch") -> None:
+def write_trace(out_dir: Path, trace: list) -> None:
+    """train_loss.csv: step, seconds, loss (the mean over the steps since the row before)."""
+    from cvtool.fsutil import atomic_path
+
+    with atomic_path(out_dir / "train_loss.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "seconds", "loss"])
+            w.writerows(trace)
+
+
+def write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch", trace: list | None = None) -> None:
+    """curves.png: losses, validation mIoU and accuracy, per-class IoU. With a trace (time-driven runs, which
+    validate a few times only) the x axis is the step: the loss every few steps, validation where it ran."""
     from cvtool.plot import line_chart
 
-    ep = [h["epoch"] for h in history]
     per_class = {k[4:]: [h.get(k) for h in history] for k in history[-1] if k.startswith("iou_")}
+    val = {"val mIoU": [h["mean_iou"] for h in history], "pixel acc": [h["pixel_accuracy"] for h in history]}
+    titles = ["loss (log scale when it spans > 20x)", "validation", "validation IoU per class"]
+    if trace:
+        at = [h["step"] for h in history]
+        line_chart(out_dir / "curves.png", at, {"train loss": [t[2] for t in trace]}, val, per_class or None,
+                   title="cvtool train", xlabel="step", titles=titles, panel_xs=[[t[0] for t in trace], at, at])
+        return
+    ep = [h["epoch"] for h in history]
     line_chart(out_dir / "curves.png", ep, {"train loss": [h["train_loss"] for h in history],
                                              "val loss": [h["val_loss"] for h in history]},
-               {"val mIoU": [h["mean_iou"] for h in history], "pixel acc": [h["pixel_accuracy"] for h in history]},
-               per_class or None, title="cvtool train", xlabel=xlabel,
-               titles=["loss (log scale when it spans > 20x)", "validation", "validation IoU per class"])
+               val, per_class or None, title="cvtool train", xlabel=xlabel, titles=titles)

@@ -82,6 +82,39 @@ def test_a_time_driven_run_saves_its_plan_and_fingerprint(timed_run):
     assert res["best_mean_iou"] == pytest.approx(max(float(r.split(",")[6]) for r in rows[1:]))
 
 
+def test_a_time_driven_run_keeps_a_loss_curve_between_its_few_validations(timed_run):
+    from PIL import Image
+
+    tmp, res, events = timed_run
+    rows = (tmp / "run" / "train_loss.csv").read_text().split()
+    assert rows[0] == "step,seconds,loss"
+    trace = [[float(v) for v in r.split(",")] for r in rows[1:]]
+    steps = [t[0] for t in trace]
+    assert len(trace) >= min(res["steps"], 10) > res["validations"]  # far more points than validations
+    assert all(a < b for a, b in zip(steps, steps[1:])) and steps[-1] <= res["steps"]
+    assert all(a[1] <= b[1] for a, b in zip(trace, trace[1:]))  # seconds go forward
+    # each point is the mean loss of the steps since the previous point, as the step events reported them
+    losses = [d["loss"] for k, d in events if k == "step"]
+    a, b = int(steps[0]), int(steps[1])
+    assert trace[1][2] == pytest.approx(np.mean(losses[a:b]), rel=1e-9)
+    ck = ckpt_io.load(tmp / "run" / "last.safetensors")
+    assert [t[0] for t in ck.train_state["run"]["trace"]] == steps  # saved with the run: a resume continues it
+    with Image.open(tmp / "run" / "curves.png") as im:
+        assert im.size[0] > 600 and im.getextrema() != ((255, 255), (255, 255), (255, 255), (255, 255))
+
+
+def test_the_loss_trace_stays_bounded_and_keeps_its_mean():
+    from cvtool.training import TRACE_POINTS, trace_add
+
+    trace = []
+    for k in range(1, 10_001):
+        trace_add(trace, k, k / 10, float(k % 2))  # losses alternate 0, 1
+        assert len(trace) <= 2 * TRACE_POINTS
+    assert len(trace) >= TRACE_POINTS and trace[-1][0] == 10_000
+    assert all(a[0] < b[0] for a, b in zip(trace, trace[1:]))
+    assert np.mean([t[2] for t in trace]) == pytest.approx(0.5, abs=0.01)
+
+
 def test_six_pairs_are_enough(timed_run):
     _, res, _ = timed_run  # 5 train / 1 val: today's epoch rule refused this ("smaller than one batch")
     assert res["fingerprint"]["n_train"] == 5 and res["plan"]["batch_size"] >= 2
@@ -107,6 +140,10 @@ def test_interrupted_timed_run_resumes_on_its_plan(tmp_path):
     assert res2["status"] == STOP_TIME and res2["steps"] > 3
     assert res2["plan"] == {**ck.train_state["plan"]}  # the same plan, not a new one
     assert res2["seconds"] >= ck.train_state["run"]["elapsed"]  # the budget continues
+    before = ck.train_state["run"]["trace"]  # the loss trace goes on where it was: no step twice, none lost
+    after = [[float(v) for v in r.split(",")] for r in (tmp_path / "run" / "train_loss.csv").read_text().split()[1:]]
+    assert all(t[0] <= 3 for t in before) and [t[0] for t in after[:len(before)]] == [t[0] for t in before]
+    assert len(after) > len(before) and all(a[0] < b[0] for a, b in zip(after, after[1:]))
 
 
 def test_cli_plan_prints_and_exits(tmp_path, monkeypatch, capsys):

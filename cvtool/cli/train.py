@@ -248,7 +248,7 @@ def _report(r: dict) -> None:
         done = f"{r['status']}: {r['epochs']} epochs, {r['steps']} steps in {r['seconds']:.0f} s; best mIoU {fmt_float(r['best_mean_iou'])}"
     for line in (done,
                  f"wrote {run}/best.safetensors, last.safetensors, metrics.csv, curves.png"
-                 + (", plan.json" if r.get("plan") else ""),
+                 + (", train_loss.csv, plan.json" if r.get("plan") else ""),
                  "next:",
                  f"  cvtool segment IMAGE --model {run}/best.safetensors",
                  f"  cvtool export {run}/best.safetensors -o {run}/model.onnx",
