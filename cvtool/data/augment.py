@@ -85,8 +85,8 @@ ELASTIC_SPACING = 128  # output pixels between the control points of the elastic
 
 
 def elastic_field(S: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """float32 (2, S, S): a smooth random displacement (dy, dx) in pixels. Control points every ELASTIC_SPACING
-    pixels (and one past each edge) draw N(0, sigma^2) vectors; every pixel takes their Gaussian-weighted mean
+    """float32 (2, S, S): a smooth random displacement (dy, dx) in pixels. G = ceil(S / ELASTIC_SPACING) + 1
+    control points a side, edge to edge, draw N(0, sigma^2) vectors; every pixel takes their Gaussian-weighted mean
     (separable: L @ D @ L.T with L (S, G) the row-normalised weights), so the field has no kinks."""
     G = int(np.ceil(S / ELASTIC_SPACING)) + 1
     p = np.linspace(0.0, S, G)  # control points, spanning the crop
