@@ -149,8 +149,8 @@ def turn_agreed(trainer, world: int) -> Callable[[int, float], tuple[int, float]
 def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list,
              world: int = 1) -> tuple[float, float, Callable[[float], float]]:
     """(seconds a training step takes, seconds one validation pass should take, the ranks' agreement on seconds) on
-    this backend, measured on a throw-away trainer: 2 warm-up steps, then 3 timed; predict timed on the
-    median-sized validation image. Under torchrun both times are the slowest rank's."""
+    this backend, measured on a throw-away trainer: 2 warm-up steps, then 3 timed; predict warmed up on the
+    median-sized validation image, then timed on up to 3 more. Under torchrun both times are the slowest rank's."""
     from cvtool.inference import TTA, net_pixels, predict_batch, prepare
 
     tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
@@ -164,13 +164,23 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     sizes = [int(np.prod(im.shape[:2])) for im in val_images]
     order = np.argsort(sizes)
     med = int(order[len(order) // 2])
-    other = next((int(i) for i in order if val_images[i].shape != val_images[med].shape), med)
-    for i in (med, other):  # timed: the second, a new shape where there is one (as most validation images are)
+    # timed: up to 3 images of shapes not seen yet (as most validation images are), nearest the median in size; the
+    # median of their rates, so that one slow call (a busy moment) does not set the whole run's validation cadence
+    seen, probes = {val_images[med].shape}, []
+    for i in sorted(order.tolist(), key=lambda i: abs(sizes[i] - sizes[med])):
+        if len(probes) < 3 and val_images[i].shape not in seen:
+            seen.add(val_images[i].shape)
+            probes.append(int(i))
+    probes = probes or [med] * 3  # one size only: its steady rate
+    rates = []
+    for k, i in enumerate([med] + probes):  # the first call warms the code up, untimed
         xv = prepare(val_images[i], spec.in_channels, plan.mean, plan.std).x
         padded = int(np.prod([-(-v // spec.multiple) * spec.multiple for v in xv.shape[1:]]))
         t = time.perf_counter()
         predict_batch(tr.predict, [xv], spec.multiple)
-        px_s = padded / max(time.perf_counter() - t, 1e-6)  # the last probe's rate: a new shape, warm code
+        if k:
+            rates.append(padded / max(time.perf_counter() - t, 1e-6))
+    px_s = float(np.median(rates))
     work = sum(net_pixels(im.shape[:2], spec) for im in val_images)  # tiles overlap where an image is cut
     agree = seconds_agreed(tr, world)
     val_s = 1.2 * TTA[plan.tta] * work / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
