@@ -34,6 +34,12 @@ def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, lis
     import matplotlib.pyplot as plt
 
     panels = [left] + [p for p in more if p]
+    xlim = None  # with panel_xs: one x range for all panels, so a validation point sits above the loss at its step
+    if panel_xs and any(panel_xs):
+        every = [x for xs_k in panel_xs if xs_k for x in xs_k]
+        lo, hi = min(every), max(every)
+        pad = 0.03 * (hi - lo) or 0.5
+        xlim = (lo - pad, hi + pad)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), dpi=100, squeeze=False)
     for k, (ax, series) in enumerate(zip(axes[0], panels)):
         px = panel_xs[k] if panel_xs and k < len(panel_xs) and panel_xs[k] is not None else xs
@@ -42,11 +48,8 @@ def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, lis
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) <= 50 else None, markersize=3,
                         linewidth=1.5 if len(pts) <= 50 else 1.0, label=name)  # dense traces: a line alone
-        if panel_xs:  # one x range for all panels, so a validation point sits above the loss at its step
-            every = [x for xs_k in panel_xs if xs_k for x in xs_k]
-            lo, hi = min(every), max(every)
-            pad = 0.03 * (hi - lo) or 0.5
-            ax.set_xlim(lo - pad, hi + pad)
+        if xlim:
+            ax.set_xlim(*xlim)
         if log_x:
             ax.set_xscale("log")
         if log_y == "yes" or (log_y == "auto" and _wide(series)):

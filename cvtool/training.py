@@ -450,25 +450,26 @@ def _class_weights(ds, K: int, max_items: int = 64) -> np.ndarray:
     return class_weights(hist)
 
 
-def write_metrics(out_dir: Path, history: list[dict]) -> None:
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    """A CSV file with a header row, written atomically."""
     from cvtool.fsutil import atomic_path
 
-    with atomic_path(out_dir / "metrics.csv") as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(history[0]))
-            w.writeheader()
-            w.writerows(history)
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
+    """metrics.csv: a row per epoch or validation."""
+    keys = list(history[0])
+    _write_csv(out_dir / "metrics.csv", keys, ([h.get(k, "") for k in keys] for h in history))
 
 
 def write_trace(out_dir: Path, trace: list) -> None:
     """train_loss.csv: step, seconds, loss (the mean over the steps since the row before)."""
-    from cvtool.fsutil import atomic_path
-
-    with atomic_path(out_dir / "train_loss.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "seconds", "loss"])
-            w.writerows(trace)
+    _write_csv(out_dir / "train_loss.csv", ["step", "seconds", "loss"], trace)
 
 
 def write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch", trace: list | None = None) -> None:
