@@ -12,10 +12,10 @@ from importlib.metadata import entry_points
 from cvtool.errors import BackendUnavailable, UsageError
 
 BUILTIN: dict[str, str] = {
-    "numpy": "cvtool_backends.numpy_ref:Backend",
+    "numpy": "cvtool_backends.numpy_fast:Backend",
     "torch": "cvtool_backends.torch_backend:Backend",
     "ort": "cvtool_backends.ort_backend:Backend",
-    "naive": "cvtool_backends.naive:Backend",  # the lecture's loops: operations only, small sizes
+    "naive": "cvtool_backends.numpy_loops:Backend",  # the lecture's loops: operations only, small sizes
 }
 REFERENCE = "numpy"  # the float64 oracle every other backend is checked against (bench, export, convcalc --verify)
 ENTRY_POINT_GROUP = "cvtool.backends"

@@ -18,8 +18,8 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from cvtool.errors import CvtoolError
-from cvtool.optim import OptimConfig  # re-exported: part of the trainer contract
-from cvtool.ranks import MaxOverRanks, SyncBuffers  # the trainers' hooks
+from cvtool.train.optim import OptimConfig  # re-exported: part of the trainer contract
+from cvtool.train.ranks import MaxOverRanks, SyncBuffers  # the trainers' hooks
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Backend(Protocol):
 OPS = ("conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "relu", "sigmoid", "tanh")
 
 
-# --- networks (a ModelSpec from cvtool.spec, parameters as dict[str, np.ndarray]) -------------
+# --- networks (a ModelSpec from cvtool.model.spec, parameters as dict[str, np.ndarray]) -------------
 
 @runtime_checkable
 class Runner(Protocol):
@@ -130,7 +130,7 @@ class Runs(Protocol):
 @runtime_checkable
 class Trains(Protocol):
     """Trains networks: exactly the backends with capabilities.train. The loss is the class-weighted
-    cross-entropy (ignore label 255) + dice * soft Dice (numpy_ref/loss.py)."""
+    cross-entropy (ignore label 255) + dice * soft Dice (numpy_fast/loss.py)."""
 
     def trainer(self, spec, params, *, optim: OptimConfig, class_weights: np.ndarray | None, seed: int,
                 distributed: bool = False, dice: float = 0.0) -> Trainer: ...
@@ -171,7 +171,7 @@ class LoadOnnx(Protocol):
     def load_onnx(self, path: str | Path | bytes) -> Runner: ...  # a cvtool export (backends.onnx_format) as a Runner
 
 
-# on trainers: MaxOverRanks, SyncBuffers (cvtool.ranks, imported above)
+# on trainers: MaxOverRanks, SyncBuffers (cvtool.train.ranks, imported above)
 HOOKS: dict[str, type] = {"gemm": Gemm, "peak_memory": PeakMemory, "set_threads": SetThreads, "load_onnx": LoadOnnx,
                           "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
 

@@ -8,7 +8,7 @@ after --warmup runs. The two libraries take turns run by run (so that background
 machine hits both alike), with a --pause between runs: OpenBLAS's and OpenMP's worker threads
 spin for a while after a call and would otherwise slow down the other library.
 torch's backward is autograd's (y.backward(dout)) on a fresh graph. glibc keeps freed memory, as
-the NumPy backend has it (cvtool/heap.py).
+the NumPy backend has it (cvtool/glibc_malloc.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from cvtool_backends.numpy_ref.conv import conv2d_backward, conv2d_forward  # noqa: E402
+from cvtool_backends.numpy_fast.conv import conv2d_backward, conv2d_forward  # noqa: E402
 
 PHASES = ("forward", "backward", "forward+backward")
 
@@ -120,7 +120,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, str]:
-    from cvtool_backends.numpy_ref.parallel import blas_threads
+    from cvtool_backends.numpy_fast.parallel import blas_threads
 
     return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "numpy": np.__version__,
             "blas threads": str(blas_threads()), "python": platform.python_version(),
@@ -169,9 +169,9 @@ def main(argv=None) -> int:
         assert len(args.shape) == 4
     except (ValueError, AssertionError):
         ap.error(f"--shape needs N,C,H,W, got {args.shape!r}")
-    from cvtool.heap import keep_freed_memory
+    from cvtool.glibc_malloc import keep_freed_memory
 
-    keep_freed_memory()  # as the NumPy backend sets it up (backends/numpy_ref/__init__.py, cvtool/heap.py)
+    keep_freed_memory()  # as the NumPy backend sets it up (backends/numpy_fast/__init__.py, cvtool/glibc_malloc.py)
     res = measure(args)
     info = machine()
     try:

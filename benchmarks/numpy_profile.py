@@ -52,9 +52,9 @@ def _timed(fn) -> float:
 
 def measure(size: int, repeats: int, split: bool) -> dict:
     """This process's numbers: forward median/min (ms), GEMM rate, and with split the time per part."""
-    from cvtool import spec as S
-    from cvtool_backends.numpy_ref import conv
-    from cvtool_backends.numpy_ref.model import NumpyRunner
+    from cvtool.model import spec as S
+    from cvtool_backends.numpy_fast import conv
+    from cvtool_backends.numpy_fast.model import NumpyRunner
 
     spec = S.ModelSpec()
     run = NumpyRunner(spec, S.init_params(spec))

@@ -3,7 +3,7 @@ against ONNX Runtime (and NumPy on the large images when asked), each backend in
 
     python benchmarks/segment_scale.py [--folder 300] [--rounds 2] [--markdown FILE] [--json FILE] [--backends torch,ort]
 
-What runs is `cvtool.inference.segment_logits` (tiles of 512, batch 4, the margin of the net: what `segment`
+What runs is `cvtool.model.inference.segment_logits` (tiles of 512, batch 4, the margin of the net: what `segment`
 does per image) on the default net (U-Net width 16, depth 3, RGB, 4 classes; random weights: speed and memory do
 not depend on them). Images are made in memory from a seed, so both backends see the same pixels:
 - large: a 1024 x 1024 and a 4000 x 3000 image (the 4000 x 3000 one is 88 tiles), 3 rounds, the best;
@@ -41,8 +41,8 @@ def worker(backend: str, folder: int, seed: int, large: bool = True) -> dict:
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool import spec as S
-    from cvtool.inference import segment_logits
+    from cvtool.model import spec as S
+    from cvtool.model.inference import segment_logits
 
     spec = S.ModelSpec()
     params = S.init_params(spec, 0)

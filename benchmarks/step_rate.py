@@ -45,8 +45,8 @@ def main() -> None:
     import torch.nn.functional as F
 
     from cvtool_backends.torch_backend.model import TorchTrainer
-    from cvtool.optim import OptimConfig
-    from cvtool.spec import ModelSpec, init_params
+    from cvtool.train.optim import OptimConfig
+    from cvtool.model.spec import ModelSpec, init_params
 
     pu = baseline_module()
     C, K, B, S = 1, 2, 8, 128

@@ -72,9 +72,9 @@ def throughput(size: int = 256, batch: int = 8, steps: int = 8, rounds: int = 3)
     import numpy as np
 
     from cvtool_backends.torch_backend.model import TorchTrainer, native_bf16, set_threads
-    from cvtool.optim import OptimConfig
-    from cvtool.spec import ModelSpec, init_params
-    from cvtool.training import TrainConfig
+    from cvtool.train.optim import OptimConfig
+    from cvtool.model.spec import ModelSpec, init_params
+    from cvtool.train.loop import TrainConfig
 
     import torch
 

@@ -2,7 +2,7 @@
 each one is held to.
 
 torch and ort are installed here, so they must never be skipped silently: if they are unavailable the
-test fails. numpy (backends/numpy_ref) is skipped while it is unavailable.
+test fails. numpy (backends/numpy_fast) is skipped while it is unavailable.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ TOL: dict[str, dict[str, float]] = {
 def load_backend(name: str, device: str = "cpu"):
     try:
         st = registry.status(name)
-    except Exception as e:  # a backend another engineer is still writing (numpy_ref) may not import yet
+    except Exception as e:  # a backend another engineer is still writing (numpy_fast) may not import yet
         if name in MUST_RUN:
             raise
         pytest.skip(f"backend {name!r} does not load: {type(e).__name__}: {e}")

@@ -1,5 +1,5 @@
 """cvtool.arithmetic against Dumoulin & Visin's 15 relationships, PyTorch's real shapes, and the
-explanation text of cvtool.explain (its last number must be the size arithmetic computes)."""
+explanation text of cvtool.convcalc.explain (its last number must be the size arithmetic computes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cvtool import arithmetic as A
-from cvtool import explain
+from cvtool.convcalc import explain
 from cvtool.errors import UsageError
 
 # Dumoulin & Visin, "A guide to convolution arithmetic for deep learning": (i, k, s, p) -> o

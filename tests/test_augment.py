@@ -8,7 +8,7 @@ import pytest
 
 from cvtool.data.augment import PRESETS, Augment, elastic_field, plain_crop, sample_batch, tone_curve, warp
 from cvtool.data.io import IGNORE
-from cvtool.timed import batch_indices
+from cvtool.train.budgeted import batch_indices
 
 VALUES = np.array([40, 200], np.uint8)  # two classes: the image IS the mask, drawn with these intensities
 

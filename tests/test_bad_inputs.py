@@ -20,11 +20,11 @@ from test_train import one_torch_thread  # noqa: F401  (autouse: one torch threa
 from test_train_cli import ARGS, cvtool, write_dataset
 
 import cvtool_backends as registry
-from cvtool import checkpoint as ckpt_io
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.data import open_datasets
 from cvtool.data.io import read_image, read_mask
 from cvtool.errors import DataError, TrainingDiverged
-from cvtool.training import DIVERGED, TrainConfig, check_loss
+from cvtool.train.loop import DIVERGED, TrainConfig, check_loss
 
 SMALL = ["--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--workers", "1"]
 
@@ -115,7 +115,7 @@ def test_nan_in_a_time_driven_run_keeps_best(tmp_path, monkeypatch, capsys):
     run = tmp_path / "r"
     nan_after_first_validation(monkeypatch, run)
     monkeypatch.setattr("cvtool.cli.train.process_age", lambda: 0.0)  # the budget starts now, not at pytest's start
-    monkeypatch.setattr("cvtool.training.write_curves", lambda *a, **k: None)  # ~1 s a plot here: steps between
+    monkeypatch.setattr("cvtool.train.loop.write_curves", lambda *a, **k: None)  # ~1 s a plot here: steps between
     code, out, err = cvtool(capsys, "train", "--data", data, "--time", "8", "--img-size", "32", "-b", "2",
                             "--width", "4", "--depth", "1", "--workers", "1", "--json", "--out", run)
     assert code == 3 and out == "", out[:400]
@@ -325,7 +325,7 @@ def test_resume_of_a_time_driven_run_on_other_data_is_refused(tmp_path, monkeypa
 
 
 def train_timed_small(cfg, run: Path, should_stop):
-    from cvtool.timed import train_timed
+    from cvtool.train.budgeted import train_timed
 
     return train_timed(cfg, trainer_factory(), run, t0=time.perf_counter(), should_stop=should_stop,
                        overrides={"crop": 32, "batch_size": 2, "width": 4, "depth": 1})

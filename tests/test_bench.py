@@ -1,4 +1,4 @@
-"""`cvtool bench` and cvtool/benchtime.py.
+"""`cvtool bench` and cvtool/timing.py.
 
 (a) The timing statistics on a fake clock (hand-worked medians and percentiles), and the memory probes
     on allocations of known size.
@@ -23,8 +23,8 @@ import pytest
 
 import cvtool_backends as registry
 from cvtool_backends.base import Capabilities, Status
-from cvtool_backends.numpy_ref import Backend as NumpyBackend
-from cvtool import benchtime as bt
+from cvtool_backends.numpy_fast import Backend as NumpyBackend
+from cvtool import timing as bt
 from cvtool.cli.bench import compare
 from conftest import cli, cuda_available, gpu# tests/ is on sys.path under pytest
 
@@ -96,11 +96,11 @@ def test_traced_peak_sees_numpy_arrays():
 
 
 def test_rss_sampler_sees_touched_memory():
-    """In a fresh process: one that already ran the NumPy backend keeps freed memory resident (cvtool/heap.py),
+    """In a fresh process: one that already ran the NumPy backend keeps freed memory resident (cvtool/glibc_malloc.py),
     so a new 64 MB array may reuse pages that RSS already counts."""
     if bt.rss_bytes() is None:
         pytest.skip("no /proc here")
-    code = ("import numpy as np\nfrom cvtool import benchtime as bt\nbase = bt.rss_bytes()\n"
+    code = ("import numpy as np\nfrom cvtool import timing as bt\nbase = bt.rss_bytes()\n"
             "with bt.RssSampler(interval=0.001) as s:\n    a = np.ones(64 * 2**20 // 8)\n    a += 1\n    del a\n"
             "print(s.peak - base)")
     grew = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
@@ -326,10 +326,10 @@ def test_op_max_pool_has_no_gemm_fraction(capsys):
 
 
 def test_data_miou_matches_one_computed_here(capsys):
-    from cvtool_backends.numpy_ref.model import NumpyRunner
+    from cvtool_backends.numpy_fast.model import NumpyRunner
     from cvtool.data import open_datasets
     from cvtool.metrics import SegMetrics
-    from cvtool.spec import ModelSpec, init_params
+    from cvtool.model.spec import ModelSpec, init_params
 
     code, doc = bench_json(capsys, *QUICK, "--data", "synth", "--data-limit", "2", "--backend", "numpy,ort",
                            "--device", "cpu")
@@ -346,9 +346,9 @@ def test_data_miou_matches_one_computed_here(capsys):
 
 
 def test_model_from_a_checkpoint_and_the_latest_run(capsys, tmp_path):
-    from cvtool.checkpoint import Checkpoint, save
-    from cvtool.model_meta import ModelMeta
-    from cvtool.spec import ModelSpec, init_params
+    from cvtool.model.checkpoint import Checkpoint, save
+    from cvtool.model.meta import ModelMeta
+    from cvtool.model.spec import ModelSpec, init_params
 
     spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)
     ck = Checkpoint(spec, init_params(spec, 3), ModelMeta(["a", "b"], [[0, 0, 0], [255, 255, 255]], [0.5], [0.25]))

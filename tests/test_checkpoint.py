@@ -1,4 +1,4 @@
-"""cvtool.checkpoint: safetensors + JSON metadata. Round trips, clear DataErrors for bad files, atomic writes,
+"""cvtool.model.checkpoint: safetensors + JSON metadata. Round trips, clear DataErrors for bad files, atomic writes,
 and one checkpoint giving the same logits on every backend's runner."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from cvtool import checkpoint as ckpt_io
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.errors import DataError
-from cvtool.model_meta import ModelMeta
-from cvtool.spec import ModelSpec, init_params
-from cvtool.training import train
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec, init_params
+from cvtool.train.loop import train
 from conftest import load_backend  # tests/ is on sys.path under pytest
 from test_train import maker, one_torch_thread, tiny  # noqa: F401  (one_torch_thread: autouse here too)
 

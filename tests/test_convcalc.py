@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from test_arithmetic import CONV, DILATED, POOL, TCONV
 from typer.testing import CliRunner
 
-from cvtool import chain as CH
-from cvtool import convmatrix as M
-from cvtool import solve as S
+from cvtool.convcalc import chain as CH
+from cvtool.convcalc import matrix as M
+from cvtool.convcalc import solve as S
 from cvtool.cli import app, main
 
 runner = CliRunner()
@@ -487,7 +487,7 @@ def test_json_is_one_document(args):
 
 def test_demo_tour_quick(capsys):
     """The convcalc part of `cvtool demo` (the whole demo is tests/test_demo.py)."""
-    from cvtool.cli.convcalc import convcalc_tour
+    from cvtool.cli.convcalc.command import convcalc_tour
 
     convcalc_tour(quick=True)
     text = capsys.readouterr().out

@@ -1,5 +1,5 @@
 """`cvtool convcalc --model`: a network traced layer by layer, from the default spec, a checkpoint or a cvtool ONNX
-export (the same numbers from each), and a foreign ONNX file refused in one line. Oracle: cvtool.spec's own
+export (the same numbers from each), and a foreign ONNX file refused in one line. Oracle: cvtool.model.spec's own
 parameter shapes and total_flops, and the hand count of the default U-Net's parameters in the README (482,788)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import onnx
 from conftest import cli  # tests/ is on sys.path under pytest
 from onnx import TensorProto, helper
 
-from cvtool import checkpoint as ckpt_io
-from cvtool.model_meta import ModelMeta
-from cvtool.spec import ModelSpec, init_params, total_flops, trainable
+from cvtool.model import checkpoint as ckpt_io
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec, init_params, total_flops, trainable
 
 
 def traced(capsys, model: str, hw: str = "64") -> dict:

@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 
 import cvtool_backends as registry
-from cvtool import checkpoint as ckpt_io
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.data.io import read_image
-from cvtool.inference import segment_logits
+from cvtool.model.inference import segment_logits
 
 
 def test_demo_quick_runs_every_step_and_backends_agree(tmp_path):

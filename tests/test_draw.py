@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvtool.chain import make_layer
-from cvtool.draw import CURRENT, PAD, WINDOW, WHITE, render
+from cvtool.convcalc.chain import make_layer
+from cvtool.convcalc.draw import CURRENT, PAD, WINDOW, WHITE, render
 from test_convcalc import fails  # tests/ is on sys.path under pytest
 
 

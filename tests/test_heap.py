@@ -1,4 +1,4 @@
-"""cvtool/heap.py: trimming the heap between images, in fresh processes (heap state is per process)."""
+"""cvtool/glibc_malloc.py: trimming the heap between images, in fresh processes (heap state is per process)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from cvtool import heap
-from cvtool.benchtime import rss_bytes
+from cvtool import glibc_malloc as heap
+from cvtool.timing import rss_bytes
 
 pytestmark = pytest.mark.skipif(heap.free_heap_bytes() is None or rss_bytes() is None,
                                 reason="glibc >= 2.33 and /proc only")
@@ -23,8 +23,8 @@ def run(code: str) -> list[int]:
 # small pinned one, so once freed they lie in the middle of the heap, where glibc never returns them by itself
 CHURN = """
     import numpy as np
-    from cvtool import heap
-    from cvtool.benchtime import rss_bytes
+    from cvtool import glibc_malloc as heap
+    from cvtool.timing import rss_bytes
     a = np.ones(31 * 2**20 // 8); del a
     base = rss_bytes()
     blocks = [np.ones(20 * 2**20 // 8) for _ in range(5)]

@@ -1,4 +1,4 @@
-"""cvtool.inference: channel preparation, padding to the net's multiple, and tiles that equal the whole image.
+"""cvtool.model.inference: channel preparation, padding to the net's multiple, and tiles that equal the whole image.
 
 Oracles: hand-worked literals (halo of small nets, luma weights, class fractions), an empirical
 receptive field (perturb one pixel, see how far the logits move), and the untiled forward pass.
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
-from cvtool import checkpoint as ckpt_io
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.errors import DataError, UsageError
-from cvtool.model_meta import ModelMeta
-from cvtool.inference import (class_fractions, halo, min_tile, net_pixels, predict_batch, predict_tiled, prepare,
+from cvtool.model.meta import ModelMeta
+from cvtool.model.inference import (class_fractions, halo, min_tile, net_pixels, predict_batch, predict_tiled, prepare,
                               segment_logits, tile_margin)
-from cvtool.spec import ModelSpec, init_params
+from cvtool.model.spec import ModelSpec, init_params
 
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
 

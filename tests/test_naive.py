@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
-from cvtool_backends.naive import conv as nconv
-from cvtool_backends.naive import layers as nlayers
-from cvtool_backends.naive import pool as npool
-from cvtool_backends.numpy_ref import layers as fast
-from cvtool.gradcheck import numeric_grad
+from cvtool_backends.numpy_loops import conv as nconv
+from cvtool_backends.numpy_loops import layers as nlayers
+from cvtool_backends.numpy_loops import pool as npool
+from cvtool_backends.numpy_fast import layers as fast
+from cvtool.convcalc.gradcheck import numeric_grad
 
 RNG = np.random.default_rng(0)
 
@@ -92,7 +92,7 @@ def test_batchnorm_and_cross_entropy_backward_match_finite_differences():
 
 # --- the fast NumPy layers against the loops, torch-free ------------------------------------------
 
-CONVS = {  # (C, F, k, stride, padding, dilation, groups): shapes that take numpy_ref's different paths
+CONVS = {  # (C, F, k, stride, padding, dilation, groups): shapes that take numpy_fast's different paths
     "1x1": (4, 6, 1, 1, 0, 1, 1), "rgb-im2col": (3, 8, 3, 1, 1, 1, 1), "few-outputs": (16, 16, 3, 1, 1, 1, 1),
     "per-kernel-row": (8, 40, 3, 1, 1, 1, 1), "strided": (4, 6, 3, 2, 1, 1, 1), "tiled-2x2-s2": (4, 6, 2, 2, 0, 1, 1),
     "dilated": (4, 6, 3, 1, 2, 2, 1), "grouped": (4, 6, 3, 1, 1, 1, 2), "asymmetric": (4, 6, 3, 1, (0, 1, 2, 0), 1, 1),

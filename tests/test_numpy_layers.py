@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cvtool_backends.numpy_ref import Backend, layers as L
+from cvtool_backends.numpy_fast import Backend, layers as L
 from cvtool.arithmetic import conv_transpose2d_output, effective_kernel, resolve_padding
 from cvtool.errors import DataError, UsageError
-from cvtool.gradcheck import numeric_grad
+from cvtool.convcalc.gradcheck import numeric_grad
 
 RNG = np.random.default_rng(1234)
 HYP = settings(max_examples=25, deadline=None)
@@ -32,7 +32,7 @@ def close(a, b, tol: float = 1e-10) -> None:
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
-numgrad = numeric_grad  # centred finite differences (cvtool.gradcheck)
+numgrad = numeric_grad  # centred finite differences (cvtool.convcalc.gradcheck)
 
 
 def gradcheck(forward, backward, arrays: list[np.ndarray], tol: float = 1e-6) -> None:
@@ -232,7 +232,7 @@ def check_vs_torch(forward, backward, torch_forward, x, w, b, **kw):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv_in_many_column_blocks(monkeypatch, stride):
     """Tiny blocks (256 columns, or one image when strided) give the same answers as one block."""
-    import cvtool_backends.numpy_ref.conv as conv
+    import cvtool_backends.numpy_fast.conv as conv
 
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
     x, w, b = RNG.standard_normal((3, 4, 11, 13)), RNG.standard_normal((6, 2, 3, 2)), RNG.standard_normal(6)
@@ -247,7 +247,7 @@ def test_conv_in_many_column_blocks(monkeypatch, stride):
 def test_stride1_input_grad_by_scatter_when_padding_outreaches_the_kernel(monkeypatch):
     """Padding wider than the kernel's reach cannot be a convolution of dout (a negative pad): dx then
     comes from the scatter-add adjoint, whose blocks overlap by the tail (run per worker, last deferred)."""
-    import cvtool_backends.numpy_ref.conv as conv
+    import cvtool_backends.numpy_fast.conv as conv
 
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
     x, w, b = RNG.standard_normal((2, 3, 9, 30)), RNG.standard_normal((4, 3, 3, 3)), RNG.standard_normal(4)
@@ -282,7 +282,7 @@ def test_conv2d_relu_is_relu_of_conv2d(C):
 
 
 def test_max_pool_in_many_plane_blocks_keeps_torch_ties_and_nans(monkeypatch):
-    import cvtool_backends.numpy_ref.pool as pool
+    import cvtool_backends.numpy_fast.pool as pool
 
     monkeypatch.setattr(pool, "PLANE_BYTES", 1)  # one (n, c) plane a block
     x = RNG.integers(-2, 3, (2, 3, 6, 8)).astype(float)  # many ties
@@ -300,7 +300,7 @@ def test_max_pool_in_many_plane_blocks_keeps_torch_ties_and_nans(monkeypatch):
 
 
 def test_map_runs_runs_each_block_once_in_order_and_defers_run_ends():
-    from cvtool_backends.numpy_ref import parallel
+    from cvtool_backends.numpy_fast import parallel
 
     blocks = [(i, i + 1) for i in range(7)]
     seen = []
@@ -314,7 +314,7 @@ def test_map_runs_runs_each_block_once_in_order_and_defers_run_ends():
 
 
 def test_held_keeps_blas_on_one_thread_and_restores_it():
-    from cvtool_backends.numpy_ref import parallel
+    from cvtool_backends.numpy_fast import parallel
 
     blas = parallel._openblas()
     if blas is None:
@@ -334,7 +334,7 @@ def test_gathers_from_the_unpadded_input_equal_the_padded_buffers(kw, full):
     """_rows reading x directly (padding as it copies) == _rows over the zero-padded buffer, for every block of
     whole rows, blocks spanning images and the buffer's tail included, in every column a real output reads (where a
     shift wraps into the next row the buffer gives that row's start, the direct copy zeros: garbage columns only)."""
-    import cvtool_backends.numpy_ref.conv as conv
+    import cvtool_backends.numpy_fast.conv as conv
 
     x, w = RNG.standard_normal((3, 4, 7, 9)), RNG.standard_normal((6, 4 // kw.get("groups", 1), 3, 3))
     g = conv.conv_geom(x.shape, w.shape, **kw)
@@ -351,7 +351,7 @@ def test_gathers_from_the_unpadded_input_equal_the_padded_buffers(kw, full):
 def test_blocks_are_longer_than_the_reach_of_a_window(monkeypatch):
     """Blocks run in runs, one per worker, each run's last block deferred: the writes of block k reach into block k+1
     by the tail only, so every block but the last must be at least the tail long."""
-    import cvtool_backends.numpy_ref.conv as conv
+    import cvtool_backends.numpy_fast.conv as conv
 
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
     g = conv.conv_geom((2, 1, 5, 700), (1, 1, 3, 3), padding=1)
@@ -360,7 +360,7 @@ def test_blocks_are_longer_than_the_reach_of_a_window(monkeypatch):
 
 
 def test_blas_threads_are_restored():
-    from cvtool_backends.numpy_ref.parallel import blas_threads
+    from cvtool_backends.numpy_fast.parallel import blas_threads
 
     before = blas_threads()
     x, w = RNG.standard_normal((4, 16, 96, 96)), RNG.standard_normal((16, 16, 3, 3))
@@ -636,6 +636,6 @@ def test_backend_refuses_cuda():
 
 
 def test_importing_the_backend_does_not_import_torch():
-    code = "import sys, cvtool_backends.numpy_ref as m; m.Backend.status(); print('torch' in sys.modules)"
+    code = "import sys, cvtool_backends.numpy_fast as m; m.Backend.status(); print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""The whole U-Net on the NumPy reference backend (backends/numpy_ref/model.py) against torch.
+"""The whole U-Net on the NumPy reference backend (backends/numpy_fast/model.py) against torch.
 
 Oracle: the same spec built as a torch SpecNet (cvtool_backends.torch_backend.model) with autograd and
 torch.optim. Gradients are compared in float64 (hand-written backward vs autograd, to ~1e-12);
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 import cvtool_backends as registry
 from cvtool_backends.base import Runner, Trainer
-from cvtool_backends.numpy_ref.model import NumpyRunner, NumpyTrainer, backward, forward
+from cvtool_backends.numpy_fast.model import NumpyRunner, NumpyTrainer, backward, forward
 from cvtool_backends.torch_backend.model import TorchRunner, TorchTrainer, build
 from cvtool.errors import UsageError
-from cvtool.optim import OptimConfig
-from cvtool.spec import ModelSpec, init_params
+from cvtool.train.optim import OptimConfig
+from cvtool.model.spec import ModelSpec, init_params
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -210,8 +210,8 @@ def test_numpy_backend_imports_no_torch():
         import sys
         import numpy as np
         import cvtool_backends as registry
-        from cvtool.optim import OptimConfig
-        from cvtool.spec import ModelSpec, init_params
+        from cvtool.train.optim import OptimConfig
+        from cvtool.model.spec import ModelSpec, init_params
         spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)
         tr = registry.get("numpy", "cpu").trainer(spec, init_params(spec), optim=OptimConfig())
         x = np.zeros((2, 1, 8, 8), np.float32); y = np.zeros((2, 8, 8), np.int64)

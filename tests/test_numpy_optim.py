@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvtool_backends.numpy_ref import optim
+from cvtool_backends.numpy_fast import optim
 
 STEPS = 6
 

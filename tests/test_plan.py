@@ -4,7 +4,7 @@ import pytest
 
 from cvtool.data.fingerprint import Fingerprint
 from cvtool.errors import UsageError
-from cvtool.plan import MIN_CROP, Plan, fill_budget, propose, shrink, thin
+from cvtool.train.plan import MIN_CROP, Plan, fill_budget, propose, shrink, thin
 
 
 def fp_of(**kw) -> Fingerprint:

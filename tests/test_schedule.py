@@ -1,4 +1,4 @@
-"""cvtool.schedule.lr_at: linear warm-up, then poly or cosine decay, at hand-checked points."""
+"""cvtool.train.schedule.lr_at: linear warm-up, then poly or cosine decay, at hand-checked points."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cvtool.schedule import lr_at
+from cvtool.train.schedule import lr_at
 
 BASE = 2.0
 

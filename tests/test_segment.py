@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 import cvtool_backends as registry
-from cvtool.checkpoint import load as load_checkpoint
+from cvtool.model.checkpoint import load as load_checkpoint
 from cvtool.cli.segment import output_stems
 from cvtool.data.io import read_image, read_mask, read_mask_info
-from cvtool.inference import predict_batch, prepare
-from cvtool.model_meta import ModelMeta
-from cvtool.spec import ModelSpec
+from cvtool.model.inference import predict_batch, prepare
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec
 from conftest import shared_dataset
 from test_data import MEMBRANE  # tests/ is on sys.path under pytest
 from test_data_cli import cli
@@ -267,9 +267,9 @@ def test_exported_onnx_runs_alone_on_every_backend(model, images, tmp_path, caps
 def trained(tmp_path_factory) -> Path:
     """A width-4 U-Net trained for a few Adam steps on membrane crops by the torch backend."""
     shared_dataset("membrane")
-    from cvtool import checkpoint as ckpt_io
-    from cvtool.optim import OptimConfig
-    from cvtool.spec import init_params
+    from cvtool.model import checkpoint as ckpt_io
+    from cvtool.train.optim import OptimConfig
+    from cvtool.model.spec import init_params
 
     xs = np.stack([read_image(MEMBRANE / "images" / f"{i}.png")[..., 0] for i in range(8)]).astype(np.float32) / 255
     ys = (np.stack([read_mask(MEMBRANE / "masks" / f"{i}.png") for i in range(8)]) > 127).astype(np.int64)

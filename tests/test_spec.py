@@ -1,4 +1,4 @@
-"""cvtool.spec: the default U-Net's size and work worked out by hand, names and shapes equal to torch's
+"""cvtool.model.spec: the default U-Net's size and work worked out by hand, names and shapes equal to torch's
 state_dict of the built SpecNet, and initial weights fixed by the seed."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 
 from cvtool_backends.torch_backend.model import SpecNet, build, export_params
 from cvtool.errors import UsageError
-from cvtool.spec import ModelSpec, init_params, total_flops
+from cvtool.model.spec import ModelSpec, init_params, total_flops
 
 
 def double_conv(cin: int, c: int) -> int:

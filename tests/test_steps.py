@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
-from cvtool.chain import make_layer
-from cvtool.steps import conv_steps, pool_steps, sum_text, tconv_steps
+from cvtool.convcalc.chain import make_layer
+from cvtool.convcalc.sums import conv_steps, pool_steps, sum_text, tconv_steps
 from test_convcalc import cc, fails  # tests/ is on sys.path under pytest
 
 LECTURE_W = "0,0,-1;1,-1,0;0,1,-1"

@@ -11,12 +11,12 @@ import pytest
 from conftest import cli  # tests/ is on sys.path under pytest
 from PIL import Image
 import cvtool_backends as registry
-from cvtool import checkpoint as ckpt_io
-from cvtool.inference import segment_logits
-from cvtool.model_meta import ModelMeta
-from cvtool.spec import ModelSpec, init_params
-from cvtool.timed import STOP_SIGNAL, STOP_TIME, train_timed
-from cvtool.training import TrainConfig
+from cvtool.model import checkpoint as ckpt_io
+from cvtool.model.inference import segment_logits
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec, init_params
+from cvtool.train.budgeted import STOP_SIGNAL, STOP_TIME, train_timed
+from cvtool.train.loop import TrainConfig
 
 def make_set(root: Path, n: int = 6, hw=(40, 56), seed: int = 0) -> Path:
     """n grayscale images with a bright disc (class 1) on a noisy background; masks 0/1 as PNG."""
@@ -104,7 +104,7 @@ def test_a_time_driven_run_keeps_a_loss_curve_between_its_few_validations(timed_
 
 
 def test_the_loss_trace_stays_bounded_and_keeps_its_mean():
-    from cvtool.training import TRACE_POINTS, trace_add
+    from cvtool.train.loop import TRACE_POINTS, trace_add
 
     trace = []
     for k in range(1, 10_001):
@@ -229,7 +229,7 @@ def test_segment_logits_at_scale_one_is_the_plain_prediction():
 
 def test_one_all_reduce_a_turn_agrees_on_the_stop_code_and_the_clock():
     """turn_agreed packs (code, clock) into one int: the max is the largest code, or the slowest clock when none stops."""
-    from cvtool.timed import CODE_SHIFT, turn_agreed
+    from cvtool.train.budgeted import CODE_SHIFT, turn_agreed
 
     class TwoRanks:  # this rank's value against another rank's (code, clock), as the all-reduce's max would see it
         def __init__(self, other):
@@ -262,7 +262,7 @@ def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, capsys):
 def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
     """Two ranks in threads, agreeing through a barrier (as torch's all-reduce would): rank 1's loss explodes at its
     3rd step; both stop after that same step, rank 1 with its own line, rank 0 with one that points to it, and
-    neither is left waiting for the other. Time-driven (cvtool.timed) and epoch-driven (cvtool.training) alike."""
+    neither is left waiting for the other. Time-driven (cvtool.train.budgeted) and epoch-driven (cvtool.train.loop) alike."""
     import threading
     import time
 
@@ -288,7 +288,7 @@ def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
 
         def step(self, x, y, lr):
             loss = self.inner.step(x, y, lr)
-            if lr != 1e-6:  # not the plan's step-time probe (cvtool.timed._measure steps at 1e-6)
+            if lr != 1e-6:  # not the plan's step-time probe (cvtool.train.budgeted._measure steps at 1e-6)
                 steps[self.rank] += 1
                 if self.rank == 1 and steps[1] == 3:
                     return 1e9
@@ -301,7 +301,7 @@ def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
     errors = [None, None]
 
     def run(rank):
-        from cvtool.training import train
+        from cvtool.train.loop import train
 
         try:
             if mode == "time":

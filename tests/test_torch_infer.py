@@ -10,8 +10,8 @@ import torch
 
 from cvtool_backends.torch_backend.infer import FrozenNet, channels
 from cvtool_backends.torch_backend.model import TorchRunner, build
-from cvtool import spec as S
-from cvtool.fuse import fuse_relu
+from cvtool.model import spec as S
+from cvtool.model.fuse import fuse_relu
 
 
 def params_off_defaults(spec: S.ModelSpec, seed: int) -> dict[str, np.ndarray]:

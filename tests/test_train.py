@@ -1,4 +1,4 @@
-"""cvtool.training.train in-process, on tiny configs (width 4, depth 1, 16x16, a handful of steps), on the
+"""cvtool.train.loop.train in-process, on tiny configs (width 4, depth 1, 16x16, a handful of steps), on the
 torch and numpy trainers: the loss falls, an interrupted and resumed run ends with the weights of an
 uninterrupted one, the learning rate follows the schedule step by step, and the run's edge cases fail clearly.
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from cvtool import checkpoint as ckpt_io
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.data.synth import SynthDataset
 from cvtool.errors import UsageError
-from cvtool.spec import trainable
-from cvtool.training import TrainConfig, evaluate, softmax_ce, train
+from cvtool.model.spec import trainable
+from cvtool.train.loop import TrainConfig, evaluate, softmax_ce, train
 from conftest import load_backend  # tests/ is on sys.path under pytest
 
 TINY = dict(epochs=2, batch_size=2, img_size=16, width=4, depth=1, norm="batch", activation="relu",

@@ -21,10 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cvtool import checkpoint as ckpt_io
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.cli import main
 from cvtool.data.synth import SynthDataset
-from cvtool.spec import trainable
+from cvtool.model.spec import trainable
 from test_train import one_torch_thread  # noqa: F401  (autouse: --workers 1 sets torch's threads in-process)
 
 ARGS = ["--epochs", "2", "--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--lr", "0.01",
@@ -353,7 +353,7 @@ def test_help_defaults_are_trainconfigs():
     from dataclasses import fields
 
     from cvtool.cli.train import train
-    from cvtool.training import TrainConfig
+    from cvtool.train.loop import TrainConfig
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     names = {"synth_images": "synth_train", "time_budget": "time_budget"}

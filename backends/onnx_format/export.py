@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cvtool_backends.onnx_format.opset import max_ir
-from cvtool import spec as S
+from cvtool.model import spec as S
 
 INPUT, OUTPUT = "image", "logits"
 META_KEY = "cvtool"

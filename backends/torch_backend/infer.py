@@ -2,7 +2,7 @@
 
 The training module (model.SpecNet) runs BatchNorm, ReLU and Concat as separate memory-bound passes over
 every activation; at inference they are most of the time (a 4 x 640 x 640 batch: BN 17%, ReLU 14%, Concat 13%
-of torch's CPU time, where ONNX Runtime fuses them). Here, on the spec rewritten by cvtool.fuse:
+of torch's CPU time, where ONNX Runtime fuses them). Here, on the spec rewritten by cvtool.model.fuse:
 - BatchNorm is folded into the conv before it (exact up to float rounding);
 - Conv2d -> ReLU runs as one oneDNN primitive (mkldnn._convolution_pointwise, "relu" post-op);
 - a conv that reads Concat(a, b) never builds the concatenation: conv(cat(a, b), W) = conv(a, W_a) + conv(b, W_b),
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvtool import spec as S
-from cvtool.fuse import ConvReLU, fold_batchnorm, fuse_relu
+from cvtool.model import spec as S
+from cvtool.model.fuse import ConvReLU, fold_batchnorm, fuse_relu
 
 
 def _onednn(device: torch.device) -> bool:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvtool.optim import OptimConfig
-from cvtool import spec as S
+from cvtool.train.optim import OptimConfig
+from cvtool.model import spec as S
 
 
 def _module(layer) -> nn.Module | None:
@@ -118,7 +118,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def soft_dice(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
-    """1 - mean over classes of the batch's soft Dice coefficient on valid pixels (backends.numpy_ref.loss.soft_dice)."""
+    """1 - mean over classes of the batch's soft Dice coefficient on valid pixels (backends.numpy_fast.loss.soft_dice)."""
     valid = (y != ignore_index)[:, None]
     p = torch.softmax(logits, 1) * valid
     g = F.one_hot(torch.where(valid[:, 0], y, 0), logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype) * valid

@@ -21,7 +21,7 @@ app = typer.Typer(
 def _register() -> None:
     from cvtool.cli.backends_cmd import backends
     from cvtool.cli.bench import bench
-    from cvtool.cli.convcalc import convcalc
+    from cvtool.cli.convcalc.command import convcalc
     from cvtool.cli.data_cmd import data_app
     from cvtool.cli.demo import demo
     from cvtool.cli.export import export

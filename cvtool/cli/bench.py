@@ -207,7 +207,7 @@ def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | N
     """The first warm-up call, measuring memory: (output, MB, method)."""
     from cvtool_backends import REFERENCE
     from cvtool_backends.base import hook
-    from cvtool import benchtime as bt
+    from cvtool import timing as bt
 
     if be.device == "cuda":
         peak_memory = hook(be, "peak_memory")
@@ -228,7 +228,7 @@ def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | N
 def time_row(row: dict, name: str, be, run: Callable, x, ref, cfg: dict, *, flops: int, gemm_rate: float | None,
              weight_bytes: int, base_rss: int | None, tol: float, labels: bool) -> dict:
     """Warm up (the first call measures memory and gives the output checked), then time; fills `row`."""
-    from cvtool import benchtime as bt
+    from cvtool import timing as bt
 
     y, row["peak_mem_mb"], row["mem_method"] = _probe(name, be, run, x, weight_bytes, base_rss)
     row.update(compare(y, ref, tol, labels))
@@ -257,7 +257,7 @@ def merge_rounds(docs: list[dict]) -> dict:
     unless a later round's status is worse (failed > mismatch > pass), which then stands for the row."""
     import copy
 
-    from cvtool import benchtime as bt
+    from cvtool import timing as bt
 
     doc = copy.deepcopy(docs[0])
     gemm = doc["gemm"]
@@ -283,8 +283,8 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
     from cvtool_backends.base import RunnerInfo
-    from cvtool import benchtime as bt
-    from cvtool.cli.convcalc_common import backend_status
+    from cvtool import timing as bt
+    from cvtool.cli.convcalc.common import backend_status
 
     st = backend_status(registry, name)
     if not st.available:
@@ -343,8 +343,8 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
     rate = the best per device."""
     from cvtool_backends.base import hook
-    from cvtool import benchtime as bt
-    from cvtool.cli.convcalc_common import backend_status
+    from cvtool import timing as bt
+    from cvtool.cli.convcalc.common import backend_status
 
     n = cfg["gemm_size"]
     doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
@@ -380,7 +380,7 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
     """{spec, params, source, mean, std, onnx}: a checkpoint / .onnx, or seeded random weights."""
     from cvtool.cli.models import latest_checkpoint, open_model
     from cvtool.errors import UsageError
-    from cvtool.spec import ModelSpec, init_params
+    from cvtool.model.spec import ModelSpec, init_params
 
     path = None
     if model not in (None, "default"):
@@ -410,7 +410,7 @@ def _eval_set(ds, info, limit: int, net: dict) -> list:
     import numpy as np
 
     from cvtool.errors import DataError
-    from cvtool.inference import prepare
+    from cvtool.model.inference import prepare
 
     spec = net["spec"]
     if len(info.classes) != spec.num_classes:
@@ -424,7 +424,7 @@ def _eval_set(ds, info, limit: int, net: dict) -> list:
 
 
 def _miou(run, items: list, spec) -> float:
-    from cvtool.inference import predict_batch
+    from cvtool.model.inference import predict_batch
     from cvtool.metrics import SegMetrics
 
     m = SegMetrics(spec.num_classes)
@@ -438,8 +438,8 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
 
     import cvtool_backends as registry
     from cvtool_backends.base import Runs, hook
-    from cvtool.calc.verify import RTOL
-    from cvtool.spec import total_flops
+    from cvtool.convcalc.verify import RTOL
+    from cvtool.model.spec import total_flops
 
     ds = info = None
     if data is not None:
@@ -491,7 +491,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
 # --- one operation ------------------------------------------------------------------------------
 
 def _op_flops(lspec, x_shape, M: int, o) -> int:
-    """Multiply-adds x 2 for convolutions (as cvtool.spec counts them); comparisons for max pooling."""
+    """Multiply-adds x 2 for convolutions (as cvtool.model.spec counts them); comparisons for max pooling."""
     N, C, H, W = x_shape
     KH, KW = lspec.kernel
     if lspec.kind == "conv":
@@ -507,7 +507,7 @@ def _onnx_reference(lspec, x, w, b) -> Any:
     from onnx.reference import ReferenceEvaluator
 
     from cvtool_backends.onnx_format import graphs
-    from cvtool.chain import output_hw
+    from cvtool.convcalc.chain import output_hw
 
     (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
     common = dict(strides=lspec.stride, pads=(pt, pl, pb, pr), dilations=lspec.dilation, dtype=np.float64)
@@ -525,8 +525,8 @@ def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int)
     """Correctness only, on a small input (onnx.reference is pure Python): 1 image, <= 4 channels, <= 32 pixels."""
     import numpy as np
 
-    from cvtool.chain import output_hw
-    from cvtool.calc.verify import run_layer
+    from cvtool.convcalc.chain import output_hw
+    from cvtool.convcalc.verify import run_layer
     from cvtool.errors import UsageError
 
     s = size
@@ -555,10 +555,10 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool.chain import output_hw
-    from cvtool.calc.verify import RTOL, run_layer
-    from cvtool.cli.convcalc_common import layer_spec
-    from cvtool.layer_text import params_text
+    from cvtool.convcalc.chain import output_hw
+    from cvtool.convcalc.verify import RTOL, run_layer
+    from cvtool.cli.convcalc.common import layer_spec
+    from cvtool.convcalc.text import params_text
 
     transposed, pool = OPS[op]
     lspec = layer_spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")

@@ -25,7 +25,7 @@ def demo(
     out_dir: Path = typer.Option(None, "--out", help="Folder for everything the demo writes (default runs/demo/expN)."),
 ) -> None:
     """The tour on built-in data: convcalc and a cross-backend check, then train, segment, export, segment with ORT, bench."""
-    from cvtool.cli.convcalc import convcalc_tour
+    from cvtool.cli.convcalc.command import convcalc_tour
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import next_run_dir
 

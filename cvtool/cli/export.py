@@ -49,7 +49,7 @@ def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, object, str,
     checkpoint's weights through its runner."""
     import cvtool_backends as registry
     from cvtool_backends.base import Runs, hook
-    from cvtool.cli.convcalc_common import backend_status
+    from cvtool.cli.convcalc.common import backend_status
 
     fp = "float16" if half else "float32"
     rows = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.errors import CvtoolError, DataError, UsageError
-from cvtool.model_meta import ModelMeta
-from cvtool.spec import ModelSpec
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec
 
 RUNS = Path("runs") / "train"
 
@@ -48,7 +48,7 @@ def latest_checkpoint(root: Path = RUNS) -> Path:
 
 def open_model(path: Path | None) -> Model:
     """A .safetensors checkpoint or a cvtool .onnx export; None: the latest training run's best."""
-    from cvtool import checkpoint as ckpt_io
+    from cvtool.model import checkpoint as ckpt_io
 
     path = Path(path) if path is not None else latest_checkpoint()
     if not path.exists():

@@ -2,7 +2,7 @@
 
 Per image, in the output folder: STEM_mask.png (palette PNG, pixel = class index), STEM_overlay.png
 (class colours over the image) and its class fractions in the summary / --json. A mask has exactly
-its image's size. Images larger than --tile go through tiles (cvtool.inference); same-size images
+its image's size. Images larger than --tile go through tiles (cvtool.model.inference); same-size images
 are batched. A bad image is reported and skipped; the call then exits 1 naming every failure.
 """
 
@@ -123,10 +123,10 @@ def segment(
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.errors import CvtoolError, UsageError
-    from cvtool import heap
+    from cvtool import glibc_malloc as heap
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
     from cvtool.data.memory import resize_image, scaled_hw
-    from cvtool.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
+    from cvtool.model.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
                                   tile_margin, with_tta)
 
     if tile < 1 or batch_size < 1:
@@ -164,7 +164,7 @@ def segment(
         return run(x)
 
     tta = meta.tta if tta is None else tta
-    forward = with_tta(forward, tta)  # the model's test-time augmentation (cvtool.inference.segment_logits)
+    forward = with_tta(forward, tta)  # the model's test-time augmentation (cvtool.model.inference.segment_logits)
     multiple, margin = spec.multiple, tile_margin(spec)
     if tile < min_tile(spec):
         err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
@@ -200,7 +200,7 @@ def segment(
                         "overlay": str(overlay_png), "tiled": path in tiled,
                         "fractions": class_fractions(mask, meta.classes)})
         del logits, mask
-        heap.trim()  # images of many sizes must not grow the process (cvtool/heap.py)
+        heap.trim()  # images of many sizes must not grow the process (cvtool/glibc_malloc.py)
         timings["postprocess"] += time.perf_counter() - t0
 
     from rich.markup import escape

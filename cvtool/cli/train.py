@@ -55,12 +55,12 @@ def train(
 
     import cvtool_backends as registry
     from cvtool_backends.base import Trains, hook
-    from cvtool import checkpoint as ckpt_io
+    from cvtool.model import checkpoint as ckpt_io
     from cvtool.errors import UsageError
     from cvtool.fsutil import next_run_dir, release_if_empty
     from cvtool.cli.data_cmd import FINGERPRINT_CACHE
     from cvtool.data.augment import LEVELS
-    from cvtool.training import TrainConfig, train as run_train
+    from cvtool.train.loop import TrainConfig, train as run_train
 
     t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
@@ -69,7 +69,7 @@ def train(
                                    seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    timed = data is not None and epochs is None  # under torchrun too: the ranks agree on the clock (cvtool/timed.py)
+    timed = data is not None and epochs is None  # under torchrun too: the ranks agree on the clock (cvtool/train/budgeted.py)
     if resume is not None:
         path = resume / "last.safetensors" if resume.is_dir() else resume
         ck = ckpt_io.load(path)
@@ -135,7 +135,7 @@ def train(
             make = lambda spec, params, optim, weights, sd, dice: be.trainer(  # noqa: E731
                 spec, params, optim=optim, class_weights=weights, seed=sd, distributed=world > 1, dice=dice)
             if timed:
-                from cvtool.timed import train_timed
+                from cvtool.train.budgeted import train_timed
 
                 over = {k: v for k, v in dict(crop=img_size, batch_size=batch_size, depth=depth, width=width, lr=lr,
                                               warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
@@ -196,7 +196,7 @@ def process_age() -> float:
 
 
 def plan_table(plan: dict):
-    from cvtool.plan import Plan
+    from cvtool.train.plan import Plan
 
     return table(f"Plan for a {plan['budget']:g} s budget on {plan['device']}", ["value", "chosen", "why"],
                  [list(r) for r in Plan.from_dict(plan).rows()])

@@ -1,0 +1,54 @@
+"""Element-wise activations, forward and backward. Each cache keeps what the derivative needs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from cvtool_backends.numpy_fast.arrays import as_float
+
+
+class ReluCache(NamedTuple):
+    x: np.ndarray
+
+
+class OutCache(NamedTuple):
+    """sigmoid and tanh: the derivative is a function of the output."""
+
+    out: np.ndarray
+
+
+def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
+    (x,) = as_float(x)
+    return np.maximum(x, 0), ReluCache(x)
+
+
+def relu_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
+    return np.where(cache.x > 0, dout, 0).astype(cache.x.dtype, copy=False)  # torch: gradient 0 at x == 0
+
+
+def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutCache]:
+    (x,) = as_float(x)
+    out = 0.5 * (np.tanh(0.5 * x) + 1)  # = 1 / (1 + exp(-x)), without overflow for large |x|
+    return out, OutCache(out)
+
+
+def sigmoid_backward(dout: np.ndarray, cache: OutCache) -> np.ndarray:
+    s = cache.out
+    return dout * s * (1 - s)
+
+
+def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutCache]:
+    (x,) = as_float(x)
+    out = np.tanh(x)
+    return out, OutCache(out)
+
+
+def tanh_backward(dout: np.ndarray, cache: OutCache) -> np.ndarray:
+    t = cache.out
+    return dout * (1 - t * t)
+
+
+__all__ = ["ReluCache", "OutCache", "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+           "tanh_forward", "tanh_backward"]

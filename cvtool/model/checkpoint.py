@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors files (never pickles) whose metadata carry everything else.
+
+Tensors: the model's parameters by torch-style name, plus optimiser state under `optim.<slot>.<name>`.
+Metadata (safetensors allows str -> str): one key "cvtool" holding JSON with the spec, the ModelMeta
+(class names and colours, input normalisation, preprocessing: cvtool/model/meta.py) and training state
+(epoch, step, RNG state, config).
+The NumPy backend reads these without torch. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvtool import __version__
+from cvtool.errors import CvtoolError, DataError
+from cvtool.fsutil import atomic_path
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec, check_params
+
+META_KEY = "cvtool"
+FORMAT = "cvtool-checkpoint/1"
+OPTIM_PREFIX = "optim."
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    params: dict[str, np.ndarray]
+    meta: ModelMeta  # classes, colours, normalisation, preprocessing: the same record an ONNX export carries
+    train_state: dict[str, Any] = field(default_factory=dict)  # epoch, step, rng, config, metrics
+    optim_state: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+    def header(self) -> dict[str, Any]:
+        """The file's metadata (JSON under META_KEY)."""
+        return {"format": FORMAT, "cvtool_version": __version__, "spec": self.spec.to_dict(), **self.meta.to_dict(),
+                "train_state": self.train_state}
+
+
+def save(ckpt: Checkpoint, path: str | Path) -> Path:
+    from safetensors.numpy import save_file
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.params.items()}
+    for k, v in ckpt.optim_state.items():
+        tensors[OPTIM_PREFIX + k] = np.ascontiguousarray(v)
+    meta = {META_KEY: json.dumps(ckpt.header(), default=_json_default)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata alone (no tensors read)."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise DataError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    if raw is None:
+        raise DataError(f"{path} is a safetensors file but not a cvtool checkpoint (no '{META_KEY}' metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: the checkpoint metadata is corrupt") from None
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(FORMAT.split("/")[0] + "/"):
+        raise DataError(f"{path}: the checkpoint metadata is not in the {FORMAT} format")
+    return meta
+
+
+def load(path: str | Path) -> Checkpoint:
+    from safetensors.numpy import load_file
+
+    path = _existing(path)
+    meta = read_meta(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise DataError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    params = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+    optim = {k[len(OPTIM_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
+    try:  # a damaged or hand-edited header is the file's fault: DataError, never a KeyError
+        spec = ModelSpec.from_dict(meta["spec"])
+        check_params(spec, params)
+        return Checkpoint(spec=spec, params=params, meta=ModelMeta.from_dict(meta, spec.in_channels),
+                          train_state=meta.get("train_state", {}), optim_state=optim, path=path)
+    except CvtoolError as e:
+        raise DataError(f"{path}: {e.message}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: the checkpoint metadata lacks or garbles {e}") from None
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a checkpoint file")
+    return path
