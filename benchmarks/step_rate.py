@@ -44,9 +44,9 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from cvtool_backends.torch_backend.model import TorchTrainer
-    from cvtool.train.optim import OptimConfig
     from cvtool.model.spec import ModelSpec, init_params
+    from cvtool.train.optim import OptimConfig
+    from cvtool_backends.torch_backend.model import TorchTrainer
 
     pu = baseline_module()
     C, K, B, S = 1, 2, 8, 128

@@ -70,13 +70,12 @@ def run_train(args: list[str], out: Path) -> dict:
 def throughput(size: int = 256, batch: int = 8, steps: int = 8, rounds: int = 3) -> dict:
     """Images/s of TorchTrainer.step on the default net (CPU): median and best over rounds of `steps` steps."""
     import numpy as np
+    import torch
 
-    from cvtool_backends.torch_backend.model import TorchTrainer, native_bf16, set_threads
-    from cvtool.train.optim import OptimConfig
     from cvtool.model.spec import ModelSpec, init_params
     from cvtool.train.loop import TrainConfig
-
-    import torch
+    from cvtool.train.optim import OptimConfig
+    from cvtool_backends.torch_backend.model import TorchTrainer, native_bf16, set_threads
 
     c = TrainConfig()
     spec = ModelSpec(in_channels=3, num_classes=4, width=c.width, depth=c.depth, activation=c.activation, norm=c.norm)

@@ -18,9 +18,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
-from cvtool_backends.onnx_format import graphs
 from cvtool import arithmetic as A
 from cvtool.errors import UsageError
+from cvtool_backends.onnx_format import graphs
 
 PROPERTY = settings(max_examples=25, deadline=None)
 

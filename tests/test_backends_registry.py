@@ -10,13 +10,13 @@ from pathlib import Path
 
 import onnxruntime
 import pytest
-from conftest import cli as run_cli  # tests/ is on sys.path under pytest
 import torch
+from conftest import cli as run_cli  # tests/ is on sys.path under pytest
 
 import cvtool_backends as registry
-from cvtool_backends.base import Backend as BackendProtocol
 from cvtool.cli import output
 from cvtool.errors import BackendUnavailable, UsageError
+from cvtool_backends.base import Backend as BackendProtocol
 
 PLUGIN = Path(__file__).parent / "plugin" / "toy_backend.py"
 

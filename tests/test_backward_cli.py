@@ -3,7 +3,6 @@ backward agreeing with finite differences."""
 
 import numpy as np
 import pytest
-
 from test_convcalc import cc, fails  # tests/ is on sys.path under pytest
 
 

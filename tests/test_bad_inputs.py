@@ -20,10 +20,10 @@ from test_train import one_torch_thread  # noqa: F401  (autouse: one torch threa
 from test_train_cli import ARGS, cvtool, write_dataset
 
 import cvtool_backends as registry
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.data import open_datasets
 from cvtool.data.io import read_image, read_mask
 from cvtool.errors import DataError, TrainingDiverged
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.train.loop import DIVERGED, TrainConfig, check_loss
 
 SMALL = ["--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--workers", "1"]

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import csv
 import json
-
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import cli, cuda_available, gpu  # tests/ is on sys.path under pytest
 
 import cvtool_backends as registry
-from cvtool_backends.base import Capabilities, Status
-from cvtool_backends.numpy_fast import Backend as NumpyBackend
 from cvtool import timing as bt
 from cvtool.cli.bench import compare
-from conftest import cli, cuda_available, gpu# tests/ is on sys.path under pytest
+from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.numpy_fast import Backend as NumpyBackend
 
 QUICK = ["--sizes", "32", "--min-time", "0.01", "--warmup", "1", "--width", "4", "--gemm-size", "128"]
 ROW_KEYS = {"backend", "device", "input", "status", "reason", "providers", "threads", "p50_ms", "p90_ms", "spread",
@@ -326,10 +325,10 @@ def test_op_max_pool_has_no_gemm_fraction(capsys):
 
 
 def test_data_miou_matches_one_computed_here(capsys):
-    from cvtool_backends.numpy_fast.model import NumpyRunner
     from cvtool.data import open_datasets
     from cvtool.metrics import SegMetrics
     from cvtool.model.spec import ModelSpec, init_params
+    from cvtool_backends.numpy_fast.model import NumpyRunner
 
     code, doc = bench_json(capsys, *QUICK, "--data", "synth", "--data-limit", "2", "--backend", "numpy,ort",
                            "--device", "cpu")

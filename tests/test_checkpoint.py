@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_backend  # tests/ is on sys.path under pytest
 from safetensors.numpy import save_file
+from test_train import maker, one_torch_thread, tiny  # noqa: F401  (one_torch_thread: autouse here too)
 
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.errors import DataError
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.loop import train
-from conftest import load_backend  # tests/ is on sys.path under pytest
-from test_train import maker, one_torch_thread, tiny  # noqa: F401  (one_torch_thread: autouse here too)
 
 
 def make_ckpt(**kw) -> ckpt_io.Checkpoint:

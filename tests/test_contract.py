@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
-from cvtool_backends import base
 from cvtool.errors import CvtoolError
-from cvtool.train.optim import OptimConfig
 from cvtool.model.spec import ModelSpec, init_params
+from cvtool.train.optim import OptimConfig
+from cvtool_backends import base
 
 POSITIONAL = (Parameter.POSITIONAL_ONLY, Parameter.POSITIONAL_OR_KEYWORD)
 BACKEND_HOOKS = ("gemm", "peak_memory", "set_threads", "load_onnx")

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from test_arithmetic import CONV, DILATED, POOL, TCONV
 from typer.testing import CliRunner
 
+from cvtool.cli import app, main
 from cvtool.convcalc import chain as CH
 from cvtool.convcalc import matrix as M
 from cvtool.convcalc import solve as S
-from cvtool.cli import app, main
 
 runner = CliRunner()
 LECTURE_X = "4,5,8,7;1,8,8,8;3,6,6,4;6,5,7,8"

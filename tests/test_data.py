@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATASETS, shared_dataset  # tests/ is on sys.path under pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -16,7 +17,6 @@ from cvtool.data.io import read_image, read_mask, voc_palette, write_mask_png, w
 from cvtool.data.loader import Sample, batches, channel_stats, pad_to_multiple
 from cvtool.data.synth import CLASSES, TRAIN, VAL, SynthDataset, shape_mask
 from cvtool.errors import DataError
-from conftest import DATASETS, shared_dataset  # tests/ is on sys.path under pytest
 
 MEMBRANE = DATASETS / "membrane"
 

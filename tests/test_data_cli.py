@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import cli, shared_dataset
+from test_data import MEMBRANE, bad_dataset  # tests/ is on sys.path under pytest
 
 from cvtool.data import check_dataset, open_datasets
 from cvtool.data.synth import CLASSES, SynthDataset
-from conftest import cli, shared_dataset
-from test_data import MEMBRANE, bad_dataset  # tests/ is on sys.path under pytest
 
 
 def test_synth_written_to_disk_reads_back_equal(tmp_path, capsys):

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 import cvtool_backends as registry
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.data.io import read_image
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.inference import segment_logits
 
 

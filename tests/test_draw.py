@@ -4,10 +4,10 @@ window that output t reads (worked out here from the formula), and a transposed 
 import numpy as np
 import pytest
 from PIL import Image
+from test_convcalc import fails  # tests/ is on sys.path under pytest
 
 from cvtool.convcalc.chain import make_layer
-from cvtool.convcalc.draw import CURRENT, PAD, WINDOW, WHITE, render
-from test_convcalc import fails  # tests/ is on sys.path under pytest
+from cvtool.convcalc.draw import CURRENT, PAD, WHITE, WINDOW, render
 
 
 def spec_of(kind, k, s, p, d=1, op=0, ceil=False):

@@ -14,20 +14,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import cuda_available  # tests/ is on sys.path under pytest
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
-
-import cvtool_backends as registry
-from cvtool_backends.onnx_format.export import INPUT, OUTPUT, read_meta
-from cvtool_backends.onnx_format.opset import newest_opset
-from cvtool import __version__
-from cvtool.model import checkpoint as ckpt_io
-from cvtool.cli import main
-from cvtool.cli.models import file_digest, open_model
-from cvtool.model.meta import ModelMeta
 from test_data_cli import cli  # tests/ is on sys.path under pytest
 from test_inference import tiny_checkpoint
-from conftest import cuda_available  # tests/ is on sys.path under pytest
+
+import cvtool_backends as registry
+from cvtool import __version__
+from cvtool.cli import main
+from cvtool.cli.models import file_digest, open_model
+from cvtool.model import checkpoint as ckpt_io
+from cvtool.model.meta import ModelMeta
+from cvtool_backends.onnx_format.export import INPUT, OUTPUT, read_meta
+from cvtool_backends.onnx_format.opset import newest_opset
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +204,8 @@ def test_human_output_is_a_table_and_one_line(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("trainer", ["numpy", "torch"])
 def test_checkpoints_trained_by_either_backend(trainer, tmp_path, capsys):
     """A few real optimiser steps (BatchNorm statistics updated) by each trainer, saved, exported, verified."""
-    from cvtool.train.optim import OptimConfig
     from cvtool.model.spec import ModelSpec, init_params
+    from cvtool.train.optim import OptimConfig
 
     spec = ModelSpec(in_channels=1, num_classes=2, width=4, depth=2)
     tr = registry.get(trainer, "cpu").trainer(spec, init_params(spec, 1), optim=OptimConfig(name="adam"), seed=0)

@@ -12,11 +12,20 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.errors import DataError, UsageError
+from cvtool.model import checkpoint as ckpt_io
+from cvtool.model.inference import (
+    class_fractions,
+    halo,
+    min_tile,
+    net_pixels,
+    predict_batch,
+    predict_tiled,
+    prepare,
+    segment_logits,
+    tile_margin,
+)
 from cvtool.model.meta import ModelMeta
-from cvtool.model.inference import (class_fractions, halo, min_tile, net_pixels, predict_batch, predict_tiled, prepare,
-                              segment_logits, tile_margin)
 from cvtool.model.spec import ModelSpec, init_params
 
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]

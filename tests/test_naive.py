@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
+from cvtool.convcalc.gradcheck import numeric_grad
+from cvtool_backends.numpy_fast import layers as fast
 from cvtool_backends.numpy_loops import conv as nconv
 from cvtool_backends.numpy_loops import layers as nlayers
 from cvtool_backends.numpy_loops import pool as npool
-from cvtool_backends.numpy_fast import layers as fast
-from cvtool.convcalc.gradcheck import numeric_grad
 
 RNG = np.random.default_rng(0)
 

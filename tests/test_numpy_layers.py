@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cvtool_backends.numpy_fast import Backend, layers as L
 from cvtool.arithmetic import conv_transpose2d_output, effective_kernel, resolve_padding
-from cvtool.errors import DataError, UsageError
 from cvtool.convcalc.gradcheck import numeric_grad
+from cvtool.errors import DataError, UsageError
+from cvtool_backends.numpy_fast import Backend
+from cvtool_backends.numpy_fast import layers as L
 
 RNG = np.random.default_rng(1234)
 HYP = settings(max_examples=25, deadline=None)

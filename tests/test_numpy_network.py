@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 import cvtool_backends as registry
+from cvtool.errors import UsageError
+from cvtool.model.spec import ModelSpec, init_params
+from cvtool.train.optim import OptimConfig
 from cvtool_backends.base import Runner, Trainer
 from cvtool_backends.numpy_fast.model import NumpyRunner, NumpyTrainer, backward, forward
 from cvtool_backends.torch_backend.model import TorchRunner, TorchTrainer, build
-from cvtool.errors import UsageError
-from cvtool.train.optim import OptimConfig
-from cvtool.model.spec import ModelSpec, init_params
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import cvtool_backends as registry
-from cvtool.model.checkpoint import load as load_checkpoint
-from cvtool.cli.segment import output_stems
-from cvtool.data.io import read_image, read_mask, read_mask_info
-from cvtool.model.inference import predict_batch, prepare
-from cvtool.model.meta import ModelMeta
-from cvtool.model.spec import ModelSpec
 from conftest import shared_dataset
+from PIL import Image
 from test_data import MEMBRANE  # tests/ is on sys.path under pytest
 from test_data_cli import cli
 from test_inference import COLORS, tiny_checkpoint
+
+import cvtool_backends as registry
+from cvtool.cli.segment import output_stems
+from cvtool.data.io import read_image, read_mask, read_mask_info
+from cvtool.model.checkpoint import load as load_checkpoint
+from cvtool.model.inference import predict_batch, prepare
+from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec
 
 
 def reference_mask(ckpt_path: Path, image_path: Path) -> np.ndarray:
@@ -268,8 +268,8 @@ def trained(tmp_path_factory) -> Path:
     """A width-4 U-Net trained for a few Adam steps on membrane crops by the torch backend."""
     shared_dataset("membrane")
     from cvtool.model import checkpoint as ckpt_io
-    from cvtool.train.optim import OptimConfig
     from cvtool.model.spec import init_params
+    from cvtool.train.optim import OptimConfig
 
     xs = np.stack([read_image(MEMBRANE / "images" / f"{i}.png")[..., 0] for i in range(8)]).astype(np.float32) / 255
     ys = (np.stack([read_mask(MEMBRANE / "masks" / f"{i}.png") for i in range(8)]) > 127).astype(np.int64)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cvtool_backends.torch_backend.model import SpecNet, build, export_params
 from cvtool.errors import UsageError
 from cvtool.model.spec import ModelSpec, init_params, total_flops
+from cvtool_backends.torch_backend.model import SpecNet, build, export_params
 
 
 def double_conv(cin: int, c: int) -> int:

@@ -3,11 +3,11 @@ and refusals for what cannot be written out."""
 
 import numpy as np
 import pytest
+from test_convcalc import cc, fails  # tests/ is on sys.path under pytest
 
 import cvtool_backends as registry
 from cvtool.convcalc.chain import make_layer
 from cvtool.convcalc.sums import conv_steps, pool_steps, sum_text, tconv_steps
-from test_convcalc import cc, fails  # tests/ is on sys.path under pytest
 
 LECTURE_W = "0,0,-1;1,-1,0;0,1,-1"
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import cli  # tests/ is on sys.path under pytest
 from PIL import Image
+
 import cvtool_backends as registry
 from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.inference import segment_logits
@@ -17,6 +18,7 @@ from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.budgeted import STOP_SIGNAL, STOP_TIME, train_timed
 from cvtool.train.loop import TrainConfig
+
 
 def make_set(root: Path, n: int = 6, hw=(40, 56), seed: int = 0) -> Path:
     """n grayscale images with a bright disc (class 1) on a noisy background; masks 0/1 as PNG."""

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cvtool_backends.torch_backend.infer import FrozenNet, channels
-from cvtool_backends.torch_backend.model import TorchRunner, build
 from cvtool.model import spec as S
 from cvtool.model.fuse import fuse_relu
+from cvtool_backends.torch_backend.infer import FrozenNet, channels
+from cvtool_backends.torch_backend.model import TorchRunner, build
 
 
 def params_off_defaults(spec: S.ModelSpec, seed: int) -> dict[str, np.ndarray]:

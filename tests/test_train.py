@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_backend  # tests/ is on sys.path under pytest
 
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.data.synth import SynthDataset
 from cvtool.errors import UsageError
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.spec import trainable
 from cvtool.train.loop import TrainConfig, evaluate, softmax_ce, train
-from conftest import load_backend  # tests/ is on sys.path under pytest
 
 TINY = dict(epochs=2, batch_size=2, img_size=16, width=4, depth=1, norm="batch", activation="relu",
             synth_train=8, synth_val=2, synth_size=16, lr=1e-2, optimizer="adam", schedule="poly", warmup=0.1,

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import one_torch_thread  # noqa: F401  (autouse: --workers 1 sets torch's threads in-process)
 
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.cli import main
 from cvtool.data.synth import SynthDataset
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.spec import trainable
-from test_train import one_torch_thread  # noqa: F401  (autouse: --workers 1 sets torch's threads in-process)
 
 ARGS = ["--epochs", "2", "--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--lr", "0.01",
         "--optimizer", "adam", "--schedule", "poly", "--warmup", "0.1", "--weight-decay", "0", "--activation", "relu",

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from cvtool.errors import BackendUnavailable
 from cvtool_backends.base import Capabilities, Status
 from cvtool_backends.numpy_fast import layers
-from cvtool.errors import BackendUnavailable
 
 
 class Backend:

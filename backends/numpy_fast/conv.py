@@ -34,10 +34,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cvtool_backends.numpy_fast.arrays import as_float, offsets, window
-from cvtool_backends.numpy_fast.parallel import map_blocks, map_channels, map_runs, workers
 from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_kernel, pair, resolve_padding
 from cvtool.errors import UsageError
+from cvtool_backends.numpy_fast.arrays import as_float, offsets, window
+from cvtool_backends.numpy_fast.parallel import map_blocks, map_channels, map_runs, workers
 
 
 class ConvGeom(NamedTuple):

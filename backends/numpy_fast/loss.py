@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvtool_backends.numpy_fast.arrays import as_float
 from cvtool.errors import DataError, UsageError
+from cvtool_backends.numpy_fast.arrays import as_float
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, *, weight: np.ndarray | None = None,

@@ -19,14 +19,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cvtool_backends.numpy_fast import layers, optim as rules
-from cvtool.glibc_malloc import keep_freed_memory
-from cvtool_backends.numpy_fast.parallel import held, map_blocks, map_channels
-from cvtool_backends.numpy_fast.activations import ReluCache
-from cvtool.model import spec as S
 from cvtool.errors import UsageError
+from cvtool.glibc_malloc import keep_freed_memory
+from cvtool.model import spec as S
 from cvtool.model.fuse import ConvReLU, fold_batchnorm, fuse_relu
 from cvtool.train.optim import OptimConfig
+from cvtool_backends.numpy_fast import layers
+from cvtool_backends.numpy_fast import optim as rules
+from cvtool_backends.numpy_fast.activations import ReluCache
+from cvtool_backends.numpy_fast.parallel import held, map_blocks, map_channels
 
 IGNORE_INDEX = 255
 

@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cvtool.errors import UsageError
 from cvtool_backends.numpy_fast.arrays import as_float
 from cvtool_backends.numpy_fast.parallel import map_channels
-from cvtool.errors import UsageError
 
 
 class BatchNormCache(NamedTuple):

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cvtool_backends.numpy_fast.arrays import as_float, offsets, window
-from cvtool_backends.numpy_fast.parallel import map_blocks
 from cvtool.arithmetic import effective_kernel, pair, pool_output
 from cvtool.errors import UsageError
+from cvtool_backends.numpy_fast.arrays import as_float, offsets, window
+from cvtool_backends.numpy_fast.parallel import map_blocks
 
 
 class PoolGeom(NamedTuple):

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from cvtool.errors import BackendUnavailable
 from cvtool_backends.base import Capabilities, Status
 from cvtool_backends.numpy_loops import conv, layers, pool
-from cvtool.errors import BackendUnavailable
 
 MAX_OUTPUTS = 1 << 22  # loops over outputs: beyond this many a call takes minutes; refuse instead
 

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cvtool_backends.onnx_format.opset import max_ir
 from cvtool.model import spec as S
+from cvtool_backends.onnx_format.opset import max_ir
 
 INPUT, OUTPUT = "image", "logits"
 META_KEY = "cvtool"

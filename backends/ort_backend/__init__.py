@@ -22,11 +22,17 @@ import functools
 
 import numpy as np
 
+from cvtool.arithmetic import (
+    conv2d_output,
+    conv_transpose2d_output,
+    conv_transpose_output,
+    pair,
+    pool2d_output,
+    resolve_padding,
+)
+from cvtool.errors import CvtoolError, UsageError
 from cvtool_backends import resolve_device
 from cvtool_backends.base import Capabilities, Status
-from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, conv_transpose_output, pair,
-                               pool2d_output, resolve_padding)
-from cvtool.errors import CvtoolError, UsageError
 
 DOUBLE_OPS = ("max_pool2d", "relu", "sigmoid", "tanh")  # the rest have float kernels only on CPU
 
@@ -202,8 +208,8 @@ class Backend:
         return OrtRunner(model.SerializeToString(), self.device)
 
     def load_onnx(self, path):
-        from cvtool_backends.ort_backend.runner import OrtRunner
         from cvtool.errors import DataError
+        from cvtool_backends.ort_backend.runner import OrtRunner
 
         try:
             return OrtRunner(path, self.device)

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output, resolve_padding
+from cvtool.errors import UsageError
 from cvtool_backends import resolve_device
 from cvtool_backends.base import Capabilities, Status
-from cvtool.arithmetic import (conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output,
-                               resolve_padding)
-from cvtool.errors import UsageError
 
 
 def _cuda_works() -> bool:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvtool.train.optim import OptimConfig
 from cvtool.model import spec as S
+from cvtool.train.optim import OptimConfig
 
 
 def _module(layer) -> nn.Module | None:

@@ -205,9 +205,9 @@ def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
 
 def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | None):
     """The first warm-up call, measuring memory: (output, MB, method)."""
+    from cvtool import timing as bt
     from cvtool_backends import REFERENCE
     from cvtool_backends.base import hook
-    from cvtool import timing as bt
 
     if be.device == "cuda":
         peak_memory = hook(be, "peak_memory")
@@ -233,7 +233,6 @@ def time_row(row: dict, name: str, be, run: Callable, x, ref, cfg: dict, *, flop
     y, row["peak_mem_mb"], row["mem_method"] = _probe(name, be, run, x, weight_bytes, base_rss)
     row.update(compare(y, ref, tol, labels))
     t = bt.measure(lambda: run(x), min_time=cfg["min_time"], warmup=cfg["warmup"] - 1)
-    N = x.shape[0]
     row.update(_times=list(t.times), _flops=flops)  # for merge_rounds
     _speed(row, t, gemm_rate)
     return row
@@ -282,9 +281,9 @@ def merge_rounds(docs: list[dict]) -> dict:
 def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,
                  gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
     """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
-    from cvtool_backends.base import RunnerInfo
     from cvtool import timing as bt
     from cvtool.cli.convcalc.common import backend_status
+    from cvtool_backends.base import RunnerInfo
 
     st = backend_status(registry, name)
     if not st.available:
@@ -342,9 +341,9 @@ def _set_threads(be, n: int) -> None:
 def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
     rate = the best per device."""
-    from cvtool_backends.base import hook
     from cvtool import timing as bt
     from cvtool.cli.convcalc.common import backend_status
+    from cvtool_backends.base import hook
 
     n = cfg["gemm_size"]
     doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
@@ -424,8 +423,8 @@ def _eval_set(ds, info, limit: int, net: dict) -> list:
 
 
 def _miou(run, items: list, spec) -> float:
-    from cvtool.model.inference import predict_batch
     from cvtool.metrics import SegMetrics
+    from cvtool.model.inference import predict_batch
 
     m = SegMetrics(spec.num_classes)
     for x, mask in items:
@@ -437,9 +436,9 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool_backends.base import Runs, hook
     from cvtool.convcalc.verify import RTOL
     from cvtool.model.spec import total_flops
+    from cvtool_backends.base import Runs, hook
 
     ds = info = None
     if data is not None:
@@ -506,8 +505,8 @@ def _onnx_reference(lspec, x, w, b) -> Any:
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from cvtool_backends.onnx_format import graphs
     from cvtool.convcalc.chain import output_hw
+    from cvtool_backends.onnx_format import graphs
 
     (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
     common = dict(strides=lspec.stride, pads=(pt, pl, pb, pr), dilations=lspec.dilation, dtype=np.float64)
@@ -555,10 +554,10 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool.convcalc.chain import output_hw
-    from cvtool.convcalc.verify import RTOL, run_layer
     from cvtool.cli.convcalc.common import layer_spec
+    from cvtool.convcalc.chain import output_hw
     from cvtool.convcalc.text import params_text
+    from cvtool.convcalc.verify import RTOL, run_layer
 
     transposed, pool = OPS[op]
     lspec = layer_spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")

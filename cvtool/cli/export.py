@@ -48,8 +48,8 @@ def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, object, str,
     each available backend on each of its devices, the written file where it runs ONNX files (load_onnx), else the
     checkpoint's weights through its runner."""
     import cvtool_backends as registry
-    from cvtool_backends.base import Runs, hook
     from cvtool.cli.convcalc.common import backend_status
+    from cvtool_backends.base import Runs, hook
 
     fp = "float16" if half else "float32"
     rows = []
@@ -97,9 +97,9 @@ def check_meta(model, onnx_path: Path) -> dict:
     """The file's metadata against the checkpoint: a different network is an error, not a parity row."""
     import onnx
 
-    from cvtool_backends.onnx_format.export import read_meta
     from cvtool.cli.models import file_digest
     from cvtool.errors import CvtoolError, DataError
+    from cvtool_backends.onnx_format.export import read_meta
 
     try:
         meta = read_meta(onnx.load(str(onnx_path), load_external_data=False))
@@ -147,11 +147,11 @@ def export(
     """
     import onnx
 
-    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
-    from cvtool_backends.onnx_format.opset import OLDEST, newest_opset
     from cvtool.cli.models import build_onnx, open_model
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import atomic_path
+    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
+    from cvtool_backends.onnx_format.opset import OLDEST, newest_opset
 
     if checkpoint.suffix == ".onnx":
         raise UsageError(f"{checkpoint} is already an ONNX file", hint="export takes a .safetensors checkpoint")

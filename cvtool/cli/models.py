@@ -96,8 +96,8 @@ def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta
 
 def onnx_meta(model: Model) -> dict:
     """What an exported file carries in metadata_props besides the spec: enough to run it alone."""
-    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
     from cvtool import __version__
+    from cvtool_backends.onnx_format.export import INPUT, OUTPUT
 
     src = file_digest(model.path) if model.kind == "checkpoint" else None
     return {**model.meta.to_dict(), "cvtool_version": __version__, "source_sha256": src, "input": INPUT,

@@ -75,11 +75,11 @@ def onnx_for_checkpoint(model) -> tuple[Path | bytes, str]:
     """
     import onnx
 
-    from cvtool_backends.onnx_format.export import read_meta
-    from cvtool_backends.onnx_format.opset import newest_opset
     from cvtool.cli.models import build_onnx, onnx_meta
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import atomic_write_bytes
+    from cvtool_backends.onnx_format.export import read_meta
+    from cvtool_backends.onnx_format.opset import newest_opset
 
     opset = newest_opset()
     want = onnx_meta(model)
@@ -119,15 +119,23 @@ def segment(
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool_backends.base import Runs, hook
+    from cvtool import glibc_malloc as heap
     from cvtool.cli.models import open_model
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
-    from cvtool.errors import CvtoolError, UsageError
-    from cvtool import glibc_malloc as heap
-    from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
     from cvtool.data.memory import resize_image, scaled_hw
-    from cvtool.model.inference import (class_fractions, min_tile, predict_batch, predict_tiled, prepare, resize_logits,
-                                  tile_margin, with_tta)
+    from cvtool.errors import CvtoolError, UsageError
+    from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
+    from cvtool.model.inference import (
+        class_fractions,
+        min_tile,
+        predict_batch,
+        predict_tiled,
+        prepare,
+        resize_logits,
+        tile_margin,
+        with_tta,
+    )
+    from cvtool_backends.base import Runs, hook
 
     if tile < 1 or batch_size < 1:
         raise UsageError("--tile and --batch-size must be at least 1")
@@ -237,7 +245,8 @@ def segment(
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest), "scale": meta.scale, "tta": tta, "tile": tile,
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest),
+           "scale": meta.scale, "tta": tta, "tile": tile,
            "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
            "failed": failed, "ms_per_image": per_image}
     if json_:

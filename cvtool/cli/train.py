@@ -33,12 +33,14 @@ def train(
     norm: Optional[str] = _opt("batch | none (default batch)."),
     val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out fraction when the data has no val/ (default 0.2)."),
     seed: Optional[int] = _opt("Random seed (default 0)."),
-    dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; 0: cross-entropy only (default 1.0)."),
+    dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; "
+                                 "0: cross-entropy only (default 1.0)."),
     synth_images: Optional[int] = typer.Option(None, "--synth-images", help="Synthetic data: training images per epoch (default 2400)."),
     time_budget: Optional[float] = typer.Option(None, "--time", help="Wall-clock budget in seconds, everything counted; the "
                                                 "schedule follows elapsed time; 300 s when --data is given without --epochs."),
     augment: Optional[str] = typer.Option(None, help="none | light | default | heavy (with --data: the plan chooses)."),
-    elastic: Optional[float] = typer.Option(None, help="Std (pixels) of U-Net's elastic warp on the geometric crops (with --data; default off)."),
+    elastic: Optional[float] = typer.Option(None, help="Std (pixels) of U-Net's elastic warp on the geometric "
+                                            "crops (with --data; default off)."),
     scale: Optional[float] = typer.Option(None, help="Resample images by this factor before the net (with --data: the plan chooses)."),
     plan_only: bool = typer.Option(False, "--plan", help="Print the plan for --data (fingerprint, measured step time) and exit."),
     backend: str = typer.Option("torch", help="numpy | torch (ort cannot train)."),
@@ -54,13 +56,14 @@ def train(
     from dataclasses import asdict
 
     import cvtool_backends as registry
-    from cvtool_backends.base import Trains, hook
-    from cvtool.model import checkpoint as ckpt_io
-    from cvtool.errors import UsageError
-    from cvtool.fsutil import next_run_dir, release_if_empty
     from cvtool.cli.data_cmd import FINGERPRINT_CACHE
     from cvtool.data.augment import LEVELS
-    from cvtool.train.loop import TrainConfig, train as run_train
+    from cvtool.errors import UsageError
+    from cvtool.fsutil import next_run_dir, release_if_empty
+    from cvtool.model import checkpoint as ckpt_io
+    from cvtool.train.loop import TrainConfig
+    from cvtool.train.loop import train as run_train
+    from cvtool_backends.base import Trains, hook
 
     t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
@@ -283,7 +286,14 @@ class _ProgressUI:
         (self.progress.console if self.progress is not None else err()).print(text, soft_wrap=True)
 
     def _start(self, total: float, done: float, timed: bool = False) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -2,7 +2,8 @@
 
 forward y; backward dL/dx (for a convolution also as C^T dL/dy and as the transposed convolution of dL/dy),
 dL/dw (the correlation of x with dL/dy) and dL/db; the update w - lr * dL/dw. Every backend with a backward
-(every backend with a backward: hand-written NumPy, the naive loops, torch autograd, plug-ins) and central finite differences in float64 agree in one table.
+(hand-written NumPy, the naive loops, torch autograd, plug-ins) and central finite differences in float64 agree in
+one table.
 L is taken as sum(y * dL/dy), so dL/dy is whatever the user gives (default: all ones).
 
 The backends come in as objects the CLI resolved: nothing here imports `backends`.
@@ -15,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.convcalc import matrix as M
 from cvtool.arithmetic import conv_transpose_output
-from cvtool.convcalc.values import layer_values, pads_arg
-from cvtool.convcalc.chain import LayerSpec, output_hw
 from cvtool.compare import TOLERANCE, compare
-from cvtool.errors import UsageError
+from cvtool.convcalc import matrix as M
+from cvtool.convcalc.chain import LayerSpec, output_hw
 from cvtool.convcalc.gradcheck import numeric_grad
 from cvtool.convcalc.text import params_text, title
+from cvtool.convcalc.values import layer_values, pads_arg
+from cvtool.errors import UsageError
 
 OPS = {"conv": "conv2d", "tconv": "conv_transpose2d", "maxpool": "max_pool2d", "avgpool": "avg_pool2d"}
 ACTIVATIONS = ("relu", "sigmoid", "tanh")

@@ -26,8 +26,8 @@ from fractions import Fraction
 from typing import Any
 
 from cvtool import arithmetic as A
-from cvtool.convcalc import explain
 from cvtool.arithmetic import PaddingArg, Pads2d
+from cvtool.convcalc import explain
 from cvtool.errors import UsageError
 
 KINDS = {"conv": "conv", "tconv": "tconv", "pool": "maxpool", "maxpool": "maxpool", "avgpool": "avgpool"}

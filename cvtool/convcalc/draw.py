@@ -152,8 +152,8 @@ def render(spec: LayerSpec, hw) -> tuple[list, Layout]:
                  f"{spec.dilation[0]}x{spec.dilation[1]}" + (f", output_padding {spec.output_padding[0]}x"
                                                               f"{spec.output_padding[1]}" if tconv else ""))
     if tconv:
-        lay.notes = [f"top: each input pixel stamps x * w into the output (blue: the pixels whose stamps cover the green "
-                     f"output; orange: cells the padding crops)",
+        lay.notes = ["top: each input pixel stamps x * w into the output (blue: the pixels whose stamps cover the green "
+                     "output; orange: cells the padding crops)",
                      f"bottom: the same as a stride-1 convolution over the input with {spec.stride[0] - 1} zero(s) "
                      f"between pixels, padded d(k-1)-p, kernel flipped"]
     import textwrap
@@ -186,7 +186,7 @@ def render(spec: LayerSpec, hw) -> tuple[list, Layout]:
         out_name = "output (direct)" if tconv else "output"
         _draw_grid(d, lay.grids[out_name], lambda r, c: CURRENT if (r, c) == fr["out"] else (DONE if (r, c) in done else WHITE))
         for name, g in lay.grids.items():
-            label = {"input": f"input {H}x{W}" + (f" (padding grey)" if not tconv and max(max(pads)) else ""),
+            label = {"input": f"input {H}x{W}" + (" (padding grey)" if not tconv and max(max(pads)) else ""),
                      "output": f"output {OH}x{OW}" + (" (orange: cropped by padding)" if tconv else ""),
                      "zero-inserted input": f"input {H}x{W} with zeros inserted, padded",
                      "output (direct)": f"output {OH}x{OW} (the same)"}[name]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from cvtool.convcalc import matrix as M
-from cvtool.convcalc.values import layer_values, pads_arg
 from cvtool.convcalc.chain import LayerSpec, output_hw
-from cvtool.errors import UsageError
 from cvtool.convcalc.text import params_text, title
+from cvtool.convcalc.values import layer_values, pads_arg
+from cvtool.errors import UsageError
 
 
 def matrix_doc(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:

@@ -8,8 +8,8 @@ from typing import Any
 from cvtool import arithmetic as A
 from cvtool.convcalc import explain
 from cvtool.convcalc.chain import LayerSpec, formulas, output_hw
-from cvtool.errors import UsageError
 from cvtool.convcalc.text import params_text, title
+from cvtool.errors import UsageError
 
 COMMON_SIZES = (7, 8, 28, 32, 64, 224, 256)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from cvtool.convcalc import explain
 from cvtool.convcalc import solve as S
-from cvtool.convcalc.sizes import axes
 from cvtool.convcalc.chain import POOLS, LayerSpec
+from cvtool.convcalc.sizes import axes
 from cvtool.convcalc.text import params_text, title
 
 

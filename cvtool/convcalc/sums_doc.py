@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from cvtool.convcalc import sums as ST
-from cvtool.convcalc.values import layer_values
 from cvtool.convcalc.chain import LayerSpec
 from cvtool.convcalc.text import params_text, title
+from cvtool.convcalc.values import layer_values
 
 
 def steps_doc(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:

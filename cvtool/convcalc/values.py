@@ -8,8 +8,8 @@ import numpy as np
 
 from cvtool.convcalc import matrix as M
 from cvtool.convcalc.chain import LayerSpec
-from cvtool.errors import UsageError
 from cvtool.convcalc.text import dims
+from cvtool.errors import UsageError
 
 
 def layer_values(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool, *, fixed_avg: bool = True):

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.convcalc.chain import POOLS, LayerSpec, output_hw
 from cvtool.compare import TOLERANCE, compare
+from cvtool.convcalc.chain import POOLS, LayerSpec, output_hw
 from cvtool.convcalc.text import params_text, title
 
 RTOL = TOLERANCE["float32"].max_rel  # what a float32 layer is held to (--verify, and bench's pass)

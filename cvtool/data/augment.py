@@ -4,7 +4,8 @@ Every crop is one affine map from output pixels to source pixels (scale, aspect,
 chosen centre), so a transform costs one gather however many are combined. The image is sampled bilinearly,
 the mask by nearest neighbour from the SAME coordinates (its values are only ever copied, never blended);
 pixels that fall outside the source get the fill colour and mask IGNORE. Brightness, contrast, gamma, noise
-and blur touch the image only (the first three as one look-up table on the source values). Where a crop draws no geometric transform it is a plain slice (no gather).
+and blur touch the image only (the first three as one look-up table on the source
+values). Where a crop draws no geometric transform it is a plain slice (no gather).
 """
 
 from __future__ import annotations

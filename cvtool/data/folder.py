@@ -16,8 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cvtool.data.io import (COLOUR_MASK_MODES, IGNORE, IMAGE_SUFFIXES, hex_color, image_channels, is_image_file,
-                            open_pil, read_image, read_mask, read_mask_info, rgb_code, voc_palette)
+from cvtool.data.io import (
+    COLOUR_MASK_MODES,
+    IGNORE,
+    IMAGE_SUFFIXES,
+    hex_color,
+    image_channels,
+    is_image_file,
+    open_pil,
+    read_image,
+    read_mask,
+    read_mask_info,
+    rgb_code,
+    voc_palette,
+)
 from cvtool.data.loader import DataInfo, Sample
 from cvtool.data.transforms import to_chw
 from cvtool.data.validate import Record, check_pair, check_values, record_from_mask, values_text

@@ -15,9 +15,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from cvtool import glibc_malloc as heap
-from cvtool.model import spec as S
 from cvtool.arithmetic import ceil_div, effective_kernel
 from cvtool.errors import DataError, UsageError
+from cvtool.model import spec as S
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

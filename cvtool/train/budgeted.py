@@ -27,14 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.errors import CvtoolError, UsageError
 from cvtool.metrics import SegMetrics
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.optim import OptimConfig
 from cvtool.train.plan import MIN_STEPS, RESERVE, Plan, fill_budget, propose, shrink, thin
 from cvtool.train.schedule import lr_at
-from cvtool.model.spec import ModelSpec, init_params
 
 STOP_TIME, STOP_SIGNAL = "time budget reached", "interrupted"
 
@@ -201,9 +201,19 @@ def train_timed(cfg, make_trainer: Callable, out_dir: Path, *, t0: float, overri
     from cvtool.data.augment import PRESETS, Augment, sample_batch
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
+    from cvtool.train.loop import (
+        TRACE_POINTS,
+        RunState,
+        check_loss,
+        class_weights,
+        other_rank_failed,
+        trace_add,
+        write_curves,
+        write_digest,
+        write_metrics,
+        write_trace,
+    )
     from cvtool.train.ranks import SyncBuffers
-    from cvtool.train.loop import (TRACE_POINTS, RunState, check_loss, class_weights, other_rank_failed, trace_add,
-                                 write_curves, write_digest, write_metrics, write_trace)
 
     budget = float(cfg.time_budget)
     train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed)

@@ -17,14 +17,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cvtool.model import checkpoint as ckpt_io
 from cvtool.errors import CvtoolError, DataError, TrainingDiverged, UsageError
 from cvtool.metrics import SegMetrics
+from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.meta import ModelMeta
+from cvtool.model.spec import ACTIVATIONS, NORMS, ModelSpec, init_params, trainable
 from cvtool.train.optim import OptimConfig
 from cvtool.train.ranks import MaxOverRanks, SyncBuffers
 from cvtool.train.schedule import SCHEDULES, lr_at
-from cvtool.model.spec import ACTIVATIONS, NORMS, ModelSpec, init_params, trainable
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 

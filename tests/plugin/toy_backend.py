@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvtool_backends.base import Capabilities, Status
 from cvtool.errors import BackendUnavailable, CvtoolError
+from cvtool_backends.base import Capabilities, Status
 
 
 class Backend:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvtool.convcalc import backward as B
 from cvtool.cli.convcalc.common import backend_status, grid, say
 from cvtool.cli.output import fmt_float, out, table
+from cvtool.convcalc import backward as B
 from cvtool.errors import BackendUnavailable
 
 

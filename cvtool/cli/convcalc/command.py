@@ -21,14 +21,14 @@ from typing import Optional
 
 import typer
 
-from cvtool.convcalc import sizes as Z
-from cvtool.convcalc import trace as T
-from cvtool.convcalc.solve_doc import solve_doc
-from cvtool.convcalc.chain import LayerSpec
 from cvtool.cli.convcalc.chain import render_chain, render_model
 from cvtool.cli.convcalc.common import finish, layer_spec, refuse_with, say, size
 from cvtool.cli.convcalc.sizes import render_formula, render_output, render_same, render_solve
 from cvtool.cli.output import out
+from cvtool.convcalc import sizes as Z
+from cvtool.convcalc import trace as T
+from cvtool.convcalc.chain import LayerSpec
+from cvtool.convcalc.solve_doc import solve_doc
 from cvtool.errors import CvtoolError, UsageError
 
 
@@ -60,7 +60,8 @@ def convcalc(
     verify: bool = typer.Option(False, "--verify", help="Run it on every backend and compare with NumPy."),
     backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
     device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),
-    model: Optional[str] = typer.Option(None, "--model", help="Trace a network: a checkpoint, a cvtool .onnx export, or 'default' (the default U-Net)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Trace a network: a checkpoint, a cvtool .onnx export, "
+                                         "or 'default' (the default U-Net)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Convolution arithmetic explained: output sizes, 'same' padding, solving, chains, the matrix C, cross-checks."""
@@ -91,8 +92,8 @@ def convcalc(
     values_kernel = None if w is None else "1"  # --w sets the kernel
     if backward:
         refuse_with("--backward", matrix=matrix, steps=steps, same=same, solve=solve, verify=verify, output=output)
-        from cvtool.convcalc import backward as B
         from cvtool.cli.convcalc.backward import gradients, render_backward
+        from cvtool.convcalc import backward as B
 
         if activation is not None:
             if activation not in B.ACTIVATIONS:
@@ -105,15 +106,15 @@ def convcalc(
     if steps:
         refuse_with("--steps", matrix=matrix, same=same, solve=solve, verify=verify, output=output)
         spec = layer(values_kernel)
-        from cvtool.convcalc.sums_doc import steps_doc
         from cvtool.cli.convcalc.sums import render_steps
+        from cvtool.convcalc.sums_doc import steps_doc
 
         return finish(steps_doc(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_steps)
     if matrix:
         refuse_with("--matrix", same=same, solve=solve, verify=verify, output=output)
         spec = layer(values_kernel)
-        from cvtool.convcalc.matrix_doc import matrix_doc
         from cvtool.cli.convcalc.matrix import render_matrix
+        from cvtool.convcalc.matrix_doc import matrix_doc
 
         return finish(matrix_doc(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_matrix)
     refuse_with("without --matrix, --steps or --backward", x=x, w=w)

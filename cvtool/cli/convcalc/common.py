@@ -10,8 +10,8 @@ from typing import Any, Callable
 import typer
 
 from cvtool import arithmetic as A
-from cvtool.convcalc.chain import LayerSpec, make_layer, parse_ints, parse_padding
 from cvtool.cli.output import emit_json
+from cvtool.convcalc.chain import LayerSpec, make_layer, parse_ints, parse_padding
 from cvtool.errors import UsageError
 
 _ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "magenta": "35", "cyan": "36"}

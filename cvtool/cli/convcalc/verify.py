@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvtool.convcalc import verify as V
-from cvtool.convcalc.chain import LayerSpec
 from cvtool.cli.convcalc.common import backend_status, say
 from cvtool.cli.output import fmt_float, out, table
-from cvtool.errors import BackendUnavailable, CvtoolError, UsageError
+from cvtool.convcalc import verify as V
+from cvtool.convcalc.chain import LayerSpec
 from cvtool.convcalc.text import hw_text
+from cvtool.errors import BackendUnavailable, CvtoolError, UsageError
 
 
 def cross_check(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device: str, seed: int) -> dict:
