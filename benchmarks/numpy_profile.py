@@ -52,18 +52,18 @@ def _timed(fn) -> float:
 
 def measure(size: int, repeats: int, split: bool) -> dict:
     """This process's numbers: forward median/min (ms), GEMM rate, and with split the time per part."""
-    from cvtool.model import spec as S
+    from cvtool.model.spec import ModelSpec, init_params, total_flops
     from cvtool_backends.numpy_fast import conv
     from cvtool_backends.numpy_fast.model import NumpyRunner
 
-    spec = S.ModelSpec()
-    run = NumpyRunner(spec, S.init_params(spec))
+    spec = ModelSpec()
+    run = NumpyRunner(spec, init_params(spec))
     x = np.random.default_rng(0).standard_normal((1, spec.in_channels, size, size), dtype=np.float32)
     for _ in range(3):
         run(x)
     times = [_timed(lambda: run(x)) for _ in range(repeats)]
     out = {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times),
-           "gflop": S.total_flops(spec, (size, size)) / 1e9, "gemm_gflops": _gemm_rate()}
+           "gflop": total_flops(spec, (size, size)) / 1e9, "gemm_gflops": _gemm_rate()}
     if split:  # wrap the parts (module globals, looked up at call time by the block closures)
         spent = dict.fromkeys(PARTS, 0.0)
         orig = {p: getattr(conv, p) for p in PARTS}

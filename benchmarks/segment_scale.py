@@ -41,11 +41,11 @@ def worker(backend: str, folder: int, seed: int, large: bool = True) -> dict:
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool.model import spec as S
     from cvtool.model.inference import segment_logits
+    from cvtool.model.spec import ModelSpec, init_params
 
-    spec = S.ModelSpec()
-    params = S.init_params(spec, 0)
+    spec = ModelSpec()
+    params = init_params(spec, 0)
     be = registry.get(backend, "cpu")
     run = be.runner(spec, params)
     out = {"backend": backend, "import_mb": round(_status_mb("VmRSS"))}

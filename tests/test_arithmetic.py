@@ -11,7 +11,18 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvtool import arithmetic as A
+from cvtool.arithmetic import (
+    conv2d_output,
+    conv_output,
+    conv_transpose2d_output,
+    conv_transpose_output,
+    effective_kernel,
+    parse_size,
+    pool2d_output,
+    pool_output,
+    resolve_padding,
+    same_pad,
+)
 from cvtool.convcalc import explain
 from cvtool.errors import UsageError
 
@@ -42,33 +53,33 @@ DILATED = {15: (7, 3, 1, 0, 2, 3)}  # (i, k, s, p, d) -> o
 @pytest.mark.parametrize("rel", list(CONV))
 def test_dumoulin_conv(rel):
     i, k, s, p, o = CONV[rel]
-    assert A.conv_output(i, k, s, p) == o
-    assert A.conv2d_output((i, i), k, s, p) == (o, o)
+    assert conv_output(i, k, s, p) == o
+    assert conv2d_output((i, i), k, s, p) == (o, o)
 
 
 def test_dumoulin_pool():
     i, k, s, p, o = POOL[7]
-    assert A.pool_output(i, k, s, p) == o
-    assert A.pool2d_output((i, i), k, s, p) == (o, o)
+    assert pool_output(i, k, s, p) == o
+    assert pool2d_output((i, i), k, s, p) == (o, o)
 
 
 @pytest.mark.parametrize("rel", list(TCONV))
 def test_dumoulin_transposed(rel):
     i, k, s, p, op, o = TCONV[rel]
-    assert A.conv_transpose_output(i, k, s, p, op) == o
-    assert A.conv_transpose2d_output((i, i), k, s, p, op) == (o, o)
+    assert conv_transpose_output(i, k, s, p, op) == o
+    assert conv_transpose2d_output((i, i), k, s, p, op) == (o, o)
 
 
 def test_dumoulin_dilated():
     i, k, s, p, d, o = DILATED[15]
-    assert A.conv_output(i, k, s, p, d) == o
-    assert A.effective_kernel(k, d) == 5
+    assert conv_output(i, k, s, p, d) == o
+    assert effective_kernel(k, d) == 5
 
 
 def test_transposed_undoes_the_shape_of_its_convolution():
     """Relationships 8-14 are the transposes of 1-6: conv maps o' back to i'."""
     for i, k, s, p, op, o in TCONV.values():
-        assert A.conv_output(o, k, s, p) == i
+        assert conv_output(o, k, s, p) == i
 
 
 # --- against PyTorch's real shapes -----------------------------------------------------------
@@ -94,7 +105,7 @@ dims = dict(i=st.integers(1, 12), k=st.integers(1, 6), s=st.integers(1, 4), p=st
 @given(**dims)
 def test_conv_output_is_torch_shape(i, k, s, p, d):
     x, w = torch.zeros(1, 1, 1, i), torch.zeros(1, 1, 1, k)
-    assert ours(lambda: A.conv_output(i, k, s, p, d)) == torch_shape(
+    assert ours(lambda: conv_output(i, k, s, p, d)) == torch_shape(
         lambda: F.conv2d(x, w, stride=(1, s), padding=(0, p), dilation=(1, d)))
 
 
@@ -106,7 +117,7 @@ def test_conv_transpose_output_is_torch_shape(i, k, s, p, d, op):
                                                dilation=(1, d)))
     if t == 0:
         t = None  # torch returns an empty tensor; we refuse an output of size 0
-    assert ours(lambda: A.conv_transpose_output(i, k, s, p, op, d)) == t
+    assert ours(lambda: conv_transpose_output(i, k, s, p, op, d)) == t
 
 
 @settings(max_examples=200, deadline=None)
@@ -118,15 +129,15 @@ def test_pool_output_is_torch_shape(i, k, s, p, d, ceil, avg):
         t = torch_shape(lambda: F.avg_pool2d(x, (1, k), (1, s), (0, p), ceil_mode=ceil))
     else:
         t = torch_shape(lambda: F.max_pool2d(x, (1, k), (1, s), (0, p), (1, d), ceil_mode=ceil))
-    assert ours(lambda: A.pool_output(i, k, s, p, d, ceil)) == t
+    assert ours(lambda: pool_output(i, k, s, p, d, ceil)) == t
 
 
 def test_ceil_mode_window_may_hang_over_the_end():
     """The bug fixed in pool_output: with ceil_mode PyTorch accepts a kernel larger than the padded input."""
-    assert A.pool_output(3, 4, 4, 0, 1, True) == 1 == F.max_pool2d(torch.zeros(1, 1, 3, 3), 4, 4, ceil_mode=True).shape[-1]
-    assert A.pool_output(8, 2, 3, 1, 1, True) == 3  # the last window would start in the padding: dropped
+    assert pool_output(3, 4, 4, 0, 1, True) == 1 == F.max_pool2d(torch.zeros(1, 1, 3, 3), 4, 4, ceil_mode=True).shape[-1]
+    assert pool_output(8, 2, 3, 1, 1, True) == 3  # the last window would start in the padding: dropped
     with pytest.raises(UsageError):
-        A.pool_output(3, 4, 4, 0, 1, False)
+        pool_output(3, 4, 4, 0, 1, False)
 
 
 # --- 'same' ------------------------------------------------------------------------------------
@@ -137,8 +148,8 @@ def test_same_pad_matches_torch_values(k, d):
     """F.pad with our (begin, end) then padding=0 equals torch's padding='same', value for value."""
     g = torch.Generator().manual_seed(k * 10 + d)
     x, w = torch.randn(1, 2, 9, 11, generator=g), torch.randn(3, 2, k, k, generator=g)
-    (t, b), (l, r) = A.resolve_padding("same", kernel=k, dilation=d)
-    assert (t, b) == A.same_pad(k, 1, d)
+    (t, b), (l, r) = resolve_padding("same", kernel=k, dilation=d)
+    assert (t, b) == same_pad(k, 1, d)
     assert t + b == d * (k - 1) and b - t in (0, 1)  # the extra pixel at the end
     want = F.conv2d(x, w, padding="same", dilation=d)
     got = F.conv2d(F.pad(x, (l, r, t, b)), w, dilation=d)
@@ -150,9 +161,9 @@ def test_same_pad_matches_torch_values(k, d):
                                      (32, 2, 2, 1), (15, 3, 2, 2), (5, 1, 4, 1)])
 def test_same_pad_stride_gives_ceil(i, k, s, d):
     """TensorFlow's SAME: o = ceil(i/s), checked on torch with the padding applied by hand."""
-    pb, pe = A.same_pad(k, s, d, i)
+    pb, pe = same_pad(k, s, d, i)
     o = -(-i // s)
-    assert A.conv_output(i, k, s, (pb, pe), d) == o
+    assert conv_output(i, k, s, (pb, pe), d) == o
     y = F.conv2d(F.pad(torch.zeros(1, 1, i, i), (pb, pe, pb, pe)), torch.zeros(1, 1, k, k), stride=s, dilation=d)
     assert y.shape[-2:] == (o, o)
     assert pb + pe == max((o - 1) * s + d * (k - 1) + 1 - i, 0) and pe - pb in (0, 1)
@@ -160,35 +171,35 @@ def test_same_pad_stride_gives_ceil(i, k, s, d):
 
 def test_same_pad_with_stride_needs_input():
     with pytest.raises(UsageError, match="input size"):
-        A.same_pad(3, 2)
+        same_pad(3, 2)
 
 
 # --- padding forms and parsing ------------------------------------------------------------------
 
 def test_resolve_padding_forms():
-    assert A.resolve_padding(1, kernel=3) == ((1, 1), (1, 1))
-    assert A.resolve_padding((1, 2), kernel=3) == ((1, 1), (2, 2))
-    assert A.resolve_padding((0, 1, 2, 3), kernel=3) == ((0, 1), (2, 3))
-    assert A.resolve_padding("valid", kernel=3) == ((0, 0), (0, 0))
-    assert A.resolve_padding("same", kernel=(3, 4)) == ((1, 1), (1, 2))
+    assert resolve_padding(1, kernel=3) == ((1, 1), (1, 1))
+    assert resolve_padding((1, 2), kernel=3) == ((1, 1), (2, 2))
+    assert resolve_padding((0, 1, 2, 3), kernel=3) == ((0, 1), (2, 3))
+    assert resolve_padding("valid", kernel=3) == ((0, 0), (0, 0))
+    assert resolve_padding("same", kernel=(3, 4)) == ((1, 1), (1, 2))
     for bad in ((1, 2, 3), "half", -1):
         with pytest.raises(UsageError):
-            A.resolve_padding(bad, kernel=3)
+            resolve_padding(bad, kernel=3)
 
 
 def test_parse_size():
-    assert A.parse_size("224") == (224,)
-    assert A.parse_size("224x160") == (224, 160)
+    assert parse_size("224") == (224,)
+    assert parse_size("224x160") == (224, 160)
     for bad in ("", "x", "3x4x5", "abc", "3.5"):
         with pytest.raises(UsageError):
-            A.parse_size(bad)
+            parse_size(bad)
 
 
 @pytest.mark.parametrize("call", [
-    lambda: A.conv_output(5, 3, 0), lambda: A.conv_output(0, 3), lambda: A.conv_output(5, 0),
-    lambda: A.conv_output(5, 3, 1, -1), lambda: A.conv_output(3, 5), lambda: A.conv_output(5, 3, 1, 0, 0),
-    lambda: A.conv_transpose_output(3, 3, 2, 0, 2), lambda: A.conv_transpose_output(3, 3, 1, 0, 1, 1),
-    lambda: A.conv_transpose_output(1, 3, 1, 3), lambda: A.pool_output(5, 3, 1, 2),
+    lambda: conv_output(5, 3, 0), lambda: conv_output(0, 3), lambda: conv_output(5, 0),
+    lambda: conv_output(5, 3, 1, -1), lambda: conv_output(3, 5), lambda: conv_output(5, 3, 1, 0, 0),
+    lambda: conv_transpose_output(3, 3, 2, 0, 2), lambda: conv_transpose_output(3, 3, 1, 0, 1, 1),
+    lambda: conv_transpose_output(1, 3, 1, 3), lambda: pool_output(5, 3, 1, 2),
 ])
 def test_impossible_parameters(call):
     with pytest.raises(UsageError):
@@ -231,12 +242,12 @@ def test_symbolic_formulas_hold_for_every_input(k, s, p, d, op):
     sym = explain.conv_symbolic(k, s, (p, p), d)
     expr = sym.substituted.split(" = ")[-1].replace("o = ", "")
     for i in range(sym.min_input, 40):
-        assert eval_in_i(expr, i) == A.conv_output(i, k, s, p, d), (sym, i)
+        assert eval_in_i(expr, i) == conv_output(i, k, s, p, d), (sym, i)
     if op < max(s, d):
         sym = explain.conv_transpose_symbolic(k, s, (p, p), op, d)
         expr = sym.substituted.split(" = ")[-1]
         for i in range(sym.min_input, 40):
-            assert eval_in_i(expr, i) == A.conv_transpose_output(i, k, s, p, op, d), (sym, i)
+            assert eval_in_i(expr, i) == conv_transpose_output(i, k, s, p, op, d), (sym, i)
 
 
 def eval_in_i(expr: str, i: int) -> int:

@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
-from cvtool import arithmetic as A
+from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output, resolve_padding
 from cvtool.errors import UsageError
 from cvtool_backends.onnx_format import graphs
 
@@ -222,21 +222,21 @@ pairs13 = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(
 def test_conv2d_property(backend, close, g, c, m, N, H, W, KH, KW, stride, padding, dilation, bias, seed):
     C, M = g * c, g * m
     try:
-        size = A.conv2d_output((H, W), (KH, KW), stride, padding, dilation)
+        size = conv2d_output((H, W), (KH, KW), stride, padding, dilation)
     except UsageError:
         assume(False)
     x, w = rand(seed, N, C, H, W), rand(seed + 1, M, c, KH, KW, scale=(c * KH * KW) ** -0.5)
     b = rand(seed + 2, M) if bias else None
     y = backend.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=g)
 
-    (pt, pb), (pl, pr) = A.resolve_padding(padding, kernel=(KH, KW), stride=stride, dilation=dilation,
+    (pt, pb), (pl, pr) = resolve_padding(padding, kernel=(KH, KW), stride=stride, dilation=dilation,
                                            input_size=(H, W))
-    if padding == "same" and A.pair(stride) == (1, 1):  # torch's own 'same' checks how arithmetic splits it
+    if padding == "same" and pair(stride) == (1, 1):  # torch's own 'same' checks how arithmetic splits it
         oracle = F.conv2d(t64(x), t64(w), t64(b), 1, "same", dilation, g)
     else:
         oracle = F.conv2d(F.pad(t64(x), (pl, pr, pt, pb)), t64(w), t64(b), stride, 0, dilation, g)
-    model = graphs.conv(C=C, M=M, kernel=(KH, KW), strides=A.pair(stride), pads=(pt, pl, pb, pr),
-                        dilations=A.pair(dilation), group=g, bias=bias, dtype=np.float64)
+    model = graphs.conv(C=C, M=M, kernel=(KH, KW), strides=pair(stride), pads=(pt, pl, pb, pr),
+                        dilations=pair(dilation), group=g, bias=bias, dtype=np.float64)
     ref = reference(model, x=x, w=w, **({"b": b} if bias else {}))
     check(close, y, oracle.numpy(), size, "conv2d", ref)
 
@@ -251,7 +251,7 @@ def test_conv_transpose2d_property(backend, close, g, c, m, N, H, W, KH, KW, str
                                    bias, seed):
     C, M = g * c, g * m
     try:
-        size = A.conv_transpose2d_output((H, W), (KH, KW), stride, padding, op, dilation)
+        size = conv_transpose2d_output((H, W), (KH, KW), stride, padding, op, dilation)
     except UsageError:
         assume(False)
     x, w = rand(seed, N, C, H, W), rand(seed + 1, C, m, KH, KW, scale=(c * KH * KW) ** -0.5)
@@ -259,18 +259,18 @@ def test_conv_transpose2d_property(backend, close, g, c, m, N, H, W, KH, KW, str
     y = backend.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=op, dilation=dilation,
                                  groups=g)
 
-    pads = A.resolve_padding(padding, kernel=(KH, KW))
+    pads = resolve_padding(padding, kernel=(KH, KW))
     (pt, pb), (pl, pr) = pads
-    if A.is_symmetric(pads):  # torch's own padding checks arithmetic's size
+    if is_symmetric(pads):  # torch's own padding checks arithmetic's size
         oracle = F.conv_transpose2d(t64(x), t64(w), t64(b), stride, (pt, pl), op, g, dilation).numpy()
     else:  # torch pads both ends alike: crop the unpadded result (the definition of padding here)
         oracle = F.conv_transpose2d(t64(x), t64(w), t64(b), stride, 0, op, g, dilation).numpy()
         assert oracle.shape[2] >= pt + size[0] and oracle.shape[3] >= pl + size[1]
         oracle = oracle[:, :, pt:pt + size[0], pl:pl + size[1]]
     ref = None
-    if g == 1 and all(o < s for o, s in zip(op, A.pair(stride))):  # what onnx.reference implements
-        model = graphs.conv_transpose(C=C, M=M, kernel=(KH, KW), strides=A.pair(stride), pads=(pt, pl, pb, pr),
-                                      dilations=A.pair(dilation), group=1, bias=bias, dtype=np.float64,
+    if g == 1 and all(o < s for o, s in zip(op, pair(stride))):  # what onnx.reference implements
+        model = graphs.conv_transpose(C=C, M=M, kernel=(KH, KW), strides=pair(stride), pads=(pt, pl, pb, pr),
+                                      dilations=pair(dilation), group=1, bias=bias, dtype=np.float64,
                                       output_padding=op)
         ref = reference(model, x=x, w=w, **({"b": b} if bias else {}))
     check(close, y, oracle, size, "conv_transpose2d", ref)
@@ -299,13 +299,13 @@ def pool_params(draw, dilations=True):
 def test_max_pool2d_property(backend, close, p, N, C, H, W, ceil_mode, seed):
     K, stride, P, D = p
     try:
-        size = A.pool2d_output((H, W), K, stride, P, D, ceil_mode)
+        size = pool2d_output((H, W), K, stride, P, D, ceil_mode)
     except UsageError:
         assume(False)
     x = rand(seed, N, C, H, W)
     y = backend.max_pool2d(x, kernel=K, stride=stride, padding=P, dilation=D, ceil_mode=ceil_mode)
     oracle = F.max_pool2d(t64(x), K, stride, P, D, ceil_mode=ceil_mode).numpy()
-    S = A.pair(K if stride is None else stride)
+    S = pair(K if stride is None else stride)
     ref = None
     if reference_pools(ceil_mode, P):
         ref = reference(graphs.max_pool(kernel=K, strides=S, pads=(P[0], P[1], P[0], P[1]), dilations=D,
@@ -319,14 +319,14 @@ def test_max_pool2d_property(backend, close, p, N, C, H, W, ceil_mode, seed):
 def test_avg_pool2d_property(backend, close, p, N, C, H, W, ceil_mode, count_include_pad, seed):
     K, stride, P, _ = p
     try:
-        size = A.pool2d_output((H, W), K, stride, P, 1, ceil_mode)
+        size = pool2d_output((H, W), K, stride, P, 1, ceil_mode)
     except UsageError:
         assume(False)
     x = rand(seed, N, C, H, W)
     y = backend.avg_pool2d(x, kernel=K, stride=stride, padding=P, ceil_mode=ceil_mode,
                            count_include_pad=count_include_pad)
     oracle = F.avg_pool2d(t64(x), K, stride, P, ceil_mode=ceil_mode, count_include_pad=count_include_pad).numpy()
-    S = A.pair(K if stride is None else stride)
+    S = pair(K if stride is None else stride)
     ref = None
     if reference_pools(ceil_mode, P):
         ref = reference(graphs.avg_pool(kernel=K, strides=S, pads=(P[0], P[1], P[0], P[1]), ceil_mode=0,

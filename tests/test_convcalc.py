@@ -15,9 +15,9 @@ from test_arithmetic import CONV, DILATED, POOL, TCONV
 from typer.testing import CliRunner
 
 from cvtool.cli import app, main
-from cvtool.convcalc import chain as CH
-from cvtool.convcalc import matrix as M
-from cvtool.convcalc import solve as S
+from cvtool.convcalc.chain import output_1d, parse_chain, trace
+from cvtool.convcalc.matrix import conv_matrix
+from cvtool.convcalc.solve import Solution, kernel_stride, paddings
 
 runner = CliRunner()
 LECTURE_X = "4,5,8,7;1,8,8,8;3,6,6,4;6,5,7,8"
@@ -164,14 +164,14 @@ def test_same_stride2():
     ("maxpool", 15, 8, 3, 2, 1), ("avgpool", 32, 16, 2, 2, 1),
 ])
 def test_every_padding_solution_gives_the_output(kind, i, o, k, s, d):
-    sols = S.paddings(kind, i, o, k, s, d)
+    sols = paddings(kind, i, o, k, s, d)
     assert sols, "expected at least one solution"
     for sol in sols:
-        assert CH.output_1d(kind, i, k, s, sol.padding, d, sol.output_padding) == o
+        assert output_1d(kind, i, k, s, sol.padding, d, sol.output_padding) == o
         assert torch_1d(kind, i, sol) == o, sol
 
 
-def torch_1d(kind: str, i: int, sol: S.Solution) -> int:
+def torch_1d(kind: str, i: int, sol: Solution) -> int:
     x, (pb, pe) = torch.zeros(1, 1, 1, i), sol.padding
     w = torch.zeros(1, 1, 1, sol.kernel)
     if kind == "conv":
@@ -185,12 +185,12 @@ def torch_1d(kind: str, i: int, sol: S.Solution) -> int:
 
 
 def test_solve_lists_the_classic_answers():
-    p = S.paddings("conv", 32, 32, 3)
+    p = paddings("conv", 32, 32, 3)
     assert [s.padding for s in p] == [(1, 1)]
-    assert [s.padding for s in S.paddings("conv", 32, 32, 4)] == [(1, 2)]  # PyTorch's 'same' split
-    t = S.paddings("tconv", 32, 64, 4, 2)
+    assert [s.padding for s in paddings("conv", 32, 32, 4)] == [(1, 2)]  # PyTorch's 'same' split
+    t = paddings("tconv", 32, 64, 4, 2)
     assert (1, 1) in [s.padding for s in t if s.output_padding == 0]
-    ks = S.kernel_stride("conv", 32, 16)
+    ks = kernel_stride("conv", 32, 16)
     assert {(s.kernel, s.stride, s.padding[0]) for s in ks} >= {(2, 2, 0), (3, 2, 1), (4, 2, 1)}
     for sol in ks:
         assert 1 <= sol.kernel <= 11 and 1 <= sol.stride <= 4 and 0 <= sol.padding[0] <= sol.kernel
@@ -276,7 +276,7 @@ def test_chain_receptive_field_vs_autograd(text):
 
 
 def test_chain_layer_records_are_complete():
-    steps = CH.trace(CH.parse_chain("conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8"), (32, 32), 3)
+    steps = trace(parse_chain("conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8"), (32, 32), 3)
     assert [s.out_shape for s in steps] == [(16, 32, 32), (16, 16, 16), (8, 32, 32)]
     assert [s.params for s in steps] == [3 * 16 * 9 + 16, 0, 16 * 8 * 4 + 8]
     assert steps[0].macs == 32 * 32 * 16 * 3 * 9 and steps[2].macs == 16 * 16 * 16 * 8 * 4
@@ -314,7 +314,7 @@ CASES = [  # (H, W, KH, KW, stride, padding (t,b,l,r), dilation)
 def test_conv_matrix_is_conv2d(H, W, KH, KW, s, pads, d):
     rng = np.random.default_rng(H * W)
     x, w = rng.standard_normal((H, W)), rng.standard_normal((KH, KW))
-    C = M.conv_matrix(w, (H, W), stride=s, padding=pads, dilation=d)
+    C = conv_matrix(w, (H, W), stride=s, padding=pads, dilation=d)
     t, b, l, r = pads
     want = F.conv2d(F.pad(torch.tensor(x)[None, None], (l, r, t, b)), torch.tensor(w)[None, None], stride=s, dilation=d)
     assert C.shape == (want.numel(), H * W)

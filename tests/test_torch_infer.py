@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from cvtool.model import spec as S
 from cvtool.model.fuse import fuse_relu
+from cvtool.model.spec import Concat, ModelSpec, init_params
 from cvtool_backends.torch_backend.infer import FrozenNet, channels
 from cvtool_backends.torch_backend.model import TorchRunner, build
 
 
-def params_off_defaults(spec: S.ModelSpec, seed: int) -> dict[str, np.ndarray]:
+def params_off_defaults(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
     """init_params with biases, BN affine and running stats moved off 0 / 1, so a dropped term shows."""
     rng = np.random.default_rng(seed)
-    p = S.init_params(spec, seed)
+    p = init_params(spec, seed)
     for k, v in p.items():
         if k.endswith("running_var"):
             p[k] = (rng.random(v.shape) + 0.5).astype(np.float32)
@@ -36,7 +36,7 @@ def reference(spec, p, x: np.ndarray) -> np.ndarray:
                                 dict(norm="none"), dict(in_channels=1, num_classes=2, depth=1)])
 @pytest.mark.parametrize("fused", [True, False])
 def test_frozen_net_equals_the_training_module(kw, fused):
-    spec = S.ModelSpec(**{"in_channels": 3, "num_classes": 4, "width": 6, "depth": 2, **kw})
+    spec = ModelSpec(**{"in_channels": 3, "num_classes": 4, "width": 6, "depth": 2, **kw})
     p = params_off_defaults(spec, seed=3)
     x = np.random.default_rng(0).standard_normal((2, spec.in_channels, 48, 32)).astype(np.float32)
     net = FrozenNet(spec, p, torch.device("cpu"))
@@ -49,9 +49,9 @@ def test_frozen_net_equals_the_training_module(kw, fused):
 
 def test_no_concatenation_is_built_for_the_skips():
     """Every U-Net skip Concat feeds one conv: its weight is split instead, and the node is never computed."""
-    spec = S.ModelSpec(width=4, depth=3)
+    spec = ModelSpec(width=4, depth=3)
     net = FrozenNet(spec, params_off_defaults(spec, 0), torch.device("cpu"))
-    concats = [n.name for n in net.nodes if isinstance(n.layer, S.Concat)]
+    concats = [n.name for n in net.nodes if isinstance(n.layer, Concat)]
     assert len(concats) == 3 and set(concats) == net.cat_free
     for name, parts in net.split.items():  # the split weights together are the original one
         C = channels(net.nodes, spec.in_channels)
@@ -61,7 +61,7 @@ def test_no_concatenation_is_built_for_the_skips():
 
 
 def test_relu_pairs_and_batchnorm_are_rewritten():
-    spec = S.ModelSpec(width=4, depth=2)
+    spec = ModelSpec(width=4, depth=2)
     net = FrozenNet(spec, params_off_defaults(spec, 0), torch.device("cpu"))
     kinds = [type(n.layer).__name__ for n in net.nodes]
     assert "BatchNorm2d" not in kinds and "Activation" not in kinds and "ConvReLU" in kinds
@@ -69,7 +69,7 @@ def test_relu_pairs_and_batchnorm_are_rewritten():
 
 
 def test_runner_returns_numpy_float32():
-    spec = S.ModelSpec(width=4, depth=2)
+    spec = ModelSpec(width=4, depth=2)
     p = params_off_defaults(spec, 1)
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     y = TorchRunner(spec, p, "cpu")(x)

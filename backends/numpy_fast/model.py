@@ -21,8 +21,19 @@ import numpy as np
 
 from cvtool.errors import UsageError
 from cvtool.glibc_malloc import keep_freed_memory
-from cvtool.model import spec as S
 from cvtool.model.fuse import ConvReLU, fold_batchnorm, fuse_relu
+from cvtool.model.spec import (
+    Activation,
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool2d,
+    ModelSpec,
+    Node,
+    check_params,
+    trainable,
+)
 from cvtool.train.optim import OptimConfig
 from cvtool_backends.numpy_fast import layers
 from cvtool_backends.numpy_fast import optim as rules
@@ -38,11 +49,11 @@ _ACT_BACKWARD = {"relu": layers.relu_backward, "sigmoid": layers.sigmoid_backwar
 class Tape(NamedTuple):
     """What backward needs: the nodes in graph order and each one's layer cache (name -> cache)."""
 
-    nodes: list[S.Node]
+    nodes: list[Node]
     caches: dict[str, Any]
 
 
-def _last_use(nodes: list[S.Node]) -> dict[str, int]:
+def _last_use(nodes: list[Node]) -> dict[str, int]:
     """Node name -> index of its last consumer (the graph output is never consumed)."""
     last: dict[str, int] = {}
     for i, n in enumerate(nodes):
@@ -93,7 +104,7 @@ def _chunks(n: int, itemsize: int, block_bytes: int = 1 << 20) -> list[tuple[int
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
+def _node_forward(n: Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
                   keep: bool = True):
     """One node: inputs -> (output, cache). owned: the (single) input may be overwritten;
     keep: backward will follow (else layers may skip building their cache)."""
@@ -102,28 +113,28 @@ def _node_forward(n: S.Node, xs: list[np.ndarray], p: dict[str, np.ndarray], tra
         L = L.conv
         return layers.conv2d_relu(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
                                   padding=L.padding, dilation=L.dilation), None
-    if isinstance(L, S.Conv2d):
+    if isinstance(L, Conv2d):
         return layers.conv2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
                                      padding=L.padding, dilation=L.dilation)
-    if isinstance(L, S.ConvTranspose2d):
+    if isinstance(L, ConvTranspose2d):
         return layers.conv_transpose2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
                                                padding=L.padding, output_padding=L.output_padding)
-    if isinstance(L, S.BatchNorm2d):  # running stats change in place when training
+    if isinstance(L, BatchNorm2d):  # running stats change in place when training
         return layers.batchnorm2d_forward(xs[0], p[f"{n.name}.weight"], p[f"{n.name}.bias"],
                                           p[f"{n.name}.running_mean"], p[f"{n.name}.running_var"],
                                           training=training, momentum=L.momentum, eps=L.eps)
-    if isinstance(L, S.Activation):
+    if isinstance(L, Activation):
         if L.kind == "relu" and owned:
             return _relu_inplace_forward(xs[0])
         return _ACT_FORWARD[L.kind](xs[0])
-    if isinstance(L, S.MaxPool2d):
+    if isinstance(L, MaxPool2d):
         return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride, cache=keep)
-    if isinstance(L, S.Concat):
+    if isinstance(L, Concat):
         return _concat(xs), [x.shape[1] for x in xs]  # cache: channels per input
     raise TypeError(f"no forward for layer {L!r}")
 
 
-def forward(nodes: list[S.Node], params: dict[str, np.ndarray], x: np.ndarray, *, training: bool,
+def forward(nodes: list[Node], params: dict[str, np.ndarray], x: np.ndarray, *, training: bool,
             keep: bool = True) -> tuple[np.ndarray, Tape | None]:
     """x (N, C, H, W) -> logits (N, K, H, W), and the tape for backward (None when keep is False)."""
     last = _last_use(nodes)
@@ -143,24 +154,24 @@ def forward(nodes: list[S.Node], params: dict[str, np.ndarray], x: np.ndarray, *
     return vals[nodes[-1].name], (Tape(nodes, caches) if keep else None)
 
 
-def _node_backward(n: S.Node, dout: np.ndarray, cache, grads: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _node_backward(n: Node, dout: np.ndarray, cache, grads: dict[str, np.ndarray]) -> list[np.ndarray]:
     """One node: dL/d(output) -> dL/d(inputs), in input order; parameter gradients go into `grads`."""
     L = n.layer
-    if isinstance(L, (S.Conv2d, S.ConvTranspose2d)):
-        back = layers.conv2d_backward if isinstance(L, S.Conv2d) else layers.conv_transpose2d_backward
+    if isinstance(L, (Conv2d, ConvTranspose2d)):
+        back = layers.conv2d_backward if isinstance(L, Conv2d) else layers.conv_transpose2d_backward
         dx, dw, db = back(dout, cache)
         grads[f"{n.name}.weight"] = dw
         if db is not None:
             grads[f"{n.name}.bias"] = db
         return [dx]
-    if isinstance(L, S.BatchNorm2d):
+    if isinstance(L, BatchNorm2d):
         dx, grads[f"{n.name}.weight"], grads[f"{n.name}.bias"] = layers.batchnorm2d_backward(dout, cache)
         return [dx]
-    if isinstance(L, S.Activation):  # every dout here is backward's own (a layer's dx, or a sum of them)
+    if isinstance(L, Activation):  # every dout here is backward's own (a layer's dx, or a sum of them)
         return [_relu_inplace_backward(dout, cache) if L.kind == "relu" else _ACT_BACKWARD[L.kind](dout, cache)]
-    if isinstance(L, S.MaxPool2d):
+    if isinstance(L, MaxPool2d):
         return [layers.max_pool2d_backward(dout, cache)]
-    if isinstance(L, S.Concat):  # split the channels back; copies, so dout is freed with the first consumer
+    if isinstance(L, Concat):  # split the channels back; copies, so dout is freed with the first consumer
         cuts = np.cumsum(cache)[:-1]
         return [np.ascontiguousarray(d) for d in np.split(dout, cuts, axis=1)]
     raise TypeError(f"no backward for layer {L!r}")
@@ -197,8 +208,8 @@ class NumpyRunner:
     """Evaluation-mode logits, in `dtype` (float32, or float64 for a reference); BatchNorm folded
     into the convolutions before it (fold_batchnorm)."""
 
-    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], dtype=np.float32):
-        S.check_params(spec, params)
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], dtype=np.float32):
+        check_params(spec, params)
         keep_freed_memory()
         self.spec, self.dtype = spec, np.dtype(dtype)
         nodes, self.p = fold_batchnorm(spec.graph(), _own(params, self.dtype))
@@ -228,14 +239,14 @@ def _update_rule(cfg: OptimConfig):
 class NumpyTrainer:
     """The Trainer protocol (backends.base) on hand-written backward and update rules."""
 
-    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, optim: OptimConfig,
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], *, optim: OptimConfig,
                  class_weights: np.ndarray | None = None, seed: int = 0, dtype=np.float32, dice: float = 0.0):
-        S.check_params(spec, params)
+        check_params(spec, params)
         keep_freed_memory()
         self.spec, self.nodes, self.dtype = spec, spec.graph(), np.dtype(dtype)
         self.seed = seed  # nothing here is random (no dropout); kept for the protocol's sake
         self.p = _own(params, self.dtype)
-        self.names = [k for k in self.p if S.trainable(k)]  # torch's named_parameters() order
+        self.names = [k for k in self.p if trainable(k)]  # torch's named_parameters() order
         self.update = _update_rule(optim)
         self.state: dict[str, dict] = {k: {} for k in self.names}  # per parameter, torch's slot names
         self.weight = None if class_weights is None else np.asarray(class_weights, self.dtype)

@@ -17,45 +17,55 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cvtool.model import spec as S
+from cvtool.model.spec import (
+    Activation,
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool2d,
+    ModelSpec,
+    Node,
+    check_params,
+)
 from cvtool_backends.onnx_format.opset import max_ir
 
 INPUT, OUTPUT = "image", "logits"
 META_KEY = "cvtool"
 
 
-def _node(n: S.Node, dtype) -> tuple[list[onnx.NodeProto], list[str]]:
+def _node(n: Node, dtype) -> tuple[list[onnx.NodeProto], list[str]]:
     """ONNX node(s) for one spec node, and the names of the initializers it uses."""
     L, ins, out = n.layer, list(n.inputs), n.name
     ins = [INPUT if i == "input" else i for i in ins]
-    if isinstance(L, S.Conv2d):
+    if isinstance(L, Conv2d):
         inits = [f"{n.name}.weight"] + ([f"{n.name}.bias"] if L.bias else [])
         p = L.padding
         return [helper.make_node("Conv", ins + inits, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
                                  strides=[L.stride] * 2, pads=[p] * 4, dilations=[L.dilation] * 2)], inits
-    if isinstance(L, S.ConvTranspose2d):
+    if isinstance(L, ConvTranspose2d):
         inits = [f"{n.name}.weight"] + ([f"{n.name}.bias"] if L.bias else [])
         p = L.padding
         return [helper.make_node("ConvTranspose", ins + inits, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
                                  strides=[L.stride] * 2, pads=[p] * 4, output_padding=[L.output_padding] * 2)], inits
-    if isinstance(L, S.BatchNorm2d):
+    if isinstance(L, BatchNorm2d):
         inits = [f"{n.name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
         return [helper.make_node("BatchNormalization", ins + inits, [out], name=n.name, epsilon=L.eps)], inits
-    if isinstance(L, S.Activation):
+    if isinstance(L, Activation):
         op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[L.kind]
         return [helper.make_node(op, ins, [out], name=n.name)], []
-    if isinstance(L, S.MaxPool2d):
+    if isinstance(L, MaxPool2d):
         return [helper.make_node("MaxPool", ins, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
                                  strides=[L.stride] * 2)], []
-    if isinstance(L, S.Concat):
+    if isinstance(L, Concat):
         return [helper.make_node("Concat", ins, [out], name=n.name, axis=1)], []
     raise TypeError(f"no ONNX mapping for {type(L).__name__}")
 
 
-def build_model(spec: S.ModelSpec, params: dict[str, np.ndarray], meta: dict, *, opset: int,
+def build_model(spec: ModelSpec, params: dict[str, np.ndarray], meta: dict, *, opset: int,
                 half: bool = False) -> onnx.ModelProto:
     """The spec's graph as ONNX. With `half`, weights and compute are float16 behind float32 I/O casts."""
-    S.check_params(spec, params)
+    check_params(spec, params)
     wdt = np.float16 if half else np.float32
     nodes: list[onnx.NodeProto] = []
     if half:
@@ -93,10 +103,10 @@ def read_meta(model: onnx.ModelProto) -> dict:
     return json.loads(props[META_KEY])
 
 
-def to_params(model: onnx.ModelProto) -> tuple[S.ModelSpec, dict[str, np.ndarray], dict]:
+def to_params(model: onnx.ModelProto) -> tuple[ModelSpec, dict[str, np.ndarray], dict]:
     """Back from ONNX: the spec, float32 parameters and the metadata (so any backend can run an .onnx)."""
     meta = read_meta(model)
-    spec = S.ModelSpec.from_dict(meta["spec"])
+    spec = ModelSpec.from_dict(meta["spec"])
     params = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
-    S.check_params(spec, params)
+    check_params(spec, params)
     return spec, params, meta

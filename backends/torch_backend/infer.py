@@ -19,8 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvtool.model import spec as S
 from cvtool.model.fuse import ConvReLU, fold_batchnorm, fuse_relu
+from cvtool.model.spec import (
+    Activation,
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool2d,
+    ModelSpec,
+    Node,
+    check_params,
+)
 
 
 def _onednn(device: torch.device) -> bool:
@@ -43,14 +53,14 @@ def _max_pool(x: torch.Tensor, k: int, stride: int) -> torch.Tensor:
     return F.max_pool2d(x, k, stride)
 
 
-def channels(nodes: list[S.Node], in_channels: int) -> dict[str, int]:
+def channels(nodes: list[Node], in_channels: int) -> dict[str, int]:
     """Output channels of every node: convs say theirs, Concat sums, the rest keep their input's."""
     C = {"input": in_channels}
     for n in nodes:
         L = n.layer.conv if isinstance(n.layer, ConvReLU) else n.layer
-        if isinstance(L, (S.Conv2d, S.ConvTranspose2d)):
+        if isinstance(L, (Conv2d, ConvTranspose2d)):
             C[n.name] = L.out_channels
-        elif isinstance(L, S.Concat):
+        elif isinstance(L, Concat):
             C[n.name] = sum(C[s] for s in n.inputs)
         else:
             C[n.name] = C[n.inputs[0]]
@@ -60,8 +70,8 @@ def channels(nodes: list[S.Node], in_channels: int) -> dict[str, int]:
 class FrozenNet:
     """Evaluation-mode logits of a spec; parameters frozen at construction."""
 
-    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: torch.device):
-        S.check_params(spec, params)
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], device: torch.device):
+        check_params(spec, params)
         nodes, p = fold_batchnorm(spec.graph(), {k: np.asarray(v, np.float32) for k, v in params.items()})
         self.nodes = fuse_relu(nodes)
         self.device, self.fused = device, _onednn(device)
@@ -73,7 +83,7 @@ class FrozenNet:
         self.split: dict[str, tuple[str, ...]] = {}
         for n in self.nodes:
             src = n.inputs[0]
-            if isinstance(n.layer, (S.Conv2d, ConvReLU)) and src in by_name and isinstance(by_name[src].layer, S.Concat) \
+            if isinstance(n.layer, (Conv2d, ConvReLU)) and src in by_name and isinstance(by_name[src].layer, Concat) \
                     and uses[src] == 1:
                 parts = by_name[src].inputs
                 self.split[n.name] = parts
@@ -87,7 +97,7 @@ class FrozenNet:
             for src in self.split.get(n.name, n.inputs):
                 self.last_use[src] = i
 
-    def _conv(self, name: str, L: S.Conv2d, x: torch.Tensor, relu: bool, w: torch.Tensor | None = None,
+    def _conv(self, name: str, L: Conv2d, x: torch.Tensor, relu: bool, w: torch.Tensor | None = None,
               b: torch.Tensor | None = None, acc: torch.Tensor | None = None) -> torch.Tensor:
         """relu?(conv(x, w) + b [+ acc])"""
         w = self.w[f"{name}.weight"] if w is None else w
@@ -119,19 +129,19 @@ class FrozenNet:
                                    b if j == 0 else None, acc=y)
             elif n.name in self.cat_free:
                 y = None  # never built: its consumer reads the parts
-            elif isinstance(L, S.Conv2d):
+            elif isinstance(L, Conv2d):
                 y = self._conv(n.name, L, vals[n.inputs[0]], relu, b=b)
-            elif isinstance(L, S.ConvTranspose2d):
+            elif isinstance(L, ConvTranspose2d):
                 y = F.conv_transpose2d(vals[n.inputs[0]], self.w[f"{n.name}.weight"], b, L.stride, L.padding,
                                        L.output_padding)
-            elif isinstance(L, S.BatchNorm2d):  # one not after a conv (fold_batchnorm took the rest)
+            elif isinstance(L, BatchNorm2d):  # one not after a conv (fold_batchnorm took the rest)
                 y = F.batch_norm(vals[n.inputs[0]], self.w[f"{n.name}.running_mean"], self.w[f"{n.name}.running_var"],
                                  self.w[f"{n.name}.weight"], self.w[f"{n.name}.bias"], False, 0.0, L.eps)
-            elif isinstance(L, S.MaxPool2d):
+            elif isinstance(L, MaxPool2d):
                 y = _max_pool(vals[n.inputs[0]], L.kernel_size, L.stride)
-            elif isinstance(L, S.Activation):
+            elif isinstance(L, Activation):
                 y = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[L.kind](vals[n.inputs[0]])
-            elif isinstance(L, S.Concat):
+            elif isinstance(L, Concat):
                 y = torch.cat([vals[s] for s in n.inputs], dim=1)
             else:
                 raise TypeError(f"unknown layer {L!r}")

@@ -13,22 +13,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvtool.model import spec as S
+from cvtool.model.spec import (
+    Activation,
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool2d,
+    ModelSpec,
+    check_params,
+)
 from cvtool.train.optim import OptimConfig
 
 
 def _module(layer) -> nn.Module | None:
-    if isinstance(layer, S.Conv2d):
+    if isinstance(layer, Conv2d):
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                          layer.padding, layer.dilation, bias=layer.bias)
-    if isinstance(layer, S.ConvTranspose2d):
+    if isinstance(layer, ConvTranspose2d):
         return nn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                                   layer.padding, layer.output_padding, bias=layer.bias)
-    if isinstance(layer, S.BatchNorm2d):
+    if isinstance(layer, BatchNorm2d):
         return nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
-    if isinstance(layer, S.MaxPool2d):
+    if isinstance(layer, MaxPool2d):
         return nn.MaxPool2d(layer.kernel_size, layer.stride)
-    if isinstance(layer, S.Activation):
+    if isinstance(layer, Activation):
         return {"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[layer.kind]
     return None  # Concat has no module
 
@@ -36,7 +45,7 @@ def _module(layer) -> nn.Module | None:
 class SpecNet(nn.Module):
     """Runs the spec's graph node by node; modules nested by dotted name."""
 
-    def __init__(self, spec: S.ModelSpec):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
         self.nodes = spec.graph()
@@ -63,7 +72,7 @@ class SpecNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vals = {"input": x}
         for i, n in enumerate(self.nodes):
-            if isinstance(n.layer, S.Concat):
+            if isinstance(n.layer, Concat):
                 y = torch.cat([vals[s] for s in n.inputs], dim=1)
             else:
                 y = self._mods[n.name](vals[n.inputs[0]])
@@ -74,8 +83,8 @@ class SpecNet(nn.Module):
         return vals[self.nodes[-1].name]
 
 
-def build(spec: S.ModelSpec, params: dict[str, np.ndarray], device: torch.device) -> SpecNet:
-    S.check_params(spec, params)
+def build(spec: ModelSpec, params: dict[str, np.ndarray], device: torch.device) -> SpecNet:
+    check_params(spec, params)
     net = SpecNet(spec)
     sd = {k: torch.from_numpy(np.asarray(v, np.float32).copy()) for k, v in params.items()}
     missing, unexpected = net.load_state_dict(sd, strict=False)
@@ -131,7 +140,7 @@ class TorchTrainer:
     and loss) where the hardware has native bf16 (native_bf16); amp=False forces float32. predict() runs in float32
     on CPU, as TorchRunner and the exported model do, so validation scores what `cvtool segment` will see."""
 
-    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], *, device: str, optim: OptimConfig,
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], *, device: str, optim: OptimConfig,
                  class_weights: np.ndarray | None = None, seed: int = 0, distributed: bool = False,
                  amp: bool | None = None, dice: float = 0.0):
         torch.manual_seed(seed)
@@ -236,7 +245,7 @@ def full_fp32_convolutions() -> None:
 class TorchRunner:
     """Inference through infer.FrozenNet (BatchNorm folded, ReLU and the skip concatenations fused)."""
 
-    def __init__(self, spec: S.ModelSpec, params: dict[str, np.ndarray], device: str):
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], device: str):
         from cvtool_backends.torch_backend.infer import FrozenNet
 
         self.device = torch.device(device)

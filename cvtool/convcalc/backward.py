@@ -18,11 +18,11 @@ import numpy as np
 
 from cvtool.arithmetic import conv_transpose_output
 from cvtool.compare import TOLERANCE, compare
-from cvtool.convcalc import matrix as M
 from cvtool.convcalc.chain import LayerSpec, output_hw
 from cvtool.convcalc.gradcheck import numeric_grad
+from cvtool.convcalc.matrix import conv_matrix
 from cvtool.convcalc.text import params_text, title
-from cvtool.convcalc.values import layer_values, pads_arg
+from cvtool.convcalc.values import layer_values, pads_arg, parse_values
 from cvtool.errors import UsageError
 
 OPS = {"conv": "conv2d", "tconv": "conv_transpose2d", "maxpool": "max_pool2d", "avgpool": "avg_pool2d"}
@@ -72,7 +72,7 @@ def case(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float, seed: i
     if not lr > 0:
         raise UsageError(f"--lr must be positive, got {lr}")
     if activation is not None:  # f and f' on the values
-        xv = M.parse_values(x_text, "--x") if x_text else np.round(np.random.default_rng(seed).uniform(-3, 3, hw or (3, 3)), 1)
+        xv = parse_values(x_text, "--x") if x_text else np.round(np.random.default_rng(seed).uniform(-3, 3, hw or (3, 3)), 1)
         op, wv, params, o, pads = activation, None, {}, xv.shape, None
         name, ptext = f"{activation} activation", f"f = {activation}"
     else:
@@ -83,7 +83,7 @@ def case(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float, seed: i
     if xv.size > MAX_VALUES:
         raise UsageError(f"--backward prints every array: a {xv.shape[0]}x{xv.shape[1]} input is too large "
                          f"(at most {MAX_VALUES} values)", hint="use e.g. -i 5")
-    dy = M.parse_values(dy_text, "--dy") if dy_text is not None else np.ones(o)
+    dy = parse_values(dy_text, "--dy") if dy_text is not None else np.ones(o)
     if tuple(dy.shape) != tuple(o):
         raise UsageError(f"--dy is {dy.shape[0]}x{dy.shape[1]} but the output is {o[0]}x{o[1]}")
     return Case(op, name, ptext, spec, hw, pads, o, xv, wv, dy, params, lr)
@@ -111,7 +111,7 @@ def _conv_views(c: Case, ref_be, dy4, w4) -> dict:
     """A convolution's dL/dx two more ways (C^T dL/dy, the transposed convolution) and dL/dw as a correlation."""
     spec, hw, o, pads = c.spec, c.hw, c.out, c.pads
     doc = {}
-    C = M.conv_matrix(c.w, hw, stride=spec.stride, padding=pads_arg(pads), dilation=spec.dilation)
+    C = conv_matrix(c.w, hw, stride=spec.stride, padding=pads_arg(pads), dilation=spec.dilation)
     doc["dx_via_CT"] = (C.T @ c.dy.ravel()).reshape(hw).tolist()
     opad = [hw[a] - conv_transpose_output(o[a], spec.kernel[a], spec.stride[a], pads[a], 0, spec.dilation[a])
             for a in (0, 1)]

@@ -7,15 +7,13 @@ Layers are separated by ';' (or new lines); each is a kind, then tokens in any o
     k3, k3x5  kernel (KH x KW)            s2, s2x1  stride (pools: default = kernel)
     p1, p1x2  padding, also p0,1,0,1 (top,bottom,left,right), psame, pvalid
     d2        dilation                    c16       output channels (conv/tconv)
-    op1       output_padding (tconv)      g2        groups (conv/tconv)
-    ceil      ceil_mode (pools)
+    op1       output_padding (tconv)      g2        groups (conv/tconv)      ceil  ceil_mode (pools)
 
 Receptive field (one dimension, in input pixels; Dumoulin & Visin, Araujo et al.):
     conv/pool:  r' = r + (d(k-1)+1 - 1)*j,   j' = j*s,   start' = start + ((d(k-1))/2 - p_begin)*j
     tconv:      j' = j/s, and an output pixel sees `tconv_span` neighbouring input pixels
-Sizes come from cvtool.arithmetic. A `Step` holds everything a later pass needs (shapes,
-channels, padding, field, parameters, multiply-accumulates), so that bigger networks (a U-Net
-with skips) can be traced one `step` at a time.
+Sizes come from cvtool.arithmetic. A `Step` holds everything a later pass needs (shapes, channels, padding, field,
+parameters, multiply-accumulates), so that bigger networks (a U-Net with skips) can be traced one `step` at a time.
 """
 
 from __future__ import annotations
@@ -25,8 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from cvtool import arithmetic as A
-from cvtool.arithmetic import PaddingArg, Pads2d
+from cvtool.arithmetic import PaddingArg, Pads2d, conv_output, conv_transpose_output, pair, pool_output, resolve_padding
 from cvtool.convcalc import explain
 from cvtool.errors import UsageError
 
@@ -114,10 +111,10 @@ def make_layer(kind: str, kernel, stride=None, padding: PaddingArg = 0, dilation
         raise UsageError(f"unknown layer kind {kind!r}", hint="use conv, tconv, pool, maxpool or avgpool")
     kind = KINDS[kind]
     where = f" in {text!r}" if text else ""
-    k = A.pair(kernel, "kernel")
-    s = A.pair(stride if stride is not None else (k if kind in POOLS else 1), "stride")
-    d = A.pair(dilation, "dilation")
-    op = A.pair(output_padding, "output_padding")
+    k = pair(kernel, "kernel")
+    s = pair(stride if stride is not None else (k if kind in POOLS else 1), "stride")
+    d = pair(dilation, "dilation")
+    op = pair(output_padding, "output_padding")
     for name, v in (("kernel", k), ("stride", s), ("dilation", d)):
         if min(v) < 1:
             raise UsageError(f"{name} must be at least 1, got {min(v)}{where}")
@@ -195,9 +192,9 @@ def parse_chain(text: str) -> list[LayerSpec]:
 
 def resolve_pads(spec: LayerSpec, hw: tuple[int, int]) -> Pads2d:
     if spec.kind in POOLS:
-        ph, pw = A.pair(spec.padding, "padding")
+        ph, pw = pair(spec.padding, "padding")
         return ((ph, ph), (pw, pw))
-    return A.resolve_padding(spec.padding, kernel=spec.kernel, stride=spec.stride, dilation=spec.dilation,
+    return resolve_padding(spec.padding, kernel=spec.kernel, stride=spec.stride, dilation=spec.dilation,
                              input_size=hw)
 
 
@@ -205,12 +202,12 @@ def output_1d(kind: str, i: int, k: int, s: int, p: tuple[int, int], d: int = 1,
               ceil_mode: bool = False) -> int:
     """Output size along one dimension for any layer kind (dispatch to cvtool.arithmetic)."""
     if kind == "conv":
-        return A.conv_output(i, k, s, p, d)
+        return conv_output(i, k, s, p, d)
     if kind == "tconv":
-        return A.conv_transpose_output(i, k, s, p, op, d)
+        return conv_transpose_output(i, k, s, p, op, d)
     if p[0] != p[1]:
         raise UsageError("pooling takes a symmetric padding")
-    return A.pool_output(i, k, s, p[0], d, ceil_mode)
+    return pool_output(i, k, s, p[0], d, ceil_mode)
 
 
 def output_hw(spec: LayerSpec, hw: tuple[int, int]) -> tuple[tuple[int, int], Pads2d]:

@@ -242,3 +242,10 @@ def write(path: str | Path, images: list, lay: Layout) -> Path:
         else:
             tmp.write_text(svg(images[0], lay))
     return path
+
+
+def draw_doc(spec: LayerSpec, hw: tuple[int, int], path: str) -> dict:
+    images, lay = render(spec, hw)
+    written = write(path, images, lay)
+    return {"mode": "draw", "file": str(written), "frames": len(images), "size": list(lay.size), "title": lay.title,
+            "notes": lay.notes}

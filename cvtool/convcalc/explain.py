@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from cvtool import arithmetic as A
-from cvtool.arithmetic import Pad
+from cvtool.arithmetic import Pad, ceil_div, conv_output, conv_transpose_output, effective_kernel, pool_output, same_pad
 from cvtool.errors import UsageError
 
 
@@ -81,10 +80,10 @@ def _check(k: int, s: int, d: int, p: Pad) -> None:
 # --- one size, numbers substituted ------------------------------------------------------------
 
 def conv(i: int, k: int, s: int = 1, p: Pad = (0, 0), d: int = 1, lhs: str = "o") -> Formula:
-    o = A.conv_output(i, k, s, p, d)
+    o = conv_output(i, k, s, p, d)
     P, Pn = _pad_terms(p)
     K, Kn = _kernel_terms(k, d)
-    ek = A.effective_kernel(k, d)
+    ek = effective_kernel(k, d)
     n = i + p[0] + p[1] - ek  # how far the window can slide, in input pixels
     general = f"o = floor((i + {P} - {K})/s) + 1"
     sub = f"{lhs} = floor(({i} + {Pn} - {Kn})/{s}) + 1 = floor({n}/{s}) + 1 = {n // s} + 1 = {o}"
@@ -99,12 +98,12 @@ def conv(i: int, k: int, s: int = 1, p: Pad = (0, 0), d: int = 1, lhs: str = "o"
 
 def conv_transpose(i: int, k: int, s: int = 1, p: Pad = (0, 0), op: int = 0, d: int = 1,
                    lhs: str = "o") -> Formula:
-    o = A.conv_transpose_output(i, k, s, p, op, d)
+    o = conv_transpose_output(i, k, s, p, op, d)
     P = "2p" if p[0] == p[1] else "p_b - p_e"
     Pn = f"2*{p[0]}" if p[0] == p[1] else f"{p[0]} - {p[1]}"
     K = "k" if d == 1 else "d(k-1) + 1"
     Kn = f"{k}" if d == 1 else f"{d}*({k}-1) + 1"
-    ek = A.effective_kernel(k, d)
+    ek = effective_kernel(k, d)
     general = f"o = (i - 1)*s - {P} + {K} + output_padding"
     sub = (f"{lhs} = ({i} - 1)*{s} - {Pn} + {Kn} + {op} = "
            f"{(i - 1) * s} - {p[0] + p[1]} + {ek} + {op} = {o}")
@@ -125,7 +124,7 @@ def conv_sources(start: int, k: int, s: int, p: Pad, d: int, i: int) -> list[int
     found = []
     for m in range(max(1, start), start + s):
         try:
-            if A.conv_output(m, k, s, p, d) == i:
+            if conv_output(m, k, s, p, d) == i:
                 found.append(m)
         except UsageError:
             pass
@@ -133,9 +132,9 @@ def conv_sources(start: int, k: int, s: int, p: Pad, d: int, i: int) -> list[int
 
 
 def pool(i: int, k: int, s: int, p: int = 0, d: int = 1, ceil_mode: bool = False, lhs: str = "o") -> Formula:
-    o = A.pool_output(i, k, s, p, d, ceil_mode)
+    o = pool_output(i, k, s, p, d, ceil_mode)
     K, Kn = _kernel_terms(k, d)
-    ek = A.effective_kernel(k, d)
+    ek = effective_kernel(k, d)
     n = i + 2 * p - ek
     rnd = "ceil" if ceil_mode else "floor"
     q = -(-n // s) if ceil_mode else n // s
@@ -161,7 +160,7 @@ def conv_symbolic(k: int, s: int = 1, p: Pad = (0, 0), d: int = 1, *, rounding: 
     _check(k, s, d, p)
     P, _ = _pad_terms(p)
     K, _ = _kernel_terms(k, d)
-    ek = A.effective_kernel(k, d)
+    ek = effective_kernel(k, d)
     c = p[0] + p[1] - ek  # o = round((i + c)/s) + 1
     general = f"o = {rounding}((i + {P} - {K})/s) + 1"
     if s == 1:
@@ -185,7 +184,7 @@ def conv_symbolic(k: int, s: int = 1, p: Pad = (0, 0), d: int = 1, *, rounding: 
 
 def conv_transpose_symbolic(k: int, s: int = 1, p: Pad = (0, 0), op: int = 0, d: int = 1) -> Symbolic:
     _check(k, s, d, p)
-    ek = A.effective_kernel(k, d)
+    ek = effective_kernel(k, d)
     K = "k" if d == 1 else "d(k-1) + 1"
     P = "2p" if p[0] == p[1] else "p_b - p_e"
     general = f"o = (i - 1)*s - {P} + {K} + output_padding"
@@ -228,7 +227,7 @@ def same(k: int, s: int = 1, d: int = 1, i: int | None = None, lhs: str = "o") -
     total = d * (k - 1)
     lines = []
     if s == 1:
-        pad = A.same_pad(k, 1, d)
+        pad = same_pad(k, 1, d)
         rule = "(K-1)/2" if d == 1 else "d(K-1)/2"
         lines.append(f"total padding = d(k-1) = {d}*({k}-1) = {total}")
         if total % 2 == 0:
@@ -254,15 +253,15 @@ def same(k: int, s: int = 1, d: int = 1, i: int | None = None, lhs: str = "o") -
                      f"floor((i - 1)/s) + 1 = ceil(i/s)")
     if i is None:
         return Same(None, None, tuple(lines))
-    o = A.ceil_div(i, s)
-    pad = A.same_pad(k, s, d, i)
-    lines.append(f"{lhs} = ceil({i}/{s}) = {o}; total = max(({o} - 1)*{s} + {A.effective_kernel(k, d)} - {i}, 0) "
+    o = ceil_div(i, s)
+    pad = same_pad(k, s, d, i)
+    lines.append(f"{lhs} = ceil({i}/{s}) = {o}; total = max(({o} - 1)*{s} + {effective_kernel(k, d)} - {i}, 0) "
                  f"= {pad[0] + pad[1]} -> begin {pad[0]}, end {pad[1]}")
     check = conv(i, k, s, pad, d, lhs)
     lines.append(check.substituted)
     if total % 2 == 1:
         half = total // 2 + 1  # PyTorch users often write padding=k//2 (= this, for d = 1)
-        o_sym = A.conv_output(i, k, s, half, d)
+        o_sym = conv_output(i, k, s, half, d)
         lines.append(f"symmetric p = ceil(d(k-1)/2) = {half} would give {o_sym}" +
                      (" as well" if o_sym == o else f", not {o}"))
     return Same(pad, check.value, tuple(lines))

@@ -6,21 +6,23 @@ transposed convolution is C^T: it maps a y of the output's shape back to the inp
 equals conv_transpose2d(y, w) with the same stride, padding and dilation (the gradient dL/dx).
 
 One channel, small sizes: this is for looking at, not for computing. Imported lazily (numpy).
+matrix_doc is `convcalc --matrix`: the worked example, its matrix and the product.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from cvtool import arithmetic as A
-from cvtool.errors import DataError, UsageError
+from cvtool.arithmetic import PaddingArg, conv_output, pair, resolve_padding
+from cvtool.convcalc.chain import LayerSpec, output_hw
+from cvtool.convcalc.text import params_text, title
+from cvtool.convcalc.values import layer_values, pads_arg
+from cvtool.errors import UsageError
 
 MAX_DIM = 64  # rows and columns of a matrix we are willing to print
 
 
-def conv_matrix(w: np.ndarray, in_hw: tuple[int, int], *, stride=1, padding: A.PaddingArg = 0, dilation=1,
+def conv_matrix(w: np.ndarray, in_hw: tuple[int, int], *, stride=1, padding: PaddingArg = 0, dilation=1,
                 out_hw: tuple[int, int] | None = None) -> np.ndarray:
     """C of shape (OH*OW, H*W) with C @ x.ravel() == conv2d(x, w).ravel() (cross-correlation, as in PyTorch).
 
@@ -29,10 +31,10 @@ def conv_matrix(w: np.ndarray, in_hw: tuple[int, int], *, stride=1, padding: A.P
     """
     KH, KW = w.shape
     H, W = in_hw
-    (sh, sw), (dh, dw) = A.pair(stride, "stride"), A.pair(dilation, "dilation")
-    pads = A.resolve_padding(padding, kernel=(KH, KW), stride=(sh, sw), dilation=(dh, dw), input_size=(H, W))
+    (sh, sw), (dh, dw) = pair(stride, "stride"), pair(dilation, "dilation")
+    pads = resolve_padding(padding, kernel=(KH, KW), stride=(sh, sw), dilation=(dh, dw), input_size=(H, W))
     if out_hw is None:
-        out_hw = (A.conv_output(H, KH, sh, pads[0], dh), A.conv_output(W, KW, sw, pads[1], dw))
+        out_hw = (conv_output(H, KH, sh, pads[0], dh), conv_output(W, KW, sw, pads[1], dw))
     OH, OW = out_hw
     top, left = pads[0][0], pads[1][0]
     C = np.zeros((OH * OW, H * W), dtype=np.result_type(w.dtype, np.float64))
@@ -55,35 +57,29 @@ def check_size(rows: int, cols: int) -> None:
                          hint="use an input of at most 8x8, e.g. -i 4")
 
 
-def parse_values(text: str, what: str) -> np.ndarray:
-    """'4,5,8;1,8,8' (rows separated by ';') or a path to a 2-D .npy file -> a 2-D float array."""
-    t = text.strip()
-    if t.lower().endswith(".npy"):
-        if not os.path.isfile(t):
-            raise DataError(f"{what}: no such file {t!r}")
-        try:
-            a = np.load(t, allow_pickle=False)
-        except Exception as e:  # a corrupt file, a pickle
-            raise DataError(f"{what}: cannot read {t!r}: {e}") from None
-        a = np.squeeze(a) if a.ndim > 2 else a
-        if a.ndim == 1:
-            a = a[None, :]
-        if a.ndim != 2:
-            raise UsageError(f"{what}: expected a 2-D array in {t!r}, got shape {a.shape}")
-        return a.astype(np.float64)
-    rows = [r for r in t.split(";") if r.strip()]
-    try:
-        vals = [[float(v) for v in r.replace(",", " ").split()] for r in rows]
-    except ValueError:
-        raise UsageError(f"malformed {what} {text!r}", hint="numbers separated by ',' with rows separated by ';'") from None
-    if not vals or any(len(r) != len(vals[0]) for r in vals) or not vals[0]:
-        raise UsageError(f"malformed {what} {text!r}: rows of different lengths or no values")
-    return np.array(vals, dtype=np.float64)
+def matrix_doc(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
+    """x, w, the matrix applied (C, or C^T for a transposed convolution) and its product, flat and reshaped."""
+    if spec.kind == "maxpool":
+        raise UsageError("max pooling is not linear: it has no matrix", hint="use --pool avg, or a convolution")
+    if spec.ceil_mode:
+        raise UsageError("--matrix does not take --ceil-mode")
+    spec, hw, xv, wv = layer_values(spec, hw, x_text, w_text, seed, kernel_given)
+    o, pads = output_hw(spec, hw)
+    stride, dilation = spec.stride, spec.dilation
+    if spec.kind == "tconv":
+        # C maps the tconv's output size o down to its input size i; what is applied is C^T
+        check_size(hw[0] * hw[1], o[0] * o[1])
+        C = conv_matrix(wv, o, stride=stride, padding=spec.padding, dilation=dilation, out_hw=hw)
+        applied = C.T
+    else:
+        check_size(o[0] * o[1], hw[0] * hw[1])
+        C = conv_matrix(wv, hw, stride=stride, padding=pads_arg(pads), dilation=dilation)
+        applied = C
+    y = applied @ xv.ravel()
+    return {"mode": "matrix", "op": spec.kind, "title": title(spec.kind), "input": list(hw), "output": list(o),
+            "params_text": params_text(spec, pads), "x": xv, "w": wv, "matrix": applied,
+            "matrix_shape": list(applied.shape), "applied": "C^T" if spec.kind == "tconv" else "C",
+            "result": y.reshape(o), "result_flat": y}
 
 
-def seeded_ints(shape: tuple[int, int], seed: int, high: int) -> np.ndarray:
-    """Small integers 0..high-1, so that every product can be checked by hand."""
-    return np.random.default_rng(seed).integers(0, high, size=shape).astype(np.float64)
-
-
-__all__ = ["conv_matrix", "check_size", "parse_values", "seeded_ints", "MAX_DIM"]
+__all__ = ["conv_matrix", "check_size", "matrix_doc", "MAX_DIM"]

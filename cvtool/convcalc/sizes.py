@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from cvtool import arithmetic as A
+from cvtool.arithmetic import ceil_div, resolve_padding, same_pad
 from cvtool.convcalc import explain
 from cvtool.convcalc.chain import LayerSpec, formulas, output_hw
 from cvtool.convcalc.text import params_text, title
@@ -44,7 +44,7 @@ def _symbolic(spec: LayerSpec, kind: str, pad_mode: str | None, pads, a: int) ->
 def formula_doc(spec: LayerSpec) -> dict:
     """o(i) for the layer (a convolution also as its transposed one) and its value over COMMON_SIZES."""
     pad_mode = spec.padding if isinstance(spec.padding, str) else None
-    pads = None if pad_mode == "same" else A.resolve_padding(spec.padding, kernel=spec.kernel)
+    pads = None if pad_mode == "same" else resolve_padding(spec.padding, kernel=spec.kernel)
     if spec.kind in ("conv", "tconv"):
         kinds = ["conv", "tconv"] if pad_mode != "same" else ["conv"]
     else:
@@ -99,8 +99,8 @@ def same_doc(spec: LayerSpec, hw: tuple[int, int] | None) -> dict:
     if hw is not None:
         doc["output"] = [r.output for r in per_dim]
     elif spec.stride != (1, 1):  # the padding depends on i: show it for common sizes
-        doc["table"] = [{"input": i, "output": [A.ceil_div(i, s) for s in spec.stride],
-                         "padding": [list(A.same_pad(spec.kernel[a], spec.stride[a], spec.dilation[a], i))
+        doc["table"] = [{"input": i, "output": [ceil_div(i, s) for s in spec.stride],
+                         "padding": [list(same_pad(spec.kernel[a], spec.stride[a], spec.dilation[a], i))
                                      for a in (0, 1)]}
                         for i in COMMON_SIZES]
     return doc

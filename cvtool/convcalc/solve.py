@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from cvtool import arithmetic as A
-from cvtool.arithmetic import Pad
-from cvtool.convcalc.chain import POOLS, output_1d
+from cvtool.arithmetic import Pad, effective_kernel
+from cvtool.convcalc import explain
+from cvtool.convcalc.chain import POOLS, LayerSpec, output_1d
+from cvtool.convcalc.sizes import axes
+from cvtool.convcalc.text import params_text, title
 from cvtool.errors import UsageError
 
 KERNELS = range(1, 12)  # the bounded search of --solve: k 1..11, s 1..4, p 0..k
@@ -60,7 +62,7 @@ def paddings(kind: str, i: int, o: int, k: int, s: int = 1, d: int = 1, ceil_mod
     for name, v in (("kernel", k), ("stride", s), ("dilation", d)):
         if v < 1:
             raise UsageError(f"{name} must be at least 1, got {v}")
-    ek = A.effective_kernel(k, d)
+    ek = effective_kernel(k, d)
     cands: list[Solution] = []
     if kind == "conv":  # o grows with P: P beyond o*s + ek - i overshoots
         cands = [Solution(k, s, (P // 2, P - P // 2), 0, d) for P in range(0, max(0, o * s + ek - i) + 1)]
@@ -96,7 +98,7 @@ def kernel_stride(kind: str, i: int, o: int, d: int = 1, ceil_mode: bool = False
 def reachable(kind: str, i: int, k: int, s: int = 1, d: int = 1, ceil_mode: bool = False) -> str:
     """Why no padding works: the outputs that padding can reach with this kernel and stride."""
     if kind == "conv":
-        lo = next((v for P in range(0, A.effective_kernel(k, d) + 1)
+        lo = next((v for P in range(0, effective_kernel(k, d) + 1)
                    if (v := gives(kind, i, Solution(k, s, (P // 2, P - P // 2), 0, d))) is not None), None)
         return (f"padding only makes a convolution's output larger: the smallest is {lo} (no padding)"
                 if lo is not None else "the kernel never fits")
@@ -108,4 +110,40 @@ def reachable(kind: str, i: int, k: int, s: int = 1, d: int = 1, ceil_mode: bool
     return f"pooling with padding 0..{k // 2} gives only {', '.join(map(str, outs)) or 'nothing'}"
 
 
-__all__ = ["Solution", "paddings", "kernel_stride", "reachable", "gives", "KERNELS", "STRIDES"]
+
+
+def check_text(spec: LayerSpec, sol: Solution, i: int) -> str:
+    """The forward formula with this solution's numbers: the proof that it works."""
+    if spec.kind == "conv":
+        return explain.conv(i, sol.kernel, sol.stride, sol.padding, sol.dilation).substituted
+    if spec.kind == "tconv":
+        return explain.conv_transpose(i, sol.kernel, sol.stride, sol.padding, sol.output_padding, sol.dilation).substituted
+    return explain.pool(i, sol.kernel, sol.stride, sol.padding[0], sol.dilation, sol.ceil_mode).substituted
+
+
+def solve_doc(spec: LayerSpec, hw: tuple[int, int], want: tuple[int, int], search: bool, kernel_given: bool) -> dict:
+    """Per axis (one when H and W are alike): the paddings (kernel given) and the searched choices (search)."""
+    alike = hw[0] == hw[1] and want[0] == want[1] and axes(spec) == [("", 0)]
+    per_axis = []
+    for label, a in [("", 0)] if alike else [("H", 0), ("W", 1)]:
+        i, o, k, s, d = hw[a], want[a], spec.kernel[a], spec.stride[a], spec.dilation[a]
+        entry: dict[str, Any] = {"axis": label or "HW", "input": i, "output": o}
+        if kernel_given:
+            sols = paddings(spec.kind, i, o, k, s, d, spec.ceil_mode)
+            entry["paddings"] = [dict(sol.to_dict(), check=check_text(spec, sol, i)) for sol in sols]
+            if not sols:
+                entry["why_not"] = reachable(spec.kind, i, k, s, d, spec.ceil_mode)
+        if search:
+            sols = kernel_stride(spec.kind, i, o, d, spec.ceil_mode)
+            entry["kernel_stride"] = [dict(sol.to_dict(), check=check_text(spec, sol, i)) for sol in sols]
+        per_axis.append(entry)
+    found = all(e.get("paddings") or e.get("kernel_stride") for e in per_axis)
+    return {"mode": "solve", "op": spec.kind, "title": title(spec.kind), "input": list(hw), "output": list(want),
+            "params_text": params_text(spec, output_padding=False) if kernel_given else None, "search": search,
+            "bounds": {"kernel": [KERNELS[0], KERNELS[-1]], "stride": [STRIDES[0], STRIDES[-1]],
+                       "padding": "0..k//2" if spec.kind in POOLS else "0..k"} if search else None,
+            "axes": per_axis, "found": bool(found)}
+
+
+__all__ = ["Solution", "paddings", "kernel_stride", "reachable", "gives", "KERNELS", "STRIDES", "solve_doc",
+           "check_text"]

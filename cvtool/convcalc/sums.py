@@ -16,6 +16,8 @@ import numpy as np
 
 from cvtool.arithmetic import effective_kernel
 from cvtool.convcalc.chain import LayerSpec, output_hw
+from cvtool.convcalc.text import params_text, title
+from cvtool.convcalc.values import layer_values
 from cvtool.errors import UsageError
 
 MAX_OUTPUTS = 64  # --steps writes each output's sum: beyond this it is no longer something to read
@@ -133,3 +135,14 @@ def sum_text(o: dict) -> str:
     body = " + ".join(term_text(t) for t in o["terms"]) or "0"
     bias = f" + {o['bias']}" if o.get("bias") else ""
     return f"{body}{bias} = {o['value']}"
+
+
+def steps_doc(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
+    """steps() on the worked example, with x, w and the result as an array."""
+    spec, hw, xv, wv = layer_values(spec, hw, x_text, w_text, seed, kernel_given, fixed_avg=False)
+    doc = steps(spec, xv, wv)
+    result = np.zeros(doc["output"])
+    for o in doc["outputs"]:
+        result[tuple(o["out"])] = o["value"]
+    return {"mode": "steps", "title": title(spec.kind), "params_text": params_text(spec, doc["pads"]),
+            "x": xv.tolist(), "w": None if wv is None else wv.tolist(), "result": result.tolist(), **doc}

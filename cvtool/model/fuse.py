@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cvtool.model import spec as S
+from cvtool.model.spec import Activation, BatchNorm2d, Conv2d, Node
 
 
-def fold_batchnorm(nodes: list[S.Node], params: dict[str, np.ndarray]) -> tuple[list[S.Node], dict[str, np.ndarray]]:
+def fold_batchnorm(nodes: list[Node], params: dict[str, np.ndarray]) -> tuple[list[Node], dict[str, np.ndarray]]:
     """Evaluation-mode BatchNorm right after a conv (its only consumer) folded into the conv:
     BN(conv(x)) = s * (w * x + b - mean) + beta = (s * w) * x + (s * (b - mean) + beta),
     s = gamma / sqrt(running_var + eps) per output channel. Computed in float64, stored in the
@@ -23,7 +23,7 @@ def fold_batchnorm(nodes: list[S.Node], params: dict[str, np.ndarray]) -> tuple[
     for n in nodes:
         n = replace(n, inputs=tuple(rename.get(src, src) for src in n.inputs))
         src = n.inputs[0] if len(n.inputs) == 1 else None
-        if isinstance(n.layer, S.BatchNorm2d) and isinstance(kinds.get(src), S.Conv2d) and uses[src] == 1:
+        if isinstance(n.layer, BatchNorm2d) and isinstance(kinds.get(src), Conv2d) and uses[src] == 1:
             f64 = {k: np.asarray(p[f"{n.name}.{k}"], np.float64) for k in ("weight", "bias", "running_mean", "running_var")}
             s = f64["weight"] / np.sqrt(f64["running_var"] + n.layer.eps)
             w = p[f"{src}.weight"]
@@ -40,17 +40,17 @@ def fold_batchnorm(nodes: list[S.Node], params: dict[str, np.ndarray]) -> tuple[
 class ConvReLU:
     """Inference only: a Conv2d whose single consumer is a ReLU, run as one layer (conv.conv2d_relu)."""
 
-    conv: S.Conv2d
+    conv: Conv2d
 
 
-def fuse_relu(nodes: list[S.Node]) -> list[S.Node]:
+def fuse_relu(nodes: list[Node]) -> list[Node]:
     """Each Conv2d -> ReLU pair (the ReLU the conv's only consumer) as one ConvReLU node under the
     conv's name (its parameters keep their names); the ReLU's consumers read the conv."""
     by_name = {n.name: n for n in nodes}
     uses = Counter(src for n in nodes for src in n.inputs)
     relu_of = {n.inputs[0]: n.name for n in nodes
-               if isinstance(n.layer, S.Activation) and n.layer.kind == "relu" and len(n.inputs) == 1
-               and isinstance(getattr(by_name.get(n.inputs[0]), "layer", None), S.Conv2d) and uses[n.inputs[0]] == 1}
+               if isinstance(n.layer, Activation) and n.layer.kind == "relu" and len(n.inputs) == 1
+               and isinstance(getattr(by_name.get(n.inputs[0]), "layer", None), Conv2d) and uses[n.inputs[0]] == 1}
     rename = {relu: conv for conv, relu in relu_of.items()}
     out = []
     for n in nodes:

@@ -18,7 +18,7 @@ from typing import Union
 
 import numpy as np
 
-from cvtool import arithmetic as ar
+from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, pool2d_output
 from cvtool.errors import UsageError
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -267,21 +267,21 @@ def trace(spec: ModelSpec, hw: tuple[int, int]) -> list[LayerTrace]:
         c, h, w = shapes[n.inputs[0]]
         params = flops = 0
         if isinstance(L, Conv2d):
-            oh, ow = ar.conv2d_output((h, w), L.kernel_size, L.stride, L.padding, L.dilation)
+            oh, ow = conv2d_output((h, w), L.kernel_size, L.stride, L.padding, L.dilation)
             out = (L.out_channels, oh, ow)
             params = L.out_channels * L.in_channels * L.kernel_size**2 + (L.out_channels if L.bias else 0)
             flops = 2 * L.in_channels * L.kernel_size**2 * L.out_channels * oh * ow
             detail = f"k{L.kernel_size} s{L.stride} p{L.padding}"
             op = "conv"
         elif isinstance(L, ConvTranspose2d):
-            oh, ow = ar.conv_transpose2d_output((h, w), L.kernel_size, L.stride, L.padding, L.output_padding)
+            oh, ow = conv_transpose2d_output((h, w), L.kernel_size, L.stride, L.padding, L.output_padding)
             out = (L.out_channels, oh, ow)
             params = L.in_channels * L.out_channels * L.kernel_size**2 + (L.out_channels if L.bias else 0)
             flops = 2 * L.in_channels * L.kernel_size**2 * L.out_channels * h * w
             detail = f"k{L.kernel_size} s{L.stride} p{L.padding}"
             op = "tconv"
         elif isinstance(L, MaxPool2d):
-            oh, ow = ar.pool2d_output((h, w), L.kernel_size, L.stride)
+            oh, ow = pool2d_output((h, w), L.kernel_size, L.stride)
             out = (c, oh, ow)
             flops = c * oh * ow * (L.kernel_size**2 - 1)
             detail = f"k{L.kernel_size} s{L.stride}"

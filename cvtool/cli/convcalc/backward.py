@@ -7,11 +7,11 @@ from typing import Any
 
 from cvtool.cli.convcalc.common import backend_status, grid, say
 from cvtool.cli.output import fmt_float, out, table
-from cvtool.convcalc import backward as B
+from cvtool.convcalc.backward import Case, backward_doc
 from cvtool.errors import BackendUnavailable
 
 
-def gradients(case: B.Case) -> dict:
+def gradients(case: Case) -> dict:
     """The --backward document: every backend with a backward that is available here, on the CPU."""
     import cvtool_backends as registry
 
@@ -32,7 +32,7 @@ def gradients(case: B.Case) -> dict:
     if reference is None or isinstance(engines[reference], str):
         why = engines[reference] if reference else "it cannot be imported"
         raise BackendUnavailable(f"the NumPy reference backend is not available: {why}")
-    return B.backward_doc(case, engines, reference)
+    return backward_doc(case, engines, reference)
 
 
 def render_backward(doc: dict) -> None:

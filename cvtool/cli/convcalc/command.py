@@ -25,10 +25,10 @@ from cvtool.cli.convcalc.chain import render_chain, render_model
 from cvtool.cli.convcalc.common import finish, layer_spec, refuse_with, say, size
 from cvtool.cli.convcalc.sizes import render_formula, render_output, render_same, render_solve
 from cvtool.cli.output import out
-from cvtool.convcalc import sizes as Z
-from cvtool.convcalc import trace as T
 from cvtool.convcalc.chain import LayerSpec
-from cvtool.convcalc.solve_doc import solve_doc
+from cvtool.convcalc.sizes import formula_doc, output_doc, same_doc
+from cvtool.convcalc.solve import solve_doc
+from cvtool.convcalc.trace import chain_doc, model_doc
 from cvtool.errors import CvtoolError, UsageError
 
 
@@ -73,48 +73,48 @@ def convcalc(
     if model is not None:
         refuse_with("--model", chain=chain, kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
                     solve=solve, matrix=matrix, verify=verify, output=output)
-        return finish(T.model_doc(*model_spec(model), hw or (256, 256)), json_, render_model)
+        return finish(model_doc(*model_spec(model), hw or (256, 256)), json_, render_model)
     if chain is not None:
         refuse_with("--chain", kernel=kernel, stride=stride, transposed=transposed, pool=pool, same=same,
                     solve=solve, matrix=matrix, verify=verify, output=output)
         if hw is None:
             raise UsageError("--chain needs the input size", hint='e.g. -i 64 --chain "conv k3 p1; pool k2"')
-        return finish(T.chain_doc(chain, hw, channels), json_, render_chain)
+        return finish(chain_doc(chain, hw, channels), json_, render_chain)
     refuse_with("without --chain", channels=channels)
     if draw is not None:
         refuse_with("--draw", matrix=matrix, steps=steps, backward=backward, same=same, solve=solve, verify=verify,
                     output=output, x=x, w=w)
         if hw is None:
             raise UsageError("--draw needs the input size", hint="e.g. -i 5 -k 3 --draw conv.gif")
-        from cvtool.convcalc.draw_doc import draw_doc
+        from cvtool.convcalc.draw import draw_doc
 
         return finish(draw_doc(layer(), hw, draw), json_, render_draw)
     values_kernel = None if w is None else "1"  # --w sets the kernel
     if backward:
         refuse_with("--backward", matrix=matrix, steps=steps, same=same, solve=solve, verify=verify, output=output)
         from cvtool.cli.convcalc.backward import gradients, render_backward
-        from cvtool.convcalc import backward as B
+        from cvtool.convcalc import backward as backward_doc
 
         if activation is not None:
-            if activation not in B.ACTIVATIONS:
+            if activation not in backward_doc.ACTIVATIONS:
                 raise UsageError(f"unknown --activation {activation!r}", hint="use relu, sigmoid or tanh")
             refuse_with("--activation", kernel=kernel, pool=pool, transposed=transposed, w=w)
         spec = None if activation is not None else layer(values_kernel)
-        case = B.case(spec, hw, x, w, dy, lr, seed, kernel is not None, activation)
+        case = backward_doc.case(spec, hw, x, w, dy, lr, seed, kernel is not None, activation)
         return finish(gradients(case), json_, render_backward, ok="ok")
     refuse_with("without --backward", dy=dy, activation=activation)
     if steps:
         refuse_with("--steps", matrix=matrix, same=same, solve=solve, verify=verify, output=output)
         spec = layer(values_kernel)
         from cvtool.cli.convcalc.sums import render_steps
-        from cvtool.convcalc.sums_doc import steps_doc
+        from cvtool.convcalc.sums import steps_doc
 
         return finish(steps_doc(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_steps)
     if matrix:
         refuse_with("--matrix", same=same, solve=solve, verify=verify, output=output)
         spec = layer(values_kernel)
         from cvtool.cli.convcalc.matrix import render_matrix
-        from cvtool.convcalc.matrix_doc import matrix_doc
+        from cvtool.convcalc.matrix import matrix_doc
 
         return finish(matrix_doc(spec, hw, x, w, seed, kernel_given=kernel is not None), json_, render_matrix)
     refuse_with("without --matrix, --steps or --backward", x=x, w=w)
@@ -130,15 +130,15 @@ def convcalc(
         refuse_with("--same", output=output)
         if padding != "0":
             raise UsageError("--same works the padding out itself: drop --padding")
-        return finish(Z.same_doc(spec, hw), json_, render_same)
+        return finish(same_doc(spec, hw), json_, render_same)
     if output is not None or solve:
         if hw is None or output is None:
             raise UsageError("solving needs both --input and --output", hint="e.g. -i 32 -o 16 -k 3 --solve")
         doc = solve_doc(spec, hw, size(output, "output size"), solve, kernel is not None)
         return finish(doc, json_, render_solve, ok="found")
     if hw is None:
-        return finish(Z.formula_doc(spec), json_, render_formula)
-    return finish(Z.output_doc(spec, hw), json_, render_output)
+        return finish(formula_doc(spec), json_, render_formula)
+    return finish(output_doc(spec, hw), json_, render_output)
 
 
 def render_draw(doc: dict) -> None:

@@ -1,5 +1,5 @@
 """Rendering of `cvtool convcalc --matrix`: x, w, the matrix C (or C^T) and its product
-(what it computes: cvtool/convcalc/matrix_doc.py)."""
+(what it computes: cvtool/convcalc/matrix.py)."""
 
 from __future__ import annotations
 

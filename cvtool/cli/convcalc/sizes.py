@@ -1,5 +1,5 @@
 """Rendering of the size modes of `cvtool convcalc`: o(i), one output size, padding 'same', solving
-(what they compute: cvtool/convcalc/sizes.py, cvtool/convcalc/solve_doc.py)."""
+(what they compute: cvtool/convcalc/sizes.py, cvtool/convcalc/solve.py)."""
 
 from __future__ import annotations
 

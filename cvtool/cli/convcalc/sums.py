@@ -1,4 +1,4 @@
-"""Rendering of `cvtool convcalc --steps`: every output as its sum (what it computes: cvtool/convcalc/sums_doc.py)."""
+"""Rendering of `cvtool convcalc --steps`: every output as its sum (what it computes: cvtool/convcalc/sums.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _tconv_lines(doc: dict) -> None:
 def render_steps(doc: dict) -> None:
     import numpy as np
 
-    from cvtool.convcalc import sums as ST
+    from cvtool.convcalc.sums import sum_text
 
     say(f"{doc['title']} written out: input {hw_text(doc['input'])} -> output {hw_text(doc['output'])}, "
         f"{doc['params_text']}", style="bold")
@@ -43,7 +43,7 @@ def render_steps(doc: dict) -> None:
     if op == "conv":
         say("each output: the kernel laid on its window, x*w summed (a term in the padding reads 0)", style="dim")
         for o in doc["outputs"]:
-            say(f"y{_at(o['out'])} = {ST.sum_text(o)}")
+            say(f"y{_at(o['out'])} = {sum_text(o)}")
     elif op == "maxpool":
         for o in doc["outputs"]:
             vals = ", ".join(str(c["x"]) for c in o["window"] if c["inside"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from cvtool.cli.convcalc.common import backend_status, say
 from cvtool.cli.output import fmt_float, out, table
-from cvtool.convcalc import verify as V
+from cvtool.convcalc import verify as verify_doc
 from cvtool.convcalc.chain import LayerSpec
 from cvtool.convcalc.text import hw_text
 from cvtool.errors import BackendUnavailable, CvtoolError, UsageError
@@ -19,7 +19,7 @@ def cross_check(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device:
     names = registry.parse_list(backend_spec)
     if device not in registry.DEVICES:
         raise UsageError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
-    case = V.case(spec, hw, seed)
+    case = verify_doc.case(spec, hw, seed)
     statuses = {n: backend_status(registry, n) for n in names}
     if device == "cuda" and not any(st.available and "cuda" in st.devices for st in statuses.values()):
         raise BackendUnavailable("--device cuda: no usable CUDA GPU here (no selected backend reports one)",
@@ -40,7 +40,7 @@ def cross_check(spec: LayerSpec, hw: tuple[int, int], backend_spec: str, device:
             engines[n] = registry.get(n, device)
         except CvtoolError as e:
             engines[n] = e.message
-    return V.verify_doc(case, ref_backend, engines, device)
+    return verify_doc.verify_doc(case, ref_backend, engines, device)
 
 
 def render_verify(doc: dict) -> None:
