@@ -22,8 +22,8 @@ import pytest
 from conftest import cli, cuda_available, gpu  # tests/ is on sys.path under pytest
 
 import cvtool_backends as registry
-from cvtool import timing as bt
 from cvtool.cli.bench import compare
+from cvtool.timing import gemm_flops, measure, numpy_gemm, rss_bytes, traced_peak
 from cvtool_backends.base import Capabilities, Status
 from cvtool_backends.numpy_fast import Backend as NumpyBackend
 
@@ -71,7 +71,7 @@ class FakeClock:
 def test_measure_warms_up_then_repeats_until_min_time():
     # 2 warm-up calls (10 s each, untimed), then 1, 2, 3, 4 s: 1+2+3 = 6 < 8, +4 = 10 >= 8 -> 4 timed calls
     clk = FakeClock([10, 10, 1, 2, 3, 4, 100])
-    t = bt.measure(clk.fn, min_time=8, warmup=2, min_repeats=3, clock=clk)
+    t = measure(clk.fn, min_time=8, warmup=2, min_repeats=3, clock=clk)
     assert clk.calls == 6 and t.times == (1, 2, 3, 4) and t.warmup == 2
     # numpy's linear interpolation on [1, 2, 3, 4]: p50 = 2.5, p90 = 3 + 0.7 = 3.7, p25 = 1.75, p75 = 3.25
     assert t.median == pytest.approx(2.5) and t.p90 == pytest.approx(3.7) and t.min == 1 and t.total == 10
@@ -80,9 +80,9 @@ def test_measure_warms_up_then_repeats_until_min_time():
 
 def test_measure_keeps_min_repeats_and_max_repeats():
     clk = FakeClock([5.0] * 10)  # each call alone exceeds min_time: still 3 calls
-    assert bt.measure(clk.fn, min_time=1, warmup=0, min_repeats=3, clock=clk).n == 3
+    assert measure(clk.fn, min_time=1, warmup=0, min_repeats=3, clock=clk).n == 3
     clk = FakeClock([0.0] * 100)  # calls that take no time would never reach min_time: capped
-    assert bt.measure(clk.fn, min_time=1, warmup=0, min_repeats=3, max_repeats=7, clock=clk).n == 7
+    assert measure(clk.fn, min_time=1, warmup=0, min_repeats=3, max_repeats=7, clock=clk).n == 7
 
 
 def test_traced_peak_sees_numpy_arrays():
@@ -90,25 +90,25 @@ def test_traced_peak_sees_numpy_arrays():
         a = np.ones(1_000_000, np.float64)  # 8 MB, freed before returning: only the peak remembers it
         return float(a.sum())
 
-    result, peak = bt.traced_peak(f)
+    result, peak = traced_peak(f)
     assert result == 1e6 and 8_000_000 <= peak < 9_000_000
 
 
 def test_rss_sampler_sees_touched_memory():
     """In a fresh process: one that already ran the NumPy backend keeps freed memory resident (cvtool/glibc_malloc.py),
     so a new 64 MB array may reuse pages that RSS already counts."""
-    if bt.rss_bytes() is None:
+    if rss_bytes() is None:
         pytest.skip("no /proc here")
-    code = ("import numpy as np\nfrom cvtool import timing as bt\nbase = bt.rss_bytes()\n"
-            "with bt.RssSampler(interval=0.001) as s:\n    a = np.ones(64 * 2**20 // 8)\n    a += 1\n    del a\n"
+    code = ("import numpy as np\nfrom cvtool.timing import RssSampler, rss_bytes\nbase = rss_bytes()\n"
+            "with RssSampler(interval=0.001) as s:\n    a = np.ones(64 * 2**20 // 8)\n    a += 1\n    del a\n"
             "print(s.peak - base)")
     grew = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert grew >= 48 * 2**20
 
 
 def test_gemm_flops_literal():
-    assert bt.gemm_flops(3) == 54  # 27 multiply-adds
-    run = bt.numpy_gemm(4)
+    assert gemm_flops(3) == 54  # 27 multiply-adds
+    run = numpy_gemm(4)
     assert run().shape == (4, 4)
 
 
@@ -183,6 +183,7 @@ def fakes(monkeypatch):
     monkeypatch.setattr(registry, "BUILTIN", {**registry.BUILTIN, **extra})
 
 
+@pytest.mark.slow
 def test_perturbed_backends_show_as_mismatch_failed_unavailable(capsys, fakes):
     code, doc = bench_json(capsys, *QUICK, "--backend", "numpy,noisy,quiet,broken,opsonly", "--device", "cpu")
     rows = {r["backend"]: r for r in doc["rows"]}
@@ -251,6 +252,7 @@ def test_default_devices_json_csv_markdown_plot(capsys, tmp_path):
         assert im.format == "PNG" and im.size[0] > 400
 
 
+@pytest.mark.slow
 def test_rounds_pool_every_rows_calls_and_keep_the_best_gemm(capsys, fakes):
     code, doc = bench_json(capsys, *QUICK, "--rounds", "3", "--backend", "numpy,ort,noisy", "--device", "cpu")
     assert code == 1 and doc["settings"]["rounds"] == 3  # noisy is a mismatch in every round

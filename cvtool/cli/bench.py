@@ -19,22 +19,17 @@ A backend without `gemm` adds no GEMM source: NumPy's matmul and the others' set
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
 from cvtool.cli.bench_report import render, write_csv, write_markdown, write_plot
+from cvtool.cli.bench_rows import NotSupported, _error, _row, backend_rows, compare, gemm_rates, merge_rounds
 from cvtool.cli.output import emit_json, err
 
 OPS = {"conv2d": (False, None), "conv_transpose2d": (True, None), "max_pool2d": (False, "max")}
-MB = 1024 * 1024
-
-
-class NotSupported(Exception):
-    """The backend has no way to run what is benched (no network runner, no layer operations): unavailable."""
 
 
 def bench(
@@ -171,208 +166,6 @@ def _capabilities(registry, name: str):
         return None
 
 
-# --- one row ----------------------------------------------------------------------------------
-
-def _row(name: str, dev: str, shape, status: str, reason: str | None = None) -> dict[str, Any]:
-    keys = ("providers", "threads", "p50_ms", "p90_ms", "spread", "repeats", "images_per_s", "peak_mem_mb",
-            "mem_method", "gflops", "gemm_fraction", "max_abs_diff", "max_rel_diff", "label_agreement", "miou")
-    return {"backend": name, "device": dev, "input": None if shape is None else list(shape), "status": status,
-            "reason": reason, **dict.fromkeys(keys)}
-
-
-def _error(e: BaseException) -> str:
-    from cvtool.errors import CvtoolError
-
-    return e.message if isinstance(e, CvtoolError) else f"{type(e).__name__}: {e}".splitlines()[0][:200]
-
-
-def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
-    """max |y - ref|, that over max |ref| (cvtool.compare), the share of pixels with the same argmax class;
-    pass when rel <= tol."""
-    from cvtool.compare import Tolerance
-    from cvtool.compare import compare as agree
-
-    a = agree(y, ref, Tolerance(max_rel=tol), labels=labels)
-    if a.max_abs is None:  # shapes or infinities differ: no error to measure
-        return {"status": "mismatch", "reason": a.reason}
-    res = {"max_abs_diff": a.max_abs, "max_rel_diff": a.max_rel, "status": "pass" if a.ok else "mismatch"}
-    if labels:
-        res["label_agreement"] = a.labels
-    if not a.ok:
-        res["reason"] = a.reason
-    return res
-
-
-def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | None):
-    """The first warm-up call, measuring memory: (output, MB, method)."""
-    from cvtool import timing as bt
-    from cvtool_backends import REFERENCE
-    from cvtool_backends.base import hook
-
-    if be.device == "cuda":
-        peak_memory = hook(be, "peak_memory")
-        if peak_memory is None:
-            return run(x), None, "not measured (backend has no peak_memory hook)"
-        y, peak = peak_memory(lambda: run(x))
-        return y, peak / MB, "device peak (peak_memory hook)"
-    if name == REFERENCE:  # its arrays are traced; the weights were allocated before, so they are added
-        y, peak = bt.traced_peak(lambda: run(x))
-        return y, (peak + weight_bytes) / MB, "tracemalloc peak + weights"
-    with bt.RssSampler() as s:
-        y = run(x)
-    if base_rss is None or s.method != "rss":
-        return y, None, "not measured (no /proc)"
-    return y, max(s.peak - base_rss, 0) / MB, "RSS growth"
-
-
-def time_row(row: dict, name: str, be, run: Callable, x, ref, cfg: dict, *, flops: int, gemm_rate: float | None,
-             weight_bytes: int, base_rss: int | None, tol: float, labels: bool) -> dict:
-    """Warm up (the first call measures memory and gives the output checked), then time; fills `row`."""
-    from cvtool import timing as bt
-
-    y, row["peak_mem_mb"], row["mem_method"] = _probe(name, be, run, x, weight_bytes, base_rss)
-    row.update(compare(y, ref, tol, labels))
-    t = bt.measure(lambda: run(x), min_time=cfg["min_time"], warmup=cfg["warmup"] - 1)
-    row.update(_times=list(t.times), _flops=flops)  # for merge_rounds
-    _speed(row, t, gemm_rate)
-    return row
-
-
-def _speed(row: dict, t, gemm_rate: float | None) -> None:
-    """The row's speed columns from its timed calls t (seconds per call of its batch)."""
-    N, flops = row["input"][0], row["_flops"]
-    row.update(p50_ms=1e3 * t.median / N, p90_ms=1e3 * t.p90 / N, spread=t.spread, repeats=t.n,
-               images_per_s=N / t.median, gflops=flops / t.median / 1e9)
-    if gemm_rate and flops:
-        row["gemm_fraction"] = row["gflops"] / gemm_rate
-
-
-STATUS_RANK = {"failed": 3, "mismatch": 2, "pass": 1, "unavailable": 0}
-
-
-def merge_rounds(docs: list[dict]) -> dict:
-    """Rounds of one bench, taken in turns (--rounds): each row's timed calls pooled over the rounds (median, p90 and
-    spread of all of them), the GEMM rate the best of every round's; agreement, memory and mIoU from the first round,
-    unless a later round's status is worse (failed > mismatch > pass), which then stands for the row."""
-    import copy
-
-    from cvtool import timing as bt
-
-    doc = copy.deepcopy(docs[0])
-    gemm = doc["gemm"]
-    gemm["measured"] = [{**m, "round": k + 1} for k, d in enumerate(docs) for m in d["gemm"]["measured"]]
-    gemm["rate"] = {dev: max(d["gemm"]["rate"].get(dev, 0.0) for d in docs)
-                    for dev in {dev for d in docs for dev in d["gemm"]["rate"]}}
-    gemm["own"] = {b: max(d["gemm"].get("own", {}).get(b, 0.0) for d in docs)
-                   for b in {b for d in docs for b in d["gemm"].get("own", {})}}  # each library's best round
-    for i, row in enumerate(doc["rows"]):
-        same = [d["rows"][i] for d in docs]
-        worst = max(same, key=lambda r: STATUS_RANK.get(r["status"], 0))
-        if STATUS_RANK.get(worst["status"], 0) > STATUS_RANK.get(row["status"], 0):
-            doc["rows"][i] = copy.deepcopy(worst)
-            continue
-        if all(r.get("_times") for r in same):
-            pooled = bt.Timing(tuple(x for r in same for x in r["_times"]), doc["settings"]["warmup"])
-            _speed(row, pooled, gemm["rate"].get(row["device"]))
-    doc["ok"] = not any(r["status"] in ("mismatch", "failed") for r in doc["rows"])
-    return doc
-
-
-def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,
-                 gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
-    """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
-    from cvtool import timing as bt
-    from cvtool.cli.convcalc.common import backend_status
-    from cvtool_backends.base import RunnerInfo
-
-    st = backend_status(registry, name)
-    if not st.available:
-        return [_row(name, dev, None, "unavailable", st.reason)]
-    try:
-        be = registry.get(name, dev)
-    except Exception as e:  # BackendUnavailable: no GPU, or a CPU-only backend asked for CUDA
-        return [_row(name, dev, None, "unavailable", _error(e))]
-    _set_threads(be, cfg["threads"])
-    gc.collect()
-    bt.release_free_memory()  # so that memory freed by earlier rows does not hide this one's growth
-    base_rss = bt.rss_bytes()
-    err().print(f"[dim]bench: {name}/{dev} ...[/]")
-    try:
-        run = make(be)
-    except NotSupported as e:
-        return [_row(name, dev, None, "unavailable", str(e))]
-    except Exception as e:
-        return [_row(name, dev, None, "failed", _error(e))]
-    info = run if isinstance(run, RunnerInfo) else None  # ORT: what the session really uses
-    providers = info.providers if info else None
-    used_threads = (info.threads if info else None) or (st.threads if name == registry.REFERENCE else cfg["threads"])
-    rows = []
-    for x, ref in points:
-        row = _row(name, dev, x.shape, "failed")
-        row.update(providers=list(providers) if providers else None, threads=used_threads)
-        try:
-            time_row(row, name, be, run, x, ref, cfg, flops=flops(x), gemm_rate=gemm["rate"].get(dev),
-                     weight_bytes=weight_bytes, base_rss=base_rss, tol=tol, labels=labels)
-        except Exception as e:  # a backend's failure is a row of the table, not a crash
-            row["status"], row["reason"] = "failed", _error(e)
-        rows.append(row)
-    if after is not None:  # after the timed rows, so that larger data images do not inflate their memory
-        try:
-            extra = after(run)
-        except Exception as e:
-            extra = {"reason": f"mIoU failed: {_error(e)}"}
-        for row in rows:
-            row.update(extra if not row["reason"] else {k: v for k, v in extra.items() if k != "reason"})
-    del run
-    gc.collect()  # free this backend's buffers (and ORT's spinning threads) before the next one
-    return rows
-
-
-def _set_threads(be, n: int) -> None:
-    from cvtool_backends.base import hook
-
-    set_threads = hook(be, "set_threads")
-    if set_threads is not None:
-        set_threads(n)
-
-
-# --- the GEMM rate ------------------------------------------------------------------------------
-
-def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
-    """float32 (n x n) @ (n x n) through NumPy and each benched backend's gemm hook (torch, ORT) on each device;
-    rate = the best per device."""
-    from cvtool import timing as bt
-    from cvtool.cli.convcalc.common import backend_status
-    from cvtool_backends.base import hook
-
-    n = cfg["gemm_size"]
-    doc: dict[str, Any] = {"n": n, "flops": bt.gemm_flops(n) if n else 0, "measured": [], "rate": {}}
-    if not n:
-        return doc
-    sources: list[tuple[str, str, str, Callable]] = [("numpy", "cpu", "numpy.matmul", bt.numpy_gemm(n, cfg["seed"]))]
-    for name, dev in targets:
-        if not backend_status(registry, name).available:
-            continue
-        try:
-            be = registry.get(name, dev)
-        except Exception:
-            continue
-        gemm = hook(be, "gemm")
-        if gemm is not None:  # the NumPy backend has none: numpy.matmul above is its rate
-            _set_threads(be, cfg["threads"])
-            sources.append((name, dev, f"{name} matmul", gemm(n)))
-    for name, dev, how, fn in sources:
-        err().print(f"[dim]bench: GEMM {n}x{n} {how} on {dev} ...[/]")
-        t = bt.measure(fn, min_time=cfg["min_time"], warmup=cfg["warmup"])
-        rate = doc["flops"] / t.median / 1e9
-        doc["measured"].append({"backend": name, "device": dev, "how": how, "gflops": rate, "median_ms": 1e3 * t.median,
-                                "spread": t.spread, "repeats": t.n})
-        doc["rate"][dev] = max(doc["rate"].get(dev, 0.0), rate)
-    doc["own"] = {m["backend"]: m["gflops"] for m in doc["measured"] if m["device"] == "cpu"}  # each library's own rate
-    doc["peak"] = {"cpu": bt.cpu_peak_gflops(cfg["threads"])}
-    return doc
-
-
 # --- the network --------------------------------------------------------------------------------
 
 def _network(model: str | None, width, depth, seed: int, info) -> dict:
@@ -436,6 +229,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import cvtool_backends as registry
+    from cvtool.cli.models import Model, runner_for
     from cvtool.convcalc.verify import RTOL
     from cvtool.model.spec import total_flops
     from cvtool_backends.base import Runs, hook
@@ -463,13 +257,12 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     del ref_run
     gemm = gemm_rates(registry, targets, cfg)
 
+    opened = Model(spec, params, None, net["onnx"] or Path(), "onnx" if net["onnx"] is not None else "checkpoint")
+
     def make(be):
-        load_onnx = hook(be, "load_onnx")
-        if net["onnx"] is not None and load_onnx is not None:
-            return load_onnx(net["onnx"])
-        if not isinstance(be, Runs):
+        if not (isinstance(be, Runs) and be.capabilities.extra.get("networks", True) or hook(be, "load_onnx")):
             raise NotSupported("no network runner")
-        return be.runner(spec, params)
+        return runner_for(be, opened)
 
     weight_bytes = sum(int(np.prod(s)) for s in spec.param_shapes().values()) * 4
     rows = []
