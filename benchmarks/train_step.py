@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import markdown_line  # noqa: E402
 from cvtool.model.spec import ModelSpec, init_params  # noqa: E402
-from cvtool.train.loop import TrainConfig  # noqa: E402
+from cvtool.train.config import TrainConfig  # noqa: E402
 from cvtool.train.optim import OptimConfig  # noqa: E402
 from cvtool_backends.numpy_fast.model import NumpyTrainer  # noqa: E402
 from cvtool_backends.torch_backend.model import TorchTrainer  # noqa: E402

@@ -73,7 +73,7 @@ def throughput(size: int = 256, batch: int = 8, steps: int = 8, rounds: int = 3)
     import torch
 
     from cvtool.model.spec import ModelSpec, init_params
-    from cvtool.train.loop import TrainConfig
+    from cvtool.train.config import TrainConfig
     from cvtool.train.optim import OptimConfig
     from cvtool_backends.torch_backend.model import TorchTrainer, native_bf16, set_threads
 

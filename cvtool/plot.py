@@ -27,7 +27,8 @@ def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, lis
                panel_xs: list | None = None) -> Path:
     """Panels (left, then each of `more`) as one PNG, written atomically. log_y: "auto" (a panel spanning > 20x
     gets a log scale), "yes" or "no"; titles: one per panel; panel_xs: one x list per panel (None: xs), for panels
-    sampled at different points (a loss every few steps, validation now and then)."""
+    sampled at different points (a loss every few steps, validation now and then); a series given as a tuple
+    (xs, values) has x values of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +45,8 @@ def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, lis
     for k, (ax, series) in enumerate(zip(axes[0], panels)):
         px = panel_xs[k] if panel_xs and k < len(panel_xs) and panel_xs[k] is not None else xs
         for name, vals in series.items():
-            pts = [(x, v) for x, v in zip(px, vals) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+            sx, vals = vals if isinstance(vals, tuple) else (px, vals)  # (x, y): a series sampled at its own points
+            pts = [(x, v) for x, v in zip(sx, vals) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) <= 50 else None, markersize=3,
                         linewidth=1.5 if len(pts) <= 50 else 1.0, label=name)  # dense traces: a line alone

@@ -8,7 +8,7 @@ import pytest
 
 from cvtool.data.augment import PRESETS, Augment, elastic_field, plain_crop, sample_batch, tone_curve, warp
 from cvtool.data.io import IGNORE
-from cvtool.train.budgeted import batch_indices
+from cvtool.train.batches import batch_indices
 
 VALUES = np.array([40, 200], np.uint8)  # two classes: the image IS the mask, drawn with these intensities
 
@@ -119,6 +119,7 @@ def test_quarter_turns_and_flips_are_exact_permutations():
     assert got <= pairs
 
 
+@pytest.mark.slow
 def test_elastic_field_is_smooth_centred_and_of_the_asked_spread():
     rng = np.random.default_rng(0)
     f = np.stack([elastic_field(256, 10.0, rng) for _ in range(300)])  # (300, 2, 256, 256)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FakeClock
 from PIL import Image
 from test_inference import tiny_checkpoint
 from test_timed import make_set, trainer_factory
@@ -24,7 +24,8 @@ from cvtool.data import open_datasets
 from cvtool.data.io import read_image, read_mask
 from cvtool.errors import DataError, TrainingDiverged
 from cvtool.model import checkpoint as ckpt_io
-from cvtool.train.loop import DIVERGED, TrainConfig, check_loss
+from cvtool.train.config import TrainConfig
+from cvtool.train.guards import DIVERGED, check_loss
 
 SMALL = ["--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--workers", "1"]
 
@@ -109,6 +110,7 @@ def test_nan_after_a_validation_keeps_best_and_a_resumable_last(shapes, tmp_path
     assert code == 0 and doc["epochs"] == 3 and doc["steps"] == 27, err
 
 
+@pytest.mark.slow
 def test_nan_in_a_time_driven_run_keeps_best(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the fingerprint cache: runs/.cache
     data = make_set(tmp_path / "data", hw=(32, 32))
@@ -325,9 +327,9 @@ def test_resume_of_a_time_driven_run_on_other_data_is_refused(tmp_path, monkeypa
 
 
 def train_timed_small(cfg, run: Path, should_stop):
-    from cvtool.train.budgeted import train_timed
+    from cvtool.train.loop import train
 
-    return train_timed(cfg, trainer_factory(), run, t0=time.perf_counter(), should_stop=should_stop,
+    return train(cfg, trainer_factory(), run, planned_run=True, **FakeClock(0.25).start(), should_stop=should_stop,
                        overrides={"crop": 32, "batch_size": 2, "width": 4, "depth": 1})
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli  # tests/ is on sys.path under pytest
+from conftest import FakeClock, cli  # tests/ is on sys.path under pytest
 from PIL import Image
 
 import cvtool_backends as registry
@@ -16,8 +16,12 @@ from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.inference import segment_logits
 from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec, init_params
-from cvtool.train.budgeted import STOP_SIGNAL, STOP_TIME, train_timed
-from cvtool.train.loop import TrainConfig
+from cvtool.train.config import TrainConfig
+from cvtool.train.loop import STOP_SIGNAL, STOP_TIME, train
+
+
+def train_timed(cfg, make_trainer, out_dir, **kw):
+    return train(cfg, make_trainer, out_dir, planned_run=True, **kw)
 
 
 def make_set(root: Path, n: int = 6, hw=(40, 56), seed: int = 0) -> Path:
@@ -44,14 +48,14 @@ def trainer_factory(name="torch"):
 
 @pytest.fixture(scope="module")
 def timed_run(tmp_path_factory):
-    import time
 
     tmp = tmp_path_factory.mktemp("timed")
     data = make_set(tmp / "data")
-    cfg = TrainConfig(data=str(data), time_budget=20.0)  # setup (fingerprint, step probe) takes seconds on a busy machine: leave steps room
+    cfg = TrainConfig(data=str(data), time_budget=20.0)
     events = []
-    res = train_timed(cfg, trainer_factory(), tmp / "run", t0=time.perf_counter(), cache_dir=tmp / "cache",
-                      on_event=lambda k, d: events.append((k, d)))
+    small = {"crop": 32, "batch_size": 4, "width": 8}  # cheap steps; the clock is the test's: ~40 steps in 20 s
+    res = train_timed(cfg, trainer_factory(), tmp / "run", **FakeClock(0.25).start(), cache_dir=tmp / "cache",
+                      overrides=small, on_event=lambda k, d: events.append((k, d)))
     return tmp, res, events
 
 
@@ -81,7 +85,10 @@ def test_a_time_driven_run_saves_its_plan_and_fingerprint(timed_run):
     assert ck.meta.scale == res["plan"]["scale"]
     rows = (tmp / "run" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + res["validations"]
-    assert res["best_mean_iou"] == pytest.approx(max(float(r.split(",")[6]) for r in rows[1:]))
+    import csv
+
+    best = max(float(r["mean_iou"]) for r in csv.DictReader(rows))
+    assert res["best_mean_iou"] == pytest.approx(best)
 
 
 def test_a_time_driven_run_keeps_a_loss_curve_between_its_few_validations(timed_run):
@@ -106,7 +113,7 @@ def test_a_time_driven_run_keeps_a_loss_curve_between_its_few_validations(timed_
 
 
 def test_the_loss_trace_stays_bounded_and_keeps_its_mean():
-    from cvtool.train.loop import TRACE_POINTS, trace_add
+    from cvtool.train.records import TRACE_POINTS, trace_add
 
     trace = []
     for k in range(1, 10_001):
@@ -122,30 +129,37 @@ def test_six_pairs_are_enough(timed_run):
     assert res["fingerprint"]["n_train"] == 5 and res["plan"]["batch_size"] >= 2
 
 
-def test_interrupted_timed_run_resumes_on_its_plan(tmp_path):
-    import time
+def test_interrupted_timed_run_resumes_on_its_plan_and_a_new_time_is_used_or_refused(tmp_path):
+    from cvtool.errors import UsageError
 
     data = make_set(tmp_path / "data", seed=1)
     cfg = TrainConfig(data=str(data), time_budget=15.0)
+    small = {"crop": 32, "batch_size": 4, "width": 8}
     count = {"n": 0}
 
     def stop_after_three():
         count["n"] += 1
         return count["n"] > 3
 
-    res = train_timed(cfg, trainer_factory(), tmp_path / "run", t0=time.perf_counter(), should_stop=stop_after_three)
+    res = train_timed(cfg, trainer_factory(), tmp_path / "run", **FakeClock(0.25).start(), should_stop=stop_after_three,
+                      overrides=small)
     assert res["status"] == STOP_SIGNAL and res["step"] == 3
     ck = ckpt_io.load(tmp_path / "run" / "last.safetensors")
     assert ck.train_state["run"]["step"] == 3 and ck.optim_state
     res2 = train_timed(TrainConfig(data=str(data), time_budget=15.0), trainer_factory(), tmp_path / "run",
-                       t0=time.perf_counter(), resume=ck)
-    assert res2["status"] == STOP_TIME and res2["steps"] > 3
+                       **FakeClock(0.25).start(), resume=ck)
+    # within the budget, but for one step and the few reads after it of this coarse test clock (0.25 s a read)
+    assert res2["status"] == STOP_TIME and res2["steps"] > 3 and res2["seconds"] <= 15.0 + 8 * 0.25
     assert res2["plan"] == {**ck.train_state["plan"]}  # the same plan, not a new one
-    assert res2["seconds"] >= ck.train_state["run"]["elapsed"]  # the budget continues
-    before = ck.train_state["run"]["trace"]  # the loss trace goes on where it was: no step twice, none lost
-    after = [[float(v) for v in r.split(",")] for r in (tmp_path / "run" / "train_loss.csv").read_text().split()[1:]]
-    assert all(t[0] <= 3 for t in before) and [t[0] for t in after[:len(before)]] == [t[0] for t in before]
-    assert len(after) > len(before) and all(a[0] < b[0] for a, b in zip(after, after[1:]))
+    done = ckpt_io.load(tmp_path / "run" / "last.safetensors")
+    with pytest.raises(UsageError, match="has used .* of its 15 s budget"):  # the same --time: nothing left
+        train_timed(TrainConfig(data=str(data), time_budget=15.0), trainer_factory(), tmp_path / "run",
+                    **FakeClock(0.25).start(), resume=done)
+    notes = []
+    res3 = train_timed(TrainConfig(data=str(data), time_budget=30.0), trainer_factory(), tmp_path / "run",
+                       **FakeClock(0.25).start(), resume=done, on_event=lambda k, d: notes.append(d) if k == "note" else 0)
+    assert res3["plan"]["budget"] == 30.0 and res3["steps"] > res2["steps"] and 15.0 < res3["seconds"] <= 30.0 + 8 * 0.25
+    assert any("30 s" in n["text"] and "was 15 s" in n["text"] for n in notes)  # the new budget is said, and used
 
 
 def test_cli_plan_prints_and_exits(tmp_path, monkeypatch, capsys):
@@ -171,6 +185,7 @@ def test_cli_refuses_a_bad_augment_and_plan_without_data(tmp_path, capsys):
     assert code == 2 and "--scale" in err
 
 
+@pytest.mark.slow
 def test_numpy_backend_plans_and_trains_by_time_without_torch(tmp_path):
     data = make_set(tmp_path / "data", seed=2)
     code = ("import sys, json; from cvtool.cli import main; sys.argv = ['cvtool', 'train', '--data', sys.argv[1], "
@@ -231,7 +246,7 @@ def test_segment_logits_at_scale_one_is_the_plain_prediction():
 
 def test_one_all_reduce_a_turn_agrees_on_the_stop_code_and_the_clock():
     """turn_agreed packs (code, clock) into one int: the max is the largest code, or the slowest clock when none stops."""
-    from cvtool.train.budgeted import CODE_SHIFT, turn_agreed
+    from cvtool.train.ranks import CODE_SHIFT, turn_agreed
 
     class TwoRanks:  # this rank's value against another rank's (code, clock), as the all-reduce's max would see it
         def __init__(self, other):
@@ -260,13 +275,13 @@ def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, capsys):
     assert blocker.read_text() == "not a folder"  # nothing the user had is touched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["time", "epochs"])
 def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
     """Two ranks in threads, agreeing through a barrier (as torch's all-reduce would): rank 1's loss explodes at its
     3rd step; both stop after that same step, rank 1 with its own line, rank 0 with one that points to it, and
-    neither is left waiting for the other. Time-driven (cvtool.train.budgeted) and epoch-driven (cvtool.train.loop) alike."""
+    neither is left waiting for the other. Time-driven and epoch-driven alike (one loop: cvtool.train.loop)."""
     import threading
-    import time
 
     from cvtool.errors import TrainingDiverged
 
@@ -290,7 +305,7 @@ def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
 
         def step(self, x, y, lr):
             loss = self.inner.step(x, y, lr)
-            if lr != 1e-6:  # not the plan's step-time probe (cvtool.train.budgeted._measure steps at 1e-6)
+            if lr != 1e-6:  # not the plan's step-time probe (cvtool.train.prepare._measure steps at 1e-6)
                 steps[self.rank] += 1
                 if self.rank == 1 and steps[1] == 3:
                     return 1e9
@@ -308,7 +323,7 @@ def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
         try:
             if mode == "time":
                 train_timed(TrainConfig(data=str(data), time_budget=60.0), factory(rank), tmp_path / f"run{rank}",
-                            t0=time.perf_counter(), cache_dir=tmp_path / f"cache{rank}", rank=rank, world=2)
+                            **FakeClock(0.25).start(), cache_dir=tmp_path / f"cache{rank}", rank=rank, world=2)
             else:  # 8 images, 2 for validation: 3 each, one batch of 2 per rank and epoch
                 cfg = TrainConfig(data=str(data), epochs=6, batch_size=2, img_size=32, width=4, depth=1)
                 train(cfg, factory(rank), tmp_path / f"run{rank}", rank=rank, world=2)
@@ -328,8 +343,8 @@ def test_ranks_agree_when_one_ranks_loss_diverges(tmp_path, mode):
     assert not (tmp_path / "run1").exists()  # rank 1 writes nothing
 
 
+@pytest.mark.slow
 def test_elastic_warp_is_off_by_default_and_the_flag_reaches_the_crops(tmp_path, monkeypatch, capsys):
-    import time
 
     import cvtool.data.augment as A
 
@@ -353,5 +368,23 @@ def test_elastic_warp_is_off_by_default_and_the_flag_reaches_the_crops(tmp_path,
 
     monkeypatch.setattr(A, "sample_batch", spy)
     train_timed(TrainConfig(data=str(data), time_budget=30.0), trainer_factory(), tmp_path / "run",
-                t0=time.perf_counter(), overrides={"elastic": 6.0}, should_stop=lambda: bool(seen))
+                **FakeClock(0.25).start(), overrides={"elastic": 6.0}, should_stop=lambda: bool(seen))
     assert seen and all(a.elastic == 6.0 for a in seen) and seen[0].p_geom > 0
+
+
+@pytest.mark.slow
+def test_a_real_time_budget_holds_on_the_wall_clock(tmp_path):
+    """The one real --time run (the rest use an injected clock): the process, start-up and imports included, ends
+    within budget x 1.05 + 5 s, and trained."""
+    import time
+
+    data = make_set(tmp_path / "data")
+    budget = 20
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "cvtool", "train", "--data", str(data), "--time", str(budget), "--json",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=budget * 6)
+    wall = time.perf_counter() - t
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["status"] == STOP_TIME and doc["steps"] > 0 and doc["validations"] >= 1
+    assert wall <= budget * 1.05 + 5, f"{wall:.1f} s for a {budget} s budget"

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_backend  # tests/ is on sys.path under pytest
+from conftest import FakeClock, load_backend  # tests/ is on sys.path under pytest
 
 from cvtool.data.synth import SynthDataset
 from cvtool.errors import UsageError
 from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.spec import trainable
-from cvtool.train.loop import TrainConfig, evaluate, softmax_ce, train
+from cvtool.train.config import TrainConfig
+from cvtool.train.loop import train
+from cvtool.train.validate import evaluate_images, softmax_ce
 
 TINY = dict(epochs=2, batch_size=2, img_size=16, width=4, depth=1, norm="batch", activation="relu",
             synth_train=8, synth_val=2, synth_size=16, lr=1e-2, optimizer="adam", schedule="poly", warmup=0.1,
@@ -171,11 +173,26 @@ def test_each_step_gets_the_learning_rate_of_its_place_in_the_run(tmp_path):
     np.testing.assert_allclose(lrs, want, rtol=1e-12)
 
 
-def test_time_budget_stops_after_the_step_that_spends_it(tmp_path):
-    r = train(tiny(time_budget=1e-9), maker("numpy"), tmp_path)
-    assert r["status"] == "time budget reached" and r["steps"] == 1
-    run = ckpt_io.load(tmp_path / "last.safetensors").train_state["run"]
-    assert (run["epoch"], run["batch"], len(run["history"])) == (0, 1, 1)
+def test_a_seconds_budget_counts_everything_from_t0_and_ends_with_a_validation(tmp_path):
+    """--epochs and --time together: the clock decides first. Everything counts from t0 (the process start), so a
+    process that started 4 s earlier trains fewer steps; training stops early enough for the final validation."""
+    steps = {}
+    for before in (0.0, 4.0):
+        clock = FakeClock(0.05)
+        r = train(tiny(epochs=1000, time_budget=10.0), maker("numpy"), tmp_path / str(before), t0=clock() - before,
+                  clock=clock)
+        assert r["status"] == "time budget reached" and r["stop_reason"] == "time"
+        assert r["validations"] >= 1 and r["final"]["step"] == r["steps"]  # the last step's weights validated
+        assert r["seconds"] <= 10.0  # the validation and the save fit within the budget
+        run = ckpt_io.load(tmp_path / str(before) / "last.safetensors").train_state["run"]
+        assert run["step"] == r["steps"] and run["elapsed"] == pytest.approx(r["seconds"], abs=0.5)
+        steps[before] = r["steps"]
+    assert 0 < steps[4.0] < steps[0.0] * 0.8
+
+
+def test_an_epoch_budget_stops_by_steps_whatever_the_clock(tmp_path):
+    r = train(tiny(epochs=2), maker("numpy"), tmp_path, clock=FakeClock(100.0))
+    assert r["status"] == "done" and r["stop_reason"] == "epochs" and r["steps"] == 8 and r["validations"] == 2
 
 
 # --- clear failures ------------------------------------------------------------------------------
@@ -212,8 +229,11 @@ def test_softmax_ce_by_hand():
     assert math.isnan(softmax_ce(logits, np.full((1, 1, 3), 255)))
 
 
-def test_evaluate_pads_to_the_multiple_and_crops_back():
-    """Uniform logits: loss ln K, every pixel predicted class 0; images 18x18 padded to 20 for depth 2."""
+def test_validation_pads_to_the_multiple_crops_back_and_scores_every_labelled_pixel():
+    """Uniform logits: loss ln K, every pixel predicted class 0; 18x18 images padded to 20 for depth 2."""
+    from cvtool.data.memory import to_hwc_uint8
+    from cvtool.model.spec import ModelSpec
+
     ds = SynthDataset(3, 18, seed=0)
     seen = []
 
@@ -221,14 +241,19 @@ def test_evaluate_pads_to_the_multiple_and_crops_back():
         seen.append(x.shape)
         return np.zeros((x.shape[0], 4, *x.shape[2:]), np.float32)
 
-    out = evaluate(predict, ds, np.zeros(3, np.float32), np.ones(3, np.float32), batch_size=2, multiple=4)
-    assert seen == [(2, 3, 20, 20), (1, 3, 20, 20)]
+    images = [to_hwc_uint8(ds[i].image) for i in range(3)]
+    masks = [ds[i].mask for i in range(3)]
+    spec = ModelSpec(in_channels=3, num_classes=4, width=4, depth=2)
+    out = evaluate_images(predict, images, masks, spec, [0.0] * 3, [1.0] * 3, 1.0, 4, 255)
+    assert seen == [(1, 3, 20, 20)] * 3  # each image whole, as segment runs it
     assert out["loss"] == pytest.approx(math.log(4))
-    masks = np.stack([ds[i].mask for i in range(3)])
-    labelled = masks != 255
-    assert out["pixel_accuracy"] == pytest.approx((masks[labelled] == 0).mean())
+    m = np.stack(masks)
+    labelled = m != 255
+    assert out["pixel_accuracy"] == pytest.approx((m[labelled] == 0).mean())
     cm = np.array(out["confusion"])
-    assert cm[:, 1:].sum() == 0 and cm[:, 0].tolist() == np.bincount(masks[labelled], minlength=4).tolist()
+    assert cm[:, 1:].sum() == 0 and cm[:, 0].tolist() == np.bincount(m[labelled], minlength=4).tolist()
+    assert evaluate_images(predict, images, masks, spec, [0.0] * 3, [1.0] * 3, 1.0, 4, 255,
+                           should_stop=lambda: True) is None  # Ctrl-C between two images stops the validation
 
 
 def test_dice_is_on_by_default_but_not_for_runs_saved_without_it():

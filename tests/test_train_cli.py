@@ -30,7 +30,8 @@ from cvtool.model.spec import trainable
 ARGS = ["--epochs", "2", "--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--lr", "0.01",
         "--optimizer", "adam", "--schedule", "poly", "--warmup", "0.1", "--weight-decay", "0", "--activation", "relu",
         "--norm", "batch", "--val-split", "0.25", "--seed", "0", "--workers", "1"]
-COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "pixel_accuracy", "mean_iou", "seconds"]
+COLUMNS = ["validation", "epoch", "step", "lr", "train_loss", "val_loss", "pixel_accuracy", "mean_iou", "seconds",
+           "val_seconds"]
 
 
 def write_dataset(root: Path, n: int, size: int) -> Path:
@@ -86,11 +87,12 @@ def test_json_is_pure_and_the_run_folder_is_sane(shapes, tmp_path, capsys):
     assert doc["config"]["epochs"] == 2 and doc["config"]["width"] == 4 and doc["config"]["backend"] == "torch"
 
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "curves.png", "last.safetensors", "metrics.csv"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "curves.png", "last.safetensors", "metrics.csv",
+                                                     "train_loss.csv"]
     with open(run / "metrics.csv") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert reader.fieldnames == COLUMNS and len(rows) == 2  # one row per epoch
+    assert reader.fieldnames == COLUMNS + [f"iou_{c}" for c in doc["classes"]] and len(rows) == 2  # one per epoch
     assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [9, 18]
     assert float(rows[-1]["mean_iou"]) == pytest.approx(f["mean_iou"])
     assert all(0 <= float(r["pixel_accuracy"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
@@ -217,6 +219,7 @@ def interrupt_after(p: subprocess.Popen, run: Path, epochs_done: int, sig: int, 
     return p.communicate(timeout=120)
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_save_a_checkpoint_that_resumes_to_the_same_weights(shapes, tmp_path, capsys):
     """A: 5 epochs straight (in this process, one thread). B, in real processes: Ctrl-C (SIGINT) after epoch 1,
     resume, SIGTERM after epoch 2, resume to the end. Exit 130, no traceback, and B's final weights equal A's."""
@@ -260,6 +263,7 @@ def sha256(params: dict[str, np.ndarray], names) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_train_the_same_weights_on_different_data(shapes, tmp_path):
     digests = tmp_path / "digests"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvtool",
@@ -275,15 +279,18 @@ def test_torchrun_two_ranks_train_the_same_weights_on_different_data(shapes, tmp
     assert (d0["world"], d1["world"]) == (2, 2)
     assert d0["weights"] == d1["weights"]  # DDP keeps the trainable weights identical
     assert d0["all"] == d1["all"]  # and the BatchNorm statistics are averaged over the ranks every epoch
-    for epoch in ("0", "1"):
-        a, b = set(d0["shards"][epoch]), set(d1["shards"][epoch])
-        assert len(a) == len(b) == 8 and not a & b  # each rank its own 8 images
-    assert d0["shards"]["0"] != d0["shards"]["1"]  # reshuffled every epoch
+    from cvtool.train.batches import batch_indices
+
+    b0, b1 = d0["batches"], d1["batches"]
+    assert b0 == list(range(0, 16, 2)) and b1 == list(range(1, 16, 2))  # rank r: global batches k * 2 + r
+    first = [{int(i) for g in b[:4] for i in batch_indices(g, 2, 18, 0)} for b in (b0, b1)]
+    assert len(first[0]) == len(first[1]) == 8 and not first[0] & first[1]  # each rank its own 8 images an epoch
     # rank 0's digest is that of the checkpoint it wrote (BN running stats included)
     last = ckpt_io.load(tmp_path / "runs" / "train" / "exp1" / "last.safetensors").params
     assert d0["all"] == sha256(last, last) and d0["weights"] == sha256(last, [k for k in last if trainable(k)])
 
 
+@pytest.mark.slow
 def test_torchrun_time_driven_ranks_agree_on_the_clock(shapes, tmp_path):
     """--data without --epochs under torchrun fills the budget (not 6 epochs): both ranks take the same plan and the
     same number of steps on their own batches (rank r: global batches k*2 + r), stop for time together with the same
@@ -298,7 +305,7 @@ def test_torchrun_time_driven_ranks_agree_on_the_clock(shapes, tmp_path):
     doc = json.loads(r.stdout)  # rank 0 alone prints
     assert doc["stop_reason"] == "time" and doc["validations"] >= 1 and doc["plan"]["budget"] == 30
     d0, d1 = (json.loads((digests / f"rank{k}.json").read_text()) for k in (0, 1))
-    b0, b1 = d0["shards"]["0"], d1["shards"]["0"]
+    b0, b1 = d0["batches"], d1["batches"]
     assert len(b0) == len(b1) == doc["steps"] > 0  # the same steps: they stopped at the same turn
     assert b0 == [2 * k for k in range(len(b0))] and b1 == [2 * k + 1 for k in range(len(b1))]  # their own batches
     assert d0["weights"] == d1["weights"] and d0["all"] == d1["all"]  # BN statistics averaged before validating
@@ -308,6 +315,7 @@ def test_torchrun_time_driven_ranks_agree_on_the_clock(shapes, tmp_path):
     assert not (tmp_path / "runs" / "train").exists()  # no folder of rank 1's anywhere
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_time_driven_torchrun_stops_both_ranks_together(shapes, tmp_path):
     """The ranks agree on the signal too: both stop at the same step with the same weights, rank 0 saves."""
     digests, run = tmp_path / "digests", tmp_path / "run"
@@ -325,11 +333,12 @@ def test_sigterm_to_a_time_driven_torchrun_stops_both_ranks_together(shapes, tmp
     _, err = p.communicate(timeout=120)
     assert "interrupted: saved a resumable checkpoint" in err, err[-3000:]
     d0, d1 = (json.loads((digests / f"rank{k}.json").read_text()) for k in (0, 1))
-    assert len(d0["shards"]["0"]) == len(d1["shards"]["0"]) > 0 and d0["all"] == d1["all"]
+    assert len(d0["batches"]) == len(d1["batches"]) > 0 and d0["all"] == d1["all"]
     ck = ckpt_io.load(run / "last.safetensors")
-    assert ck.train_state["run"]["step"] == len(d0["shards"]["0"]) and d0["all"] == sha256(ck.params, ck.params)
+    assert ck.train_state["run"]["step"] == len(d0["batches"]) and d0["all"] == sha256(ck.params, ck.params)
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step(shapes, tmp_path):
     """torchrun forwards SIGTERM to every rank; the ranks agree on the step to stop at (else one would wait in an
     all-reduce for a peer that has left), both end with the same weights, and rank 0 saves them resumably."""
@@ -353,7 +362,7 @@ def test_help_defaults_are_trainconfigs():
     from dataclasses import fields
 
     from cvtool.cli.train import train
-    from cvtool.train.loop import TrainConfig
+    from cvtool.train.config import TrainConfig
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     names = {"synth_images": "synth_train", "time_budget": "time_budget"}

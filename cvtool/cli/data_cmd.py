@@ -14,7 +14,6 @@ from cvtool.cli.output import emit_json, err, fmt_float, out, table
 data_app = typer.Typer(help="Segmentation datasets: make the synthetic one, check any.", no_args_is_help=True)
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout.")
-FINGERPRINT_CACHE = Path("runs") / ".cache" / "fingerprints.json"  # shared with `cvtool train --data`
 
 
 @contextlib.contextmanager
@@ -85,7 +84,7 @@ def check(
     dataset's fingerprint (sizes, statistics, object sizes, warnings: what `cvtool train --data` plans from)."""
     from rich.markup import escape
 
-    from cvtool.cli.train import fingerprint_table
+    from cvtool.cli.train_view import FINGERPRINT_CACHE, fingerprint_table
     from cvtool.data import check_dataset, open_datasets
     from cvtool.data.fingerprint import dataset_fingerprint
 

@@ -1,491 +1,248 @@
-"""The training loop, backend-agnostic: batches, schedule, validation, checkpoints, resume.
+"""The training loop: one, for every kind of budget, backend-agnostic.
+
+    result = train(cfg, make_trainer, out_dir, t0=process_start, planned=True)
 
 It is handed a `make_trainer(spec, params, optim, class_weights, seed, dice) -> Trainer` (see
-cvtool_backends.base.Trainer) and reports through `on_event(kind, data)`, so it needs neither a
-framework nor rich. Determinism: every epoch's order and augmentation come from
-np.random.default_rng([seed, epoch, rank]), so a resumed run replays the same batches.
+cvtool_backends.base.Trainer) and reports through `on_event(kind, data)`, so it needs neither a framework nor rich.
+What the run trains on, and for how long, comes from cvtool/train/prepare.py (the user's options, or a plan);
+the budget (epochs, seconds or both, cvtool/train/budget.py) decides each turn whether to validate, train a step or
+stop. The clock counts from t0, the process's start: reading, planning, validation and checkpoints included.
+
+Each turn the ranks (torchrun) agree in one all-reduce on the stop code and the clock (the slowest rank's), so every
+rank decides alike; rank r trains on global batches k * world + r, DDP averages the gradients, BatchNorm statistics
+are averaged before each validation, which every rank runs on the same weights; rank 0 alone writes files.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from cvtool.errors import CvtoolError, DataError, TrainingDiverged, UsageError
-from cvtool.metrics import SegMetrics
+from cvtool.errors import CvtoolError
 from cvtool.model import checkpoint as ckpt_io
-from cvtool.model.meta import ModelMeta
-from cvtool.model.spec import ACTIVATIONS, NORMS, ModelSpec, init_params, trainable
-from cvtool.train.optim import OptimConfig
-from cvtool.train.ranks import MaxOverRanks, SyncBuffers
-from cvtool.train.schedule import SCHEDULES, lr_at
+from cvtool.train.batches import Batches
+from cvtool.train.config import TrainConfig
+from cvtool.train.guards import check_loss, other_rank_failed
+from cvtool.train.prepare import Setup, configured, planned
+from cvtool.train.ranks import SyncBuffers, seconds_agreed, turn_agreed
+from cvtool.train.records import TRACE_POINTS, trace_add, write_curves, write_digest, write_metrics, write_trace
+from cvtool.train.schedule import lr_at
+from cvtool.train.validate import evaluate_images
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
-
-
-@dataclass
-class TrainConfig:
-    data: str | None = None  # None: the built-in synthetic shapes
-    epochs: int = 6
-    batch_size: int = 8
-    img_size: int = 96
-    lr: float = 5e-3
-    optimizer: str = "adam"
-    schedule: str = "poly"
-    warmup: float = 0.03  # fraction of the run
-    weight_decay: float = 0.0
-    activation: str = "relu"
-    width: int = 16
-    depth: int = 3
-    norm: str = "batch"
-    val_split: float = 0.2
-    seed: int = 0
-    time_budget: float | None = None  # seconds; the schedule then runs on elapsed time
-    class_balance: bool = True
-    dice: float = 1.0  # weight of the soft Dice loss added to the cross-entropy (0: cross-entropy only)
-    synth_train: int = 2400  # synthetic images per epoch (6 x 2400 / 8 = 1800 steps: ~150 s on 2 cores)
-    synth_val: int = 64
-    synth_size: int = 128  # synthetic images are generated at this size, cropped to img_size
-    backend: str = "torch"
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}", hint=f"choose one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "batch_size", "img_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if not self.lr > 0:
-            raise UsageError("--lr must be positive")
-        if not 0 <= self.warmup < 1:
-            raise UsageError(f"--warmup is a fraction of the run: 0 <= warmup < 1, got {self.warmup}")
-        if self.weight_decay < 0:
-            raise UsageError("--weight-decay must be at least 0")
-        if self.width < 1 or not 0 <= self.depth <= 6:
-            raise UsageError(f"--width must be at least 1 and --depth between 0 and 6 (got {self.width}, {self.depth})")
-        if self.activation not in ACTIVATIONS or self.norm not in NORMS:
-            raise UsageError(f"unknown activation {self.activation!r} or norm {self.norm!r}",
-                             hint=f"activations: {', '.join(ACTIVATIONS)}; norms: {', '.join(NORMS)}")
-        if not self.dice >= 0:
-            raise UsageError(f"--dice is the weight of the Dice loss: at least 0, got {self.dice}")
-        if not 0 < self.val_split < 1:
-            raise UsageError("--val-split must be between 0 and 1")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise UsageError("--time must be positive")
-        m = 2**self.depth
-        if self.img_size % m:
-            raise UsageError(f"--img-size {self.img_size} must be divisible by 2**depth = {m}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        d = {"dice": 0.0, **d}  # a run saved before the Dice term existed resumes with the loss it began with
-        return cls(**{k: v for k, v in d.items() if k in names})
+# Why a run stopped: the one vocabulary of the summary's "status" (and "stop_reason": epochs, time, signal)
+STOP_DONE, STOP_TIME, STOP_SIGNAL = "done", "time budget reached", "interrupted"
+GO, SIGNAL, FAILED = 0, 1, 2  # a turn's stop codes; the ranks agree on the largest
 
 
-def class_weights(masks_hist: np.ndarray, power: float = 0.25) -> np.ndarray:
-    """Inverse fourth-root frequency, normalised to mean 1 over present classes, clipped to [0.2, 5].
-
-    Mild on purpose: weighting shifts the argmax towards rare classes, which buys recall with false positives.
-    On the synthetic shapes (background ~70%) validation mIoU after 1440 steps fell as the power rose:
-    0.895 unweighted, 0.892 at 1/4, 0.884 at 1/2, 0.846 at 1. A little weighting stays, so that a heavily
-    imbalanced set cannot settle on "all background"."""
-    f = masks_hist / max(masks_hist.sum(), 1)
-    w = np.where(f > 0, np.maximum(f, 1e-12) ** -power, 0.0)
-    present = f > 0
-    w[present] /= w[present].mean()
-    return np.clip(w, 0.2 if present.any() else 0, 5.0).astype(np.float32)
-
-
-def softmax_ce(logits: np.ndarray, y: np.ndarray, ignore: int = 255) -> float:
-    """Mean cross-entropy over non-ignored pixels (validation loss; no weights)."""
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    keep = y != ignore
-    if not keep.any():
-        return float("nan")
-    yk = np.where(keep, y, 0)
-    picked = np.take_along_axis(logp, yk[:, None], axis=1)[:, 0]
-    return float(-(picked[keep]).mean())
-
-
-class _Subset:
-    """A view of a dataset through an index list (one rank's shard of an epoch)."""
-
-    def __init__(self, ds, idx):
-        self.ds, self.idx = ds, list(idx)
-        for a in ("classes", "colors", "in_channels", "ignore_index", "description"):
-            setattr(self, a, getattr(ds, a))
-
-    def __len__(self):
-        return len(self.idx)
-
-    def __getitem__(self, i):
-        return self.ds[self.idx[i]]
-
-
-@dataclass
-class RunState:
-    epoch: int = 0  # epochs completed
-    batch: int = 0  # batches completed within the current epoch
-    step: int = 0  # optimiser steps in total
-    elapsed: float = 0.0  # seconds of training so far (over resumes)
-    best_miou: float = -1.0  # -1: no best checkpoint yet (a NaN mIoU still makes the first one)
-    history: list | None = None
-    loss_sum: float = 0.0  # training loss summed over the current epoch's batches (also over a resume)
-    trace: list | None = None  # time-driven runs: [step, seconds, mean loss] every few steps (the loss curve)
-
-
-TRACE_POINTS = 200  # a loss trace keeps between this many and twice as many points, however long the run
-
-
-def trace_add(trace: list, step: int, seconds: float, loss: float) -> None:
-    """Append [step, seconds, loss]; past 2 x TRACE_POINTS, neighbours merge in pairs (the later step and time,
-    the mean loss), so a long run's trace stays bounded and evenly spread."""
-    trace.append([int(step), round(float(seconds), 2), float(loss)])
-    if len(trace) > 2 * TRACE_POINTS:
-        trace[:] = [[b[0], b[1], (a[2] + b[2]) / 2] for a, b in zip(trace[0::2], trace[1::2])] + \
-            ([trace[-1]] if len(trace) % 2 else [])
-
-
-def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, mean, std, batch_size: int, multiple: int) -> dict:
-    """Full-size evaluation: pad each image to the net's multiple, crop logits back."""
-    from cvtool.data.transforms import pad_to_multiple
-
-    m = SegMetrics(len(ds.classes), ds.ignore_index)
-    losses = []
-    i = 0
-    while i < len(ds):
-        first = ds[i]
-        group = [first]
-        j = i + 1
-        while j < len(ds) and len(group) < batch_size:  # batch equally sized neighbours
-            s = ds[j]
-            if s.image.shape != first.image.shape:
-                break
-            group.append(s)
-            j += 1
-        x = np.stack([s.image for s in group]).astype(np.float32)
-        y = np.stack([s.mask for s in group])
-        x = (x - mean[:, None, None]) / std[:, None, None]
-        xp, box = pad_to_multiple(x, multiple)
-        logits = predict(xp)
-        t, b, l, r = box
-        logits = logits[:, :, t:b, l:r]
-        losses.append(softmax_ce(logits, y, ds.ignore_index) * len(group))
-        m.update(logits.argmax(1), y)
-        i = j
-    out = m.summary()
-    out["loss"] = float(np.nansum(losses) / len(ds))
-    out["confusion"] = m.cm.tolist()
-    return out
-
-
-DIVERGED = 1e3  # a step's loss above this (plus the Dice weight, at most 1 x dice) has diverged: the cross-entropy is
-# a weighted mean of -log p over pixels, so 1000 means the logits stand ~1000 apart; no healthy run gets near it
-
-
-def check_loss(loss: float, y: np.ndarray, *, step: int, lr: float, peak_lr: float, dice: float, out_dir: Path,
-               resumable: bool = True, ignore: int = 255) -> None:
-    """After each step: a loss that is not finite or above DIVERGED + dice stops the run with one line naming the
-    step, what was kept (best/last.safetensors from earlier validations, left as they are: the weights in memory are
-    already broken) and a lower --lr. A batch with no labelled pixel has no loss at all: that one is the data's."""
-    if math.isfinite(loss) and loss <= DIVERGED + dice:
-        return
-    kept = _kept(Path(out_dir))
-    if not (np.asarray(y) != ignore).any():
-        raise DataError(f"training stopped at step {step}: every mask pixel of the batch is {ignore} (ignore), so "
-                        f"the loss is undefined; {kept}", hint="train on larger crops (--img-size), or check the masks")
-    lower = f"{peak_lr / 10:.2g}"
-    hint = f"lower --lr (this run's peak was {peak_lr:.3g}), e.g. --lr {lower}"
-    if resumable and "last.safetensors (step" in kept:
-        hint += f"; 'cvtool train --resume {out_dir} --lr {lower}' continues from the last checkpoint"
-    raise TrainingDiverged(f"training diverged at step {step} (loss {loss:.3g} at learning rate {lr:.3g}); {kept}",
-                           hint=hint)
-
-
-def other_rank_failed(step: int, peak_lr: float) -> TrainingDiverged:
-    """What the ranks whose own loss was fine say when another rank's failed its check (torchrun)."""
-    return TrainingDiverged(f"training stopped at step {step}: the loss of another rank's batch failed its check "
-                            f"(that rank's line names it)", hint=f"lower --lr (this run's peak was {peak_lr:.3g})")
-
-
-def _kept(out_dir: Path) -> str:
-    """What a run that stops now leaves: 'kept DIR/best.safetensors (mIoU ..) and DIR/last.safetensors (step ..)'."""
-    parts = []
-    for name in ("best", "last"):
-        path = out_dir / f"{name}.safetensors"
-        state = _train_state(path)
-        if state is None:
-            pass
-        elif name == "best":
-            miou = (state.get("metrics") or {}).get("mean_iou")
-            parts.append(f"{path} (validation mIoU {miou:.3g})" if isinstance(miou, float) else str(path))
-        else:
-            parts.append(f"{path} (step {(state.get('run') or {}).get('step', '?')}, resumable)")
-    return "kept " + " and ".join(parts) if parts else "it stopped before the first validation: no checkpoint was written"
-
-
-def _train_state(path: Path) -> dict | None:
-    try:
-        return ckpt_io.read_meta(path).get("train_state", {})
-    except Exception:  # noqa: BLE001 - absent or unreadable: not kept
-        return None
-
-
-STOP_NONE, STOP_TIME, STOP_SIGNAL, STOP_FAILED = 0, 1, 2, 3  # why a run stops early; ranks agree on the largest
-
-
-def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, resume: ckpt_io.Checkpoint | None = None,
+def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, planned_run: bool = False,
+          t0: float | None = None, clock: Callable[[], float] = time.perf_counter, overrides: dict | None = None,
+          resume: ckpt_io.Checkpoint | None = None, cache_dir: Path | None = None, plan_only: bool = False,
           on_event: Callable[[str, dict], None] = lambda k, d: None, should_stop: Callable[[], bool] = lambda: False,
           rank: int = 0, world: int = 1, digest_dir: str | Path | None = None) -> dict[str, Any]:
     """Train; returns a summary. Only rank 0 writes files.
 
-    should_stop() is polled after every step and before every epoch: when it says yes (Ctrl-C, SIGTERM)
-    last.safetensors gets everything a resume needs and the status is "interrupted". With several
-    processes the ranks agree after each step (any rank stopping stops all at the same step), so none is
-    left waiting in an all-reduce. digest_dir: each rank writes a digest of its final weights there.
+    planned_run: fingerprint the data and plan the run to fill cfg.time_budget (else: cfg's options, cfg.epochs).
+    t0: the clock reading the budget counts from (default: now); clock: the clock (a test injects its own).
+    should_stop() is polled every turn (and between validation images): when it says yes (Ctrl-C, SIGTERM)
+    last.safetensors gets everything a resume needs and the status is "interrupted".
+    digest_dir: each rank writes a digest of its final weights there (a test hook).
     """
-    from cvtool.data import open_datasets
-    from cvtool.data.loader import batches, channel_stats
-    from cvtool.data.validate import check_dataset
-
     cfg.validate()
-    train_ds, val_ds, info = open_datasets(cfg.data, val_split=cfg.val_split, seed=cfg.seed,
-                                           synth_size=cfg.synth_size, synth_n=(cfg.synth_train, cfg.synth_val))
-    if cfg.data is not None:  # before any output: a bad mask is one error line, nothing else
-        check_dataset(train_ds)
-        check_dataset(val_ds)
-    if len(val_ds) == 0:
-        raise UsageError("the validation set is empty", hint="raise --val-split, or add DIR/val")
-    steps_per_epoch = len(train_ds) // world // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise UsageError(f"the training set ({len(train_ds)} images) is smaller than one batch per process "
-                         f"({cfg.batch_size} x {world})", hint="lower --batch-size")
+    t0 = clock() if t0 is None else t0
 
-    if resume is not None:
-        spec = resume.spec
-        params = resume.params
-        mean, std = np.array(resume.meta.mean, np.float32), np.array(resume.meta.std, np.float32)
-        st = RunState(**{k: v for k, v in resume.train_state.get("run", {}).items() if k in RunState.__dataclass_fields__})
-        weights = np.array(resume.train_state["class_weights"], np.float32) if resume.train_state.get("class_weights") else None
-        if st.epoch >= cfg.epochs:
-            raise UsageError(f"{resume.path or 'the checkpoint'} has finished its {st.epoch} epochs",
-                             hint=f"pass --epochs N with N > {st.epoch} to train on")
-        if (spec.in_channels, spec.num_classes) != (train_ds.in_channels, len(train_ds.classes)):
-            raise UsageError(f"the checkpoint's net takes {spec.in_channels} channels and {spec.num_classes} classes, "
-                             f"the data has {train_ds.in_channels} and {len(train_ds.classes)}",
-                             hint="resume on the data the run was started with")
+    def checked() -> None:  # the data passed its checks: an --out that cannot be written fails now, before the work
+        if not plan_only and rank == 0:
+            from cvtool.fsutil import make_dir
+
+            make_dir(out_dir)
+
+    if planned_run:
+        run = planned(cfg, make_trainer, t0=t0, clock=clock, overrides=overrides, resume=resume, cache_dir=cache_dir,
+                      on_event=on_event, rank=rank, world=world, checked=checked)
+        on_event("plan", {"plan": run.plan.to_dict(), "rows": run.plan.rows()})
+        if plan_only:
+            return {"status": "plan", "plan": run.plan.to_dict(), "fingerprint": run.fingerprint.to_dict(),
+                    "out": str(out_dir)}
     else:
-        spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=len(train_ds.classes), width=cfg.width,
-                         depth=cfg.depth, activation=cfg.activation, norm=cfg.norm)
-        params = init_params(spec, cfg.seed)
-        mean, std = channel_stats(train_ds, max_items=64)
-        mean, std = np.asarray(mean, np.float32), np.maximum(np.asarray(std, np.float32), 1e-3)
-        st = RunState(history=[])
-        weights = _class_weights(train_ds, spec.num_classes) if cfg.class_balance else None
-    if st.history is None:
-        st.history = []
-    on_event("data", {"info": info, "train": len(train_ds), "val": len(val_ds), "classes": list(train_ds.classes)})
+        run = configured(cfg, resume=resume, on_event=on_event, rank=rank, world=world, checked=checked)
+    return Loop(cfg, run, make_trainer, out_dir, t0=t0, clock=clock, resume=resume, on_event=on_event,
+                should_stop=should_stop, rank=rank, world=world).run(digest_dir)
 
-    trainer = make_trainer(spec, params, OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay), weights, cfg.seed,
-                           cfg.dice)
-    if resume is not None and resume.optim_state:
-        trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", st.step)))
-    agree = trainer.max_over_ranks if world > 1 and isinstance(trainer, MaxOverRanks) else None
-    sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else None  # BN statistics alike
 
-    failed: CvtoolError | None = None  # several ranks: this rank's failed loss check, raised once they agree
+class Loop:
+    """One run's turns: validate when the budget says so, else train a step; stop when it is spent or asked to."""
 
-    def poll(step_done: bool) -> int:
-        """STOP_* for this moment, the same on every rank; a failed loss check on any rank stops every rank."""
-        why = STOP_FAILED if failed is not None else STOP_SIGNAL if should_stop() else STOP_NONE
-        if step_done and why == STOP_NONE and cfg.time_budget and st.elapsed >= cfg.time_budget:
-            why = STOP_TIME
-        why = agree(why) if agree is not None else why
-        if why == STOP_FAILED:
-            raise failed or other_rank_failed(st.step, cfg.lr)
-        return why
+    def __init__(self, cfg: TrainConfig, run: Setup, make_trainer: Callable, out_dir: Path, *, t0: float, clock,
+                 resume, on_event, should_stop, rank: int, world: int):
+        self.cfg, self.run_, self.out_dir, self.clock = cfg, run, out_dir, clock
+        self.on_event, self.should_stop, self.rank, self.world = on_event, should_stop, rank, world
+        self.st, self.budget = run.state, run.budget
+        self.trainer = make_trainer(run.spec, run.params, run.optim, run.class_weights, cfg.seed, run.dice)
+        if resume is not None and resume.optim_state:
+            self.trainer.load_optim_state(resume.optim_state, int(resume.train_state.get("optim_step", self.st.step)))
+        self.agree_turn, self.agree_s = turn_agreed(self.trainer, world), seconds_agreed(self.trainer, world)
+        trainer = self.trainer
+        self.sync = trainer.sync_buffers if world > 1 and isinstance(trainer, SyncBuffers) else (lambda: None)
+        self.base = t0 - self.st.elapsed  # the clock of a resumed run continues where it stopped
+        self.metrics: dict = {}
+        self.t_train = 0.0  # seconds inside steps (this process)
+        self.batches: list[int] = []  # the global batch numbers this rank trained on (for the digest)
 
-    total_steps = steps_per_epoch * cfg.epochs
-    on_event("start", {"spec": spec.to_dict(), "params": spec.num_params(), "steps_per_epoch": steps_per_epoch,
-                       "total_steps": total_steps, "resumed_at": asdict(st) if resume else None,
-                       "class_weights": None if weights is None else weights.tolist(), "dice": cfg.dice})
+    def now(self) -> float:
+        return self.clock() - self.base
 
-    def lr_after(steps: int) -> float:
-        """The learning rate of the step that brings the count to `steps` (the first step: 1)."""
-        p = steps / total_steps
-        if cfg.time_budget:
-            p = max(p, st.elapsed / cfg.time_budget)
-        return lr_at(p, cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup)
-
-    def save(name: str, metrics: dict | None = None) -> Path | None:
-        if rank != 0:
+    def save(self, name: str, metrics: dict | None = None) -> Path | None:
+        """best.safetensors / last.safetensors (the one checkpoint writer; last also holds the optimiser state)."""
+        if self.rank != 0:
             return None
-        optim, ostep = trainer.optim_state()
-        state = {"run": asdict(st), "config": asdict(cfg), "class_weights": None if weights is None else weights.tolist(),
-                 "optim_step": ostep, "metrics": metrics or {}}
-        meta = ModelMeta(list(train_ds.classes), [list(c) for c in train_ds.colors], mean.tolist(), std.tolist())
-        ck = ckpt_io.Checkpoint(spec=spec, params=trainer.params(), meta=meta, train_state=state,
+        run = self.run_
+        optim, ostep = self.trainer.optim_state()
+        state = {"run": asdict(self.st), "config": asdict(self.cfg), "optim_step": ostep, "metrics": metrics or {},
+                 "class_weights": None if run.class_weights is None else run.class_weights.tolist()}
+        if run.plan is not None:
+            state.update(plan=run.plan.to_dict(), fingerprint=run.fingerprint.to_dict())
+        ck = ckpt_io.Checkpoint(spec=run.spec, params=self.trainer.params(), meta=run.meta, train_state=state,
                                 optim_state=optim if name == "last" else {})
-        return ckpt_io.save(ck, out_dir / f"{name}.safetensors")
+        return ckpt_io.save(ck, self.out_dir / f"{name}.safetensors")
 
-    if rank == 0:
-        from cvtool.fsutil import make_dir
+    def lr(self, step: int, clock: float) -> float:
+        r = self.run_
+        return lr_at(self.budget.progress(step, clock), r.lr, schedule=r.schedule, warmup=r.warmup)
 
-        make_dir(out_dir)
-    stopped = STOP_NONE
-    metrics: dict = {}
-    shards: dict[int, list[int]] = {}  # epoch -> the dataset indices this rank trains on (for the digest)
-    t_last = time.perf_counter()
-    while st.epoch < cfg.epochs:
-        stopped = poll(step_done=False)  # a signal during validation or start-up
-        if stopped:
-            break
-        epoch = st.epoch
-        rng = np.random.default_rng([cfg.seed, epoch])
-        perm = rng.permutation(len(train_ds))[rank::world][: steps_per_epoch * cfg.batch_size]
-        shards[epoch] = perm.tolist()
-        shard = _Subset(train_ds, perm)
-        it = batches(shard, cfg.batch_size, crop=cfg.img_size, augment=True,
-                     rng=np.random.default_rng([cfg.seed, epoch, rank, 1]), shuffle=False, drop_last=True,
-                     start=st.batch)  # resumed mid-epoch: skip the batches already done
-        for b, (x, y) in enumerate(it, start=st.batch):
-            x = (x - mean[:, None, None]) / std[:, None, None]
-            lr = lr_after(st.step + 1)
-            loss = trainer.step(x.astype(np.float32), y, lr)
-            try:
-                check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=cfg.lr, dice=cfg.dice, out_dir=out_dir,
-                           ignore=train_ds.ignore_index)
-            except CvtoolError as e:
-                if agree is None:
-                    raise
-                failed = e  # poll() below raises it, on every rank at this step
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            st.elapsed += dt
-            st.step += 1
-            st.batch = b + 1
-            st.loss_sum += loss
-            on_event("step", {"epoch": epoch, "batch": b + 1, "steps_per_epoch": steps_per_epoch, "step": st.step,
-                              "loss": loss, "lr": lr, "images_per_s": cfg.batch_size * world / max(dt, 1e-9)})
-            stopped = poll(step_done=True)
-            if stopped:
-                break
-        if sync is not None:  # every rank gets here at the same step (they agree on stopping)
-            sync()
+    def run(self, digest_dir) -> dict[str, Any]:
+        run, st, budget = self.run_, self.st, self.budget
+        if self.rank == 0 and run.plan is not None:
+            from cvtool.fsutil import atomic_write_bytes
+
+            doc = {"plan": run.plan.to_dict(), "fingerprint": run.fingerprint.to_dict()}
+            atomic_write_bytes(self.out_dir / "plan.json", (json.dumps(doc, indent=2) + "\n").encode())
+        self.on_event("start", {"spec": run.spec.to_dict(), "params": run.spec.num_params(),
+                                "mode": "epochs" if budget.steps else "time", "budget": budget.seconds,
+                                "steps_per_epoch": budget.steps_per_epoch,
+                                "total_steps": budget.steps or (run.plan.steps if run.plan else None),
+                                "resumed_at": asdict(st) if st.step else None, "dice": run.dice,
+                                "class_weights": None if run.class_weights is None else run.class_weights.tolist(),
+                                "elapsed": self.now()})
+        every = max(1, round((budget.steps or (run.plan.steps if run.plan else 1000)) / TRACE_POINTS))
+        self.w_sum, self.w_n = 0.0, 0  # the loss over the steps since the trace's last point
+        stopped = None
+        failed: CvtoolError | None = None  # under torchrun: this rank's loss check, raised once the ranks agree
+        stream = Batches(run.sample, st.step, clock=self.clock)
+        try:
+            while stopped is None:
+                code, clock = self.agree_turn(FAILED if failed is not None else int(self.should_stop()), self.now())
+                if code == FAILED:  # every rank stops at the same step
+                    raise failed or other_rank_failed(st.step, run.lr)
+                if code == SIGNAL:
+                    stopped = STOP_SIGNAL
+                    break
+                over = budget.over(st.step, clock)
+                if over or budget.due(st.step, clock):
+                    if not self.validate():
+                        stopped = STOP_SIGNAL
+                    elif over:
+                        stopped = STOP_DONE if over == "epochs" else STOP_TIME
+                    continue
+                failed = self.step(stream.get(), clock, every) or failed
+        finally:
+            stream.close()
+        st.elapsed = self.now()
         if stopped == STOP_SIGNAL:
-            break
-        # epoch done (or time budget hit, the epoch then unfinished): validate, record, checkpoint
-        train_loss = st.loss_sum / st.batch if st.batch else float("nan")
-        if not stopped:
-            st.epoch, st.batch, st.loss_sum = st.epoch + 1, 0, 0.0
-        metrics = evaluate(trainer.predict, val_ds, mean, std, cfg.batch_size, spec.multiple) if rank == 0 else {}
-        row = {"epoch": epoch + 1, "step": st.step, "lr": lr_after(st.step), "train_loss": train_loss,
-               "val_loss": metrics.get("loss"), "pixel_accuracy": metrics.get("pixel_accuracy"),
-               "mean_iou": metrics.get("mean_iou"), "seconds": round(st.elapsed, 2)}
+            self.sync()
+        if digest_dir is not None:
+            write_digest(Path(digest_dir), self.rank, self.world, self.trainer.params(), self.batches)
+        if stopped == STOP_SIGNAL:
+            path = self.save("last")
+            self.on_event("interrupted", {"checkpoint": str(path) if path else None, "step": st.step})
+            return {"status": STOP_SIGNAL, "stop_reason": "signal", "checkpoint": str(path) if path else None,
+                    "step": st.step, "epoch": st.epoch, "batch": st.batch, "out": str(self.out_dir),
+                    "seconds": round(st.elapsed, 2)}
+        return self.summary(stopped, stream.waited)
+
+    def step(self, xy, clock: float, every: int) -> CvtoolError | None:
+        """One optimiser step; its loss checked. Under torchrun a failed check is returned, raised next turn."""
+        run, st = self.run_, self.st
+        x, y = xy
+        ts = self.clock()
+        lr = self.lr(st.step + 1, clock)
+        loss = self.trainer.step(x, y, lr)
+        dt = self.clock() - ts
+        self.t_train += dt
+        failed = None
+        try:
+            check_loss(loss, y, step=st.step + 1, lr=lr, peak_lr=run.lr, dice=run.dice, out_dir=self.out_dir,
+                       resumable=run.plan is None, ignore=run.ignore)  # a planned run's resume keeps its --lr
+        except CvtoolError as e:
+            if self.world == 1:
+                raise
+            failed = e  # raised at the top of the next turn, on every rank together
+        self.batches.append(st.step * self.world + self.rank)
+        st.step += 1
+        st.batch += 1
+        st.loss_sum += loss
+        spe = self.budget.steps_per_epoch
+        st.elapsed = self.now()
+        self.w_sum, self.w_n = self.w_sum + loss, self.w_n + 1
+        if self.w_n >= every:
+            trace_add(st.trace, st.step, st.elapsed, self.w_sum / self.w_n)
+            self.w_sum, self.w_n = 0.0, 0
+        self.on_event("step", {"epoch": st.epoch, "step": st.step, "loss": loss, "lr": lr, "elapsed": st.elapsed,
+                               "steps_per_epoch": spe, "t_end": self.budget.end(),
+                               "images_per_s": run.batch_size * self.world / max(dt, 1e-9)})
+        return failed
+
+    def validate(self) -> bool:
+        """Validate, record, checkpoint. False: stopped by a signal between two images (nothing recorded)."""
+        run, st, budget = self.run_, self.st, self.budget
+        self.sync()  # BatchNorm statistics averaged over the ranks: every rank validates the same net
+        self.on_event("validating", {"images": len(run.val_images), "expected_s": budget.val_s, "elapsed": self.now()})
+        tv = self.clock()
+        stop = self.should_stop if self.world == 1 else None  # ranks must run the same calls: they stop next turn
+        m = evaluate_images(self.trainer.predict, run.val_images, run.val_masks, run.spec, run.meta.mean,
+                            run.meta.std, run.meta.scale, run.spec.num_classes, run.ignore, run.meta.tta,
+                            should_stop=stop)
+        if m is None:
+            return False
+        self.metrics = m
+        took = self.agree_s(self.clock() - tv)
+        budget.validated(st.step, took)
+        st.elapsed = self.now()
+        spe = budget.steps_per_epoch
+        st.epoch = st.step // spe if spe else st.epoch  # epochs whose validation is done
+        epoch = (st.step // spe if st.step % spe == 0 else round(st.step / spe, 2)) if spe else None
+        row = {"validation": budget.validations, "epoch": epoch, "step": st.step,
+               "lr": self.lr(st.step, st.elapsed), "train_loss": st.loss_sum / st.batch if st.batch else None,
+               "val_loss": m["loss"], "pixel_accuracy": m["pixel_accuracy"], "mean_iou": m["mean_iou"],
+               "seconds": round(st.elapsed, 2), "val_seconds": round(took, 3),
+               **{f"iou_{c}": v for c, v in zip(run.meta.classes, m["iou"])}}
         st.history.append(row)
-        best = False
-        if rank == 0:
-            miou = metrics["mean_iou"]
-            best = miou > st.best_miou if math.isfinite(miou) else st.best_miou < 0  # NaN: only while none is better
-            if best:
-                st.best_miou = miou if math.isfinite(miou) else st.best_miou
-                save("best", metrics)
-            save("last", metrics)
-            write_metrics(out_dir, st.history)
-            write_curves(out_dir, st.history)
-        on_event("epoch", {**row, "iou": metrics.get("iou"), "best": best})
-        t_last = time.perf_counter()  # validation time is not training time
-        if stopped:
-            break
+        st.loss_sum, st.batch = 0.0, 0
+        miou = m["mean_iou"]
+        best = miou > st.best_miou if math.isfinite(miou) else st.best_miou < 0  # NaN: only while none is better
+        if best:
+            st.best_miou = miou if math.isfinite(miou) else st.best_miou
+            self.save("best", m)
+        self.save("last", m)
+        if self.rank == 0:
+            write_metrics(self.out_dir, st.history)
+            write_trace(self.out_dir, st.trace)
+            write_curves(self.out_dir, st.history, st.trace)
+        self.on_event("epoch", {**row, "iou": m.get("iou"), "best": best, "val_seconds": took})
+        return True
 
-    if digest_dir is not None:
-        write_digest(Path(digest_dir), rank, world, trainer.params(), shards)
-    if stopped == STOP_SIGNAL:
-        path = save("last")
-        on_event("interrupted", {"checkpoint": str(path) if path else None, "step": st.step})
-        return {"status": "interrupted", "checkpoint": str(path) if path else None, "step": st.step,
-                "epoch": st.epoch, "batch": st.batch, "out": str(out_dir)}
-    return {"status": "time budget reached" if stopped else "done", "out": str(out_dir), "epochs": st.epoch,
-            "steps": st.step, "seconds": round(st.elapsed, 2), "best_mean_iou": st.best_miou,
-            "final": st.history[-1] if st.history else None, "iou": metrics.get("iou"), "classes": list(train_ds.classes),
-            "confusion": metrics.get("confusion")}
-
-
-def write_digest(folder: Path, rank: int, world: int, params: dict[str, np.ndarray], shards: dict[int, list[int]]) -> Path:
-    """rank<r>.json: sha256 of the final weights (trainable, and with BN running stats) and the dataset
-    indices the rank trained on per epoch. Lets a test check that DDP ranks agree and saw different data."""
-    import hashlib
-    import json
-
-    def sha(names) -> str:
-        h = hashlib.sha256()
-        for k in sorted(names):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(params[k], np.float32).tobytes())
-        return h.hexdigest()
-
-    doc = {"rank": rank, "world": world, "weights": sha([k for k in params if trainable(k)]), "all": sha(params),
-           "shards": {str(e): v for e, v in shards.items()}}
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rank{rank}.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-def _class_weights(ds, K: int, max_items: int = 64) -> np.ndarray:
-    hist = np.zeros(K, np.int64)
-    step = max(1, len(ds) // max_items)
-    for i in range(0, len(ds), step):
-        m = ds[i].mask
-        hist += np.bincount(m[m != ds.ignore_index].ravel(), minlength=K)[:K]
-    return class_weights(hist)
-
-
-def _write_csv(path: Path, header: list[str], rows) -> None:
-    """A CSV file with a header row, written atomically."""
-    from cvtool.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-
-
-def write_metrics(out_dir: Path, history: list[dict]) -> None:
-    """metrics.csv: a row per epoch or validation."""
-    keys = list(history[0])
-    _write_csv(out_dir / "metrics.csv", keys, ([h.get(k, "") for k in keys] for h in history))
-
-
-def write_trace(out_dir: Path, trace: list) -> None:
-    """train_loss.csv: step, seconds, loss (the mean over the steps since the row before)."""
-    _write_csv(out_dir / "train_loss.csv", ["step", "seconds", "loss"], trace)
-
-
-def write_curves(out_dir: Path, history: list[dict], xlabel: str = "epoch", trace: list | None = None) -> None:
-    """curves.png: losses, validation mIoU and accuracy, per-class IoU. With a trace (time-driven runs, which
-    validate a few times only) the x axis is the step: the loss every few steps, validation where it ran."""
-    from cvtool.plot import line_chart
-
-    per_class = {k[4:]: [h.get(k) for h in history] for k in history[-1] if k.startswith("iou_")}
-    val = {"val mIoU": [h["mean_iou"] for h in history], "pixel acc": [h["pixel_accuracy"] for h in history]}
-    titles = ["loss (log scale when it spans > 20x)", "validation", "validation IoU per class"]
-    if trace:
-        at = [h["step"] for h in history]
-        line_chart(out_dir / "curves.png", at, {"train loss": [t[2] for t in trace]}, val, per_class or None,
-                   title="cvtool train", xlabel="step", titles=titles, panel_xs=[[t[0] for t in trace], at, at])
-        return
-    ep = [h["epoch"] for h in history]
-    line_chart(out_dir / "curves.png", ep, {"train loss": [h["train_loss"] for h in history],
-                                             "val loss": [h["val_loss"] for h in history]},
-               val, per_class or None, title="cvtool train", xlabel=xlabel, titles=titles)
+    def summary(self, stopped: str, waited: float) -> dict[str, Any]:
+        run, st, m = self.run_, self.st, self.metrics
+        spe = self.budget.steps_per_epoch
+        return {"status": stopped, "stop_reason": "epochs" if stopped == STOP_DONE else "time", "out": str(self.out_dir),
+                "epochs": st.step // spe if spe else None, "steps": st.step, "seconds": round(st.elapsed, 2),
+                "train_seconds": round(self.t_train, 2), "val_seconds": round(self.budget.val_spent, 2),
+                "data_wait_share": round(waited / max(waited + self.t_train, 1e-9), 4),
+                "best_mean_iou": st.best_miou, "final": st.history[-1] if st.history else None, "iou": m.get("iou"),
+                "absent_classes": m.get("absent", []), "classes": list(run.meta.classes),
+                "confusion": m.get("confusion"), "validations": self.budget.validations,
+                "plan": run.plan.to_dict() if run.plan else None,
+                "fingerprint": run.fingerprint.to_dict() if run.fingerprint is not None else None}
