@@ -54,16 +54,14 @@ def status(name: str):
 
 
 def resolve_device(name: str, device: str, devices) -> str:
+    """The one place 'auto' becomes a device: cuda where this backend can use one, else cpu."""
+    from cvtool_backends.base import require_device
+
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
     if device == "auto":
         return "cuda" if "cuda" in devices else "cpu"
-    if device not in devices:
-        if device == "cuda":
-            raise BackendUnavailable(f"backend {name!r} cannot use CUDA on this machine: no usable CUDA GPU",
-                                     hint="use --device cpu (or auto)")
-        raise BackendUnavailable(f"backend {name!r} cannot use device {device!r} here")
-    return device
+    return require_device(name, device, devices)
 
 
 def get(name: str, device: str = "auto"):

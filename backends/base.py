@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from cvtool.errors import CvtoolError
+from cvtool.errors import BackendUnavailable, CvtoolError
 from cvtool.train.optim import OptimConfig  # re-exported: part of the trainer contract
 from cvtool.train.ranks import MaxOverRanks, SyncBuffers  # the trainers' hooks
 
@@ -174,6 +174,18 @@ class LoadOnnx(Protocol):
 # on trainers: MaxOverRanks, SyncBuffers (cvtool.train.ranks, imported above)
 HOOKS: dict[str, type] = {"gemm": Gemm, "peak_memory": PeakMemory, "set_threads": SetThreads, "load_onnx": LoadOnnx,
                           "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
+
+
+def require_device(name: str, device: str, devices) -> str:
+    """`device` itself where the backend can use it here; else one clear error. A backend's __init__ checks its
+    (already resolved) device with this; only the registry resolves 'auto' (cvtool_backends.resolve_device)."""
+    if device in devices:
+        return device
+    if device == "cuda":
+        raise BackendUnavailable(f"backend {name!r} cannot use CUDA on this machine: no usable CUDA GPU",
+                                 hint="use --device cpu (or auto)")
+    raise BackendUnavailable(f"backend {name!r} cannot use device {device!r} here",
+                             hint="build backends through cvtool_backends.get(name, device), which resolves 'auto'")
 
 
 def hook(obj, name: str) -> Callable | None:

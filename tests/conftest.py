@@ -101,3 +101,26 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
         main(list(args))
     out, err = capsys.readouterr()
     return e.value.code, out, err
+
+
+class FakeClock:
+    """A clock that moves `tick` seconds each time it is read: budgets tested without waiting for them."""
+
+    def __init__(self, tick: float):
+        self.t, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+    def start(self) -> dict:
+        """clock= and t0= for train(): the budget counts from now, on this clock."""
+        return {"clock": self, "t0": self()}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def onnx_exports_in_tmp(tmp_path_factory):
+    """The ort backend's export cache (runs/.cache/onnx under the working folder) kept out of the repository."""
+    from cvtool_backends.ort_backend import export_cache
+
+    export_cache.CACHE = tmp_path_factory.mktemp("onnx-cache")

@@ -210,12 +210,16 @@ def test_default_model_is_latest_runs_best(model, images, tmp_path, capsys, monk
 
 
 def test_ort_exports_once_and_reuses(model, images, tmp_path, capsys, monkeypatch):
+    """The ort backend exports a checkpoint itself, once: keyed by the weights' content, kept in its cache folder."""
+    from cvtool_backends.ort_backend import export_cache
+
+    monkeypatch.setattr(export_cache, "CACHE", tmp_path / "cache")
     ckpt = tmp_path / "m.safetensors"
     shutil.copy(model, ckpt)
-    cache = tmp_path / "m.cache.onnx"
     args = ["segment", str(images / "odd.png"), "-m", str(ckpt), "--backend", "ort", "--out", str(tmp_path / "o")]
     code, _, err = cli(capsys, *args)
-    assert code == 0 and f"ort: exported {cache} for {ckpt}" in err and cache.is_file()
+    (cache,) = (tmp_path / "cache").glob("*.onnx")
+    assert code == 0 and f"ort: exported {cache} for {ckpt}" in err
     first = read_mask(tmp_path / "o/odd_mask.png")
     np.testing.assert_array_equal(first, reference_mask(ckpt, images / "odd.png"))
     stamp = cache.stat().st_mtime_ns
@@ -225,27 +229,29 @@ def test_ort_exports_once_and_reuses(model, images, tmp_path, capsys, monkeypatc
     ckpt.write_bytes(ckpt.read_bytes())
     os.utime(ckpt, ns=(stamp + 10**9, stamp + 10**9))
     code, _, err = cli(capsys, *args)
-    assert "ort: reusing" in err
+    assert f"ort: reusing {cache}" in err
     # rewritten with other weights: exported again, and the masks follow the new weights
     tiny_checkpoint(ckpt, in_channels=1, num_classes=3, seed=7)
     code, _, err = cli(capsys, *args)
-    assert code == 0 and "ort: exported" in err
+    assert code == 0 and "ort: exported" in err and len(list((tmp_path / "cache").glob("*.onnx"))) == 2
     second = read_mask(tmp_path / "o/odd_mask.png")
     np.testing.assert_array_equal(second, reference_mask(ckpt, images / "odd.png"))
     assert (first != second).any()
     # a corrupt cache is rebuilt; an unwritable place keeps the export in memory
-    cache.write_bytes(b"junk")
+    for f in (tmp_path / "cache").glob("*.onnx"):
+        f.write_bytes(b"junk")
     code, _, err = cli(capsys, *args)
-    assert code == 0 and "ort: exported" in err
+    assert code == 0 and "ort: exported" in err and read_mask(tmp_path / "o/odd_mask.png").tolist() == second.tolist()
 
     def refuse(path, data):
         from cvtool.errors import CvtoolError
         raise CvtoolError(f"cannot write {path}: Read-only file system")
 
     monkeypatch.setattr("cvtool.fsutil.atomic_write_bytes", refuse)
-    cache.unlink()
+    for f in (tmp_path / "cache").glob("*.onnx"):
+        f.unlink()
     code, _, err = cli(capsys, *args)
-    assert code == 0 and "ort: exported in memory (cannot write" in err and not cache.exists()
+    assert code == 0 and "ort: exported in memory (cannot write" in err and not list((tmp_path / "cache").glob("*"))
 
 
 def test_exported_onnx_runs_alone_on_every_backend(model, images, tmp_path, capsys):
@@ -286,14 +292,10 @@ def trained(tmp_path_factory) -> Path:
 
 def test_three_backends_agree_on_real_images(trained, tmp_path, capsys):
     """Logits within 1e-4 relative (of the largest logit) and masks >= 99.9% equal, on membrane images."""
-    from cvtool.cli.models import open_model
-    from cvtool.cli.segment import onnx_for_checkpoint
+    from cvtool.cli.models import open_model, runner_for
 
     m = open_model(trained)
-    onnx_src, _ = onnx_for_checkpoint(m)
-    runs = {"numpy": registry.get("numpy", "cpu").runner(m.spec, m.params),
-            "torch": registry.get("torch", "cpu").runner(m.spec, m.params),
-            "ort": registry.get("ort", "cpu").load_onnx(onnx_src)}
+    runs = {name: runner_for(registry.get(name, "cpu"), m) for name in ("numpy", "torch", "ort")}
     paths = [MEMBRANE / "images" / f"{i}.png" for i in (25, 29)]
     xs = [prepare(read_image(p), 1, m.meta.mean, m.meta.std).x for p in paths]
     logits = {k: np.stack(predict_batch(r, xs, m.spec.multiple)) for k, r in runs.items()}

@@ -19,6 +19,7 @@ onnx and onnxruntime are imported where they are used: reading the class and its
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -31,8 +32,7 @@ from cvtool.arithmetic import (
     resolve_padding,
 )
 from cvtool.errors import CvtoolError, UsageError
-from cvtool_backends import resolve_device
-from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.base import Capabilities, Status, require_device
 
 DOUBLE_OPS = ("max_pool2d", "relu", "sigmoid", "tanh")  # the rest have float kernels only on CPU
 
@@ -97,7 +97,7 @@ class Backend:
                                 extra={"float64_ops": DOUBLE_OPS})
 
     def __init__(self, device: str = "cpu"):
-        self.device = resolve_device(self.name, device, self.status().devices)
+        self.device = require_device(self.name, device, self.status().devices)  # resolved by the registry
 
     @classmethod
     def status(cls) -> Status:
@@ -199,13 +199,21 @@ class Backend:
     # --- networks -------------------------------------------------------------------------------
 
     def runner(self, spec, params, opset: int | None = None):
-        """The spec exported in memory (float32) and run by ONNX Runtime."""
-        from cvtool_backends.onnx_format.export import build_model
+        """The spec exported (float32, backends/ort_backend/export_cache.py: built once, then reused) and run by ONNX
+        Runtime. The runner's `note` says whether the export was reused."""
         from cvtool_backends.onnx_format.opset import newest_opset
+        from cvtool_backends.ort_backend.export_cache import cached_export
         from cvtool_backends.ort_backend.runner import OrtRunner
 
-        model = build_model(spec, params, {}, opset=opset or newest_opset())
-        return OrtRunner(model.SerializeToString(), self.device)
+        opset = opset or newest_opset()
+        src, what = cached_export(spec, params, opset)
+        try:
+            run = OrtRunner(src, self.device)
+        except Exception:  # noqa: BLE001 - a cached file ORT cannot load (truncated, tampered): made again
+            src, what = cached_export(spec, params, opset, rebuild=True)
+            run = OrtRunner(src, self.device)
+        run.note = f"{what} {src}" if isinstance(src, Path) else what
+        return run
 
     def load_onnx(self, path):
         from cvtool.errors import DataError

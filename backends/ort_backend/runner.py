@@ -24,6 +24,7 @@ class OrtRunner:
         self.device = device
         self.providers = self.sess.get_providers()  # what the session really uses
         self.threads = so.intra_op_num_threads
+        self.note: str | None = None  # how the model got here (the backend says whether its export was reused)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)

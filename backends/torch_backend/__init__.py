@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output, resolve_padding
 from cvtool.errors import UsageError
-from cvtool_backends import resolve_device
-from cvtool_backends.base import Capabilities, Status
+from cvtool_backends.base import Capabilities, Status, require_device
 
 
 def _cuda_works() -> bool:
@@ -47,7 +46,7 @@ class Backend:
     capabilities = Capabilities(ops=True, backward=True, train=True, float64=True, extra={"backward_by": "autograd"})
 
     def __init__(self, device: str = "cpu"):
-        self.device = resolve_device(self.name, device, self.status().devices)
+        self.device = require_device(self.name, device, self.status().devices)  # resolved by the registry
 
     @classmethod
     def status(cls) -> Status:

@@ -14,6 +14,7 @@ arithmetic, and ORT on CUDA (a row of its own where a GPU is present) runs real 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -49,19 +50,21 @@ def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, object, str,
     checkpoint's weights through its runner."""
     import cvtool_backends as registry
     from cvtool.cli.convcalc.common import backend_status
+    from cvtool.cli.models import runner_for
     from cvtool_backends.base import Runs, hook
 
     fp = "float16" if half else "float32"
+    export = replace(model, path=onnx_path, kind="onnx")  # the written file, run as such where a backend can
     rows = []
     for name in registry.names():
         st = backend_status(registry, name)
         for dev in st.devices if st.available else ():
             be = registry.get(name, dev)
-            load_onnx = hook(be, "load_onnx")
-            if load_onnx is not None:
-                rows.append((f"{name} {dev}", load_onnx(onnx_path), fp, 99))
-            elif isinstance(be, Runs):
-                rows.append((name if dev == "cpu" else f"{name} {dev}", be.runner(model.spec, model.params), "float32", 99))
+            if not (isinstance(be, Runs) or hook(be, "load_onnx")):
+                continue
+            runs_file = hook(be, "load_onnx") is not None
+            label = f"{name} {dev}" if runs_file or dev != "cpu" else name
+            rows.append((label, runner_for(be, export), fp if runs_file else "float32", 99))
     if half:
         rows.append(("onnx.ref fp16", _reference_runner(onnx_path), fp, REFERENCE_SHAPES))
     return rows

@@ -117,3 +117,17 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def runner_for(be, model: Model):
+    """The one way from a backend and a model to a Runner (segment, export's checks, bench, val): an .onnx export runs
+    as its file on a backend that runs ONNX files; anything else through the backend's runner(spec, params) (the ort
+    backend exports a checkpoint itself, cached). A backend that runs no networks: one UsageError."""
+    from cvtool_backends.base import Runs, hook
+
+    load_onnx = hook(be, "load_onnx")
+    if model.kind == "onnx" and load_onnx is not None:
+        return load_onnx(model.path)
+    if isinstance(be, Runs) and be.capabilities.extra.get("networks", True):
+        return be.runner(model.spec, model.params)
+    raise UsageError(f"backend {be.name!r} runs no networks", hint="use --backend torch, numpy or ort")

@@ -66,41 +66,6 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def onnx_for_checkpoint(model) -> tuple[Path | bytes, str]:
-    """The checkpoint as ONNX, cached beside it as STEM.cache.onnx -> (path or bytes, what happened).
-
-    The cache is reused while it was made from a checkpoint with the same bytes (sha256), by this
-    cvtool version, at the opset the installed ONNX Runtime prefers; otherwise it is rebuilt. Where
-    nothing can be written beside the checkpoint the export stays in memory.
-    """
-    import onnx
-
-    from cvtool.cli.models import build_onnx, onnx_meta
-    from cvtool.errors import CvtoolError
-    from cvtool.fsutil import atomic_write_bytes
-    from cvtool_backends.onnx_format.export import read_meta
-    from cvtool_backends.onnx_format.opset import newest_opset
-
-    opset = newest_opset()
-    want = onnx_meta(model)
-    cache = model.path.with_name(model.path.stem + ".cache.onnx")
-    if cache.is_file():
-        try:
-            m = onnx.load(str(cache), load_external_data=False)
-            meta = read_meta(m)
-            if all(meta.get(k) == want[k] for k in ("source_sha256", "cvtool_version")) and \
-                    not meta.get("half") and m.opset_import[0].version == opset:
-                return cache, "reusing"
-        except Exception:  # noqa: BLE001 - an unreadable cache is simply rebuilt
-            pass
-    data = build_onnx(model, opset).SerializeToString()
-    try:
-        atomic_write_bytes(cache, data)
-    except CvtoolError as e:
-        return data, f"exported in memory ({e.message})"
-    return cache, "exported"
-
-
 def segment(
     sources: List[str] = typer.Argument(..., help="Image files, folders or globs (PNG, JPEG, BMP, TIFF)."),
     model_path: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (.safetensors) or exported .onnx. "
@@ -120,7 +85,7 @@ def segment(
 
     import cvtool_backends as registry
     from cvtool import glibc_malloc as heap
-    from cvtool.cli.models import open_model
+    from cvtool.cli.models import open_model, runner_for
     from cvtool.data.io import read_image, write_mask_png, write_overlay_png
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.errors import CvtoolError, UsageError
@@ -135,7 +100,6 @@ def segment(
         tile_margin,
         with_tta,
     )
-    from cvtool_backends.base import Runs, hook
 
     if tile < 1 or batch_size < 1:
         raise UsageError("--tile and --batch-size must be at least 1")
@@ -153,18 +117,9 @@ def segment(
     if spec.num_classes > 255:
         raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
     be = registry.get(backend, device)
-    load_onnx = hook(be, "load_onnx")  # a backend that runs ONNX files runs the file, a checkpoint's export cached
-    if load_onnx is not None and model.kind == "checkpoint":
-        src, what = onnx_for_checkpoint(model)
-        where = f" {src}" if isinstance(src, Path) else ""
-        err().print(f"{backend}: {what}{where} for {model.path}", soft_wrap=True, markup=False)
-        run = load_onnx(src)
-    elif load_onnx is not None:
-        run = load_onnx(model.path)
-    elif isinstance(be, Runs):
-        run = be.runner(spec, model.params)
-    else:
-        raise UsageError(f"backend {backend!r} runs no networks", hint="use --backend torch, numpy or ort")
+    run = runner_for(be, model)
+    if getattr(run, "note", None):  # the ort backend's export of a checkpoint: reused or made now
+        err().print(f"{backend}: {run.note} for {model.path}", soft_wrap=True, markup=False)
     passes = [0]  # forward passes: batches of images or of tiles
 
     def forward(x):
