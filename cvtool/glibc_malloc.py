@@ -4,19 +4,18 @@ keep_freed_memory: for training steps (the NumPy backend).
 
 A training step allocates and frees arrays of 30-70 MB again and again (batch 8 at 256x256). glibc
 serves every allocation over 32 MB (and smaller ones, by its sliding threshold) with a fresh mmap and
-unmaps it on free, so each new activation pays page faults and the kernel's zeroing of every page:
-measured 6 s of system time in a 19 s step benchmark, and 2.19 s -> 2.00 s per NumPy step with the
-settings below. They make malloc take large blocks from the heap and keep what is freed there (the
-process holds on to its peak memory, as PyTorch's caching allocator does). Called by the NumPy
+unmaps it on free, so each new activation pays page faults and the kernel's zeroing of every page
+(docs/benchmarks.md, "Measurements behind the code"). The settings below make malloc take large blocks
+from the heap and keep what is freed there (the process holds on to its peak memory, as PyTorch's caching
+allocator does). Called by the NumPy
 trainer and runner.
 
 trim: between the images of a folder (`segment`, validation). A new image size means new activation sizes; torch
 allocates them from glibc's heap (its mmap threshold slides up to 32 MB after the first large block is freed), the
-changing sizes fragment it, and the process only grows: 150 images of random sizes (100-700 px) took torch's
-resident memory from 0.97 GB after 30 to 1.73 GB after 150, still growing (benchmarks/segment_scale.py). Trimming
-once more than 256 MB lie free keeps it at 0.38-0.45 GB over the same images. Cheaper than mapping every large
-block on its own (a fixed mmap threshold: flat too, but page faults on every activation of every pass: 1024 x 1024
-images 20-30% slower); the price here is the first pass after a trim faulting its pages in again.
+changing sizes fragment it, and the process only grows (benchmarks/segment_scale.py). Trimming once more than
+256 MB lie free keeps it flat; cheaper than mapping every large block on its own (a fixed mmap threshold: flat too,
+but page faults on every activation of every pass); the price is the first pass after a trim faulting its pages in
+again. The figures: docs/benchmarks.md, "Measurements behind the code".
 """
 
 from __future__ import annotations

@@ -119,6 +119,7 @@ ENTRIES = ("toy = toy_backend:Backend\n"
            "torch = toy_backend:Backend\n")  # a plug-in may not replace a built-in
 
 
+@pytest.mark.slow
 def test_plugin_listed_by_cvtool_backends(tmp_path):
     root = install_plugin(tmp_path / "site", ENTRIES)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import cvtool_backends as registry
@@ -13,6 +14,7 @@ from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.inference import segment_logits
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_every_step_and_backends_agree(tmp_path):
     root = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "200"}

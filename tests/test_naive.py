@@ -185,6 +185,7 @@ def test_naive_is_a_registered_backend_of_operations_only():
         be.conv2d(np.zeros((64, 16, 256, 256), np.float32), np.zeros((16, 16, 3, 3), np.float32), padding=1)
 
 
+@pytest.mark.slow
 def test_convcalc_verify_and_bench_op_include_naive(capsys):
     import json
 

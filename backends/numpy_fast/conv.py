@@ -1,5 +1,8 @@
 """2-D convolution and transposed convolution on NCHW arrays, forward and backward.
 
+Over 400 lines on purpose: the four rules (forward, dL/dx, dL/dw, and the transposed convolution, which is the
+forward's adjoint) share one geometry (ConvGeom) and one flat layout; split, each half would reach into the other's.
+
 One piece of maths, three uses. A convolution (a cross-correlation, as in every framework) is
 
     out[n, f, oh, ow] = sum_{c,i,j} w[f, c, i, j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
@@ -310,8 +313,8 @@ def _from_wmat(wm: np.ndarray, g: ConvGeom) -> np.ndarray:
 # shifts, R[(j, c), t] = buf[c, m0 + j*dw + t] (KW copies of the input, not KH*KW): kernel row i
 # then reads the contiguous columns i*dh*Wb ... of R, so
 #     out[:, m0:m1] = sum_i W_i @ R[:, i*dh*Wb : i*dh*Wb + B]      W_i: (F, KW*C), the row-i weights
-# KH products with an inner dimension of KW*C, on 1/KH of im2col's copying: measured 1.2-1.6x
-# faster than im2col on the default net's layers (16-128 channels, 2 cores).
+# KH products with an inner dimension of KW*C, on 1/KH of im2col's copying: faster than im2col on the
+# default net's layers (docs/benchmarks.md, "Measurements behind the code").
 
 def _reach(g: ConvGeom) -> int:
     """Columns between kernel rows in the flat layout."""

@@ -2,14 +2,13 @@
 
 NumPy's OpenBLAS splits every matrix product over its own threads. For many small products (one
 per block of columns, see conv.py) that costs a thread handshake per call, and on a busy machine
-it collapses: measured on 2 shared cores, conv2d forward took 0.6 s instead of 0.05 s. Instead,
+it collapses (docs/benchmarks.md, "Measurements behind the code"). Instead,
 map_blocks runs the blocks on a pool of as many Python threads as BLAS would have used (NumPy
 releases the GIL in its loops and in BLAS) and sets BLAS to one thread meanwhile.
 
 OpenBLAS's own threads spin for a while (about 2^28 cycles) after each threaded product before
 they sleep, so switching BLAS back to its threads between layers leaves them burning the cores
-our pool needs: measured on the default net (256x256, 2 cores), 165 ms of CPU for an 88 ms
-forward, against 100 ms of CPU for 75 ms inside `held()`. A whole network pass therefore runs in
+our pool needs (docs/benchmarks.md, "Measurements behind the code"). A whole network pass therefore runs in
 `held()`: BLAS stays on one thread throughout and every parallel part goes through this pool.
 Where NumPy's BLAS cannot be told (not the OpenBLAS of NumPy's wheels), blocks run in turn.
 """
@@ -120,7 +119,7 @@ def map_runs(fn: Callable[[int, int], T], blocks: Sequence[tuple[int, int]], *, 
     """[fn(m0, m1) for each block], in order, with the blocks cut into one contiguous run per
     worker, each run done in turn by its worker: every worker gets an equal share in one handoff,
     and goes through its blocks while each is in its own cache (map_blocks' many small tasks cost
-    up to 2x on the default net's middle layers, measured on 2 cores).
+    more: docs/benchmarks.md).
 
     defer_last: fn(m0, m1) also writes a little past m1 (into the next block): the last block of
     each run but the final one is left out of the parallel phase and done afterwards, in turn."""

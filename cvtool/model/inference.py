@@ -17,7 +17,7 @@ import numpy as np
 from cvtool import glibc_malloc as heap
 from cvtool.arithmetic import ceil_div, effective_kernel
 from cvtool.errors import DataError, UsageError
-from cvtool.model import spec as S
+from cvtool.model.spec import Conv2d, ConvTranspose2d, MaxPool2d, ModelSpec
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -46,7 +46,7 @@ def prepare(image: np.ndarray, in_channels: int, mean, std, name: str = "image")
     return Prepared(((x - mean) / std).astype(np.float32), (img.shape[0], img.shape[1]))
 
 
-def halo(spec: S.ModelSpec) -> int:
+def halo(spec: ModelSpec) -> int:
     """How far (input pixels) an output pixel can see beyond its own: an upper bound from the graph.
 
     Per node: scale s (input pixels per feature pixel) and reach r. A conv adds its widest side
@@ -57,25 +57,25 @@ def halo(spec: S.ModelSpec) -> int:
     reach: dict[str, float] = {"input": 0.0}
     for n in spec.graph():
         L, s, r = n.layer, scale[n.inputs[0]], max(reach[i] for i in n.inputs)
-        if isinstance(L, S.Conv2d):
+        if isinstance(L, Conv2d):
             ek = effective_kernel(L.kernel_size, L.dilation)
             r += max(L.padding, ek - 1 - L.padding) * s
-        elif isinstance(L, S.MaxPool2d):
+        elif isinstance(L, MaxPool2d):
             r += max(L.kernel_size - L.stride, 0) * s
             s *= L.stride
-        elif isinstance(L, S.ConvTranspose2d):
+        elif isinstance(L, ConvTranspose2d):
             r += s * ceil_div(L.kernel_size - 1 + L.padding, L.stride)
             s /= L.stride
         scale[n.name], reach[n.name] = s, r
     return int(np.ceil(reach[spec.graph()[-1].name]))
 
 
-def tile_margin(spec: S.ModelSpec) -> int:
+def tile_margin(spec: ModelSpec) -> int:
     """The halo rounded up to the net's multiple: what each tile discards at a cut."""
     return ceil_div(halo(spec), spec.multiple) * spec.multiple
 
 
-def min_tile(spec: S.ModelSpec) -> int:
+def min_tile(spec: ModelSpec) -> int:
     """The smallest tile that keeps a core of at least one multiple between two margins."""
     return 2 * tile_margin(spec) + spec.multiple
 
@@ -126,7 +126,7 @@ def _boxes(Hp: int, Wp: int, multiple: int, tile: int, margin: int) -> tuple[int
     return th, tw, [(t, l) for t in _starts(Hp, th, step, multiple) for l in _starts(Wp, tw, step, multiple)]
 
 
-def net_pixels(hw: tuple[int, int], spec: S.ModelSpec, tile: int = 512) -> int:
+def net_pixels(hw: tuple[int, int], spec: ModelSpec, tile: int = 512) -> int:
     """Pixels the net runs on for an image of hw (after the model's scale) in segment_logits: the padded image, or
     every tile where it is cut into overlapping tiles (a 768 x 768 image in 512-px tiles: 4 of them, 1.8x its own
     pixels). What validation's time estimate counts."""
@@ -230,7 +230,7 @@ def with_tta(predict: Predict, tta: str) -> Predict:
     return run
 
 
-def segment_logits(predict: Predict, image: np.ndarray, spec: S.ModelSpec, mean, std, *, scale: float = 1.0,
+def segment_logits(predict: Predict, image: np.ndarray, spec: ModelSpec, mean, std, *, scale: float = 1.0,
                    tta: str = "none", tile: int = 512, batch_size: int = 4, name: str = "image") -> np.ndarray:
     """What `cvtool segment` computes for one uint8 (H, W[, C]) image: resample by the model's scale, normalise,
     run whole or in tiles (with the model's test-time augmentation), bring the logits back to (K, H, W).
