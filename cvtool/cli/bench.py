@@ -450,7 +450,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     spec, params = net["spec"], net["params"]
     per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
     targets = _targets(registry, backend, device, networks=True)
-    ref_run = registry.get(registry.REFERENCE, "cpu").runner(spec, params, dtype=np.float64)
+    ref_run = registry.reference().runner(spec, params, dtype=np.float64)
     rng = np.random.default_rng(cfg["seed"])
     points = []
     for S in cfg["sizes"]:
@@ -482,7 +482,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
             "gflop_per_image": {str(S): f / 1e9 for S, f in per_image.items()},
             "title": f"U-Net width {s.width} depth {s.depth} {s.activation}, norm {s.norm}, "
                      f"{s.in_channels} -> {s.num_classes} classes ({net['source']})"}
-    if data is not None:
+    if items is not None:  # with --data
         what.update(data=data, data_images=len(items), reference_miou=ref_miou)
     return _doc("network", what, cfg, gemm, rows, RTOL)
 
@@ -517,7 +517,9 @@ def _onnx_reference(lspec, x, w, b) -> Any:
         extra = {"output_padding": lspec.output_padding} if lspec.kind == "tconv" else {}
         model = build(C=x.shape[1], M=b.shape[0], kernel=lspec.kernel, group=1, bias=True, **common, **extra)
         feeds = {"x": x, "w": w, "b": b}
-    return ReferenceEvaluator(model).run(None, feeds)[0]
+    y = ReferenceEvaluator(model).run(None, feeds)
+    assert isinstance(y, list)  # the outputs in order (a dict only with intermediate=True)
+    return y[0]
 
 
 def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int) -> dict:

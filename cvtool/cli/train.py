@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from cvtool.cli.output import emit_json, err, fmt_float, out, table
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def _opt(default_help: str):
@@ -66,6 +69,7 @@ def train(
     from cvtool_backends.base import Trains, hook
 
     t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
+    given: dict[str, Any]  # TrainConfig's fields as given, each value of its field's type
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                                    activation=activation, width=width, depth=depth, norm=norm, val_split=val_split,
@@ -89,7 +93,7 @@ def train(
             raise UsageError(f"--{fixed[0]} cannot change when resuming (the checkpoint's net has "
                              f"{fixed[0]} {saved.get(fixed[0])!r})", hint="start a new run instead")
         cfg = TrainConfig.from_dict({**saved, **given})
-        run_dir = out_dir or path.parent
+        run_dir: Path | None = out_dir or path.parent
     else:
         cfg = TrainConfig(**given)
         run_dir = out_dir  # None: a new runs/train/expN, claimed once the options have passed
@@ -148,6 +152,7 @@ def train(
                                      should_stop=lambda: stop["flag"], rank=rank, world=world,
                                      digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))
             else:
+                assert run_dir is not None  # only --plan leaves it unset, and --plan is refused without --data
                 result = run_train(
                     cfg, make, Path(run_dir), resume=ck, on_event=ui.event, should_stop=lambda: stop["flag"], rank=rank,
                     world=world, digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank weight digests
@@ -268,10 +273,11 @@ class _ProgressUI:
     def __init__(self, quiet: bool, show_plan: bool = True):
         self.quiet = quiet
         self.show_plan = show_plan  # --plan prints the plan on stdout itself
-        self.progress = None
-        self.task = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
         self.timed = False
-        self.loading = None
+        self.loading: Progress | None = None
+        self.loading_task: TaskID | None = None
 
     def __enter__(self):
         return self
@@ -299,7 +305,13 @@ class _ProgressUI:
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=err(), transient=False)
         self.progress.__enter__()
-        self.task = self.progress.add_task("train (s)" if timed else "train", total=total, completed=done, info="")
+        # rich declares add_task's completed an int; a Task's completed is a float (seconds here), as update takes it
+        self.task = self.progress.add_task("train (s)" if timed else "train", total=total,
+                                           completed=done, info="")  # type: ignore[arg-type]
+
+    def _update(self, completed: float, info: str) -> None:
+        assert self.progress is not None and self.task is not None, "the bar starts with the 'start' event"
+        self.progress.update(self.task, completed=completed, info=info)
 
     def event(self, kind: str, d: dict) -> None:
         if self.quiet:
@@ -316,6 +328,7 @@ class _ProgressUI:
             self.loading.__enter__()
             self.loading_task = self.loading.add_task("reading images", total=d["total"])
         elif kind == "loaded":
+            assert self.loading is not None and self.loading_task is not None  # after "loading"
             self.loading.advance(self.loading_task)
         elif kind == "fingerprint":
             if self.loading is not None:
@@ -337,13 +350,12 @@ class _ProgressUI:
             self._print(f"loss: {'class-weighted ' if d.get('class_weights') else ''}cross-entropy{dice}")
             self._start(d["budget"], d["elapsed"], timed=True)
         elif kind == "step" and self.timed:
-            self.progress.update(self.task, completed=d["elapsed"],
-                                 info=f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
+            self._update(d["elapsed"],
+                         f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
         elif kind == "validating" and self.timed:  # the bar would stand still meanwhile: say why
-            self.progress.update(self.task, completed=d["elapsed"],
-                                 info=f"validating on {d['images']} whole images (~{d['expected_s']:.0f} s)")
+            self._update(d["elapsed"], f"validating on {d['images']} whole images (~{d['expected_s']:.0f} s)")
         elif kind == "epoch" and self.timed:
-            self.progress.update(self.task, completed=d["seconds"], info="")
+            self._update(d["seconds"], "")
             mark = " *" if d.get("best") else ""
             loss = "-" if d["train_loss"] is None else f"{d['train_loss']:.4f}"  # no step since the last one
             self._print(f"validation {d['epoch']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
@@ -358,9 +370,8 @@ class _ProgressUI:
                         "(val loss: cross-entropy)")
             self._start(d["total_steps"], d["resumed_at"]["step"] if d["resumed_at"] else 0)
         elif kind == "step":
-            self.progress.update(self.task, completed=d["step"],
-                                 info=f"epoch {d['epoch'] + 1} loss {d['loss']:.4f} lr {d['lr']:.2e} "
-                                      f"{d['images_per_s']:.1f} img/s")
+            self._update(d["step"], f"epoch {d['epoch'] + 1} loss {d['loss']:.4f} lr {d['lr']:.2e} "
+                                    f"{d['images_per_s']:.1f} img/s")
         elif kind == "epoch":
             mark = " *" if d.get("best") else ""
             self._print(f"epoch {d['epoch']:>3}: train loss {d['train_loss']:.4f}  val loss {d['val_loss']:.4f}  "

@@ -152,7 +152,8 @@ def parse_layer(text: str) -> LayerSpec:
     words = text.split()
     if not words:
         raise UsageError("empty layer in the chain", hint="layers are separated by ';'")
-    kind, tokens, seen = words[0].lower(), {}, set()
+    kind, seen = words[0].lower(), set()
+    tokens: dict[str, Any] = {}  # each key its own type: p a PaddingArg, c/g an int, ceil a bool, else ints
     if kind not in KINDS:
         raise UsageError(f"unknown layer kind {words[0]!r} in {text.strip()!r}",
                          hint="start each layer with conv, tconv, pool, maxpool or avgpool")
@@ -195,6 +196,7 @@ def parse_chain(text: str) -> list[LayerSpec]:
 
 def resolve_pads(spec: LayerSpec, hw: tuple[int, int]) -> Pads2d:
     if spec.kind in POOLS:
+        assert not isinstance(spec.padding, str), "make_layer gives pools a numeric padding"
         ph, pw = A.pair(spec.padding, "padding")
         return ((ph, ph), (pw, pw))
     return A.resolve_padding(spec.padding, kernel=spec.kernel, stride=spec.stride, dilation=spec.dilation,
@@ -290,9 +292,9 @@ def field_size(path: tuple[Geom, ...]) -> int:
     for y in range(period):
         span: tuple[int, int] | None = (y, y)
         for g in reversed(path):
-            span = _back(g, *span)
             if span is None:
                 break
+            span = _back(g, *span)
         if span is not None:
             best = max(best, span[1] - span[0] + 1)
     return best
