@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from cvtool.errors import BackendUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from cvtool_backends.base import Backend, Status
+    from cvtool_backends.numpy_fast import Backend as NumpyFast
 
 BUILTIN: dict[str, str] = {
     "numpy": "cvtool_backends.numpy_fast:Backend",
@@ -31,7 +36,7 @@ def names() -> list[str]:
     return list(BUILTIN) + sorted(_plugins())
 
 
-def backend_class(name: str):
+def backend_class(name: str) -> type[Backend]:
     """The backend class for `name`, imported now. Unknown name -> UsageError."""
     if name in BUILTIN:
         module, _, attr = BUILTIN[name].partition(":")
@@ -42,7 +47,7 @@ def backend_class(name: str):
     raise UsageError(f"unknown backend {name!r}", hint=f"choose one of: {', '.join(names())}")
 
 
-def status(name: str):
+def status(name: str) -> Status:
     """Status of a backend, also for one whose framework is missing (available=False, reason)."""
     from cvtool_backends.base import Status
 
@@ -64,13 +69,23 @@ def resolve_device(name: str, device: str, devices) -> str:
     return require_device(name, device, devices)
 
 
-def get(name: str, device: str = "auto"):
+def get(name: str, device: str = "auto") -> Backend:
     """An instance of backend `name` on `device`; a clear error when it cannot run here."""
     st = status(name)
     if not st.available:
         raise BackendUnavailable(f"backend {name!r} is not available: {st.reason}")
     cls = backend_class(name)
     return cls(device=resolve_device(name, device, st.devices))
+
+
+def reference() -> NumpyFast:
+    """The float64 oracle (REFERENCE) on the CPU, typed as its own class: its runner also takes a dtype, which the
+    contract's Runs.runner does not."""
+    from cvtool_backends.numpy_fast import Backend as NumpyFast
+
+    be = get(REFERENCE, "cpu")
+    assert isinstance(be, NumpyFast)
+    return be
 
 
 def parse_list(spec: str) -> list[str]:

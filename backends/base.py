@@ -59,6 +59,8 @@ class Backend(Protocol):
     capabilities: ClassVar[Capabilities]
     device: str
 
+    def __init__(self, device: str = "cpu") -> None: ...  # how the registry builds one (not checked by isinstance)
+
     @classmethod
     def status(cls) -> Status: ...
 

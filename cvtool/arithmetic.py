@@ -33,7 +33,7 @@ def pair(v: int | Sequence[int], what: str = "value") -> tuple[int, int]:
         return (t[0], t[0])
     if len(t) != 2:
         raise UsageError(f"{what} needs one value or two (height, width), got {len(t)}: {tuple(v)}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def _check_positive(name: str, v: int) -> None:
@@ -102,7 +102,7 @@ def resolve_padding(padding: PaddingArg, *, kernel, stride=1, dilation=1, input_
             raise UsageError(f"padding needs 1, 2 or 4 values, got {len(t)}: {t}")
     for p in pads:
         _check_pad(p)
-    return pads  # type: ignore[return-value]
+    return pads
 
 
 def is_symmetric(pads: Pads2d) -> bool:

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Mapping, Union
 
 from cvtool.fsutil import atomic_path
+
+Series = Union[list, tuple[list, list]]  # values at the panel's x, or (x values, values) of its own
 
 
 def _finite(vals) -> list[float]:
     return [v for v in vals if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
 
 
-def _wide(series: dict[str, list]) -> bool:
+def _values(s) -> list:
+    """A series' values: (x values, values) or the values alone."""
+    return s[1] if isinstance(s, tuple) else s
+
+
+def _wide(series: Mapping[str, Series]) -> bool:
     """Positive values spanning more than 20x: a log scale shows them better."""
-    v = [x for s in series.values() for x in _finite(s)]
+    v = [x for s in series.values() for x in _finite(_values(s))]
     return bool(v) and min(v) > 0 and max(v) / min(v) > 20
 
 
-def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, list] | None, title: str = "",
+def line_chart(path: str | Path, xs, left: Mapping[str, Series], *more: Mapping[str, Series] | None, title: str = "",
                xlabel: str = "", log_x: bool = False, log_y: str = "auto", titles: list[str] | None = None,
                panel_xs: list | None = None) -> Path:
     """Panels (left, then each of `more`) as one PNG, written atomically. log_y: "auto" (a panel spanning > 20x
@@ -60,7 +68,7 @@ def line_chart(path: str | Path, xs, left: dict[str, list], *more: dict[str, lis
         ax.grid(alpha=0.3)
         if titles and k < len(titles):
             ax.set_title(titles[k], fontsize=10)
-        if any(_finite(v) for v in series.values()):
+        if any(_finite(_values(v)) for v in series.values()):
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -189,7 +189,7 @@ def gemm_flops(n: int) -> int:
     return 2 * n**3
 
 
-def numpy_gemm(n: int, seed: int = 0) -> Callable[[], None]:
+def numpy_gemm(n: int, seed: int = 0) -> Callable[[], object]:
     """One float32 (n x n) @ (n x n) through NumPy's BLAS, into a preallocated output."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((n, n), dtype=np.float32)

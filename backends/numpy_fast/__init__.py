@@ -7,13 +7,16 @@ rules). CPU only.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import numpy as np
 
 from cvtool.errors import BackendUnavailable
 from cvtool_backends.base import Capabilities, Status
 from cvtool_backends.numpy_fast import layers
+
+if TYPE_CHECKING:
+    from cvtool_backends.numpy_fast.model import NumpyRunner, NumpyTrainer
 
 
 class Backend:
@@ -70,13 +73,13 @@ class Backend:
 
     # --- networks (backends/numpy_fast/model.py) ---------------------------------------------------
 
-    def runner(self, spec, params, dtype=np.float32):
+    def runner(self, spec, params, dtype=np.float32) -> NumpyRunner:
         from cvtool_backends.numpy_fast.model import NumpyRunner
 
         return NumpyRunner(spec, params, dtype=dtype)
 
     def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
-                dice: float = 0.0):
+                dice: float = 0.0) -> NumpyTrainer:
         from cvtool_backends.numpy_fast.model import NumpyTrainer
 
         if distributed:
@@ -87,7 +90,7 @@ class Backend:
         """Recorded only, for now: set OPENBLAS_NUM_THREADS before start to choose NumPy's BLAS threads."""
         self.threads = n
 
-    def init_distributed(self) -> None:
+    def init_distributed(self) -> NoReturn:
         from cvtool.errors import UsageError
 
         raise UsageError("the numpy backend trains in one process",

@@ -9,9 +9,9 @@ import numpy as np
 
 def as_float(*arrays):
     """Arrays -> one common float dtype (float32 and float64 are kept; ints become float64)."""
-    arrays = [None if a is None else np.asarray(a) for a in arrays]
-    dt = np.result_type(*[a.dtype for a in arrays if a is not None], np.float32)
-    return [None if a is None else a.astype(dt, copy=False) for a in arrays]
+    found = [None if a is None else np.asarray(a) for a in arrays]
+    dt = np.result_type(*[a.dtype for a in found if a is not None], np.float32)
+    return [None if a is None else a.astype(dt, copy=False) for a in found]
 
 
 def offsets(KH: int, KW: int) -> Iterator[tuple[int, int]]:

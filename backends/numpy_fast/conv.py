@@ -497,7 +497,10 @@ def _wgrad(buf: np.ndarray, cols: np.ndarray, g: ConvGeom) -> np.ndarray:
             np.matmul(R[..., i * s:i * s + B], dT, out=dwT[:, i])
         return dwT.transpose(0, 3, 1, 2).reshape(g.G, g.F // g.G, -1)
 
-    return sum((map_runs if g.flat else map_blocks)(block, _blocks(g, cols.dtype)))
+    dw, *rest = (map_runs if g.flat else map_blocks)(block, _blocks(g, cols.dtype))
+    for part in rest:
+        dw += part  # each block's result is its own array
+    return dw
 
 
 def _tiled(g: ConvGeom) -> bool:

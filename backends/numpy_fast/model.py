@@ -15,13 +15,13 @@ The dtype (float32 or float64) is that of the parameters and input given to forw
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from cvtool.errors import UsageError
 from cvtool.glibc_malloc import keep_freed_memory
-from cvtool.model.fuse import ConvReLU, fold_batchnorm, fuse_relu
+from cvtool.model.fuse import ConvReLU, GraphNode, fold_batchnorm, fuse_relu
 from cvtool.model.spec import (
     Activation,
     BatchNorm2d,
@@ -30,7 +30,6 @@ from cvtool.model.spec import (
     ConvTranspose2d,
     MaxPool2d,
     ModelSpec,
-    Node,
     check_params,
     trainable,
 )
@@ -42,18 +41,21 @@ from cvtool_backends.numpy_fast.parallel import held, map_blocks, map_channels
 
 IGNORE_INDEX = 255
 
-_ACT_FORWARD = {"relu": layers.relu_forward, "sigmoid": layers.sigmoid_forward, "tanh": layers.tanh_forward}
-_ACT_BACKWARD = {"relu": layers.relu_backward, "sigmoid": layers.sigmoid_backward, "tanh": layers.tanh_backward}
+# Each activation's cache has its own type (ReluCache, OutCache), read only by its own backward: Any stands for it.
+_ACT_FORWARD: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Any]]] = {
+    "relu": layers.relu_forward, "sigmoid": layers.sigmoid_forward, "tanh": layers.tanh_forward}
+_ACT_BACKWARD: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
+    "relu": layers.relu_backward, "sigmoid": layers.sigmoid_backward, "tanh": layers.tanh_backward}
 
 
 class Tape(NamedTuple):
     """What backward needs: the nodes in graph order and each one's layer cache (name -> cache)."""
 
-    nodes: list[Node]
+    nodes: Sequence[GraphNode]
     caches: dict[str, Any]
 
 
-def _last_use(nodes: list[Node]) -> dict[str, int]:
+def _last_use(nodes: Sequence[GraphNode]) -> dict[str, int]:
     """Node name -> index of its last consumer (the graph output is never consumed)."""
     last: dict[str, int] = {}
     for i, n in enumerate(nodes):
@@ -104,7 +106,7 @@ def _chunks(n: int, itemsize: int, block_bytes: int = 1 << 20) -> list[tuple[int
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def _node_forward(n: Node, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
+def _node_forward(n: GraphNode, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
                   keep: bool = True):
     """One node: inputs -> (output, cache). owned: the (single) input may be overwritten;
     keep: backward will follow (else layers may skip building their cache)."""
@@ -134,7 +136,7 @@ def _node_forward(n: Node, xs: list[np.ndarray], p: dict[str, np.ndarray], train
     raise TypeError(f"no forward for layer {L!r}")
 
 
-def forward(nodes: list[Node], params: dict[str, np.ndarray], x: np.ndarray, *, training: bool,
+def forward(nodes: Sequence[GraphNode], params: dict[str, np.ndarray], x: np.ndarray, *, training: bool,
             keep: bool = True) -> tuple[np.ndarray, Tape | None]:
     """x (N, C, H, W) -> logits (N, K, H, W), and the tape for backward (None when keep is False)."""
     last = _last_use(nodes)
@@ -154,7 +156,7 @@ def forward(nodes: list[Node], params: dict[str, np.ndarray], x: np.ndarray, *, 
     return vals[nodes[-1].name], (Tape(nodes, caches) if keep else None)
 
 
-def _node_backward(n: Node, dout: np.ndarray, cache, grads: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _node_backward(n: GraphNode, dout: np.ndarray, cache, grads: dict[str, np.ndarray]) -> list[np.ndarray]:
     """One node: dL/d(output) -> dL/d(inputs), in input order; parameter gradients go into `grads`."""
     L = n.layer
     if isinstance(L, (Conv2d, ConvTranspose2d)):
@@ -255,6 +257,7 @@ class NumpyTrainer:
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Training-mode forward (BN running stats move), the loss, and every parameter's gradient."""
         logits, tape = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=True)
+        assert tape is not None  # keep=True: forward kept its tape
         loss, dlogits = layers.softmax_cross_entropy(logits, y, weight=self.weight, ignore_index=IGNORE_INDEX)
         if self.dice:
             dice, ddice = layers.soft_dice(logits, y, ignore_index=IGNORE_INDEX)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from cvtool.arithmetic import (
 )
 from cvtool.errors import CvtoolError, UsageError
 from cvtool_backends.base import Capabilities, Status, require_device
+
+if TYPE_CHECKING:
+    from cvtool_backends.ort_backend.runner import OrtRunner
 
 DOUBLE_OPS = ("max_pool2d", "relu", "sigmoid", "tanh")  # the rest have float kernels only on CPU
 
@@ -81,7 +85,7 @@ def _fold(full: int, begin: int, end: int, op: int) -> tuple[int, int, int, int]
 def _all_padding(i: int, k: int, s: int, p: int, d: int, o: int) -> np.ndarray:
     """Which of the o pooling windows along one dimension have every tap in the padding (needs d > 1)."""
     taps = np.arange(o)[:, None] * s - p + np.arange(k)[None, :] * d  # (o, k) input positions
-    return ((taps < 0) | (taps >= i)).all(axis=1)
+    return np.asarray(((taps < 0) | (taps >= i)).all(axis=1))
 
 
 def _nchw(x, dtype, what: str = "x") -> np.ndarray:
@@ -92,9 +96,9 @@ def _nchw(x, dtype, what: str = "x") -> np.ndarray:
 
 
 class Backend:
-    name = "ort"
-    capabilities = Capabilities(ops=True, backward=False, train=False, float64=False,
-                                extra={"float64_ops": DOUBLE_OPS})
+    name: ClassVar[str] = "ort"
+    capabilities: ClassVar[Capabilities] = Capabilities(ops=True, backward=False, train=False, float64=False,
+                                                        extra={"float64_ops": DOUBLE_OPS})
 
     def __init__(self, device: str = "cpu"):
         self.device = require_device(self.name, device, self.status().devices)  # resolved by the registry
@@ -198,7 +202,7 @@ class Backend:
 
     # --- networks -------------------------------------------------------------------------------
 
-    def runner(self, spec, params, opset: int | None = None):
+    def runner(self, spec, params, opset: int | None = None) -> OrtRunner:
         """The spec exported (float32, backends/ort_backend/export_cache.py: built once, then reused) and run by ONNX
         Runtime. The runner's `note` says whether the export was reused."""
         from cvtool_backends.onnx_format.opset import newest_opset
@@ -215,7 +219,7 @@ class Backend:
         run.note = f"{what} {src}" if isinstance(src, Path) else what
         return run
 
-    def load_onnx(self, path):
+    def load_onnx(self, path) -> OrtRunner:
         from cvtool.errors import DataError
         from cvtool_backends.ort_backend.runner import OrtRunner
 
@@ -230,7 +234,7 @@ class Backend:
 
         session.THREADS = n
 
-    def gemm(self, n: int):
+    def gemm(self, n: int) -> Callable[[], object]:
         """A callable doing one float32 (n x n) @ (n x n) in a one-node MatMul session (MLAS on the CPU), the
         inputs bound once on the device (IO binding), returning when the product is done."""
         import onnxruntime as ort

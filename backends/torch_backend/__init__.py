@@ -9,14 +9,19 @@ directly (asymmetric, or 'same' with stride > 1) is resolved by cvtool.arithmeti
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Callable, ClassVar, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, is_symmetric, pair, pool2d_output, resolve_padding
 from cvtool.errors import UsageError
 from cvtool_backends.base import Capabilities, Status, require_device
+
+if TYPE_CHECKING:
+    from cvtool_backends.torch_backend.model import TorchRunner, TorchTrainer
 
 
 def _cuda_works() -> bool:
@@ -42,8 +47,9 @@ def _float(a) -> np.ndarray:
 
 
 class Backend:
-    name = "torch"
-    capabilities = Capabilities(ops=True, backward=True, train=True, float64=True, extra={"backward_by": "autograd"})
+    name: ClassVar[str] = "torch"
+    capabilities: ClassVar[Capabilities] = Capabilities(ops=True, backward=True, train=True, float64=True,
+                                                        extra={"backward_by": "autograd"})
 
     def __init__(self, device: str = "cpu"):
         self.device = require_device(self.name, device, self.status().devices)  # resolved by the registry
@@ -52,7 +58,13 @@ class Backend:
     def status(cls) -> Status:
         return _status()
 
-    def _t(self, a, like: np.ndarray | None = None) -> torch.Tensor | None:
+    @overload
+    def _t(self, a: None, like: np.ndarray | None = None) -> None: ...
+
+    @overload
+    def _t(self, a: ArrayLike, like: np.ndarray | None = None) -> torch.Tensor: ...
+
+    def _t(self, a: ArrayLike | None, like: np.ndarray | None = None) -> torch.Tensor | None:
         """NumPy -> tensor on our device (in like's dtype when given); None stays None."""
         if a is None:
             return None
@@ -143,13 +155,13 @@ class Backend:
 
     # --- networks -------------------------------------------------------------------------------
 
-    def runner(self, spec, params):
+    def runner(self, spec, params) -> TorchRunner:
         from cvtool_backends.torch_backend.model import TorchRunner
 
         return TorchRunner(spec, params, self.device)
 
     def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
-                dice: float = 0.0):
+                dice: float = 0.0) -> TorchTrainer:
         from cvtool_backends.torch_backend.model import TorchTrainer
 
         return TorchTrainer(spec, params, device=self.device, optim=optim, class_weights=class_weights, seed=seed,
@@ -170,7 +182,7 @@ class Backend:
 
     # --- benchmark hooks (cvtool bench) -----------------------------------------------------------
 
-    def gemm(self, n: int):
+    def gemm(self, n: int) -> Callable[[], object]:
         """A callable doing one float32 (n x n) @ (n x n) on our device, returning when it is done."""
         g = torch.Generator().manual_seed(0)
         a = torch.randn(n, n, generator=g).to(self.device)

@@ -9,15 +9,26 @@ import torch.nn.functional as F
 from cvtool.arithmetic import conv_transpose2d_output, pair, resolve_padding
 
 
+def _leaf(a) -> torch.Tensor:
+    return torch.tensor(np.asarray(a, np.float64), requires_grad=True)
+
+
+def _grad(t: torch.Tensor) -> np.ndarray:
+    assert t.grad is not None, "a leaf that y depends on has its gradient after backward()"
+    return t.grad.numpy()
+
+
 def gradients(op: str, x, w, b, dy, params: dict) -> dict[str, np.ndarray]:
-    t = lambda a: None if a is None else torch.tensor(np.asarray(a, np.float64), requires_grad=True)  # noqa: E731
-    xt, wt, bt = t(x), t(w), t(b)
+    xt = _leaf(x)
+    wt, bt = (None if w is None else _leaf(w)), (None if b is None else _leaf(b))
     if op == "conv2d":
+        assert wt is not None, "conv2d needs its kernel w"
         (pt, pb), (pl, pr) = resolve_padding(params.get("padding", 0), kernel=w.shape[2:], stride=params.get("stride", 1),
                                              dilation=params.get("dilation", 1), input_size=x.shape[2:])
         y = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), wt, bt, pair(params.get("stride", 1)), 0,
                      pair(params.get("dilation", 1)), params.get("groups", 1))
     elif op == "conv_transpose2d":
+        assert wt is not None, "conv_transpose2d needs its kernel w"
         OH, OW = conv_transpose2d_output(x.shape[2:], w.shape[2:], params.get("stride", 1), params.get("padding", 0),
                                          params.get("output_padding", 0), params.get("dilation", 1))
         (pt, _), (pl, _) = resolve_padding(params.get("padding", 0), kernel=w.shape[2:])
@@ -33,9 +44,9 @@ def gradients(op: str, x, w, b, dy, params: dict) -> dict[str, np.ndarray]:
     else:
         y = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[op](xt)
     (y * torch.from_numpy(np.asarray(dy, np.float64))).sum().backward()
-    out = {"y": y.detach().numpy(), "dx": xt.grad.numpy()}
+    out = {"y": y.detach().numpy(), "dx": _grad(xt)}
     if wt is not None:
-        out["dw"] = wt.grad.numpy()
+        out["dw"] = _grad(wt)
     if bt is not None:
-        out["db"] = bt.grad.numpy()
+        out["db"] = _grad(bt)
     return out

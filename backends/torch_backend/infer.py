@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvtool.model.fuse import ConvReLU, fold_batchnorm, fuse_relu
+from cvtool.model.fuse import ConvReLU, FusedNode, fold_batchnorm, fuse_relu
 from cvtool.model.spec import (
     Activation,
     BatchNorm2d,
@@ -28,7 +28,6 @@ from cvtool.model.spec import (
     ConvTranspose2d,
     MaxPool2d,
     ModelSpec,
-    Node,
     check_params,
 )
 
@@ -53,7 +52,7 @@ def _max_pool(x: torch.Tensor, k: int, stride: int) -> torch.Tensor:
     return F.max_pool2d(x, k, stride)
 
 
-def channels(nodes: list[Node], in_channels: int) -> dict[str, int]:
+def channels(nodes: list[FusedNode], in_channels: int) -> dict[str, int]:
     """Output channels of every node: convs say theirs, Concat sums, the rest keep their input's."""
     C = {"input": in_channels}
     for n in nodes:
@@ -117,18 +116,18 @@ class FrozenNet:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         vals = {"input": x.contiguous(memory_format=torch.channels_last)}  # 2x faster than NCHW at 4 x 512^2 here
         for i, n in enumerate(self.nodes):
-            L = n.layer
-            relu = isinstance(L, ConvReLU)
-            L = L.conv if relu else L
+            relu = isinstance(n.layer, ConvReLU)
+            L = n.layer.conv if isinstance(n.layer, ConvReLU) else n.layer
             b = self.w.get(f"{n.name}.bias")
             if n.name in self.split:
+                assert isinstance(L, Conv2d), "only a conv's weight is split (__init__)"
                 parts = self.split[n.name]
                 y = self._conv(n.name, L, vals[parts[-1]], False, self.w[f"{n.name}.weight.{len(parts) - 1}"])
                 for j in range(len(parts) - 2, -1, -1):  # the bias and ReLU come with the last accumulation
                     y = self._conv(n.name, L, vals[parts[j]], relu and j == 0, self.w[f"{n.name}.weight.{j}"],
                                    b if j == 0 else None, acc=y)
             elif n.name in self.cat_free:
-                y = None  # never built: its consumer reads the parts
+                continue  # never built: its consumer reads the parts (and frees them)
             elif isinstance(L, Conv2d):
                 y = self._conv(n.name, L, vals[n.inputs[0]], relu, b=b)
             elif isinstance(L, ConvTranspose2d):

@@ -149,7 +149,8 @@ class TorchTrainer:
         if distributed and self.device.type == "cuda" and self.device.index is None:  # one GPU per process
             self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by distributed.init
         self.distributed = distributed
-        self.net = build(spec, params, self.device).to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time (torch._C._nn._parse_to); torch's overloads leave it out
+        self.net = build(spec, params, self.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: nn.Module = self.net
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # recent Typer vendors click as typer._click; older ones depend on click
         from typer._click import exceptions as click_exc
     except ImportError:  # pragma: no cover
-        from click import exceptions as click_exc
+        from click import exceptions as click_exc  # type: ignore[no-redef]  # the same module, before the vendoring
 
     try:
         rv = app(args=argv, prog_name="cvtool", standalone_mode=False)

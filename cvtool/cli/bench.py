@@ -21,13 +21,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import typer
 
 from cvtool.cli.bench_report import render, write_csv, write_markdown, write_plot
 from cvtool.cli.bench_rows import NotSupported, _error, _row, backend_rows, compare, gemm_rates, merge_rounds
 from cvtool.cli.output import emit_json, err
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cvtool.model.spec import ModelSpec
+    from cvtool_backends.base import Backend
+
+
+class BenchNet(NamedTuple):
+    """The network benched, as cli/models.runner_for takes it: an .onnx runs as that file where a backend can."""
+
+    spec: ModelSpec
+    params: dict[str, np.ndarray]
+    path: Path
+    kind: str  # "checkpoint" | "onnx"
+
 
 OPS = {"conv2d": (False, None), "conv_transpose2d": (True, None), "max_pool2d": (False, "max")}
 
@@ -229,7 +245,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import cvtool_backends as registry
-    from cvtool.cli.models import Model, runner_for
+    from cvtool.cli.models import runner_for
     from cvtool.convcalc.verify import RTOL
     from cvtool.model.spec import total_flops
     from cvtool_backends.base import Runs, hook
@@ -244,7 +260,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     spec, params = net["spec"], net["params"]
     per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
     targets = _targets(registry, backend, device, networks=True)
-    ref_run = registry.get(registry.REFERENCE, "cpu").runner(spec, params, dtype=np.float64)
+    ref_run = registry.reference().runner(spec, params, dtype=np.float64)
     rng = np.random.default_rng(cfg["seed"])
     points = []
     for S in cfg["sizes"]:
@@ -257,9 +273,9 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     del ref_run
     gemm = gemm_rates(registry, targets, cfg)
 
-    opened = Model(spec, params, None, net["onnx"] or Path(), "onnx" if net["onnx"] is not None else "checkpoint")
+    opened = BenchNet(spec, params, net["onnx"] or Path(), "onnx" if net["onnx"] is not None else "checkpoint")
 
-    def make(be):
+    def make(be: Backend):
         if not (isinstance(be, Runs) and be.capabilities.extra.get("networks", True) or hook(be, "load_onnx")):
             raise NotSupported("no network runner")
         return runner_for(be, opened)
@@ -275,7 +291,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
             "gflop_per_image": {str(S): f / 1e9 for S, f in per_image.items()},
             "title": f"U-Net width {s.width} depth {s.depth} {s.activation}, norm {s.norm}, "
                      f"{s.in_channels} -> {s.num_classes} classes ({net['source']})"}
-    if data is not None:
+    if items is not None:  # with --data
         what.update(data=data, data_images=len(items), reference_miou=ref_miou)
     return _doc("network", what, cfg, gemm, rows, RTOL)
 
@@ -310,7 +326,9 @@ def _onnx_reference(lspec, x, w, b) -> Any:
         extra = {"output_padding": lspec.output_padding} if lspec.kind == "tconv" else {}
         model = build(C=x.shape[1], M=b.shape[0], kernel=lspec.kernel, group=1, bias=True, **common, **extra)
         feeds = {"x": x, "w": w, "b": b}
-    return ReferenceEvaluator(model).run(None, feeds)[0]
+    y = ReferenceEvaluator(model).run(None, feeds)
+    assert isinstance(y, list)  # the outputs in order (a dict only with intermediate=True)
+    return y[0]
 
 
 def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int) -> dict:

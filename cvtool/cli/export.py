@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from cvtool.cli.output import emit_json, err, fmt_float, out, table
+
+if TYPE_CHECKING:
+    from cvtool_backends.base import Runner
 
 VERIFY_SHAPES = ((1, 64, 64), (2, 96, 128), (1, 160, 96))  # (N, H, W), each rounded up to the net's multiple
 REFERENCE_SHAPES = 1  # onnx.reference is slow: it checks the first shape only
@@ -41,10 +44,16 @@ def _reference_runner(onnx_path: Path):
     from cvtool_backends.onnx_format.export import INPUT, OUTPUT
 
     ev = ReferenceEvaluator(onnx.load(str(onnx_path)))
-    return lambda x: ev.run([OUTPUT], {INPUT: x})[0]
+
+    def run(x):
+        y = ev.run([OUTPUT], {INPUT: x})
+        assert isinstance(y, list)  # the outputs in order (a dict only with intermediate=True)
+        return y[0]
+
+    return run
 
 
-def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, object, str, int]]:
+def _runners(model, onnx_path: Path, half: bool) -> list[tuple[str, Runner, str, int]]:
     """(label, runner, tolerance key, how many of the verify shapes) for every way this machine can run the model:
     each available backend on each of its devices, the written file where it runs ONNX files (load_onnx), else the
     checkpoint's weights through its runner."""
@@ -80,7 +89,7 @@ def parity_report(model, onnx_path: Path, *, half: bool, seed: int = 0) -> list[
     spec = model.spec
     rng = np.random.default_rng(seed)
     runners = _runners(model, onnx_path, half)
-    ref_runner = registry.get(registry.REFERENCE, "cpu").runner(spec, model.params, dtype=np.float64)
+    ref_runner = registry.reference().runner(spec, model.params, dtype=np.float64)
     rows = []
     for i, (n, h, w) in enumerate(verify_shapes(spec.multiple)):
         x = rng.standard_normal((n, spec.in_channels, h, w)).astype(np.float32)

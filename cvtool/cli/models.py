@@ -6,12 +6,16 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from cvtool.errors import CvtoolError, DataError, UsageError
 from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from cvtool_backends.base import Backend, Runner
 
 RUNS = Path("runs") / "train"
 
@@ -119,7 +123,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def runner_for(be, model: Model):
+class Network(Protocol):
+    """What runner_for needs of a model: a Model, or bench's network (spec, params, and an .onnx path or none)."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+    @property
+    def params(self) -> dict[str, np.ndarray]: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def kind(self) -> str: ...  # "checkpoint" | "onnx"
+
+
+def runner_for(be: Backend, model: Network) -> Runner:
     """The one way from a backend and a model to a Runner (segment, export's checks, bench, val): an .onnx export runs
     as its file on a backend that runs ONNX files; anything else through the backend's runner(spec, params) (the ort
     backend exports a checkpoint itself, cached). A backend that runs no networks: one UsageError."""

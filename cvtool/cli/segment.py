@@ -118,8 +118,9 @@ def segment(
         raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
     be = registry.get(backend, device)
     run = runner_for(be, model)
-    if getattr(run, "note", None):  # the ort backend's export of a checkpoint: reused or made now
-        err().print(f"{backend}: {run.note} for {model.path}", soft_wrap=True, markup=False)
+    note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now
+    if note:
+        err().print(f"{backend}: {note} for {model.path}", soft_wrap=True, markup=False)
     passes = [0]  # forward passes: batches of images or of tiles
 
     def forward(x):
@@ -133,8 +134,9 @@ def segment(
         err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
                     f"what this net sees around a pixel", soft_wrap=True, markup=False)
         tile = min_tile(spec)
-    claimed = None if out_dir else next_run_dir(Path("runs") / "segment")
-    dest = make_dir(out_dir or claimed)  # not writable: one line, exit 2, no image read
+    run_dir = out_dir or next_run_dir(Path("runs") / "segment")
+    claimed = None if out_dir else run_dir  # ours to release if nothing is written
+    dest = make_dir(run_dir)  # not writable: one line, exit 2, no image read
     stems = dict(zip(images, output_stems(images)))
 
     timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}

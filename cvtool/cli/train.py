@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -66,6 +66,7 @@ def train(
     from cvtool_backends.base import Trains, hook
 
     t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
+    given: dict[str, Any]  # TrainConfig's fields as given, each value of its field's type
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                                    activation=activation, width=width, depth=depth, norm=norm, val_split=val_split,
@@ -89,7 +90,7 @@ def train(
             raise UsageError(f"--{fixed[0]} cannot change when resuming (the checkpoint's net has "
                              f"{fixed[0]} {saved.get(fixed[0])!r})", hint="start a new run instead")
         cfg = TrainConfig.from_dict({**saved, **given})
-        run_dir = out_dir or path.parent
+        run_dir: Path | None = out_dir or path.parent
     else:
         cfg = TrainConfig(**given)
         run_dir = out_dir  # None: a new runs/train/expN, claimed once the options have passed

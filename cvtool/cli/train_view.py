@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cvtool.cli.output import err, fmt_float, out, table
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 FINGERPRINT_CACHE = Path("runs") / ".cache" / "fingerprints.json"  # shared by `cvtool train --data` and `data check`
 
@@ -69,10 +73,11 @@ class ProgressUI:
     def __init__(self, quiet: bool, show_plan: bool = True):
         self.quiet = quiet
         self.show_plan = show_plan  # --plan prints the plan on stdout itself
-        self.progress = None
-        self.task = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
         self.timed = False
-        self.loading = None
+        self.loading: Progress | None = None
+        self.loading_task: TaskID | None = None
 
     def __enter__(self):
         return self
@@ -100,7 +105,13 @@ class ProgressUI:
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=err(), transient=False)
         self.progress.__enter__()
-        self.task = self.progress.add_task("train (s)" if timed else "train", total=total, completed=done, info="")
+        # rich declares add_task's completed an int; a Task's completed is a float (seconds here), as update takes it
+        self.task = self.progress.add_task("train (s)" if timed else "train", total=total,
+                                           completed=done, info="")  # type: ignore[arg-type]
+
+    def _update(self, completed: float, info: str) -> None:
+        assert self.progress is not None and self.task is not None, "the bar starts with the 'start' event"
+        self.progress.update(self.task, completed=completed, info=info)
 
     def event(self, kind: str, d: dict) -> None:
         if self.quiet:
@@ -119,6 +130,7 @@ class ProgressUI:
             self.loading.__enter__()
             self.loading_task = self.loading.add_task("reading images", total=d["total"])
         elif kind == "loaded":
+            assert self.loading is not None and self.loading_task is not None  # after "loading"
             self.loading.advance(self.loading_task)
         elif kind == "fingerprint":
             if self.loading is not None:
@@ -140,13 +152,12 @@ class ProgressUI:
             self._print(f"loss: {'class-weighted ' if d.get('class_weights') else ''}cross-entropy{dice}")
             self._start(d["budget"], d["elapsed"], timed=True)
         elif kind == "step" and self.timed:
-            self.progress.update(self.task, completed=d["elapsed"],
-                                 info=f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
+            self._update(d["elapsed"],
+                         f"step {d['step']} loss {d['loss']:.4f} lr {d['lr']:.2e} {d['images_per_s']:.1f} img/s")
         elif kind == "validating" and self.timed:  # the bar would stand still meanwhile: say why
-            self.progress.update(self.task, completed=d["elapsed"],
-                                 info=f"validating on {d['images']} whole images (~{d['expected_s']:.0f} s)")
+            self._update(d["elapsed"], f"validating on {d['images']} whole images (~{d['expected_s']:.0f} s)")
         elif kind == "epoch" and self.timed:
-            self.progress.update(self.task, completed=d["seconds"], info="")
+            self._update(d["seconds"], "")
             mark = " *" if d.get("best") else ""
             loss = "-" if d["train_loss"] is None else f"{d['train_loss']:.4f}"  # no step since the last one
             self._print(f"validation {d['epoch']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
@@ -161,9 +172,8 @@ class ProgressUI:
                         "(val loss: cross-entropy)")
             self._start(d["total_steps"], d["resumed_at"]["step"] if d["resumed_at"] else 0)
         elif kind == "step":
-            self.progress.update(self.task, completed=d["step"],
-                                 info=f"epoch {d['epoch'] + 1} loss {d['loss']:.4f} lr {d['lr']:.2e} "
-                                      f"{d['images_per_s']:.1f} img/s")
+            self._update(d["step"], f"epoch {d['epoch'] + 1} loss {d['loss']:.4f} lr {d['lr']:.2e} "
+                                    f"{d['images_per_s']:.1f} img/s")
         elif kind == "epoch":
             mark = " *" if d.get("best") else ""
             loss = "-" if d["train_loss"] is None else f"{d['train_loss']:.4f}"

@@ -76,6 +76,7 @@ def case(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float, seed: i
         op, wv, params, o, pads = activation, None, {}, xv.shape, None
         name, ptext = f"{activation} activation", f"f = {activation}"
     else:
+        assert spec is not None, "the CLI gives a layer when there is no --activation"
         spec, hw, xv, wv = layer_values(spec, hw, x_text, w_text, seed, kernel_given, fixed_avg=False)
         o, pads = output_hw(spec, hw)
         op, params = OPS[spec.kind], _params(spec, pads)
@@ -110,6 +111,7 @@ def _agreement(label: str, g: dict, ref: dict, wrt, kinked: bool) -> dict:
 def _conv_views(c: Case, ref_be, dy4, w4) -> dict:
     """A convolution's dL/dx two more ways (C^T dL/dy, the transposed convolution) and dL/dw as a correlation."""
     spec, hw, o, pads = c.spec, c.hw, c.out, c.pads
+    assert spec is not None and c.w is not None, "a convolution's case has its layer and kernel"
     doc = {}
     C = conv_matrix(c.w, hw, stride=spec.stride, padding=pads_arg(pads), dilation=spec.dilation)
     doc["dx_via_CT"] = (C.T @ c.dy.ravel()).reshape(hw).tolist()
@@ -144,7 +146,7 @@ def backward_doc(c: Case, backends: dict[str, Any], reference: str) -> dict:
     doc = {"mode": "backward", "op": c.op, "title": c.title, "params_text": c.params_text, "x": c.x.tolist(),
            "dy": c.dy.tolist(), "y": ref["y"][0, 0].tolist(), "dx": ref["dx"][0, 0].tolist(), "agreement": rows,
            "lr": c.lr, "kinks": kinked, "ok": all(r.get("ok", False) for r in rows if "error" not in r)}
-    if w4 is not None:
+    if c.w is not None:  # and so w4
         dw = ref["dw"][0, 0]
         doc.update(w=c.w.tolist(), dw=dw.tolist(), w_new=(c.w - c.lr * dw).tolist())
     if b4 is not None:

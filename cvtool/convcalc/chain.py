@@ -1,8 +1,7 @@
 """A stack of layers, traced: shapes, channels and the receptive field after every layer.
 
-    "conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8"
-
-Layers are separated by ';' (or new lines); each is a kind, then tokens in any order:
+    "conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8"   layers separated by ';' (or new lines); each is a kind, then
+                                                  tokens in any order:
     kind      conv | tconv | pool (= maxpool) | maxpool | avgpool
     k3, k3x5  kernel (KH x KW)            s2, s2x1  stride (pools: default = kernel)
     p1, p1x2  padding, also p0,1,0,1 (top,bottom,left,right), psame, pvalid
@@ -149,7 +148,8 @@ def parse_layer(text: str) -> LayerSpec:
     words = text.split()
     if not words:
         raise UsageError("empty layer in the chain", hint="layers are separated by ';'")
-    kind, tokens, seen = words[0].lower(), {}, set()
+    kind, seen = words[0].lower(), set()
+    tokens: dict[str, Any] = {}  # each key its own type: p a PaddingArg, c/g an int, ceil a bool, else ints
     if kind not in KINDS:
         raise UsageError(f"unknown layer kind {words[0]!r} in {text.strip()!r}",
                          hint="start each layer with conv, tconv, pool, maxpool or avgpool")
@@ -192,6 +192,7 @@ def parse_chain(text: str) -> list[LayerSpec]:
 
 def resolve_pads(spec: LayerSpec, hw: tuple[int, int]) -> Pads2d:
     if spec.kind in POOLS:
+        assert not isinstance(spec.padding, str), "make_layer gives pools a numeric padding"
         ph, pw = pair(spec.padding, "padding")
         return ((ph, ph), (pw, pw))
     return resolve_padding(spec.padding, kernel=spec.kernel, stride=spec.stride, dilation=spec.dilation,
@@ -258,8 +259,8 @@ def fmt_frac(q: Fraction) -> str:
 
 
 def _back(g: Geom, lo: int, hi: int) -> tuple[int, int] | None:
-    """Input pixels [lo', hi'] that output pixels lo..hi of one layer depend on (padding only shifts,
-    so it is left out); None when they depend on none (a transposed conv's empty phase)."""
+    """Input pixels [lo', hi'] that output pixels lo..hi of one layer depend on (padding only shifts, so it is left
+    out); None when they depend on none (a transposed conv's empty phase)."""
     kind, k, s, d = g
     if kind != "tconv":
         return lo * s, hi * s + (k - 1) * d
@@ -276,9 +277,8 @@ def _back(g: Geom, lo: int, hi: int) -> tuple[int, int] | None:
 
 
 def field_size(path: tuple[Geom, ...]) -> int:
-    """Exact receptive field after `path`: trace each output phase back to the network input.
-
-    Only transposed convolutions make pixels differ, with period = the product of their strides."""
+    """Exact receptive field after `path`: trace each output phase back to the network input. Only transposed
+    convolutions make pixels differ, with period = the product of their strides."""
     period = 1
     for g in path:
         if g[0] == "tconv":
@@ -287,9 +287,9 @@ def field_size(path: tuple[Geom, ...]) -> int:
     for y in range(period):
         span: tuple[int, int] | None = (y, y)
         for g in reversed(path):
-            span = _back(g, *span)
             if span is None:
                 break
+            span = _back(g, *span)
         if span is not None:
             best = max(best, span[1] - span[0] + 1)
     return best

@@ -94,7 +94,7 @@ def same_doc(spec: LayerSpec, hw: tuple[int, int] | None) -> dict:
     doc: dict[str, Any] = {
         "mode": "same", "op": "conv", "input": list(hw) if hw else None, "params": spec.to_dict(),
         "params_text": params_text(spec), "pytorch_padding_same": spec.stride == (1, 1),
-        "padding": None if per_dim[0].pad is None else [list(r.pad) for r in per_dim],
+        "padding": [list(r.pad) for r in per_dim if r.pad is not None] or None,  # all None or none (hw unknown)
         "explanation": [{"axis": name, "lines": list(r.lines)} for (name, _, _), r in zip(named, res)]}
     if hw is not None:
         doc["output"] = [r.output for r in per_dim]

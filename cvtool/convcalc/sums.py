@@ -52,11 +52,13 @@ def conv_steps(x: np.ndarray, w: np.ndarray, spec: LayerSpec, b: float = 0.0) ->
     outs = []
     for i in range(OH):
         for j in range(OW):
-            terms = []
+            terms, value = [], 0.0
             for u, v, r, c in _taps(i, j, spec, pads):
                 inside = 0 <= r < H and 0 <= c < W
-                terms.append({"x": _num(x[r, c]) if inside else 0, "w": _num(w[u, v]), "at": [r, c] if inside else None})
-            value = sum(t["x"] * t["w"] for t in terms) + b
+                xv, wv = _num(x[r, c]) if inside else 0, _num(w[u, v])
+                terms.append({"x": xv, "w": wv, "at": [r, c] if inside else None})
+                value += xv * wv
+            value += b
             outs.append({"out": [i, j], "terms": terms, "bias": _num(b), "value": _num(value)})
     return {"op": "conv", "input": [H, W], "output": [OH, OW], "pads": pads, "outputs": outs}
 
@@ -118,11 +120,10 @@ def tconv_steps(x: np.ndarray, w: np.ndarray, spec: LayerSpec, b: float = 0.0) -
 
 
 def steps(spec: LayerSpec, x: np.ndarray, w: np.ndarray | None) -> dict:
-    if spec.kind == "conv":
-        return conv_steps(x, w, spec)
-    if spec.kind == "tconv":
-        return tconv_steps(x, w, spec)
-    return pool_steps(x, spec)
+    if spec.kind not in ("conv", "tconv"):
+        return pool_steps(x, spec)
+    assert w is not None, "a convolution's worked example has its kernel (layer_values)"
+    return conv_steps(x, w, spec) if spec.kind == "conv" else tconv_steps(x, w, spec)
 
 
 def term_text(t: dict) -> str:

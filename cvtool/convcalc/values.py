@@ -23,7 +23,7 @@ def layer_values(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: b
         wv = parse_values(w_text, "--w")
         if kernel_given and tuple(wv.shape) != spec.kernel:
             raise UsageError(f"--w is {wv.shape[0]}x{wv.shape[1]} but --kernel says {dims(spec.kernel)}")
-        spec = replace(spec, kernel=tuple(wv.shape))
+        spec = replace(spec, kernel=(wv.shape[0], wv.shape[1]))
     else:
         wv = seeded_ints(spec.kernel, seed + 1, 5)
     if x_text is not None:

@@ -70,7 +70,7 @@ class FileSource:
                 self.mask_modes[it.mask] = mode
                 if palette is not None and self.palette is None:
                     self.palette = palette
-            self.records[it.image] = record_from_mask(it.name, str(it.image), it.mask and str(it.mask),
+            self.records[it.image] = record_from_mask(it.name, str(it.image), None if it.mask is None else str(it.mask),
                                                       self.header(it.image)[1], mask)
         return self.records[it.image]
 
@@ -139,8 +139,9 @@ class FileDataset:
         it = self.items[i]
         image = read_image(it.image, self.in_channels)
         mask = read_mask(it.mask, self.source.colour) if it.mask is not None else None
-        check_pair(it.name, str(it.image), it.mask and str(it.mask), image.shape[:2],
+        check_pair(it.name, str(it.image), None if it.mask is None else str(it.mask), image.shape[:2],
                    None if mask is None else mask.shape)
+        assert mask is not None  # check_pair refuses an image without one
         y = self.value_map(mask)
         if (y < 0).any():  # a value check_dataset would refuse: say which, never hand out -1
             r = record_from_mask(it.name, str(it.image), str(it.mask), image.shape[:2], mask)
@@ -232,7 +233,7 @@ def _class_names(path: Path, names) -> list[str]:
 def _color(path: Path, what: str, c) -> tuple[int, int, int]:
     if isinstance(c, str) and len(c) == 7 and c[0] == "#":
         try:
-            return tuple(int(c[i:i + 2], 16) for i in (1, 3, 5))
+            return (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16))
         except ValueError:
             pass
     elif (isinstance(c, list) and len(c) == 3
@@ -378,6 +379,7 @@ def _label_map(recs: list[Record], seen: np.ndarray, names, spec: ClassSpec | No
         identity = not wide and top <= 2 * labels.size
     n = labels.size
     if K is not None and identity and not palette_masks and labels.size and top < K:
+        assert spec is not None  # K counts its names
         raise DataError(f"{spec.path}: names {K} classes but no mask holds a value above {top - 1} (values found: "
                         f"{values_text(labels)}), so {', '.join(repr(c) for c in names[top:][:5])}"
                         f"{', ...' if K - top > 5 else ''} would never be trained",
@@ -397,6 +399,7 @@ def _label_map(recs: list[Record], seen: np.ndarray, names, spec: ClassSpec | No
                          f"(no mask holds {values_text(np.array(absent))})")
         return ValueMap.identity(K, None if wide and ignore not in seen else ignore), K, False
     if K is not None and n != K:  # some value is >= K (else identity): name the first mask holding one
+        assert spec is not None  # K counts its names
         r, bad = next((r, b) for r in recs if (b := r.values[(r.values >= K) & (r.values != ignore)]).size)
         also = f" or {ignore} (ignore)" if ignore == IGNORE or ignore in seen else ""
         raise DataError(f"{r.mask}: mask values {values_text(bad)} are not classes 0..{K - 1}{also}; values found: "
@@ -427,7 +430,8 @@ def mask_classes(source: FileSource, items: list[Item], spec: ClassSpec | None, 
     palette_masks = any(m == "P" for _, _, m in pairs)
     binary = False
     if colour_masks:
-        vmap, K = _colour_map(pairs, spec, notes), len(names)
+        assert spec is not None, "RGB masks are read only when classes.json gives colours (FileSource(colour=...))"
+        vmap, K = _colour_map(pairs, spec, notes), len(spec.names)
     else:
         vmap, K, binary = _label_map(recs, seen, names, spec, palette_masks, notes)
         if palette_masks:
@@ -439,9 +443,10 @@ def mask_classes(source: FileSource, items: list[Item], spec: ClassSpec | None, 
             notes.append(f"mask values reach {K - 1}: are these class indices? (JPEG masks or grey images are not)")
     if colors is None:
         pal = source.palette
-        colors = ([tuple(pal[3 * k:3 * k + 3]) for k in range(K)] if pal is not None and len(pal) >= 3 * K
+        colors = ([(pal[3 * k], pal[3 * k + 1], pal[3 * k + 2]) for k in range(K)]
+                  if pal is not None and len(pal) >= 3 * K
                   else voc_palette(K))
-    return MaskClasses(list(names), [tuple(int(v) for v in c) for c in colors], vmap, colour_masks)
+    return MaskClasses(list(names), [(int(r), int(g), int(b)) for r, g, b in colors], vmap, colour_masks)
 
 
 def open_folder(root: Path, *, val_split: float, seed: int) -> tuple[FileDataset, FileDataset, DataInfo]:

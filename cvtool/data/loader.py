@@ -115,7 +115,7 @@ def channel_stats(ds: SegDataset, max_items: int = 64) -> tuple[np.ndarray, np.n
     if n == 0:
         raise DataError("channel_stats: empty dataset")
     idx = np.unique(np.linspace(0, n - 1, min(n, max_items)).round().astype(np.int64))
-    s = s2 = 0.0
+    s = s2 = np.zeros(1)  # broadcasts to (C,) at the first image
     count = 0
     for i in idx:
         img = ds[int(i)].image.astype(np.float64)  # (C, H, W)

@@ -69,7 +69,8 @@ def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
     if img.shape[:2] == tuple(hw):
         return img
-    chans = [np.asarray(Image.fromarray(img[..., c]).resize((hw[1], hw[0]), Image.BILINEAR)) for c in range(img.shape[2])]
+    chans = [np.asarray(Image.fromarray(img[..., c]).resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
+             for c in range(img.shape[2])]
     return np.ascontiguousarray(np.stack(chans, axis=2))
 
 
@@ -79,7 +80,7 @@ def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
     if mask.shape == tuple(hw):
         return mask
-    return np.asarray(Image.fromarray(mask).resize((hw[1], hw[0]), Image.NEAREST))
+    return np.asarray(Image.fromarray(mask).resize((hw[1], hw[0]), Image.Resampling.NEAREST))
 
 
 def rescale(a: ArraySet, scale: float, *, workers: int = 2) -> ArraySet:

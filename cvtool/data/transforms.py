@@ -3,6 +3,8 @@ crops, flips and padding only move or add pixels (padding in a mask is IGNORE, s
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from cvtool.arithmetic import ceil_div
@@ -48,9 +50,10 @@ def hflip_where(x: np.ndarray, y: np.ndarray, flip: np.ndarray) -> None:
 
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)
+PadMode = Literal["constant", "reflect", "edge"]  # numpy.pad's modes that fit an image
 
 
-def pad_to_multiple(x: np.ndarray, m: int, *, mode: str = "constant", value: float = 0) -> tuple[np.ndarray, Box]:
+def pad_to_multiple(x: np.ndarray, m: int, *, mode: PadMode = "constant", value: float = 0) -> tuple[np.ndarray, Box]:
     """Pad the last two axes (H, W) up to multiples of m, split evenly (extra pixel bottom/right).
 
     Returns (padded, (y0, y1, x0, x1)) with padded[..., y0:y1, x0:x1] == x: the box that crops a
@@ -61,8 +64,11 @@ def pad_to_multiple(x: np.ndarray, m: int, *, mode: str = "constant", value: flo
     ph, pw = ceil_div(H, m) * m - H, ceil_div(W, m) * m - W
     top, left = ph // 2, pw // 2
     pads = [(0, 0)] * (x.ndim - 2) + [(top, ph - top), (left, pw - left)]
-    kw = {"constant_values": value} if mode == "constant" else {}
-    return np.pad(x, pads, mode=mode, **kw), (top, top + H, left, left + W)
+    if mode == "constant":
+        padded = np.pad(x, pads, mode="constant", constant_values=value)
+    else:
+        padded = np.pad(x, pads, mode=mode)
+    return padded, (top, top + H, left, left + W)
 
 
 __all__ = ["to_chw", "crop_offsets", "paste_window", "hflip_where", "pad_to_multiple", "IGNORE"]

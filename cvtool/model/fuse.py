@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import Union
 
 import numpy as np
 
-from cvtool.model.spec import Activation, BatchNorm2d, Conv2d, Node
+from cvtool.model.spec import Activation, BatchNorm2d, Conv2d, Layer, Node
 
 
 def fold_batchnorm(nodes: list[Node], params: dict[str, np.ndarray]) -> tuple[list[Node], dict[str, np.ndarray]]:
@@ -19,10 +20,11 @@ def fold_batchnorm(nodes: list[Node], params: dict[str, np.ndarray]) -> tuple[li
     parameters' dtype; the BN nodes disappear and their consumers read the conv."""
     kinds = {n.name: n.layer for n in nodes}
     uses = Counter(src for n in nodes for src in n.inputs)
-    p, rename, out = dict(params), {}, []
+    p, out = dict(params), []
+    rename: dict[str, str] = {}  # a folded BN -> the conv that now stands for it
     for n in nodes:
         n = replace(n, inputs=tuple(rename.get(src, src) for src in n.inputs))
-        src = n.inputs[0] if len(n.inputs) == 1 else None
+        src = n.inputs[0] if len(n.inputs) == 1 else ""  # "": no node has that name
         if isinstance(n.layer, BatchNorm2d) and isinstance(kinds.get(src), Conv2d) and uses[src] == 1:
             f64 = {k: np.asarray(p[f"{n.name}.{k}"], np.float64) for k in ("weight", "bias", "running_mean", "running_var")}
             s = f64["weight"] / np.sqrt(f64["running_var"] + n.layer.eps)
@@ -43,7 +45,19 @@ class ConvReLU:
     conv: Conv2d
 
 
-def fuse_relu(nodes: list[Node]) -> list[Node]:
+@dataclass(frozen=True)
+class FusedNode:
+    """A node of the rewritten inference graph: Node's fields, its layer a spec layer or a ConvReLU."""
+
+    name: str
+    layer: Layer | ConvReLU
+    inputs: tuple[str, ...]
+
+
+GraphNode = Union[Node, FusedNode]  # what a backend executes: a spec's node, or one rewritten here
+
+
+def fuse_relu(nodes: list[Node]) -> list[FusedNode]:
     """Each Conv2d -> ReLU pair (the ReLU the conv's only consumer) as one ConvReLU node under the
     conv's name (its parameters keep their names); the ReLU's consumers read the conv."""
     by_name = {n.name: n for n in nodes}
@@ -56,8 +70,8 @@ def fuse_relu(nodes: list[Node]) -> list[Node]:
     for n in nodes:
         if n.name in rename:
             continue
-        n = replace(n, inputs=tuple(rename.get(src, src) for src in n.inputs))
-        out.append(replace(n, layer=ConvReLU(n.layer)) if n.name in relu_of else n)
+        layer = ConvReLU(n.layer) if n.name in relu_of and isinstance(n.layer, Conv2d) else n.layer
+        out.append(FusedNode(n.name, layer, tuple(rename.get(src, src) for src in n.inputs)))
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class Batches:
     def _run(self):
         k = self.k
         while not self.stop.is_set():
+            item: tuple[int, Any, BaseException | None]
             try:
                 item = (k, self.make(k), None)
             except BaseException as e:  # handed to the consumer, raised there

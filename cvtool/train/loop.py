@@ -63,6 +63,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, planned_ru
     if planned_run:
         run = planned(cfg, make_trainer, t0=t0, clock=clock, overrides=overrides, resume=resume, cache_dir=cache_dir,
                       on_event=on_event, rank=rank, world=world, checked=checked)
+        assert run.plan is not None  # a planned run has its plan
         on_event("plan", {"plan": run.plan.to_dict(), "rows": run.plan.rows()})
         if plan_only:
             return {"status": "plan", "plan": run.plan.to_dict(), "fingerprint": run.fingerprint.to_dict(),

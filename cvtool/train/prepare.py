@@ -256,7 +256,8 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     med = int(order[len(order) // 2])
     # timed: up to 3 images of shapes not seen yet (as most validation images are), nearest the median in size; the
     # median of their rates, so that one slow call (a busy moment) does not set the whole run's validation cadence
-    seen, probes = {val_images[med].shape}, []
+    seen = {val_images[med].shape}
+    probes: list[int] = []
     for i in sorted(order.tolist(), key=lambda i: abs(sizes[i] - sizes[med])):
         if len(probes) < 3 and val_images[i].shape not in seen:
             seen.add(val_images[i].shape)

@@ -4,7 +4,7 @@ curves.png, and (a test hook under torchrun) a digest of each rank's weights."""
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,16 @@ class RunState:
     step: int = 0  # optimiser steps in total
     elapsed: float = 0.0  # seconds since the process started, everything counted (over resumes)
     best_miou: float = -1.0  # -1: no best checkpoint yet (a NaN mIoU still makes the first one)
-    history: list | None = None  # a row per validation (metrics.csv)
+    history: list = field(default_factory=list)  # a row per validation (metrics.csv)
     loss_sum: float = 0.0  # training loss summed over the steps since the last validation
-    trace: list | None = None  # [step, seconds, mean loss] every few steps (the loss curve)
+    trace: list = field(default_factory=list)  # [step, seconds, mean loss] every few steps (the loss curve)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RunState":
-        st = cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
-        st.history = [dict(h) for h in st.history or []]  # a resume's own copies, not its checkpoint's
-        st.trace = [list(t) for t in st.trace or []]
-        return st
+        d = dict(d or {})
+        d["history"] = [dict(h) for h in d.get("history") or []]  # a resume's own copies, not its checkpoint's
+        d["trace"] = [list(t) for t in d.get("trace") or []]
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 TRACE_POINTS = 200  # a loss trace keeps between this many and twice as many points, however long the run

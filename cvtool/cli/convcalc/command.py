@@ -17,7 +17,7 @@ import a backend.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -30,6 +30,9 @@ from cvtool.convcalc.sizes import formula_doc, output_doc, same_doc
 from cvtool.convcalc.solve import solve_doc
 from cvtool.convcalc.trace import chain_doc, model_doc
 from cvtool.errors import CvtoolError, UsageError
+
+if TYPE_CHECKING:
+    from cvtool.model.spec import ModelSpec
 
 
 def convcalc(
@@ -187,7 +190,7 @@ def convcalc_tour(quick: bool = False) -> None:
 __all__ = ["convcalc", "convcalc_tour"]
 
 
-def model_spec(model: str):
+def model_spec(model: str) -> tuple[ModelSpec, str]:
     """(spec, source) for --model: 'default', a cvtool .onnx export (read with onnx alone), or a checkpoint (its
     metadata only, no tensors)."""
     from pathlib import Path
