@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, shared_dataset
 from PIL import Image
 from test_coco import H, W, box, coco_doc, cvat, image, poly, runs
 
@@ -121,3 +121,25 @@ def test_train_on_a_coco_export_directly(tmp_path, capsys):
     assert doc["classes"] == ["background", "cat", "dog"]
     # the confusion matrix's rows are z's labelled pixels: 80 - 12 cat - 8 crowd (ignored) background, 12 cat
     assert np.asarray(doc["confusion"]).sum(axis=1).tolist() == [60, 12, 0]
+
+
+@pytest.mark.slow
+def test_real_masks_through_coco_rle_and_back(tmp_path):
+    """benchmarks/label_formats.py's export (one RLE per class, 255 as iscrowd) of real trimaps reads back to the
+    PNG masks exactly: the folder reader is the oracle."""
+    import importlib.util
+
+    pets = shared_dataset("oxford_pets3")
+    spec = importlib.util.spec_from_file_location("label_formats", Path(__file__).parents[1] / "benchmarks" /
+                                                  "label_formats.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n, n_ann = bench.export_coco(pets, tmp_path / "coco", limit=6)
+    folder = open_datasets(str(pets), val_split=0.0)[0]
+    coco = open_datasets(str(tmp_path / "coco"), val_split=0.0)[0]
+    assert len(coco) == n == 6 and n_ann >= 12  # each trimap: its breed and the void band
+    want = {folder[i].name: folder[i].mask for i in range(6)}
+    for j in range(len(coco)):
+        s = coco[j]
+        assert np.array_equal(s.mask, want[s.name]), s.name
+        assert {0, 255} <= set(np.unique(s.mask).tolist())

@@ -150,10 +150,10 @@ def convert(
                    "ignored_pixels": res.ignored, "seconds": round(seconds, 3)})
         return
     con = out()
-    layout = " and ".join(f"{p}/" for p in res.parts) if "" not in res.parts else "one folder"
+    layout = (f"train/ and val/ ({escape(info.split)})" if "" not in res.parts else "one folder, no split")
     con.print(f"converted {info.format} dataset {escape(src)}: {sum(res.parts.values())} images, "
-              f"{len(info.classes)} classes -> {escape(str(to))} ({layout}: images/, palette masks/, classes.json) "
-              f"in {seconds:.1f} s; split: {escape(info.split)}")
+              f"{len(info.classes)} classes -> {escape(str(to))} in {seconds:.1f} s: images/, palette masks/ and "
+              f"classes.json, {layout}")
     for note in info.notes:
         con.print(f"note: {escape(note)}")
     rows = [[k, c, fmt_float(float(p / labelled)), int(n)] for k, (c, p, n) in
