@@ -237,6 +237,19 @@ def test_layouts_detected(tmp_path, make, n_train, n_val, split, labelled):
         assert any("1 images of the test split not used" in n for n in info.notes)
 
 
+def test_root_level_files_and_sizes_from_the_images(tmp_path):
+    """instances_train.json / instances_val.json beside images/; images without width and height take the file's."""
+    for split, name in (("train", "a.png"), ("val", "b.png")):
+        image(tmp_path / "images" / name)
+        doc = coco_doc({name: [{"category_id": 3, "segmentation": [poly(1, 1, 5, 4)]}]})
+        for im in doc["images"]:
+            del im["width"], im["height"]
+        (tmp_path / f"instances_{split}.json").write_text(json.dumps(doc))
+    train, val, info = open_datasets(str(tmp_path), val_split=0.0)
+    assert ([train[0].name], [val[0].name]) == (["a"], ["b"]) and "instances_val.json" in info.split
+    assert np.array_equal(val[0].mask == 1, box(1, 1, 5, 4))
+
+
 # ----------------------------------------------------------------------------------------------- refusals
 
 def broken(root: Path, case: str) -> Path:
@@ -257,6 +270,8 @@ def broken(root: Path, case: str) -> Path:
     elif case == "missing image":
         cvat(root, {"a.png": [ann]})
         (root / "images" / "a.png").unlink()
+    elif case == "no annotations":
+        cvat(root, {"a.png": [], "b.png": []})
     elif case == "size differs":
         cvat(root, {"a.png": [ann]})
         image(root / "images" / "a.png", (H, W + 2))
@@ -272,6 +287,7 @@ def broken(root: Path, case: str) -> Path:
     ("RLE size", ["RLE size [4, 4] is not the image's [height, width] [8, 10]"]),
     ("RLE counts", ["uncompressed RLE counts must be non-negative integers summing to 8x10 = 80 pixels (got 7)"]),
     ("missing image", ["instances_default.json: image 'a.png' is not in"]),
+    ("no annotations", ["instances_default.json: no annotations on any of the 2 images"]),
     ("size differs", ["instances_default.json: image 'a.png' is 10x8 there but the file", "is 12x8"]),
 ])
 def test_refusals_one_line_naming_the_file(tmp_path, capsys, case, words):

@@ -143,3 +143,10 @@ def test_refusals_one_line_naming_the_file(tmp_path, capsys, lines, yaml, words)
     assert str(root) in got[0]
     for w in words:
         assert w in got[0], got[0]
+
+
+def test_no_label_at_all_is_refused(tmp_path, capsys):
+    root = write(tmp_path / "d", {"a": None, "b": []}, yaml=NAMES)
+    code, out, err = cli(capsys, "data", "check", str(root))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "none of the 2 images has a label" in err and "a.png pairs with" in err and "labels/a.txt" in err

@@ -4,7 +4,8 @@ Layouts (detected in this order):
 - DIR/annotations/*.json (instances_*.json when there are any: COCO's own captions/keypoints files are not
   masks) with images in DIR/images/<split>, DIR/<split> (COCO's train2017/), DIR/images or DIR: CVAT, COCO;
 - DIR/_annotations.coco.json or DIR/<split>/_annotations.coco.json, images beside it: Roboflow;
-- DIR/result.json (Label Studio), annotations.json, instances.json or coco.json, images in DIR/images or DIR.
+- DIR/result.json (Label Studio), annotations.json, coco.json, instances*.json or *.coco*.json, images in
+  DIR/images or DIR.
 A file's split comes from its name or folder (train, val / valid, test); see labels.choose_split.
 
 Classes: class 0 is the background; every category is a class, 1..n in the order of the category ids (a category
@@ -21,14 +22,14 @@ import math
 from pathlib import Path
 
 from cvtool.data.folder import Item
-from cvtool.data.io import read_json
+from cvtool.data.io import open_pil, read_json
 from cvtool.data.labels import LabelItem, Labels, Shape, choose_split, label_views, split_name, unique_names
 from cvtool.data.loader import DataInfo
 from cvtool.errors import DataError
 
 COCO_HINT = ("a COCO export holds \"images\" (id, file_name, width, height), \"annotations\" (image_id, "
              "category_id, segmentation) and \"categories\" (id, name); re-export it from the labelling tool")
-ROOT_NAMES = ("result.json", "annotations.json", "instances.json", "coco.json")
+ROOT_NAMES = ("result.json", "annotations.json", "coco.json")
 SLACK = 1.0  # pixels a polygon vertex may lie beyond the image (tools clip at the border, give or take rounding)
 
 
@@ -48,7 +49,9 @@ def coco_files(root: Path) -> list[tuple[Path, str, list[Path]]]:
     if rf:
         return [(p, split_name(p.parent.name) if p.parent != root else "", [p.parent, p.parent / "images"])
                 for p in rf]
-    return [(root / n, "", [root / "images", root]) for n in ROOT_NAMES if (root / n).is_file()][:1]
+    named = [p for p in sorted(root.glob("*.json")) if p.name in ROOT_NAMES or p.stem.startswith("instances")
+             or ".coco" in p.name]
+    return [(p, split_name(p.stem.removeprefix("instances")), [root / "images", root]) for p in named]
 
 
 def load_json(path: Path) -> dict:
@@ -142,6 +145,14 @@ def _rle(path: Path, what: str, seg: dict, H: int, W: int) -> dict:
     return {"size": [H, W], "counts": counts}
 
 
+def _image_hw(path: Path, what: str, im: dict, img: Path) -> tuple[int, int]:
+    """(H, W) as the JSON gives it; the file's own when it gives neither (some hand-made exports leave them out)."""
+    if im.get("height") is None and im.get("width") is None:
+        with open_pil(img) as f:
+            return f.size[1], f.size[0]
+    return _field(path, what, im, "height", int), _field(path, what, im, "width", int)
+
+
 def _known(key, table: dict) -> bool:
     return not isinstance(key, (list, dict)) and key in table
 
@@ -156,10 +167,14 @@ def parse_file(path: Path, doc: dict, bases: list[Path], cat_class: dict[int, in
         if iid is None or isinstance(iid, (list, dict, bool)):
             raise DataError(f"{path}: {what} has no valid \"id\"", hint=COCO_HINT)
         fn = _field(path, what, im, "file_name", str)
-        hw = (_field(path, what, im, "height", int), _field(path, what, im, "width", int))
         if iid in images:
             raise DataError(f"{path}: image id {iid} appears twice ('{images[iid][0]}', '{fn}')", hint=COCO_HINT)
-        images[iid], shapes[iid] = (fn, hw), []
+        img = find_image(fn, bases)
+        if img is None:
+            raise DataError(f"{path}: image '{fn}' is not in {' or '.join(str(b) for b in bases if b.is_dir())}",
+                            hint="export the images with the labels (the file_name of each image is looked for "
+                                 "beside the annotation file or in images/)")
+        images[iid], shapes[iid] = (fn, _image_hw(path, what, im, img), img), []
     known = ", ".join(map(str, sorted(cat_class)))
     for k, a in enumerate(doc.get("annotations", [])):
         if not isinstance(a, dict):
@@ -168,7 +183,7 @@ def parse_file(path: Path, doc: dict, bases: list[Path], cat_class: dict[int, in
         if not _known(a.get("image_id"), images):
             raise DataError(f"{path}: {what} is on image_id {a.get('image_id')}, which is not in \"images\"",
                             hint=COCO_HINT)
-        fn, (H, W) = images[a["image_id"]]
+        fn, (H, W), _ = images[a["image_id"]]
         what += f" (image '{fn}')"
         if not _known(a.get("category_id"), cat_class):
             raise DataError(f"{path}: {what} has category_id {a.get('category_id')}, an unknown category "
@@ -185,12 +200,7 @@ def parse_file(path: Path, doc: dict, bases: list[Path], cat_class: dict[int, in
                             f"polygons or masks", hint="label with polygons or masks, or export them")
         shapes[a["image_id"]].append(Shape(cat_class[a["category_id"]], region, bool(a.get("iscrowd"))))
     out = []
-    for iid, (fn, hw) in images.items():
-        img = find_image(fn, bases)
-        if img is None:
-            raise DataError(f"{path}: image '{fn}' is not in {' or '.join(str(b) for b in bases if b.is_dir())}",
-                            hint="export the images with the labels (the file_name of each image is looked for "
-                                 "beside the annotation file or in images/)")
+    for iid, (fn, hw, img) in images.items():
         base = next((b for b in bases if img.is_relative_to(b)), img.parent)
         out.append((img, base, Labels(shapes[iid], hw, path)))
     return out
@@ -213,6 +223,9 @@ def open_coco(root: Path, files: list[tuple[Path, str, list[Path]]], *, val_spli
             k += 1
     if not flat:
         raise DataError(f"{files[0][0]}: no images", hint=COCO_HINT)
+    if not any(lab.shapes for _, _, lab in flat):  # training on it would learn 'all background'
+        raise DataError(f"{' and '.join(str(p) for p, _, _ in files)}: no annotations on any of the {len(flat)} images",
+                        hint="export the labels too (the annotations list is empty)")
     sp = choose_split(groups, val_split, seed, " and ".join(str(p.relative_to(root)) for p, _, _ in files))
     train, val, C, image_notes_ = label_views(root, "COCO", sp.train, sp.val, names, check_size=True)
     empty = sum(not lab.shapes for _, _, lab in flat)

@@ -94,7 +94,10 @@ def list_images(src: Path) -> list[Path]:
     """Image files of a folder (recursively) or of a .txt list (one path a line, relative to the list's folder)."""
     if src.is_dir():
         return sorted(p for p in src.rglob("*") if is_image_file(p))
-    lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip()]
+    try:
+        lines = [ln.strip() for ln in src.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{src}: cannot read the image list ({e})", hint=YOLO_HINT) from None
     return [p if p.is_absolute() else src.parent / p for p in map(Path, lines)]
 
 
@@ -184,6 +187,27 @@ def _labels(polys: list[tuple[int, list[float]]], cls_of: list[int], path: Path)
     return at
 
 
+def named_classes(root: Path, ypath: Path | None, doc: dict) -> tuple[list[str] | None, str | None]:
+    """(YOLO class names, the file naming them): data.yaml's names, else classes.txt, else (None, None)."""
+    if ypath is not None and "names" in doc:
+        return yaml_names(ypath, doc), ypath.name
+    spec = read_classes_txt(root / "classes.txt")
+    return (spec.names, "classes.txt") if spec is not None else (None, None)
+
+
+def class_map(names: list[str]) -> tuple[list[int], list[str]]:
+    """(cvtool class of each YOLO class, cvtool's class names): c -> c + 1 after the background, which a class
+    named 'background' is."""
+    cls_of, classes = [], ["background"]
+    for n in names:
+        if n.lower() == "background":
+            cls_of.append(0)
+        else:
+            cls_of.append(len(classes))
+            classes.append(n)
+    return cls_of, classes
+
+
 def open_yolo(root: Path, *, val_split: float, seed: int) -> tuple[object, object, DataInfo]:
     ypath = find_yaml(root)
     doc = read_yaml(ypath) if ypath is not None else {}
@@ -193,30 +217,23 @@ def open_yolo(root: Path, *, val_split: float, seed: int) -> tuple[object, objec
     if not sources:
         raise DataError(f"{ypath or root}: found no images (looked for images/ + labels/, "
                         f"{'/'.join(SPLITS)}/images + labels)", hint=YOLO_HINT)
-    if ypath is not None and "names" in doc:
-        names, where = yaml_names(ypath, doc), ypath.name
-    elif (spec := read_classes_txt(root / "classes.txt")) is not None:
-        names, where = spec.names, "classes.txt"
-    else:
-        names, where = None, None
+    names, where = named_classes(root, ypath, doc)
     images = {s: [(img, src) for src in srcs for img in list_images(src)] for s, srcs in sources.items()}
     parsed = {s: [(img, src, label_path(img)) for img, src in lst] for s, lst in images.items()}
     polys = {lp: read_label_file(lp, None if names is None else len(names))
              for lst in parsed.values() for _, _, lp in lst if lp.is_file()}
-    if names is None:
-        top = max((c for ps in polys.values() for c, _ in ps), default=0)
-        names = [f"class{k}" for k in range(top + 1)]
-    cls_of, classes = [], ["background"]
-    for n in names:
-        if n.lower() == "background":
-            cls_of.append(0)
-        else:
-            cls_of.append(len(classes))
-            classes.append(n)
     flat = [(s, img, src, lp) for s, lst in parsed.items() for img, src, lp in lst]
     if not flat:
         raise DataError(f"{root}: no images in {', '.join(str(p) for ps in sources.values() for p in ps)}",
                         hint=YOLO_HINT)
+    if not any(polys.values()):  # training on it would learn 'all background'
+        img, lp = flat[0][1], flat[0][3]
+        raise DataError(f"{root}: none of the {len(flat)} images has a label (no label file, or empty ones: "
+                        f"{img.name} pairs with {lp})", hint=YOLO_HINT)
+    if names is None:
+        top = max((c for ps in polys.values() for c, _ in ps), default=0)
+        names = [f"class{k}" for k in range(top + 1)]
+    cls_of, classes = class_map(names)
     stems = unique_names([img for _, img, _, _ in flat], [src for _, _, src, _ in flat])
     groups: dict[str, list[LabelItem]] = {}
     for (s, img, _, lp), name in zip(flat, stems):
