@@ -143,3 +143,14 @@ def test_real_masks_through_coco_rle_and_back(tmp_path):
         s = coco[j]
         assert np.array_equal(s.mask, want[s.name]), s.name
         assert {0, 255} <= set(np.unique(s.mask).tolist())
+
+
+def test_same_stem_in_two_folders_keeps_both(tmp_path, capsys):
+    # CVAT with subsets: images/a/001.png and images/b/001.png; one would overwrite the other under its stem
+    root = cvat(tmp_path / "src", {"a/001.png": [CAT], "b/001.png": [DOG]})
+    train = open_datasets(str(root), val_split=0.0)[0]
+    assert sorted(train[i].name for i in range(len(train))) == ["a__001", "b__001"]
+    code, _, err = cli(capsys, "data", "convert", str(root), "--to", str(tmp_path / "out"))
+    assert code == 0, err
+    masks, _, _ = read_back(tmp_path / "out")
+    assert np.array_equal(masks["a__001"], WANT["a"] * (WANT["a"] == 1)) and np.array_equal(masks["b__001"], WANT["b"])

@@ -134,10 +134,6 @@ class LabelDataset:
     def __len__(self) -> int:
         return len(self.entries)
 
-    @property
-    def value_mapping(self) -> dict[int, int]:
-        return {**{k: k for k in range(len(self.classes))}, IGNORE: IGNORE}
-
     def value_map(self, values: np.ndarray) -> np.ndarray:
         """Rasterised masks already hold classes: values 0..K-1 and IGNORE stay, anything else is -1."""
         v = np.asarray(values, np.int64)
