@@ -300,3 +300,22 @@ def test_refusals_one_line_naming_the_file(tmp_path, capsys, case, words):
     assert "Traceback" not in err and str(root) in lines[0]
     for w in words:
         assert w in lines[0], lines[0]
+
+
+def test_vertices_just_beyond_the_border_are_clipped(tmp_path):
+    # tools round at the border: up to 1 px beyond it is the edge, not an error
+    seg = [[-0.9, -0.9, 3, -0.9, 3, 3, -0.9, 3], [7, 5, W + 0.9, 5, W + 0.9, H + 0.9, 7, H + 0.9]]
+    m = masks(cvat(tmp_path, {"a.png": [{"category_id": 3, "segmentation": seg}]}))["a"]
+    assert np.array_equal(m == 1, box(0, 0, 3, 3) | box(7, 5, W, H))
+
+
+def test_one_file_listed_twice_is_two_images(tmp_path):
+    root = cvat(tmp_path, {"a.png": [{"category_id": 3, "segmentation": [poly(0, 0, 2, 2)]}]})
+    path = root / "annotations" / "instances_default.json"
+    doc = json.loads(path.read_text())
+    doc["images"].append({**doc["images"][0], "id": 2})
+    doc["annotations"].append({"id": 9, "image_id": 2, "category_id": 7, "iscrowd": 0, "segmentation": [poly(0, 0, 4, 4)]})
+    path.write_text(json.dumps(doc))
+    train = open_datasets(str(root), val_split=0.0)[0]
+    assert [train[i].name for i in range(2)] == ["a", "a__1"]
+    assert check_dataset(train).pixels.tolist() == [2 * H * W - 4 - 16, 4, 16]

@@ -150,3 +150,9 @@ def test_no_label_at_all_is_refused(tmp_path, capsys):
     code, out, err = cli(capsys, "data", "check", str(root))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "none of the 2 images has a label" in err and "a.png pairs with" in err and "labels/a.txt" in err
+
+
+def test_coordinates_a_rounding_beyond_0_and_1_are_the_border(tmp_path):
+    text = "0 -0.0004 -0.0004 0.3 -0.0004 0.3 0.25 -0.0004 0.25\n0 0.8 0.5 1.0004 0.5 1.0004 1.0004 0.8 1.0004"
+    m = masks(write(tmp_path, {"a": text.splitlines()}, yaml=NAMES))["a"]
+    assert np.array_equal(m == 1, box(0, 0, 3, 2) | box(8, 4, W, H))

@@ -57,34 +57,37 @@ def coco_mask():
     return mask
 
 
-def region_mask(region, H: int, W: int) -> np.ndarray:
-    """bool (H, W) of one instance's region (polygons united)."""
+def region_rle(region, H: int, W: int) -> dict:
+    """One instance's region as a compressed RLE (polygons united)."""
     mask = coco_mask()
-    if isinstance(region, dict):
-        rle = region
-        if isinstance(rle["counts"], list):  # uncompressed: column-major run lengths -> compressed
-            rle = mask.frPyObjects(rle, H, W)
-        elif isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    else:
-        rle = mask.merge(mask.frPyObjects([list(map(float, p)) for p in region], H, W))
+    if not isinstance(region, dict):
+        return mask.merge(mask.frPyObjects([list(map(float, p)) for p in region], H, W))
+    if isinstance(region["counts"], list):  # uncompressed: column-major run lengths
+        return mask.frPyObjects(region, H, W)
+    counts = region["counts"]
+    return {"size": region["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def decode(rle: dict) -> np.ndarray:
+    """bool (H, W) of a compressed RLE."""
     with warnings.catch_warnings():  # pycocotools 2.0.11 under numpy 2: a DeprecationWarning about copy=False
         warnings.simplefilter("ignore", DeprecationWarning)
-        return mask.decode(rle).astype(bool)
+        return coco_mask().decode(rle).astype(bool)
 
 
 def rasterise(labels: Labels) -> np.ndarray:
-    """uint8 (H, W) class-index mask of one image's instances, by the rule in this module's docstring."""
+    """uint8 (H, W) class-index mask of one image's instances, by the rule in this module's docstring. Areas come
+    from the RLEs, so one instance's pixels are decoded at a time (many large instances need no more memory)."""
     H, W = labels.hw
     out = np.zeros((H, W), np.uint8)
-    regions = [(s, region_mask(s.region, H, W)) for s in labels.shapes]
-    for _, m in (r for r in regions if r[0].crowd):
-        out[m] = IGNORE
-    objects = [(s, m, int(m.sum())) for s, m in regions if not s.crowd]
-    order = sorted(range(len(objects)), key=lambda k: (-objects[k][2], k))  # largest first; ties: file order
-    for k in order:
-        s, m, _ = objects[k]
-        out[m] = s.cls
+    rles = [region_rle(s.region, H, W) for s in labels.shapes]
+    for s, r in zip(labels.shapes, rles):
+        if s.crowd:
+            out[decode(r)] = IGNORE
+    objects = [k for k, s in enumerate(labels.shapes) if not s.crowd]
+    area = {k: int(coco_mask().area(rles[k])) for k in objects}
+    for k in sorted(objects, key=lambda k: (-area[k], k)):  # largest first; ties: file order (later on top)
+        out[decode(rles[k])] = labels.shapes[k].cls
     return out
 
 
@@ -94,16 +97,17 @@ def unique_names(paths: list[Path], bases: list[Path]) -> list[str]:
     seen: dict[str, int] = {}
     for s in stems:
         seen[s] = seen.get(s, 0) + 1
-    out = []
+    out: list[str] = []
+    taken: set[str] = set()
     for p, base, s in zip(paths, bases, stems):
-        if seen[s] == 1:
-            out.append(s)
-            continue
-        try:
-            rel = p.relative_to(base).with_suffix("")
-        except ValueError:
-            rel = p.with_suffix("")
-        out.append("__".join(rel.parts[-4:]))
+        name = s
+        if seen[s] > 1:
+            rel = p.relative_to(base) if p.is_relative_to(base) else p
+            name = "__".join(rel.with_suffix("").parts[-4:])
+        while name in taken:  # one file listed twice: the second gets a number
+            name += f"__{len(out)}"
+        out.append(name)
+        taken.add(name)
     return out
 
 
@@ -129,7 +133,7 @@ class LabelDataset:
         self.colors = voc_palette(len(classes))
         self.in_channels, self.description = in_channels, description
         self.check_size = check_size  # COCO stores each image's size: it must be the file's
-        self._records: dict[Path, Record] = {}
+        self._records: dict[int, Record] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -157,11 +161,10 @@ class LabelDataset:
         return Sample(to_chw(image), self.mask(i, image.shape[:2]).astype(np.int64), it.name)
 
     def scan(self, i: int) -> Record:
-        it = self.items[i]
-        if it.image not in self._records:
-            m = self.mask(i)
-            self._records[it.image] = record_from_mask(it.name, str(it.image), str(it.mask), m.shape, m)
-        return self._records[it.image]
+        if i not in self._records:  # by index: a JSON may list one file twice, with other labels
+            it, m = self.items[i], self.mask(i)
+            self._records[i] = record_from_mask(it.name, str(it.image), str(it.mask), m.shape, m)
+        return self._records[i]
 
 
 def label_views(root: Path, kind: str, train: list[LabelItem], val: list[LabelItem], classes: list[str],
@@ -218,5 +221,5 @@ def choose_split(groups: dict[str, list], val_split: float, seed: int, sources: 
     return Split(tr, va, f"{len(va)} of the {len(pool)} images of one split held out (seed {seed})", notes)
 
 
-__all__ = ["Shape", "Labels", "LabelItem", "LabelDataset", "rasterise", "region_mask", "coco_mask", "unique_names",
+__all__ = ["Shape", "Labels", "LabelItem", "LabelDataset", "rasterise", "region_rle", "decode", "coco_mask", "unique_names",
            "label_views", "split_name", "choose_split", "Split", "INSTALL_HINT"]
