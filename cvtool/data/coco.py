@@ -23,7 +23,16 @@ from pathlib import Path
 
 from cvtool.data.folder import Item
 from cvtool.data.io import open_pil, read_json
-from cvtool.data.labels import LabelItem, Labels, Shape, choose_split, label_views, split_name, unique_names
+from cvtool.data.labels import (
+    LabelDataset,
+    LabelItem,
+    Labels,
+    Shape,
+    choose_split,
+    label_views,
+    split_name,
+    unique_names,
+)
 from cvtool.data.loader import DataInfo
 from cvtool.errors import DataError
 
@@ -83,7 +92,8 @@ def categories(docs: list[tuple[Path, dict]]) -> tuple[dict[int, int], list[str]
                 raise DataError(f"{path}: category {cid} is '{name}' but {cats[cid][2]} calls it '{cats[cid][0]}'",
                                 hint="export every split from one project, with the same categories")
             cats.setdefault(cid, (name, c.get("supercategory"), path))
-    used = {a.get("category_id") for _, doc in docs for a in doc.get("annotations", []) if isinstance(a, dict)}
+    used = {a.get("category_id") for _, doc in docs for a in doc.get("annotations", [])
+            if isinstance(a, dict) and isinstance(a.get("category_id"), int)}
     parents = {sup for _, sup, _ in cats.values()}
     notes, dropped = [], [cid for cid, (n, _, _) in cats.items() if n in parents and cid not in used]
     if dropped:
@@ -207,29 +217,28 @@ def parse_file(path: Path, doc: dict, bases: list[Path], cat_class: dict[int, in
 
 
 def open_coco(root: Path, files: list[tuple[Path, str, list[Path]]], *, val_split: float,
-              seed: int) -> tuple[object, object, DataInfo]:
+              seed: int) -> tuple[LabelDataset, LabelDataset, DataInfo]:
     docs = [(p, load_json(p)) for p, _, _ in files]
     cat_class, names, notes = categories(docs)
+    where = " and ".join(str(p) for p, _, _ in files)
+    if len(names) < 2:
+        raise DataError(f"{where}: no categories to learn (\"categories\" lists none besides a background)",
+                        hint=COCO_HINT)
     skipped = [0]
-    groups: dict[str, list[LabelItem]] = {}
-    parsed = [(split, parse_file(p, doc, bases, cat_class, skipped)) for (p, split, bases), (_, doc)
-              in zip(files, docs)]
-    flat = [r for _, rs in parsed for r in rs]
-    stems = unique_names([img for img, _, _ in flat], [b for _, b, _ in flat])
-    k = 0
-    for split, rs in parsed:
-        for img, _, lab in rs:
-            groups.setdefault(split, []).append(LabelItem(Item(stems[k], img, lab.source), lambda hw, lab=lab: lab))
-            k += 1
+    flat = [(split, *r) for (p, split, bases), (_, doc) in zip(files, docs)
+            for r in parse_file(p, doc, bases, cat_class, skipped)]  # (split, image, base folder, labels)
     if not flat:
-        raise DataError(f"{files[0][0]}: no images", hint=COCO_HINT)
-    if not any(lab.shapes for _, _, lab in flat):  # training on it would learn 'all background'
-        raise DataError(f"{' and '.join(str(p) for p, _, _ in files)}: no annotations on any of the {len(flat)} images",
+        raise DataError(f"{where}: no images", hint=COCO_HINT)
+    if not any(lab.shapes for *_, lab in flat):  # training on it would learn 'all background'
+        raise DataError(f"{where}: no annotations on any of the {len(flat)} images",
                         hint="export the labels too (the annotations list is empty)")
+    groups: dict[str, list[LabelItem]] = {}
+    for (split, img, _, lab), name in zip(flat, unique_names([r[1] for r in flat], [r[2] for r in flat])):
+        groups.setdefault(split, []).append(LabelItem(Item(name, img, lab.source), lambda hw, lab=lab: lab))
     sp = choose_split(groups, val_split, seed, " and ".join(str(p.relative_to(root)) for p, _, _ in files))
     train, val, C, image_notes_ = label_views(root, "COCO", sp.train, sp.val, names, check_size=True)
-    empty = sum(not lab.shapes for _, _, lab in flat)
-    crowd = sum(s.crowd for _, _, lab in flat for s in lab.shapes)
+    empty = sum(not lab.shapes for *_, lab in flat)
+    crowd = sum(s.crowd for *_, lab in flat for s in lab.shapes)
     notes = [f"COCO {', '.join(str(p.relative_to(root)) for p, _, _ in files)}: {len(names) - 1} categories -> "
              f"classes 1..{len(names) - 1} (0 = background); overlaps: larger instances first, smaller on top",
              *notes, *sp.notes, *image_notes_]

@@ -23,7 +23,16 @@ from pathlib import Path
 
 from cvtool.data.folder import Item, read_classes_txt
 from cvtool.data.io import is_image_file
-from cvtool.data.labels import LabelItem, Labels, Shape, choose_split, label_views, split_name, unique_names
+from cvtool.data.labels import (
+    LabelDataset,
+    LabelItem,
+    Labels,
+    Shape,
+    choose_split,
+    label_views,
+    split_name,
+    unique_names,
+)
 from cvtool.data.loader import DataInfo
 from cvtool.errors import DataError, UsageError
 
@@ -208,7 +217,7 @@ def class_map(names: list[str]) -> tuple[list[int], list[str]]:
     return cls_of, classes
 
 
-def open_yolo(root: Path, *, val_split: float, seed: int) -> tuple[object, object, DataInfo]:
+def open_yolo(root: Path, *, val_split: float, seed: int) -> tuple[LabelDataset, LabelDataset, DataInfo]:
     ypath = find_yaml(root)
     doc = read_yaml(ypath) if ypath is not None else {}
     sources = yaml_sources(ypath, doc) if ypath is not None else None
