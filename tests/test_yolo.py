@@ -156,3 +156,13 @@ def test_coordinates_a_rounding_beyond_0_and_1_are_the_border(tmp_path):
     text = "0 -0.0004 -0.0004 0.3 -0.0004 0.3 0.25 -0.0004 0.25\n0 0.8 0.5 1.0004 0.5 1.0004 1.0004 0.8 1.0004"
     m = masks(write(tmp_path, {"a": text.splitlines()}, yaml=NAMES))["a"]
     assert np.array_equal(m == 1, box(0, 0, 3, 2) | box(8, 4, W, H))
+
+
+def test_cvat_ultralytics_export_with_image_lists(tmp_path):
+    # CVAT's "Ultralytics YOLO Segmentation": data.yaml names train.txt, whose lines start from data.yaml's path
+    write(tmp_path, {"f0": [rect(0, 0, 0, 3, 3)], "f1": []}, split="train")
+    (tmp_path / "train.txt").write_text("images/train/f0.png\nimages/train/f1.png\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: train.txt\nnames:\n  0: leaf\n")
+    train, val, info = open_datasets(str(tmp_path), val_split=0.5)
+    assert (len(train), len(val), info.classes) == (1, 1, ["background", "leaf"])
+    assert sum(int((ds[i].mask == 1).sum()) for ds in (train, val) for i in range(len(ds))) == 9

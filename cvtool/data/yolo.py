@@ -99,22 +99,32 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def list_images(src: Path) -> list[Path]:
-    """Image files of a folder (recursively) or of a .txt list (one path a line, relative to the list's folder)."""
+def list_images(src: Path, bases: list[Path]) -> list[Path]:
+    """Image files of a folder (recursively) or of a .txt list: one path a line, relative to the list's folder or
+    to one of bases (data.yaml's path, its folder), whichever holds the file."""
     if src.is_dir():
         return sorted(p for p in src.rglob("*") if is_image_file(p))
     try:
         lines = [ln.strip() for ln in src.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{src}: cannot read the image list ({e})", hint=YOLO_HINT) from None
-    return [p if p.is_absolute() else src.parent / p for p in map(Path, lines)]
+    out = []
+    for p in map(Path, lines):
+        cands = [p] if p.is_absolute() else [src.parent / p, *(b / p for b in bases)]
+        out.append(next((c for c in cands if c.is_file()), cands[0]))  # a missing one: read_image names it
+    return out
+
+
+def yaml_bases(path: Path, doc: dict) -> list[Path]:
+    """The folders data.yaml's relative paths may start from: its "path" (relative to the yaml's folder), the folder."""
+    here = path.parent
+    return ([Path(str(doc["path"])) if Path(str(doc["path"])).is_absolute() else here / str(doc["path"])]
+            if doc.get("path") else []) + [here]
 
 
 def yaml_sources(path: Path, doc: dict) -> dict[str, list[Path]] | None:
     """split -> image folders / lists named by data.yaml; None when its train entry is missing or not found."""
-    here = path.parent
-    bases = ([Path(doc["path"]) if Path(str(doc["path"])).is_absolute() else here / str(doc["path"])]
-             if doc.get("path") else []) + [here]
+    here, bases = path.parent, yaml_bases(path, doc)
     out: dict[str, list[Path]] = {}
     for key in ("train", "val", "test"):
         entries = doc.get(key)
@@ -227,7 +237,8 @@ def open_yolo(root: Path, *, val_split: float, seed: int) -> tuple[LabelDataset,
         raise DataError(f"{ypath or root}: found no images (looked for images/ + labels/, "
                         f"{'/'.join(SPLITS)}/images + labels)", hint=YOLO_HINT)
     names, where = named_classes(root, ypath, doc)
-    images = {s: [(img, src) for src in srcs for img in list_images(src)] for s, srcs in sources.items()}
+    bases = yaml_bases(ypath, doc) if ypath is not None else [root]
+    images = {s: [(img, src) for src in srcs for img in list_images(src, bases)] for s, srcs in sources.items()}
     parsed = {s: [(img, src, label_path(img)) for img, src in lst] for s, lst in images.items()}
     polys = {lp: read_label_file(lp, None if names is None else len(names))
              for lst in parsed.values() for _, _, lp in lst if lp.is_file()}
