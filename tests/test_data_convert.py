@@ -124,9 +124,11 @@ def test_train_on_a_coco_export_directly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_real_masks_through_coco_rle_and_back(tmp_path):
-    """benchmarks/label_formats.py's export (one RLE per class, 255 as iscrowd) of real trimaps reads back to the
-    PNG masks exactly: the folder reader is the oracle."""
+@pytest.mark.parametrize("fmt", ["rle", "polygons", "yolo"])
+def test_real_masks_exported_and_read_back(tmp_path, fmt):
+    """benchmarks/label_formats.py's exports of real trimaps (COCO RLE, COCO polygons traced along the pixel edges,
+    YOLO polygons; 255 as iscrowd in COCO) read back to the PNG masks exactly: the folder reader is the oracle.
+    YOLO cannot say 'ignore': its 255 pixels come back as background."""
     import importlib.util
 
     pets = shared_dataset("oxford_pets3")
@@ -134,15 +136,16 @@ def test_real_masks_through_coco_rle_and_back(tmp_path):
                                                   "label_formats.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    n, n_ann = bench.export_coco(pets, tmp_path / "coco", limit=6)
+    n, n_labels = bench.export(pets, tmp_path / fmt, fmt, limit=6)
     folder = open_datasets(str(pets), val_split=0.0)[0]
-    coco = open_datasets(str(tmp_path / "coco"), val_split=0.0)[0]
-    assert len(coco) == n == 6 and n_ann >= 12  # each trimap: its breed and the void band
+    ds, _, info = open_datasets(str(tmp_path / fmt), val_split=0.0)
+    assert len(ds) == n == 6 and n_labels >= 6 and info.format == ("yolo" if fmt == "yolo" else "coco")
     want = {folder[i].name: folder[i].mask for i in range(6)}
-    for j in range(len(coco)):
-        s = coco[j]
-        assert np.array_equal(s.mask, want[s.name]), s.name
-        assert {0, 255} <= set(np.unique(s.mask).tolist())
+    for j in range(len(ds)):
+        s = ds[j]
+        w = np.where(want[s.name] == 255, 0, want[s.name]) if fmt == "yolo" else want[s.name]
+        assert np.array_equal(s.mask, w), s.name
+        assert (255 in s.mask) == (fmt != "yolo")
 
 
 def test_same_stem_in_two_folders_keeps_both(tmp_path, capsys):
