@@ -123,20 +123,46 @@ def test_train_on_a_coco_export_directly(tmp_path, capsys):
     assert np.asarray(doc["confusion"]).sum(axis=1).tolist() == [60, 12, 0]
 
 
+def exporter():
+    """benchmarks/label_formats.py as a module (its export() writes a folder dataset as COCO or YOLO)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "label_formats.py"
+    spec = importlib.util.spec_from_file_location("label_formats", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["polygons", "yolo"])
+def test_training_on_an_export_is_training_on_the_folder(tmp_path, capsys, fmt):
+    """The same images and masks, so the same run: one numpy epoch on the synthetic folder and on its COCO polygon
+    (YOLO) export gives the same losses and IoUs to the last digit."""
+    code, _, err = cli(capsys, "data", "synth", "--out", str(tmp_path / "folder"), "-n", "6", "--size", "32")
+    assert code == 0, err
+    exporter().export(tmp_path / "folder", tmp_path / fmt, fmt)
+    runs = {}
+    for name in ("folder", fmt):
+        code, out, err = cli(capsys, "train", "--data", str(tmp_path / name), "--backend", "numpy", "--epochs", "1",
+                             "--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--workers",
+                             "1", "--val-split", "0.34", "--json", "--out", str(tmp_path / f"run_{name}"))
+        assert code == 0, err
+        runs[name] = json.loads(out)
+    a, b = runs["folder"], runs[fmt]
+    assert {k: v for k, v in a["final"].items() if k != "seconds"} == {k: v for k, v in b["final"].items()
+                                                                       if k != "seconds"}
+    assert a["iou"] == b["iou"] and a["confusion"] == b["confusion"] and a["classes"] == b["classes"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["rle", "polygons", "yolo"])
 def test_real_masks_exported_and_read_back(tmp_path, fmt):
     """benchmarks/label_formats.py's exports of real trimaps (COCO RLE, COCO polygons traced along the pixel edges,
     YOLO polygons; 255 as iscrowd in COCO) read back to the PNG masks exactly: the folder reader is the oracle.
     YOLO cannot say 'ignore': its 255 pixels come back as background."""
-    import importlib.util
-
     pets = shared_dataset("oxford_pets3")
-    spec = importlib.util.spec_from_file_location("label_formats", Path(__file__).parents[1] / "benchmarks" /
-                                                  "label_formats.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    n, n_labels = bench.export(pets, tmp_path / fmt, fmt, limit=6)
+    n, n_labels = exporter().export(pets, tmp_path / fmt, fmt, limit=6)
     folder = open_datasets(str(pets), val_split=0.0)[0]
     ds, _, info = open_datasets(str(tmp_path / fmt), val_split=0.0)
     assert len(ds) == n == 6 and n_labels >= 6 and info.format == ("yolo" if fmt == "yolo" else "coco")
