@@ -222,7 +222,7 @@ def coco2017(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("make,n_train,n_val,split,labelled", [
-    (roboflow, 2, 1, "train/_annotations.coco.json and valid/_annotations.coco.json", 3 * 4),
+    (roboflow, 2, 1, "(train/_annotations.coco.json and valid/_annotations.coco.json)", 3 * 4),
     (label_studio, 2, 0, "held out", 4),
     (coco2017, 3, 1, "instances_train2017.json and annotations/instances_val2017.json", 4 * 4),
 ])

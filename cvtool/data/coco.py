@@ -235,7 +235,8 @@ def open_coco(root: Path, files: list[tuple[Path, str, list[Path]]], *, val_spli
     groups: dict[str, list[LabelItem]] = {}
     for (split, img, _, lab), name in zip(flat, unique_names([r[1] for r in flat], [r[2] for r in flat])):
         groups.setdefault(split, []).append(LabelItem(Item(name, img, lab.source), lambda hw, lab=lab: lab))
-    sp = choose_split(groups, val_split, seed, " and ".join(str(p.relative_to(root)) for p, _, _ in files))
+    sp = choose_split(groups, val_split, seed, " and ".join(str(p.relative_to(root)) for p, split, _ in files
+                                                            if split in ("train", "val")))
     train, val, C, image_notes_ = label_views(root, "COCO", sp.train, sp.val, names, check_size=True)
     empty = sum(not lab.shapes for *_, lab in flat)
     crowd = sum(s.crowd for *_, lab in flat for s in lab.shapes)
