@@ -1,6 +1,6 @@
 """Run every benchmark side by side and write the results as Markdown (each section names its machine).
 
-    python benchmarks/run_all.py [--only startup,conv,bench,numpy,step,train] [--out docs/benchmarks-latest.md]
+    python benchmarks/run_all.py [--only startup,conv,bench,numpy,step,train,labels] [--out docs/benchmarks-latest.md]
 
 docs/benchmarks.md is the curated record: these sections, with the analysis written around them by hand.
 """
@@ -23,6 +23,7 @@ SECTIONS = {
     "numpy": [PY, "benchmarks/numpy_profile.py"],
     "step": [PY, "benchmarks/train_step.py"],
     "train": [PY, "benchmarks/train_targets.py"],
+    "labels": [PY, "benchmarks/label_formats.py"],
 }
 
 HEADER = """# Benchmarks

@@ -44,6 +44,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A whole folder, written or not at all: yield a temp folder beside `path`; on success rename it to `path`
+    (which must be absent or empty), else delete it with everything written into it."""
+    import shutil
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only; the finished folder gets the usual mode
+    except OSError as e:
+        raise CvtoolError(f"cannot write {path}: {e.strerror or e}", exit_code=2) from None
+    try:
+        yield tmp
+        try:
+            if path.is_dir():
+                path.rmdir()  # empty (the caller checked); rmdir refuses one that something was put into meanwhile
+            os.replace(tmp, path)
+        except OSError as e:
+            raise CvtoolError(f"cannot write {path}: {e.strerror or e}", exit_code=2) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
     """runs/train -> runs/train/exp1, exp2, ...: the first unused name, CLAIMED by creating it (mkdir fails when
     the folder exists, so two processes started together never get the same one; each takes the next number)."""

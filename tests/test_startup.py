@@ -1,5 +1,6 @@
 """Start-up stays light: the CLI and every convcalc mode but --verify leave torch, onnxruntime and
-onnx unloaded (and numpy too, except --matrix). Checked in fresh interpreters."""
+onnx unloaded (and numpy too, except --matrix), and the labelling tools' readers (pycocotools, yaml) too.
+Checked in fresh interpreters."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import contextlib, io, json, sys
 import cvtool.cli
 from cvtool.cli import main
 args = json.loads(sys.argv[1])
-loaded = {"import": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "onnx", "numpy"))}
+HEAVY = ("torch", "onnxruntime", "onnx", "numpy", "pycocotools", "yaml")
+loaded = {"import": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}
 for a in args:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
             main(a)
         except SystemExit as e:
             code = e.code
-    loaded[" ".join(a)] = [code, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "onnxruntime", "onnx", "numpy"})]
+    loaded[" ".join(a)] = [code, sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))]
 print(json.dumps(loaded))
 """
 
@@ -32,6 +34,7 @@ def probe(runs: list[list[str]]) -> dict:
 
 LIGHT = [
     ["--help"],
+    ["data", "--help"],
     ["convcalc", "--help"],
     ["convcalc", "-i", "32", "-k", "3"],
     ["convcalc", "-k", "2", "-s", "2"],

@@ -1,4 +1,5 @@
-"""`cvtool data`: write the synthetic dataset to disk, check a dataset before training."""
+"""`cvtool data`: write the synthetic dataset to disk, check a dataset before training, convert labelling tools'
+exports (COCO JSON, YOLO) to the folder format."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import typer
 
 from cvtool.cli.output import emit_json, err, fmt_float, out, table
 
-data_app = typer.Typer(help="Segmentation datasets: make the synthetic one, check any.", no_args_is_help=True)
+data_app = typer.Typer(help="Segmentation datasets: make the synthetic one, check or convert any.",
+                       no_args_is_help=True)
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 
@@ -75,7 +77,7 @@ def synth(
 
 @data_app.command("check")
 def check(
-    data: str = typer.Argument(..., help="Dataset folder (images/ + masks/, or PASCAL VOC), or 'synth'."),
+    data: str = typer.Argument(..., help="Dataset folder (images/ + masks/, PASCAL VOC, COCO JSON, YOLO), or 'synth'."),
     val_split: float = typer.Option(0.2, "--val-split", help="Held-out share when the folder has no split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the hold-out split."),
     json_: bool = JSON_OPT,
@@ -115,3 +117,46 @@ def check(
     for w in fp.warnings:
         con.print(f"[yellow]warning[/]: {escape(w)}")
     con.print("ok: every image has a mask of its size with valid class values")
+
+
+@data_app.command("convert")
+def convert(
+    src: str = typer.Argument(..., help="Dataset to convert: COCO JSON, YOLO segmentation, PASCAL VOC or a folder."),
+    to: Path = typer.Option(..., "--to", help="New folder to write (refused when it exists and is not empty)."),
+    val_split: float = typer.Option(0.0, "--val-split",
+                                     help="Hold out this share as val/ when SRC has no split of its own."),
+    seed: int = typer.Option(0, "--seed", help="Seed of that hold-out."),
+    json_: bool = JSON_OPT,
+) -> None:
+    """Write SRC in the folder format: images/ (the files as they were), palette-PNG masks/ (255 = ignore) and
+    classes.json; train/ + val/ when SRC has a split. Written whole or not at all."""
+    from rich.markup import escape
+
+    from cvtool.data import open_datasets
+    from cvtool.data.convert import check_target, write_folder
+
+    check_target(to)  # before reading SRC: a refusal costs nothing
+    train, val, info = open_datasets(src, val_split=val_split, seed=seed)
+    t0 = time.perf_counter()
+    with progress(f"converting {len(train) + len(val)} images", len(train) + len(val)) as advance:
+        res = write_folder(train, val, info, to, on_item=advance)
+    seconds = time.perf_counter() - t0
+    labelled = max(int(res.pixels.sum()), 1)
+    if json_:
+        emit_json({"source": src, "format": info.format, "to": str(to), "parts": res.parts, "split": info.split,
+                   "classes": info.classes, "notes": info.notes,
+                   "pixel_fractions": res.pixels / labelled, "images_per_class": res.images,
+                   "ignored_pixels": res.ignored, "seconds": round(seconds, 3)})
+        return
+    con = out()
+    layout = (f"train/ and val/ ({escape(info.split)})" if "" not in res.parts else "one folder, no split")
+    con.print(f"converted {info.format} dataset {escape(src)}: {sum(res.parts.values())} images, "
+              f"{len(info.classes)} classes -> {escape(str(to))} in {seconds:.1f} s: images/, palette masks/ and "
+              f"classes.json, {layout}")
+    for note in info.notes:
+        con.print(f"note: {escape(note)}")
+    rows = [[k, c, fmt_float(float(p / labelled)), int(n)] for k, (c, p, n) in
+            enumerate(zip(info.classes, res.pixels, res.images))]
+    if res.ignored:
+        rows.append(["255", "(ignore)", f"{res.ignored} pixels", ""])
+    con.print(table("Pixels per class (of labelled pixels)", ["index", "class", "fraction", "images"], rows))

@@ -1,4 +1,4 @@
-"""Segmentation data: the built-in synthetic shapes, folder datasets, PASCAL VOC; checks; batches.
+"""Segmentation data: the built-in synthetic shapes, folder datasets, PASCAL VOC, COCO JSON, YOLO; checks; batches.
 
     train_ds, val_ds, info = open_datasets(None)          # or a folder path
     check_dataset(train_ds); check_dataset(val_ds)         # DataError on the first bad mask
@@ -42,10 +42,14 @@ def open_synth(*, val_split: float, seed: int, size: int,
 def open_datasets(data: str | None, *, val_split: float = 0.2, seed: int = 0, synth_size: int = 128,
                   synth_n: int | tuple[int, int] = 512) -> tuple[SegDataset, SegDataset, DataInfo]:
     """(train_ds, val_ds, info). data None or "synth": the built-in set (synth_n images split by val_split, or
-    synth_n = (n_train, n_val)); else a folder, its layout detected (PASCAL VOC when it holds JPEGImages +
-    SegmentationClass, else DIR/images + DIR/masks)."""
+    synth_n = (n_train, n_val)); else a folder, its layout detected: PASCAL VOC when it holds JPEGImages +
+    SegmentationClass; DIR/images + DIR/masks when there is a masks/ (or train/masks/) folder; else COCO JSON
+    (cvtool.data.coco's layouts), else YOLO segmentation (labels/ folders or a data.yaml); else the folder
+    format's error."""
+    from cvtool.data.coco import coco_files, open_coco
     from cvtool.data.folder import LAYOUT_HINT, open_folder
     from cvtool.data.voc import find_voc, open_voc
+    from cvtool.data.yolo import is_yolo, open_yolo
 
     if not 0 <= val_split < 1:
         raise UsageError(f"val_split must be in [0, 1), got {val_split}")
@@ -57,6 +61,11 @@ def open_datasets(data: str | None, *, val_split: float = 0.2, seed: int = 0, sy
     voc = find_voc(root)
     if voc is not None:
         return open_voc(voc, val_split=val_split, seed=seed)
+    if not any((d / "masks").is_dir() for d in (root, root / "train")):
+        if files := coco_files(root):
+            return open_coco(root, files, val_split=val_split, seed=seed)
+        if is_yolo(root):
+            return open_yolo(root, val_split=val_split, seed=seed)
     return open_folder(root, val_split=val_split, seed=seed)
 
 

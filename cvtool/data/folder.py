@@ -25,6 +25,7 @@ from cvtool.data.io import (
     is_image_file,
     open_pil,
     read_image,
+    read_json,
     read_mask,
     read_mask_info,
     rgb_code,
@@ -36,7 +37,8 @@ from cvtool.data.validate import Record, check_pair, check_values, record_from_m
 from cvtool.errors import DataError
 
 LAYOUT_HINT = ("expected DIR/images + DIR/masks (optionally DIR/train/... and DIR/val/...), "
-               "or a PASCAL VOC folder (JPEGImages, SegmentationClass)")
+               "a PASCAL VOC folder (JPEGImages, SegmentationClass), COCO JSON (annotations/*.json or "
+               "_annotations.coco.json) or YOLO segmentation (images/ + labels/, data.yaml)")
 
 
 @dataclass(frozen=True)
@@ -250,13 +252,7 @@ def read_classes_json(path: Path) -> ClassSpec | None:
         if path.exists():
             raise DataError(f"{path}: not a file", hint=CLASSES_HINT)
         return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})",
-                        hint=CLASSES_HINT) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read classes ({e})", hint=CLASSES_HINT) from None
+    doc = read_json(path, "classes", CLASSES_HINT)
     if isinstance(doc, list):
         return ClassSpec(path, _class_names(path, doc))
     if not isinstance(doc, dict):

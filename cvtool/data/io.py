@@ -102,6 +102,18 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
     return np.ascontiguousarray(a)
 
 
+def read_json(path: Path, what: str, hint: str | None = None):
+    """The JSON document in a file (a BOM allowed), or one DataError naming the file (and line, column)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", hint=hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})", hint=hint) from None
+
+
 def rgb_code(colors) -> np.ndarray:
     """int64 r<<16 | g<<8 | b of each (r, g, b): how colour masks are read (one integer per pixel)."""
     c = np.asarray(colors, np.int64).reshape(-1, 3)
