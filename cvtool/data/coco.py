@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Callable
 
 from cvtool.data.folder import Item
 from cvtool.data.io import open_pil, read_json
@@ -167,10 +168,16 @@ def _known(key, table: dict) -> bool:
     return not isinstance(key, (list, dict)) and key in table
 
 
+def _fixed(lab: Labels) -> Callable[[tuple[int, int]], Labels]:
+    """A COCO file states each image's labels at its own size: the same labels whatever size is asked."""
+    return lambda hw: lab
+
+
 def parse_file(path: Path, doc: dict, bases: list[Path], cat_class: dict[int, int],
                skipped: list[int]) -> list[tuple[Path, Path, Labels]]:
     """(image file, its base folder, its labels) for every image of one COCO file, in file order."""
-    images, shapes = {}, {}
+    images: dict[Any, Any] = {}  # image id -> its file and size
+    shapes: dict[Any, list] = {}  # image id -> its painted regions
     for k, im in enumerate(doc["images"]):
         what = f"images[{k}]"
         iid = im.get("id") if isinstance(im, dict) else None
@@ -199,6 +206,7 @@ def parse_file(path: Path, doc: dict, bases: list[Path], cat_class: dict[int, in
             raise DataError(f"{path}: {what} has category_id {a.get('category_id')}, an unknown category "
                             f"(\"categories\" has ids {known})", hint="export the labels with their categories")
         seg = a.get("segmentation")
+        region: Any
         if isinstance(seg, dict):
             region = _rle(path, what, seg, H, W)
         elif isinstance(seg, list) and seg:
@@ -234,7 +242,7 @@ def open_coco(root: Path, files: list[tuple[Path, str, list[Path]]], *, val_spli
                         hint="export the labels too (the annotations list is empty)")
     groups: dict[str, list[LabelItem]] = {}
     for (split, img, _, lab), name in zip(flat, unique_names([r[1] for r in flat], [r[2] for r in flat])):
-        groups.setdefault(split, []).append(LabelItem(Item(name, img, lab.source), lambda hw, lab=lab: lab))
+        groups.setdefault(split, []).append(LabelItem(Item(name, img, lab.source), _fixed(lab)))
     sp = choose_split(groups, val_split, seed, " and ".join(str(p.relative_to(root)) for p, split, _ in files
                                                             if split in ("train", "val")))
     train, val, C, image_notes_ = label_views(root, "COCO", sp.train, sp.val, names, check_size=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def write_folder(train, val, info: DataInfo, out: Path, on_item: Callable[[int],
     K = len(info.classes)
     if K > IGNORE:
         raise UsageError(f"{K} classes do not fit palette masks (at most {IGNORE}: value {IGNORE} means ignore)")
-    tally = [np.zeros(K, np.int64), np.zeros(K, np.int64), [0]]
+    tally: list[Any] = [np.zeros(K, np.int64), np.zeros(K, np.int64), [0]]  # pixels, images, ignored
     parts = {"train": train, "val": val} if len(val) else {"": train}
     with atomic_dir(out) as tmp:
         written = {name: write_part(ds, tmp / name if name else tmp, tally, on_item) for name, ds in parts.items()}

@@ -147,13 +147,14 @@ class LabelDataset:
         """uint8 (H, W) class-index mask of image i; DataError when the labels' size is not the image's."""
         e = self.entries[i]
         hw = image_hw if image_hw is not None else self.source.header(e.item.image)[1]
-        lab = e.labels(tuple(hw))
+        hw = (int(hw[0]), int(hw[1]))
+        lab = e.labels(hw)
         if self.check_size and tuple(lab.hw) != tuple(hw):
             raise DataError(f"{lab.source}: image '{e.item.image.name}' is {lab.hw[1]}x{lab.hw[0]} there but the "
                             f"file {e.item.image} is {hw[1]}x{hw[0]}",
                             hint="re-export the labels from the images as they are (rotated or resized images "
                                  "need their labels exported again)")
-        return rasterise(Labels(lab.shapes, tuple(hw), lab.source))
+        return rasterise(Labels(lab.shapes, hw, lab.source))
 
     def __getitem__(self, i: int) -> Sample:
         it = self.items[i]
@@ -204,7 +205,7 @@ def choose_split(groups: dict[str, list], val_split: float, seed: int, sources: 
     A test split is never trained on (a note says so); `sources` names where the split came from (for `how`)."""
     from cvtool.data.folder import split_items
 
-    notes = []
+    notes: list[str] = []
     train, val, test, other = (groups.get(k, []) for k in ("train", "val", "test", ""))
     if not train and not val:  # no train/val split: everything is one pool
         pool = train + val + test + other

@@ -231,7 +231,7 @@ def open_yolo(root: Path, *, val_split: float, seed: int) -> tuple[LabelDataset,
     ypath = find_yaml(root)
     doc = read_yaml(ypath) if ypath is not None else {}
     sources = yaml_sources(ypath, doc) if ypath is not None else None
-    how = f"{ypath.name} train/val" if sources else "folders"
+    how = f"{ypath.name} train/val" if sources and ypath is not None else "folders"
     sources = sources or layout_sources(root)
     if not sources:
         raise DataError(f"{ypath or root}: found no images (looked for images/ + labels/, "
