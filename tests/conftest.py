@@ -124,3 +124,11 @@ def onnx_exports_in_tmp(tmp_path_factory):
     from cvtool_backends.ort_backend import export_cache
 
     export_cache.CACHE = tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(autouse=True)
+def budgets_start_now(monkeypatch):
+    """`cvtool train` run in-process counts its budget from the process start, which is pytest's: from now instead."""
+    import cvtool.cli.train
+
+    monkeypatch.setattr(cvtool.cli.train, "process_age", lambda: 0.0)

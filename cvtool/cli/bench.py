@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import typer
 
 from cvtool.cli.bench_report import render, write_csv, write_markdown, write_plot
-from cvtool.cli.bench_rows import NotSupported, _error, _row, backend_rows, compare, gemm_rates, merge_rounds
+from cvtool.cli.bench_rows import (
+    NotSupported,
+    backend_rows,
+    compare,
+    gemm_rates,
+    merge_rounds,
+    onnx_reference_row,
+    op_flops,
+)
 from cvtool.cli.output import emit_json, err
 
 if TYPE_CHECKING:
@@ -298,68 +306,6 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
 
 # --- one operation ------------------------------------------------------------------------------
 
-def _op_flops(lspec, x_shape, M: int, o) -> int:
-    """Multiply-adds x 2 for convolutions (as cvtool.model.spec counts them); comparisons for max pooling."""
-    N, C, H, W = x_shape
-    KH, KW = lspec.kernel
-    if lspec.kind == "conv":
-        return 2 * N * C * KH * KW * M * o[0] * o[1]
-    if lspec.kind == "tconv":
-        return 2 * N * C * KH * KW * M * H * W
-    return N * C * o[0] * o[1] * (KH * KW - 1)
-
-
-def _onnx_reference(lspec, x, w, b) -> Any:
-    """The operation as a one-node ONNX model (backends/onnx_format/graphs.py) run by onnx.reference, in float64."""
-    import numpy as np
-    from onnx.reference import ReferenceEvaluator
-
-    from cvtool.convcalc.chain import output_hw
-    from cvtool_backends.onnx_format import graphs
-
-    (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
-    common = dict(strides=lspec.stride, pads=(pt, pl, pb, pr), dilations=lspec.dilation, dtype=np.float64)
-    if lspec.kind == "maxpool":
-        model, feeds = graphs.max_pool(kernel=lspec.kernel, ceil_mode=int(lspec.ceil_mode), **common), {"x": x}
-    else:
-        build = graphs.conv if lspec.kind == "conv" else graphs.conv_transpose
-        extra = {"output_padding": lspec.output_padding} if lspec.kind == "tconv" else {}
-        model = build(C=x.shape[1], M=b.shape[0], kernel=lspec.kernel, group=1, bias=True, **common, **extra)
-        feeds = {"x": x, "w": w, "b": b}
-    y = ReferenceEvaluator(model).run(None, feeds)
-    assert isinstance(y, list)  # the outputs in order (a dict only with intermediate=True)
-    return y[0]
-
-
-def _onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int) -> dict:
-    """Correctness only, on a small input (onnx.reference is pure Python): 1 image, <= 4 channels, <= 32 pixels."""
-    import numpy as np
-
-    from cvtool.convcalc.chain import output_hw
-    from cvtool.convcalc.verify import run_layer
-    from cvtool.errors import UsageError
-
-    s = size
-    if size > 32:
-        try:
-            output_hw(lspec, (32, 32))
-            s = 32
-        except UsageError:
-            pass
-    c = min(C, 4)
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((1, c, s, s))
-    w = rng.standard_normal((c, c, *lspec.kernel)) / np.sqrt(c * lspec.kernel[0] * lspec.kernel[1])
-    b = rng.standard_normal(c)
-    row = _row("onnx.reference", "cpu", x.shape, "failed")
-    try:
-        row.update(compare(_onnx_reference(lspec, x, w, b), np.asarray(run_layer(ref_be, lspec, x, w, b)), tol, False))
-        row["reason"] = row["reason"] or "correctness only, on a small input: onnx.reference is slow"
-    except Exception as e:
-        row["reason"] = _error(e)
-    return row
-
-
 def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padding, dilation, output_padding,
              C: int) -> dict:
     import numpy as np
@@ -396,10 +342,10 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
             raise NotSupported(f"too large for its loops (at most {limit:,} outputs): try --sizes 16 --batch-sizes 1")
         return lambda x: run_layer(be, lspec, x, w, b)
 
-    rows = [_onnx_reference_row(lspec, cfg["sizes"][0], C, ref_be, RTOL, cfg["seed"])]
+    rows = [onnx_reference_row(lspec, cfg["sizes"][0], C, ref_be, RTOL, cfg["seed"])]
     for name, dev in targets:
         rows += backend_rows(registry, name, dev, make, points, cfg,
-                             flops=lambda x: _op_flops(lspec, x.shape, C, output_hw(lspec, x.shape[2:])[0]), gemm=gemm,
+                             flops=lambda x: op_flops(lspec, x.shape, C, output_hw(lspec, x.shape[2:])[0]), gemm=gemm,
                              weight_bytes=0 if lspec.kind == "maxpool" else w.nbytes + b.nbytes, tol=RTOL, labels=False)
     what = {"op": op, "layer": lspec.to_dict(), "channels": C,
             "title": f"{op}: {params_text(lspec)}, {C} channels in and out"}

@@ -17,14 +17,14 @@ class NotSupported(Exception):
 
 # --- one row ----------------------------------------------------------------------------------
 
-def _row(name: str, dev: str, shape, status: str, reason: str | None = None) -> dict[str, Any]:
+def new_row(name: str, dev: str, shape, status: str, reason: str | None = None) -> dict[str, Any]:
     keys = ("providers", "threads", "p50_ms", "p90_ms", "spread", "repeats", "images_per_s", "peak_mem_mb",
             "mem_method", "gflops", "gemm_fraction", "max_abs_diff", "max_rel_diff", "label_agreement", "miou")
     return {"backend": name, "device": dev, "input": None if shape is None else list(shape), "status": status,
             "reason": reason, **dict.fromkeys(keys)}
 
 
-def _error(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
     from cvtool.errors import CvtoolError
 
     return e.message if isinstance(e, CvtoolError) else f"{type(e).__name__}: {e}".splitlines()[0][:200]
@@ -131,11 +131,11 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
 
     st = backend_status(registry, name)
     if not st.available:
-        return [_row(name, dev, None, "unavailable", st.reason)]
+        return [new_row(name, dev, None, "unavailable", st.reason)]
     try:
         be = registry.get(name, dev)
     except Exception as e:  # BackendUnavailable: no GPU, or a CPU-only backend asked for CUDA
-        return [_row(name, dev, None, "unavailable", _error(e))]
+        return [new_row(name, dev, None, "unavailable", error_text(e))]
     _set_threads(be, cfg["threads"])
     gc.collect()
     timing.release_free_memory()  # so that memory freed by earlier rows does not hide this one's growth
@@ -144,27 +144,27 @@ def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cf
     try:
         run = make(be)
     except NotSupported as e:
-        return [_row(name, dev, None, "unavailable", str(e))]
+        return [new_row(name, dev, None, "unavailable", str(e))]
     except Exception as e:
-        return [_row(name, dev, None, "failed", _error(e))]
+        return [new_row(name, dev, None, "failed", error_text(e))]
     info = run if isinstance(run, RunnerInfo) else None  # ORT: what the session really uses
     providers = info.providers if info else None
     used_threads = (info.threads if info else None) or (st.threads if name == registry.REFERENCE else cfg["threads"])
     rows = []
     for x, ref in points:
-        row = _row(name, dev, x.shape, "failed")
+        row = new_row(name, dev, x.shape, "failed")
         row.update(providers=list(providers) if providers else None, threads=used_threads)
         try:
             time_row(row, name, be, run, x, ref, cfg, flops=flops(x), gemm_rate=gemm["rate"].get(dev),
                      weight_bytes=weight_bytes, base_rss=base_rss, tol=tol, labels=labels)
         except Exception as e:  # a backend's failure is a row of the table, not a crash
-            row["status"], row["reason"] = "failed", _error(e)
+            row["status"], row["reason"] = "failed", error_text(e)
         rows.append(row)
     if after is not None:  # after the timed rows, so that larger data images do not inflate their memory
         try:
             extra = after(run)
         except Exception as e:
-            extra = {"reason": f"mIoU failed: {_error(e)}"}
+            extra = {"reason": f"mIoU failed: {error_text(e)}"}
         for row in rows:
             row.update(extra if not row["reason"] else {k: v for k, v in extra.items() if k != "reason"})
     del run
@@ -215,3 +215,67 @@ def gemm_rates(registry, targets: list[tuple[str, str]], cfg: dict) -> dict:
     doc["own"] = {m["backend"]: m["gflops"] for m in doc["measured"] if m["device"] == "cpu"}  # each library's own rate
     doc["peak"] = {"cpu": timing.cpu_peak_gflops(cfg["threads"])}
     return doc
+
+
+# --- the ONNX reference row of an operation bench ----------------------------------------------
+
+def op_flops(lspec, x_shape, M: int, o) -> int:
+    """Multiply-adds x 2 for convolutions (as cvtool.model.spec counts them); comparisons for max pooling."""
+    N, C, H, W = x_shape
+    KH, KW = lspec.kernel
+    if lspec.kind == "conv":
+        return 2 * N * C * KH * KW * M * o[0] * o[1]
+    if lspec.kind == "tconv":
+        return 2 * N * C * KH * KW * M * H * W
+    return N * C * o[0] * o[1] * (KH * KW - 1)
+
+
+def onnx_reference(lspec, x, w, b) -> Any:
+    """The operation as a one-node ONNX model (backends/onnx_format/graphs.py) run by onnx.reference, in float64."""
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    from cvtool.convcalc.chain import output_hw
+    from cvtool_backends.onnx_format import graphs
+
+    (pt, pb), (pl, pr) = output_hw(lspec, x.shape[2:])[1]
+    common = dict(strides=lspec.stride, pads=(pt, pl, pb, pr), dilations=lspec.dilation, dtype=np.float64)
+    if lspec.kind == "maxpool":
+        model, feeds = graphs.max_pool(kernel=lspec.kernel, ceil_mode=int(lspec.ceil_mode), **common), {"x": x}
+    else:
+        build = graphs.conv if lspec.kind == "conv" else graphs.conv_transpose
+        extra = {"output_padding": lspec.output_padding} if lspec.kind == "tconv" else {}
+        model = build(C=x.shape[1], M=b.shape[0], kernel=lspec.kernel, group=1, bias=True, **common, **extra)
+        feeds = {"x": x, "w": w, "b": b}
+    y = ReferenceEvaluator(model).run(None, feeds)
+    assert isinstance(y, list)  # the outputs in order (a dict only with intermediate=True)
+    return y[0]
+
+
+def onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int) -> dict:
+    """Correctness only, on a small input (onnx.reference is pure Python): 1 image, <= 4 channels, <= 32 pixels."""
+    import numpy as np
+
+    from cvtool.convcalc.chain import output_hw
+    from cvtool.convcalc.verify import run_layer
+    from cvtool.errors import UsageError
+
+    s = size
+    if size > 32:
+        try:
+            output_hw(lspec, (32, 32))
+            s = 32
+        except UsageError:
+            pass
+    c = min(C, 4)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((1, c, s, s))
+    w = rng.standard_normal((c, c, *lspec.kernel)) / np.sqrt(c * lspec.kernel[0] * lspec.kernel[1])
+    b = rng.standard_normal(c)
+    row = new_row("onnx.reference", "cpu", x.shape, "failed")
+    try:
+        row.update(compare(onnx_reference(lspec, x, w, b), np.asarray(run_layer(ref_be, lspec, x, w, b)), tol, False))
+        row["reason"] = row["reason"] or "correctness only, on a small input: onnx.reference is slow"
+    except Exception as e:
+        row["reason"] = error_text(e)
+    return row

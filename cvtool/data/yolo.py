@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from cvtool.data.folder import Item, read_classes_txt
+from cvtool.data.classes import read_classes_txt
+from cvtool.data.folder import Item
 from cvtool.data.io import is_image_file
 from cvtool.data.labels import (
     LabelDataset,
