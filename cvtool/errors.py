@@ -37,6 +37,11 @@ class DataError(CvtoolError):
     exit_code = 2
 
 
+class WriteError(DataError):
+    """A file that could not be written (full disk, no permission): exit 2, the path named. The writer's temp file
+    is gone and the file that was there before is left as it was (cvtool.fsutil.atomic_path)."""
+
+
 class TrainingDiverged(CvtoolError):
     """The training loss became NaN/infinite or exploded: exit 3 (not 2: the options were valid, the run
     failed), with the checkpoints written before it left as they were."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from cvtool.errors import CvtoolError
+from cvtool.errors import CvtoolError, UsageError, WriteError
 
 
 @contextlib.contextmanager
@@ -24,19 +25,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
-        raise CvtoolError(f"cannot write {path}: {e.strerror or e}", exit_code=2) from None
+        raise write_error(path, e) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a finished file gets the usual mode
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes it owner-only; a finished file gets the usual mode. After the writer, not before: some
+        # (safetensors) replace the file they are given by a new one of their own mode.
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError):  # a full disk, a quota, a vanished folder: one line naming the target
+            raise write_error(path, e) from None
         raise
+
+
+def write_error(path: Path, e: OSError | Exception) -> WriteError:
+    """`cannot write PATH: reason` (exit 2); the hint says that an earlier file of that name is kept."""
+    why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in why
+    hint = "free space on that disk or write elsewhere" if full else None
+    if path.exists():
+        hint = (hint + "; " if hint else "") + f"the earlier {path.name} is kept"
+    return WriteError(f"cannot write {path}: {why}", hint=hint)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -87,7 +102,7 @@ def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
         path = root / f"{prefix}{n}"
         try:
             path.mkdir()
-            _MADE[path] = made  # the parents this claim created: release_if_empty removes them too
+            _MADE[path] = [path, *made]  # what this claim created: release_if_empty removes it again
             return path
         except FileExistsError:
             n += 1
@@ -106,15 +121,94 @@ def make_dir(path: Path) -> Path:
     return path
 
 
+CLAIM = ".cvtool-run"  # in a folder given as --out: JSON {command, pid, host, started}; its creation is the claim
+
+
+def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: bool = False) -> Path:
+    """A folder the user named for a new run, claimed atomically: the claim is creating CLAIM with O_EXCL, so of
+    two processes given one folder exactly one gets it. Refused (UsageError, exit 2) when the folder holds an earlier
+    claim or any other file, unless `force`; `keep` (a resumed run in its own folder) accepts an earlier claim.
+    Never taken, even with `force`, while the process that claimed it is alive: its files would mix with ours."""
+    import json
+    import socket
+    import time
+
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if str(p) not in ("", ".") and not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CvtoolError(f"cannot create {path}: {e.strerror or e}", hint="choose another --out", exit_code=2) from None
+    marker = path / CLAIM
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        owner = _live_owner(marker)
+        if owner is not None:
+            raise UsageError(f"{path} is being written by a running `cvtool {owner['command']}` (pid {owner['pid']})",
+                              hint="wait for it, or choose another --out") from None
+        if not (force or keep):
+            raise UsageError(f"{path} already holds a run", hint="choose another --out, resume it with --resume, "
+                              "or --force to replace it") from None
+        fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
+    except OSError as e:
+        raise CvtoolError(f"cannot write into {path}: {e.strerror or e}", hint="choose another --out", exit_code=2) from None
+    doc = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc) + "\n")
+    others = sorted(p.name for p in path.iterdir() if p.name != CLAIM)
+    if others and not (force or keep):
+        marker.unlink()
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UsageError(f"{path} is not empty ({shown})", hint="choose another --out, or --force to write into it")
+    _MADE[path] = made  # innermost first: release_if_empty removes what this claim made
+    return path
+
+
+def end_claim(path: Path | None) -> None:
+    """The command that claimed `path` is done: its claim no longer names a process (a pid the system hands to
+    another process later must not keep the folder taken)."""
+    import json
+
+    marker = None if path is None else path / CLAIM
+    if marker is None or not marker.is_file():
+        return
+    try:
+        doc = json.loads(marker.read_text())
+        doc["pid"] = None
+        atomic_write_bytes(marker, (json.dumps(doc) + "\n").encode())
+    except (OSError, ValueError, CvtoolError):  # the claim stays as it was; _live_owner checks the pid anyway
+        pass
+
+
+def _live_owner(marker: Path) -> dict | None:
+    """The claim in `marker` while the process that made it still runs on this machine (not us), else None."""
+    import json
+    import socket
+
+    try:
+        doc = json.loads(marker.read_text())
+        pid = int(doc["pid"])
+        if doc.get("host") != socket.gethostname() or pid == os.getpid():
+            return None
+        os.kill(pid, 0)  # no signal sent: only whether it exists
+    except (OSError, ValueError, KeyError, TypeError):  # gone (ProcessLookupError), unreadable, foreign
+        return None
+    return doc
+
+
 _MADE: dict[Path, list[Path]] = {}
 
 
 def release_if_empty(path: Path | None) -> None:
-    """Remove a claimed run folder that a failed command left empty, and the empty parents its claim created
-    (never a folder with anything in it, never one that was there before)."""
+    """Undo the claim of a run folder that a failed command left empty: its CLAIM file, the folder and the empty
+    parents the claim created (never a folder with anything else in it, never one that was there before)."""
     if path is None:
         return
-    for p in [path, *_MADE.pop(path, [])]:
+    marker = path / CLAIM
+    if marker.is_file() and [p.name for p in path.iterdir()] == [CLAIM]:
+        marker.unlink()
+    for p in _MADE.pop(path, []):
         try:
             p.rmdir()
         except OSError:

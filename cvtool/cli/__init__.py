@@ -42,10 +42,12 @@ _register()
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> int:
+    from cvtool.cli.output import safe
+
     line = f"error: {message}"
     if hint:
         line += f" (hint: {hint})"
-    print(line, file=sys.stderr)
+    print(safe(line, markup=False), file=sys.stderr)  # names in it may hold escapes, newlines or non-UTF-8 bytes
     return code
 
 

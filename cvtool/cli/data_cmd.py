@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cvtool.cli.output import emit_json, err, fmt_float, out, table
+from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
 data_app = typer.Typer(help="Segmentation datasets: make the synthetic one, check or convert any.",
                        no_args_is_help=True)
@@ -69,7 +69,7 @@ def synth(
         emit_json({"out": str(out_dir), "n": n, "size": size, "seed": seed, "classes": ds.classes,
                    "pixel_fractions": fractions, "seconds": round(seconds, 3)})
         return
-    out().print(f"wrote {n} images {size}x{size} to {out_dir} in {seconds:.1f} s "
+    out().print(f"wrote {n} images {size}x{size} to {safe(out_dir)} in {seconds:.1f} s "
                 f"(images/, masks/ as palette PNGs, classes.json)")
     out().print(table("Pixels per class", ["class", "fraction"],
                       [[c, fmt_float(float(f))] for c, f in zip(ds.classes, fractions)]))
@@ -84,8 +84,6 @@ def check(
 ) -> None:
     """Validate every image/mask pair (exit 2 on the first bad one), show each class's share of pixels and the
     dataset's fingerprint (sizes, statistics, object sizes, warnings: what `cvtool train --data` plans from)."""
-    from rich.markup import escape
-
     from cvtool.cli.train_view import FINGERPRINT_CACHE, fingerprint_table
     from cvtool.data import check_dataset, open_datasets
     from cvtool.data.fingerprint import dataset_fingerprint
@@ -101,12 +99,12 @@ def check(
         emit_json({**info.to_dict(), **{part: st.to_dict() for part, st in stats.items()}, "fingerprint": fp.to_dict()})
         return
     con = out()
-    con.print(f"{info.format} dataset {escape(info.root or '')}: {info.n_train} train + {info.n_val} val images, "
+    con.print(f"{info.format} dataset {safe(info.root or '')}: {info.n_train} train + {info.n_val} val images, "
               f"{len(info.classes)} classes, {info.in_channels} channel(s); split: {info.split}")
     for note in info.notes:  # plain text: a note may hold [...] (file names, values)
-        con.print(f"note: {escape(note)}")
+        con.print(f"note: {safe(note)}")
     tr, va = stats["train"], stats["val"]
-    rows = [[k, c, "#%02x%02x%02x" % tuple(info.colors[k]), fmt_float(float(tr.fractions()[k])), int(tr.present[k]),
+    rows = [[k, safe(c), "#%02x%02x%02x" % tuple(info.colors[k]), fmt_float(float(tr.fractions()[k])), int(tr.present[k]),
              fmt_float(float(va.fractions()[k])), int(va.present[k])] for k, c in enumerate(info.classes)]
     if tr.ignored or va.ignored:
         rows.append(["255", "(ignore)", "", f"{tr.ignored / max(tr.total, 1):.3g} of all", "",
@@ -115,7 +113,7 @@ def check(
                     ["index", "class", "colour", "train", "train images", "val", "val images"], rows))
     con.print(fingerprint_table(fp.to_dict()))
     for w in fp.warnings:
-        con.print(f"[yellow]warning[/]: {escape(w)}")
+        con.print(f"[yellow]warning[/]: {safe(w)}")
     con.print("ok: every image has a mask of its size with valid class values")
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from cvtool.cli.output import emit_json, err, fmt_float, out, table
+from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
 if TYPE_CHECKING:
     from cvtool_backends.base import Runner
@@ -130,6 +130,17 @@ def check_meta(model, onnx_path: Path) -> dict:
             "cvtool_version": meta.get("cvtool_version")}
 
 
+def is_onnx_file(path: Path) -> bool:
+    """Whether an existing file parses as an ONNX model (its graph, not external data): only such a file is
+    replaced by an export."""
+    import onnx
+
+    try:
+        return path.is_file() and len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # noqa: BLE001 - protobuf's errors for a file that is something else
+        return False
+
+
 def _print_report(rows: list[dict]) -> None:
     t = table("Parity against the NumPy reference in float64 (same seeded inputs)",
               ["run", "input", "max abs", "max rel", "labels agree", "tolerance", "ok"],
@@ -171,6 +182,12 @@ def export(
         raise UsageError(f"{output} is a folder", hint="give a file name such as model.onnx")
     if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
         raise UsageError(f"-o {output} would overwrite the checkpoint itself")
+    if output.suffix.lower() != ".onnx":
+        raise UsageError(f"-o {output}: an export is written to a .onnx file",
+                         hint=f"for example -o {output.with_suffix('.onnx').name}")
+    if not verify_only and (output.exists() or output.is_symlink()) and not is_onnx_file(output):
+        raise UsageError(f"-o {output} exists and is not an ONNX model: not overwritten",
+                         hint="move it, or choose another -o")
     model = open_model(checkpoint)
 
     def report(doc: dict, rows: list[dict]) -> None:
@@ -209,5 +226,5 @@ def export(
     if json_:
         emit_json(doc)
     else:
-        err().print(f"wrote {output} ({doc['bytes'] / 1e6:.2f} MB, opset {opset}{', float16' if half else ''}); "
+        err().print(f"wrote {safe(output, markup=False)} ({doc['bytes'] / 1e6:.2f} MB, opset {opset}{', float16' if half else ''}); "
                     f"onnx.checker passed{'; parity passed' if verify else ''}", soft_wrap=True, markup=False)

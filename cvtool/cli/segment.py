@@ -4,6 +4,11 @@ Per image, in the output folder: STEM_mask.png (palette PNG, pixel = class index
 (class colours over the image) and its class fractions in the summary / --json. A mask has exactly
 its image's size. Images larger than --tile go through tiles (cvtool.model.inference); same-size images
 are batched. A bad image is reported and skipped; the call then exits 1 naming every failure.
+
+The user's files are safe: an --out that is, holds or lies inside an input folder (or holds an input file) is
+refused before anything is read, and an existing STEM_mask.png / STEM_overlay.png is replaced only when cvtool
+wrote it (its PNG text chunk, cvtool.data.io.written_by_cvtool); otherwise that image fails alone, nothing
+overwritten. A file that cannot be written (full disk) stops the call: one line naming it, exit 2.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import List, Optional
 
 import typer
 
-from cvtool.cli.output import emit_json, err, out, table
+from cvtool.cli.output import emit_json, err, out, safe, table
 
 
 def expand_sources(sources: list[str]) -> tuple[list[Path], list[dict]]:
@@ -48,6 +53,32 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[dict]]:
     return unique, failed
 
 
+def out_overlaps_input(dest: Path, sources: list[str], images: list[Path]) -> str | None:
+    """Why --out would mix outputs with inputs (it is, holds or lies inside an input folder, or holds an input
+    file: a later run would read masks as images, and a mask could replace a user's file), or None."""
+    d = dest.resolve()
+    for s in sources:
+        if Path(s).is_dir():
+            q = Path(s).resolve()
+            if d == q:
+                return f"--out {dest} is the input folder {s}"
+            if q in d.parents:
+                return f"--out {dest} lies inside the input folder {s}"
+            if d in q.parents:
+                return f"--out {dest} holds the input folder {s}"
+    for f in images:
+        if d in f.resolve().parents:
+            return f"--out {dest} holds the input {f}"
+    return None
+
+
+def foreign_outputs(paths: list[Path]) -> list[Path]:
+    """The files among `paths` that exist and that cvtool did not write: never overwritten."""
+    from cvtool.data.io import written_by_cvtool
+
+    return [p for p in paths if (p.exists() or p.is_symlink()) and not (p.is_file() and written_by_cvtool(p))]
+
+
 def output_stems(paths: list[Path]) -> list[str]:
     """One distinct output name per image: the stem; a.png and a.jpg -> a_png, a_jpg; then _2, _3, ..."""
     from collections import Counter
@@ -78,6 +109,8 @@ def segment(
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Same-size images (or tiles) per forward pass."),
     alpha: float = typer.Option(0.5, help="Overlay opacity."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse an image whose header claims more "
+                                             "pixels than this, before decoding it (default 100 million; 0: no limit)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Label every pixel: palette mask PNG, colour overlay PNG and class fractions per image."""
@@ -86,9 +119,9 @@ def segment(
     import cvtool_backends as registry
     from cvtool import glibc_malloc as heap
     from cvtool.cli.models import open_model, runner_for
-    from cvtool.data.io import read_image, write_mask_png, write_overlay_png
+    from cvtool.data.io import MAX_PIXELS, read_image, write_mask_png, write_overlay_png
     from cvtool.data.memory import resize_image, scaled_hw
-    from cvtool.errors import CvtoolError, UsageError
+    from cvtool.errors import CvtoolError, DataError, UsageError, WriteError
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
     from cvtool.model.inference import (
         class_fractions,
@@ -105,14 +138,20 @@ def segment(
         raise UsageError("--tile and --batch-size must be at least 1")
     if not 0 <= alpha <= 1:
         raise UsageError("--alpha must be between 0 and 1")
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    if max_pixels < 0:
+        raise UsageError(f"--max-pixels must be 0 (no limit) or more, got {max_pixels}")
     images, failed = expand_sources(sources)
     if not images:
         raise UsageError("no images to segment: " + "; ".join(f["error"] for f in failed))
+    if out_dir is not None and (why := out_overlaps_input(out_dir, sources, images)):
+        raise UsageError(why, hint="write the masks to a folder of their own (default: runs/segment/expN)")
     n_bad_sources = len(failed)
     model = open_model(model_path)
     meta = model.meta
     if model_path is None:
-        err().print(f"model: {model.path} (best checkpoint of the latest training run)", soft_wrap=True, markup=False)
+        err().print(f"model: {safe(model.path, markup=False)} (best checkpoint of the latest training run)",
+                    soft_wrap=True, markup=False)
     spec = model.spec
     if spec.num_classes > 255:
         raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
@@ -120,7 +159,7 @@ def segment(
     run = runner_for(be, model)
     note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now
     if note:
-        err().print(f"{backend}: {note} for {model.path}", soft_wrap=True, markup=False)
+        err().print(safe(f"{backend}: {note} for {model.path}", markup=False), soft_wrap=True, markup=False)
     passes = [0]  # forward passes: batches of images or of tiles
 
     def forward(x):
@@ -168,7 +207,6 @@ def segment(
         heap.trim()  # images of many sizes must not grow the process (cvtool/glibc_malloc.py)
         timings["postprocess"] += time.perf_counter() - t0
 
-    from rich.markup import escape
     from rich.progress import Progress
 
     tiled: set[Path] = set()
@@ -176,8 +214,11 @@ def segment(
         task = prog.add_task("segment", total=len(images))
         for path in images:
             try:
+                if foreign := foreign_outputs([dest / f"{stems[path]}_{kind}.png" for kind in ("mask", "overlay")]):
+                    raise DataError(f"{foreign[0]} exists and was not written by cvtool: not overwritten",
+                                    hint="move it, or choose another --out")
                 t0 = time.perf_counter()
-                raw = read_image(path)
+                raw = read_image(path, max_pixels=max_pixels)
                 net_in = raw if meta.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], meta.scale))
                 prep = prepare(net_in, spec.in_channels, meta.mean, meta.std, name=str(path))
                 timings["preprocess"] += time.perf_counter() - t0
@@ -193,8 +234,10 @@ def segment(
                     if queue and (queue[0][2].hw != prep.hw or len(queue) >= batch_size):
                         flush()
                     queue.append((path, raw, prep))
+            except WriteError:  # a full disk fails every image after it: stop, naming the file
+                raise
             except CvtoolError as e:
-                failed.append({"source": str(path), "error": e.message})
+                failed.append({"source": str(path), "error": e.message + (f" (hint: {e.hint})" if e.hint else "")})
             prog.advance(task)
         flush()
     if not results:
@@ -210,15 +253,16 @@ def segment(
         emit_json(doc)
     else:
         def fractions(r: dict) -> str:  # largest first, the ones that show
-            return ", ".join(f"{c} {f:.1%}" for c, f in sorted(r["fractions"].items(), key=lambda kv: -kv[1]) if f > 0.001)
+            return ", ".join(f"{safe(c)} {f:.1%}" for c, f in sorted(r["fractions"].items(), key=lambda kv: -kv[1]) if f > 0.001)
 
-        rows = [[escape(Path(r["image"]).name), f"{r['size'][0]}x{r['size'][1]}" + (" (tiled)" if r["tiled"] else ""),
+        rows = [[safe(Path(r["image"]).name), f"{r['size'][0]}x{r['size'][1]}" + (" (tiled)" if r["tiled"] else ""),
                  fractions(r)] for r in results]
-        out().print(table(f"Segmented {len(results)} image(s) with {backend}/{be.device} -> {dest}",
-                          ["image", "size (HxW)", "class fractions"], rows))
-        out().print("ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in per_image.items()))
+        if results:  # where every image failed, the failures below are all there is to say
+            out().print(table(f"Segmented {len(results)} image(s) with {backend}/{be.device} -> {safe(dest)}",
+                              ["image", "size (HxW)", "class fractions"], rows))
+            out().print("ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in per_image.items()))
         for f in failed:
-            err().print(f"[red]failed[/]: {escape(f['error'])}", soft_wrap=True)
+            err().print(f"[red]failed[/]: {safe(f['error'])}", soft_wrap=True)
     if failed:
         names = ", ".join(Path(f["source"]).name for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
         raise CvtoolError(f"{len(failed)} of {len(images) + n_bad_sources} input(s) failed: {names}", exit_code=1)

@@ -12,6 +12,9 @@ import typer
 from cvtool.cli.output import emit_json, out
 from cvtool.cli.train_view import FINGERPRINT_CACHE, ProgressUI, plan_table, report
 
+# what a run writes into its folder: `--force` removes an earlier run's before a new one starts, so none mix
+RUN_FILES = ("best.safetensors", "last.safetensors", "metrics.csv", "train_loss.csv", "curves.png", "plan.json")
+
 
 def _opt(default_help: str):
     return typer.Option(None, help=default_help)
@@ -48,7 +51,10 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     workers: int = typer.Option(0, help="Threads for the backend (0: the backend's default)."),
     resume: Optional[Path] = typer.Option(None, help="Continue from a checkpoint (or a run folder's last.safetensors)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train/expN)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train/expN). One that holds "
+                                           "a run or other files is refused, unless --force or --resume."),
+    force: bool = typer.Option(False, "--force", help="With --out: replace the run in that folder (its checkpoints, "
+                               "CSVs, plan and curves are removed first; other files stay)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
 ) -> None:
     """Train a U-Net: conv, max pooling, activations, transposed-conv upsampling, skip connections."""
@@ -59,7 +65,7 @@ def train(
     import cvtool_backends as registry
     from cvtool.data.augment import LEVELS
     from cvtool.errors import UsageError
-    from cvtool.fsutil import next_run_dir, release_if_empty
+    from cvtool.fsutil import claim_dir, end_claim, next_run_dir, release_if_empty
     from cvtool.model import checkpoint as ckpt_io
     from cvtool.train.config import TrainConfig
     from cvtool.train.loop import train as run_train
@@ -120,10 +126,18 @@ def train(
     cfg.validate()
 
     claimed = None
-    if run_dir is None and not plan_only:
-        run_dir = claimed = next_run_dir(Path("runs") / "train") if rank == 0 else Path("runs") / "train" / f".rank{rank}"
-        if rank != 0:
-            claimed = None  # only rank 0 writes
+    if plan_only:  # writes nothing
+        pass
+    elif rank != 0:  # under torchrun rank 0 alone writes (and claims)
+        run_dir = run_dir or Path("runs") / "train" / f".rank{rank}"
+    elif run_dir is None:
+        run_dir = claimed = next_run_dir(Path("runs") / "train")
+    else:  # the user's folder: claimed atomically, refused when it holds a run unless resumed there or --force
+        own = ck is not None and run_dir.resolve() == path.parent.resolve()
+        run_dir = claimed = claim_dir(run_dir, "train", force=force, keep=own)
+        if force and not own:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -149,6 +163,7 @@ def train(
         release_if_empty(claimed)  # a run that failed before writing anything leaves no empty expN behind
         raise
     finally:
+        end_claim(claimed)
         for s, h in old.items():
             signal.signal(s, h)
         if world > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cvtool.cli.output import err, fmt_float, out, table
+from cvtool.cli.output import err, fmt_float, out, safe, table
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -17,12 +17,12 @@ def plan_table(plan: dict):
     from cvtool.train.plan import Plan
 
     return table(f"Plan for a {plan['budget']:g} s budget on {plan['device']}", ["value", "chosen", "why"],
-                 [list(r) for r in Plan.from_dict(plan).rows()])
+                 [[safe(v) for v in r] for r in Plan.from_dict(plan).rows()])  # a reason may name classes
 
 
 def fingerprint_table(fp: dict):
     f3 = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-    rows = [[str(k), c, f"{fp['class_share'][k]:.1%}", f"{fp['class_images'][k]:.0%}", str(fp["val_images"][k]),
+    rows = [[str(k), safe(c), f"{fp['class_share'][k]:.1%}", f"{fp['class_images'][k]:.0%}", str(fp["val_images"][k]),
              f3(fp["object_area"][k]), f3(fp["thickness"][k])] for k, c in enumerate(fp["classes"])]
     title = (f"Fingerprint: {fp['n_train']} train / {fp['n_val']} val images, {fp['channels']} channel(s), "
              f"H {fp['size_h'][0]}/{fp['size_h'][1]}/{fp['size_h'][2]}, W {fp['size_w'][0]}/{fp['size_w'][1]}/"
@@ -35,11 +35,12 @@ def fingerprint_table(fp: dict):
 def report(r: dict) -> None:
     con = out()
     if r["status"] == "interrupted":
-        err().print(f"[yellow]interrupted[/]: saved a resumable checkpoint {r['checkpoint']} (step {r['step']})", soft_wrap=True)
-        err().print(f"resume with: cvtool train --resume {r['checkpoint']}", soft_wrap=True)
+        err().print(f"[yellow]interrupted[/]: saved a resumable checkpoint {safe(r['checkpoint'])} (step {r['step']})",
+                    soft_wrap=True)
+        err().print(f"resume with: cvtool train --resume {safe(r['checkpoint'])}", soft_wrap=True)
         return
     if r.get("iou"):
-        rows = [[name, fmt_float(v) if v is not None else "-"] for name, v in zip(r["classes"], r["iou"])]
+        rows = [[safe(name), fmt_float(v) if v is not None else "-"] for name, v in zip(r["classes"], r["iou"])]
         f = r["final"]
         rows.append(["[bold]mean IoU[/]", f"[bold]{fmt_float(f['mean_iou'])}[/]"])
         rows.append(["pixel accuracy", fmt_float(f["pixel_accuracy"])])
@@ -61,7 +62,7 @@ def report(r: dict) -> None:
                  f"  cvtool segment IMAGE --model {run}/best.safetensors",
                  f"  cvtool export {run}/best.safetensors -o {run}/model.onnx",
                  f"  cvtool convcalc --model {run}/best.safetensors"):
-        con.print(line, soft_wrap=True, markup=False)  # paths and commands stay whole, for copy and paste
+        con.print(safe(line, markup=False), soft_wrap=True, markup=False)  # whole, for copy and paste
 
 
 class ProgressUI:
@@ -117,12 +118,12 @@ class ProgressUI:
         if self.quiet:
             return
         if kind == "data":
-            self._print(f"data: {d['info'].get('description', '')} — {d['train']} train / {d['val']} val images, "
-                        f"classes {', '.join(d['classes'])}")
+            self._print(f"data: {safe(d['info'].get('description', ''))} — {d['train']} train / {d['val']} val "
+                        f"images, classes {', '.join(safe(c) for c in d['classes'])}")
             for note in d["info"].get("notes", []):
-                self._print(f"note: {note}")
+                self._print(f"note: {safe(note)}")
         elif kind == "note":
-            self._print(f"note: {d['text']}")
+            self._print(f"note: {safe(d['text'])}")
         elif kind == "loading":
             from rich.progress import Progress
 
@@ -139,7 +140,7 @@ class ProgressUI:
             fp = d["fingerprint"]
             err().print(fingerprint_table(fp))
             for note in fp["warnings"]:
-                self._print(f"[yellow]warning[/]: {note}")
+                self._print(f"[yellow]warning[/]: {safe(note)}")
         elif kind == "plan":
             if self.show_plan:
                 err().print(plan_table(d["plan"]))

@@ -134,9 +134,9 @@ def file_key(paths: list[Path | None], extra: str = "") -> str:
             continue
         try:
             st = os.stat(p)
-            h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}|".encode())
-        except OSError:
-            h.update(f"{p}|missing|".encode())
+            h.update(os.fsencode(Path(p).resolve()) + f"|{st.st_size}|{st.st_mtime_ns}|".encode())
+        except OSError:  # fsencode: a file name that is not UTF-8 keeps its bytes
+            h.update(os.fsencode(p) + b"|missing|")
     return h.hexdigest()[:24]
 
 

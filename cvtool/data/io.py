@@ -3,6 +3,15 @@
 Images come back as uint8 (H, W, C) with C = 1 (grayscale) or 3 (RGB); masks as 2-D integer arrays
 whose values are raw labels (class indices, palette indices, 16-bit values or, for colour masks, r<<16|g<<8|b
 codes) that a dataset's value map turns into class indices. Every failure is a DataError naming the file.
+
+Guards, applied to every image and mask before its pixels are decoded: a header that claims more than
+`max_pixels` (MAX_PIXELS unless the caller says; `segment --max-pixels`) is refused, as is a file of more than one
+frame (animated PNG, multi-page TIFF: one rule for all, no frame is picked silently) and a PNG whose text or
+colour-profile chunk decompresses to more than Pillow reads (1 MB). Pillow's own decompression-bomb limit and its
+warning are switched off: the max_pixels check replaces them with one line.
+
+Masks and overlays that cvtool writes carry a PNG text chunk "cvtool" (OWN_KEY) naming what they are; segment
+overwrites an existing file only when it carries it (written_by_cvtool).
 """
 
 from __future__ import annotations
@@ -19,9 +28,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IGNORE = 255  # mask value that no loss or metric counts (VOC's object boundaries)
 IGNORE_COLOR = (224, 224, 192)  # how VOC draws it
 
-_GRAY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I"}
+_GRAY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _MASK_MODES = {"1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"}
 COLOUR_MASK_MODES = {"RGB", "RGBA"}
+MAX_PIXELS = 100_000_000  # 10000 x 10000: what a read decodes at most unless told otherwise (0: no limit)
+OWN_KEY = "cvtool"  # PNG text chunk on every mask/overlay cvtool writes: "mask" | "overlay" | "image"
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
@@ -43,28 +54,72 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def open_pil(path: str | os.PathLike, what: str = "image"):
-    """Pillow image with only the header read (lazy). Missing/unknown/unsupported -> DataError."""
-    from PIL import Image, UnidentifiedImageError
+def open_pil(path: str | os.PathLike, what: str = "image", max_pixels: int = MAX_PIXELS):
+    """Pillow image with only the header read (lazy), after the guards in the module's docstring.
+    Missing/unknown/unsupported/refused -> DataError."""
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise DataError(f"{path}: unsupported {what} type '{path.suffix}'",
                         hint="use one of " + ", ".join(IMAGE_SUFFIXES))
+    Image = _pillow()
     try:
-        return Image.open(path)
+        im = Image.open(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such {what} file") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: corrupt or unreadable {what} (not a {path.suffix[1:].upper()} file)") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except ValueError as e:  # PngImagePlugin's MAX_TEXT_CHUNK / MAX_TEXT_MEMORY, read before the pixels
+        raise _chunk_error(path, what, e) from None
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        _guard(im, path, what, max_pixels)
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def _pillow():
+    """PIL.Image with its decompression-bomb limit off: open_pil's max_pixels replaces it (Pillow's error and
+    warning would reach the user raw)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
+
+
+def _guard(im, path: Path, what: str, max_pixels: int) -> None:
+    W, H = im.size
+    if max_pixels and W * H > max_pixels:
+        raise DataError(f"{path}: {what} of {W}x{H} = {W * H / 1e6:.1f} MP exceeds the {max_pixels / 1e6:g} MP limit "
+                        "(refused before decoding)",
+                        hint="downscale or crop it; cvtool segment --max-pixels N raises the limit (0: none)")
+    try:
+        frames = getattr(im, "n_frames", 1)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # a broken page table
+        raise DataError(f"{path}: corrupt or unreadable {what} ({e})") from None
+    if frames > 1:
+        raise DataError(f"{path}: the {what} holds {frames} frames (an animation or a multi-page file); "
+                        "cvtool reads single-frame images only", hint="save the frame you want as its own file")
+
+
+def _chunk_error(path: Path, what: str, e: Exception) -> DataError:
+    if "MAX_TEXT" in str(e):
+        return DataError(f"{path}: a text or colour-profile chunk (tEXt/zTXt/iTXt/iCCP) of this PNG decompresses to "
+                         f"more than Pillow reads (1 MB): refused as a likely decompression bomb",
+                         hint="re-save the image without its metadata")
+    return DataError(f"{path}: corrupt or unreadable {what} ({e})")
 
 
 def _load(im, path: Path, what: str):
     try:
         im.load()
-    except (OSError, SyntaxError, ValueError) as e:  # truncated / broken streams
+    except ValueError as e:  # also a text chunk after the pixels
+        raise _chunk_error(path, what, e) from None
+    except (OSError, SyntaxError) as e:  # truncated / broken streams
         raise DataError(f"{path}: corrupt or unreadable {what} ({e})") from None
     return im
 
@@ -74,14 +129,16 @@ def image_channels(mode: str) -> int:
     return 1 if mode in _GRAY_MODES else 3
 
 
-def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, channels: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """uint8 (H, W, C): C = 1 for grayscale files, 3 otherwise (RGBA drops alpha, palette -> RGB).
 
     16-bit (and 32-bit integer) grayscale keeps the top 8 of 16 bits: value >> 8, after clipping to 0..65535.
+    32-bit float grayscale is scaled by its own range: round(255 (v - min) / (max - min)) over the finite
+    values; NaN and infinities read 0, a constant image 0.
     CMYK (no colour management): R = round((255 - C)(255 - K) / 255), G and B likewise from M and Y.
     channels=1 or 3 forces that many (RGB -> luminance, gray -> repeated)."""
     path = Path(path)
-    with open_pil(path) as im:
+    with open_pil(path, max_pixels=max_pixels) as im:
         _load(im, path, "image")
         if im.mode.startswith("I"):  # 16/32-bit grayscale: keep the top 8 of 16 bits
             a = (np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)[..., None]
@@ -91,7 +148,7 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
         elif im.mode in ("1", "L", "LA"):
             a = np.asarray(im.convert("L"))[..., None]
         elif im.mode == "F":
-            raise DataError(f"{path}: floating-point images are not supported", hint="save as 8-bit PNG/TIFF")
+            a = float_to_uint8(np.asarray(im))[..., None]
         else:
             a = np.asarray(im.convert("RGB"))
     if channels is not None and a.shape[2] != channels:
@@ -112,6 +169,20 @@ def read_json(path: Path, what: str, hint: str | None = None):
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", hint=hint) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read {what} ({e})", hint=hint) from None
+
+
+def float_to_uint8(f: np.ndarray) -> np.ndarray:
+    """A float image (microscopy, remote sensing) scaled by its own finite range to 0..255; NaN/inf -> 0."""
+    ok = np.isfinite(f)
+    if not ok.any():
+        return np.zeros(f.shape, np.uint8)
+    lo, hi = float(f[ok].min()), float(f[ok].max())
+    if hi <= lo:
+        return np.zeros(f.shape, np.uint8)
+    a = np.where(ok, f, lo).astype(np.float64)  # float64: (v - lo) of values near +-3e38 overflows float32
+    a -= lo
+    a *= 255.0 / (hi - lo)
+    return np.rint(a).astype(np.uint8)
 
 
 def rgb_code(colors) -> np.ndarray:
@@ -176,18 +247,39 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray, colors) -> None:
     im = Image.fromarray(mask.astype(np.uint8))  # mode L; putpalette turns it into P, values kept
     im.putpalette(_rgb_table(colors).ravel().tolist())
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+        im.save(tmp, format="PNG", pnginfo=_own_info("mask"))
 
 
-def write_image_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """uint8 (H, W), (H, W, 1) or (H, W, 3) -> PNG. Atomic."""
+def write_image_png(path: str | os.PathLike, image: np.ndarray, kind: str = "image") -> None:
+    """uint8 (H, W), (H, W, 1) or (H, W, 3) -> PNG tagged as cvtool's `kind`. Atomic."""
     from PIL import Image
 
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     with atomic_path(path) as tmp:  # zlib level 3: faster than Pillow's 6, files no larger (docs/benchmarks.md)
-        Image.fromarray(a.astype(np.uint8)).save(tmp, format="PNG", compress_level=3)
+        Image.fromarray(a.astype(np.uint8)).save(tmp, format="PNG", compress_level=3, pnginfo=_own_info(kind))
+
+
+def _own_info(kind: str):
+    """The PNG text chunks that mark a file as cvtool's (before the pixels, so a header read finds them)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from cvtool import __version__
+
+    info = PngInfo()
+    info.add_text(OWN_KEY, kind)
+    info.add_text("Software", f"cvtool {__version__}")
+    return info
+
+
+def written_by_cvtool(path: str | os.PathLike) -> bool:
+    """Whether an existing file is a PNG that cvtool wrote (its OWN_KEY text chunk): only those are overwritten."""
+    try:
+        with _pillow().open(path) as im:  # the header and the chunks before the pixels, no decoding
+            return im.format == "PNG" and im.info.get(OWN_KEY) in ("mask", "overlay", "image")
+    except Exception:  # noqa: BLE001 - unreadable, not an image, a bomb: in every case not ours
+        return False
 
 
 def to_uint8_hwc(image: np.ndarray) -> np.ndarray:
@@ -217,4 +309,4 @@ def overlay(image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.5) -> 
 
 def write_overlay_png(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.5) -> None:
     """The image with the mask's class colours blended in (alpha), as an RGB PNG. Atomic."""
-    write_image_png(path, overlay(image, mask, colors, alpha))
+    write_image_png(path, overlay(image, mask, colors, alpha), kind="overlay")

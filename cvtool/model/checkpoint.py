@@ -18,7 +18,7 @@ import numpy as np
 
 from cvtool import __version__
 from cvtool.errors import CvtoolError, DataError
-from cvtool.fsutil import atomic_path
+from cvtool.fsutil import atomic_path, write_error
 from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec, check_params
 
@@ -43,6 +43,7 @@ class Checkpoint:
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.params.items()}
@@ -51,7 +52,10 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
     meta = {META_KEY: json.dumps(ckpt.header(), default=_json_default)}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as e:  # its own type for a full disk ("No space left on device"): not an OSError
+            raise write_error(path, e) from None
     return path
 
 
