@@ -121,14 +121,16 @@ def make_dir(path: Path) -> Path:
     return path
 
 
-CLAIM = ".cvtool-run"  # in a folder given as --out: JSON {command, pid, host, started}; its creation is the claim
+CLAIM = ".cvtool-run"  # in an --out folder while a command writes there: JSON {command, pid, host, started}
 
 
-def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: bool = False) -> Path:
+def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: bool = False,
+              hint: str = "choose another --out, or --force") -> Path:
     """A folder the user named for a new run, claimed atomically: the claim is creating CLAIM with O_EXCL, so of
-    two processes given one folder exactly one gets it. Refused (UsageError, exit 2) when the folder holds an earlier
-    claim or any other file, unless `force`; `keep` (a resumed run in its own folder) accepts an earlier claim.
-    Never taken, even with `force`, while the process that claimed it is alive: its files would mix with ours."""
+    two processes given one folder at once exactly one gets it; end_claim removes it when the command is done.
+    Refused (UsageError, exit 2) while the process that claimed it is alive (even with `force`: its files would
+    mix with ours), and when the folder holds any other file, unless `force`, or `keep` (a run resumed in its
+    own folder). A claim whose process is gone (killed) does not count."""
     import json
     import socket
     import time
@@ -146,11 +148,8 @@ def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: 
         owner = _live_owner(marker)
         if owner is not None:
             raise UsageError(f"{path} is being written by a running `cvtool {owner['command']}` (pid {owner['pid']})",
-                              hint="wait for it, or choose another --out") from None
-        if not (force or keep):
-            raise UsageError(f"{path} already holds a run", hint="choose another --out, resume it with --resume, "
-                              "or --force to replace it") from None
-        fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
+                             hint="wait for it, or choose another --out") from None
+        fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)  # left by a process that was killed: ours now
     except OSError as e:
         raise CvtoolError(f"cannot write into {path}: {e.strerror or e}", hint="choose another --out", exit_code=2) from None
     doc = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -159,26 +158,17 @@ def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: 
     others = sorted(p.name for p in path.iterdir() if p.name != CLAIM)
     if others and not (force or keep):
         marker.unlink()
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise UsageError(f"{path} is not empty ({shown})", hint="choose another --out, or --force to write into it")
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise UsageError(f"{path} is not empty ({shown})", hint=hint)
     _MADE[path] = made  # innermost first: release_if_empty removes what this claim made
     return path
 
 
 def end_claim(path: Path | None) -> None:
-    """The command that claimed `path` is done: its claim no longer names a process (a pid the system hands to
-    another process later must not keep the folder taken)."""
-    import json
-
-    marker = None if path is None else path / CLAIM
-    if marker is None or not marker.is_file():
-        return
-    try:
-        doc = json.loads(marker.read_text())
-        doc["pid"] = None
-        atomic_write_bytes(marker, (json.dumps(doc) + "\n").encode())
-    except (OSError, ValueError, CvtoolError):  # the claim stays as it was; _live_owner checks the pid anyway
-        pass
+    """The command that claimed `path` is done (finished, failed or interrupted): the folder is free again."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            (path / CLAIM).unlink()
 
 
 def _live_owner(marker: Path) -> dict | None:

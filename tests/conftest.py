@@ -132,3 +132,10 @@ def budgets_start_now(monkeypatch):
     import cvtool.cli.train
 
     monkeypatch.setattr(cvtool.cli.train, "process_age", lambda: 0.0)
+
+
+def one_line(err: str) -> str:
+    """The single `error: ...` line a refused command prints on stderr (no traceback, nothing else)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

@@ -19,6 +19,7 @@ from test_timed import make_set, trainer_factory
 from test_train import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 from test_train_cli import ARGS, cvtool, write_dataset
 
+from conftest import one_line
 import cvtool_backends as registry
 from cvtool.data import open_datasets
 from cvtool.data.io import read_image, read_mask
@@ -28,12 +29,6 @@ from cvtool.train.config import TrainConfig
 from cvtool.train.guards import DIVERGED, check_loss
 
 SMALL = ["--batch-size", "2", "--img-size", "16", "--width", "4", "--depth", "1", "--workers", "1"]
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -12,7 +12,7 @@ from conftest import load_backend  # tests/ is on sys.path under pytest
 from safetensors.numpy import save_file
 from test_train import maker, one_torch_thread, tiny  # noqa: F401  (one_torch_thread: autouse here too)
 
-from cvtool.errors import DataError
+from cvtool.errors import DataError, WriteError
 from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec, init_params
@@ -130,9 +130,9 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=f"cannot write {target}: disk full"):  # one line naming it, exit 2
         ckpt_io.save(make_ckpt(meta=ModelMeta(["a"] * 3, [[0, 0, 0]] * 3, [0.0] * 3, [1.0] * 3)), target)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError):
         ckpt_io.save(make_ckpt(), tmp_path / "new.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]  # no temp files, no new.safetensors
     assert target.read_bytes() == old  # the previous checkpoint is intact

@@ -134,7 +134,8 @@ def train(
         run_dir = claimed = next_run_dir(Path("runs") / "train")
     else:  # the user's folder: claimed atomically, refused when it holds a run unless resumed there or --force
         own = ck is not None and run_dir.resolve() == path.parent.resolve()
-        run_dir = claimed = claim_dir(run_dir, "train", force=force, keep=own)
+        run_dir = claimed = claim_dir(run_dir, "train", force=force, keep=own,
+                                      hint="choose another --out, --resume a run there, or --force to replace it")
         if force and not own:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
