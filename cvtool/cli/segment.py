@@ -210,7 +210,7 @@ def segment(
     from rich.progress import Progress
 
     tiled: set[Path] = set()
-    with Progress(console=err(), transient=True, disable=json_) as prog:
+    with Progress(console=err(), transient=True, disable=json_ or not err().is_terminal) as prog:
         task = prog.add_task("segment", total=len(images))
         for path in images:
             try:

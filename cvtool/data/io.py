@@ -94,7 +94,7 @@ def _pillow():
 def _guard(im, path: Path, what: str, max_pixels: int) -> None:
     W, H = im.size
     if max_pixels and W * H > max_pixels:
-        raise DataError(f"{path}: {what} of {W}x{H} = {W * H / 1e6:.1f} MP exceeds the {max_pixels / 1e6:g} MP limit "
+        raise DataError(f"{path}: {what} of {W}x{H} = {W * H:,} pixels is over the limit of {max_pixels:,} "
                         "(refused before decoding)",
                         hint="downscale or crop it; cvtool segment --max-pixels N raises the limit (0: none)")
     try:
