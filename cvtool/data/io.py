@@ -16,7 +16,9 @@ overwrites an existing file only when it carries it (written_by_cvtool).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,8 @@ def open_pil(path: str | os.PathLike, what: str = "image", max_pixels: int = MAX
                         hint="use one of " + ", ".join(IMAGE_SUFFIXES))
     Image = _pillow()
     try:
-        im = Image.open(path)
+        with _quiet():
+            im = Image.open(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such {what} file") from None
     except UnidentifiedImageError:
@@ -74,12 +77,25 @@ def open_pil(path: str | os.PathLike, what: str = "image", max_pixels: int = MAX
         raise _chunk_error(path, what, e) from None
     except (OSError, SyntaxError) as e:
         raise DataError(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a parser's TypeError/KeyError/struct.error on a damaged header
+        raise DataError(f"{path}: corrupt or unreadable {what} ({type(e).__name__}: {e})") from None
     try:
         _guard(im, path, what, max_pixels)
     except BaseException:
         im.close()
         raise
     return im
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Pillow's warnings about a file (corrupt EXIF, tags past the end) are not printed raw: the file reads or
+    fails with one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _pillow():
@@ -98,9 +114,12 @@ def _guard(im, path: Path, what: str, max_pixels: int) -> None:
                         "(refused before decoding)",
                         hint="downscale or crop it; cvtool segment --max-pixels N raises the limit (0: none)")
     try:
-        frames = getattr(im, "n_frames", 1)
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # a broken page table
-        raise DataError(f"{path}: corrupt or unreadable {what} ({e})") from None
+        with _quiet():
+            frames = getattr(im, "n_frames", 1)  # a TIFF reads every page's header for it
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken page table
+        raise DataError(f"{path}: corrupt or unreadable {what} ({type(e).__name__}: {e})") from None
     if frames > 1:
         raise DataError(f"{path}: the {what} holds {frames} frames (an animation or a multi-page file); "
                         "cvtool reads single-frame images only", hint="save the frame you want as its own file")
@@ -116,11 +135,16 @@ def _chunk_error(path: Path, what: str, e: Exception) -> DataError:
 
 def _load(im, path: Path, what: str):
     try:
-        im.load()
+        with _quiet():
+            im.load()
     except ValueError as e:  # also a text chunk after the pixels
         raise _chunk_error(path, what, e) from None
     except (OSError, SyntaxError) as e:  # truncated / broken streams
         raise DataError(f"{path}: corrupt or unreadable {what} ({e})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's TypeError/IndexError on damaged data
+        raise DataError(f"{path}: corrupt or unreadable {what} ({type(e).__name__}: {e})") from None
     return im
 
 
