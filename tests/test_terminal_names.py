@@ -130,3 +130,14 @@ def test_train_prints_hostile_names_inert(tmp_path, capsys, monkeypatch):
     assert_inert(out, err)
     assert "bad[/]name" in out and "clear\\x1b[2Jscreen" in out and "[bold red]loud" in out  # the IoU table
     assert "classes bg, bad[/]name, clear\\x1b[2Jscreen, [bold red]loud" in err  # the data line
+
+
+@pytest.mark.slow  # the plan measures its step time: about 4 s of CPU
+def test_train_plan_prints_hostile_names_inert(tmp_path, capsys, monkeypatch):
+    """The plan's reasons name classes (focus on rare ones): its table escapes them too."""
+    monkeypatch.chdir(tmp_path)
+    data = hostile_dataset(tmp_path / "d")
+    code, out, err = cli(capsys, "train", "--data", str(data), "--plan", "--backend", "numpy", "--workers", "1")
+    assert code == 0, err
+    assert_inert(out, err)
+    assert "bad[/]name, clear\\x1b[2Jscreen, [bold red]loud" in out
