@@ -169,3 +169,15 @@ def test_plot_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'curves.png'}: {FULL}"):
         line_chart(tmp_path / "curves.png", [1, 2, 3], {"loss": [1.0, 0.5, 0.2]}, {"mIoU": [0.1, 0.2, 0.3]})
     assert files(tmp_path) == before
+
+
+def test_json_on_stdout_to_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    """`cvtool ... --json > file` where the disk fills: the system's error, one line, exit 2 (not an internal error)."""
+    import sys
+
+    def full(text):
+        raise OSError(errno.ENOSPC, FULL)
+
+    monkeypatch.setattr(sys.stdout, "write", full)
+    code, _, err = cli(capsys, "convcalc", "-i", "5", "-k", "3", "--json")
+    assert code == 2 and one_line(err) == f"error: cannot write the output: {FULL}"

@@ -3,6 +3,7 @@ so that `cvtool --help` and `cvtool convcalc` never load torch or onnxruntime.""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -41,6 +42,9 @@ def _register() -> None:
 _register()
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def fail(message: str, hint: str | None = None, code: int = 1) -> int:
     from cvtool.cli.output import safe
 
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(fail("interrupted", None, 130))
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # the system's refusal, not a bug: stdout on a full disk, a file vanishing mid-read
+        where = f"{e.filename}: " if e.filename else "cannot write the output: " if e.errno in _FULL else ""
+        sys.exit(fail(f"{where}{e.strerror or e}", None, 2))
     except Exception as e:  # a bug: one line for users, the traceback on request
         if os.environ.get("CVTOOL_DEBUG"):
             raise
