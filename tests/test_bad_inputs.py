@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, one_line
 from PIL import Image
 from test_inference import tiny_checkpoint
 from test_timed import make_set, trainer_factory
 from test_train import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 from test_train_cli import ARGS, cvtool, write_dataset
 
-from conftest import one_line
 import cvtool_backends as registry
 from cvtool.data import open_datasets
 from cvtool.data.io import read_image, read_mask

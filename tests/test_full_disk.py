@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+from conftest import cli, one_line
 from test_inference import tiny_checkpoint
 
-from conftest import cli, one_line
 from cvtool.data.io import write_mask_png, write_overlay_png
 from cvtool.errors import WriteError
-from cvtool.model import checkpoint as ckpt_io
 
 FULL = "No space left on device"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from PIL import Image, ImageFile
 from test_inference import tiny_checkpoint
 
-from conftest import cli
 from cvtool.data.io import image_channels, read_image, read_mask
 from cvtool.errors import DataError
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from PIL import Image
 from test_inference import tiny_checkpoint
 
-from conftest import cli
 from cvtool.cli.output import safe
 from cvtool.model import checkpoint as ckpt_io
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli, one_line
 from PIL import Image
 from test_inference import tiny_checkpoint
 
-from conftest import cli, one_line
 from cvtool.data.io import OWN_KEY, write_mask_png, written_by_cvtool
 from cvtool.fsutil import CLAIM, claim_dir, release_if_empty
 from cvtool.model import checkpoint as ckpt_io
