@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvtool.cli.output import err, fmt_float, out, table
+from cvtool.cli.output import err, fmt_float, out, safe, table
 
 COLUMNS = ["backend", "input", "status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s",
            "peak MB", "GFLOP/s", "% GEMM", "% own GEMM", "max abs diff", "max rel diff", "labels =", "mIoU"]
@@ -120,7 +120,7 @@ def write_markdown(doc: dict, path: Path) -> None:
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += ["", *(f"- {line}" for line in _footer(doc))]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    err().print(f"wrote {path}")
+    err().print(f"wrote {safe(path)}")
 
 
 def write_csv(doc: dict, path: Path) -> None:
@@ -135,7 +135,7 @@ def write_csv(doc: dict, path: Path) -> None:
     for r in doc["rows"]:
         w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
     atomic_write_bytes(path, buf.getvalue().encode())
-    err().print(f"wrote {path}")
+    err().print(f"wrote {safe(path)}")
 
 
 def write_plot(doc: dict, path: Path) -> None:
@@ -153,7 +153,7 @@ def write_plot(doc: dict, path: Path) -> None:
         thr.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["images_per_s"]
     line_chart(path, sizes, lat, thr, title=f"ms per image (left), images/s (right): {doc['title'][:40]}",
                xlabel="input size")
-    err().print(f"wrote {path}")
+    err().print(f"wrote {safe(path)}")
 
 
 __all__ = ["render", "write_markdown", "write_csv", "write_plot"]

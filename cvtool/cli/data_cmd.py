@@ -128,8 +128,6 @@ def convert(
 ) -> None:
     """Write SRC in the folder format: images/ (the files as they were), palette-PNG masks/ (255 = ignore) and
     classes.json; train/ + val/ when SRC has a split. Written whole or not at all."""
-    from rich.markup import escape
-
     from cvtool.data import open_datasets
     from cvtool.data.convert import check_target, write_folder
 
@@ -147,12 +145,12 @@ def convert(
                    "ignored_pixels": res.ignored, "seconds": round(seconds, 3)})
         return
     con = out()
-    layout = (f"train/ and val/ ({escape(info.split)})" if "" not in res.parts else "one folder, no split")
-    con.print(f"converted {info.format} dataset {escape(src)}: {sum(res.parts.values())} images, "
-              f"{len(info.classes)} classes -> {escape(str(to))} in {seconds:.1f} s: images/, palette masks/ and "
+    layout = (f"train/ and val/ ({safe(info.split)})" if "" not in res.parts else "one folder, no split")
+    con.print(f"converted {info.format} dataset {safe(src)}: {sum(res.parts.values())} images, "
+              f"{len(info.classes)} classes -> {safe(str(to))} in {seconds:.1f} s: images/, palette masks/ and "
               f"classes.json, {layout}")
     for note in info.notes:
-        con.print(f"note: {escape(note)}")
+        con.print(f"note: {safe(note)}")
     rows = [[k, c, fmt_float(float(p / labelled)), int(n)] for k, (c, p, n) in
             enumerate(zip(info.classes, res.pixels, res.images))]
     if res.ignored:

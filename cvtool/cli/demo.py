@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cvtool.cli.output import out
+from cvtool.cli.output import out, safe
 
 
 def _run(args: str) -> int:
@@ -50,4 +50,4 @@ def demo(
         if rc != 0:
             raise CvtoolError(f"demo step failed (exit {rc}): cvtool {args}")
     out().rule("done", align="left", style="bold green")
-    out().print(f"everything the demo wrote is under {root}/")
+    out().print(f"everything the demo wrote is under {safe(root)}/")
