@@ -126,11 +126,13 @@ CLAIM = ".cvtool-run"  # in an --out folder while a command writes there: JSON {
 
 def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: bool = False,
               hint: str = "choose another --out, or --force") -> Path:
-    """A folder the user named for a new run, claimed atomically: the claim is creating CLAIM with O_EXCL, so of
-    two processes given one folder at once exactly one gets it; end_claim removes it when the command is done.
+    """A folder the user named for a new run, claimed atomically: the claim is putting CLAIM in place whole
+    (_create_claim), which only one of two processes given one folder at once can do; end_claim removes it when the
+    command is done.
     Refused (UsageError, exit 2) while the process that claimed it is alive (even with `force`: its files would
     mix with ours), and when the folder holds any other file, unless `force`, or `keep` (a run resumed in its
-    own folder). A claim whose process is gone (killed) does not count."""
+    own folder). A claim whose process is gone (killed) does not count; it is taken over by a plain write, so two
+    processes started together on a folder with a dead claim are not told apart (the one gap)."""
     import json
     import socket
     import time
@@ -142,26 +144,52 @@ def claim_dir(path: str | os.PathLike, command: str, force: bool = False, keep: 
     except OSError as e:
         raise CvtoolError(f"cannot create {path}: {e.strerror or e}", hint="choose another --out", exit_code=2) from None
     marker = path / CLAIM
+    doc = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        owner = _live_owner(marker)
-        if owner is not None:
-            raise UsageError(f"{path} is being written by a running `cvtool {owner['command']}` (pid {owner['pid']})",
-                             hint="wait for it, or choose another --out") from None
-        fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)  # left by a process that was killed: ours now
+        if not _create_claim(marker, doc):
+            owner = _live_owner(marker)
+            if owner is not None:
+                where = "" if owner.get("host") == socket.gethostname() else f" on {owner.get('host')}"
+                raise UsageError(f"{path} is being written by a running `cvtool {owner.get('command')}` "
+                                 f"(pid {owner['pid']}{where})",
+                                 hint=f"wait for it, or choose another --out (no such run: remove {marker})")
+            marker.write_text(json.dumps(doc) + "\n")  # left by a process that was killed: ours now
     except OSError as e:
         raise CvtoolError(f"cannot write into {path}: {e.strerror or e}", hint="choose another --out", exit_code=2) from None
-    doc = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc) + "\n")
-    others = sorted(p.name for p in path.iterdir() if p.name != CLAIM)
+    others = sorted(p.name for p in path.iterdir() if not p.name.startswith(CLAIM))  # racing claims' temp files too
     if others and not (force or keep):
         marker.unlink()
         shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
         raise UsageError(f"{path} is not empty ({shown})", hint=hint)
     _MADE[path] = made  # innermost first: release_if_empty removes what this claim made
     return path
+
+
+def _create_claim(marker: Path, doc: dict) -> bool:
+    """Put the claim in place whole, or find one there (False): written to a temp file, then hard-linked to its
+    name, which fails when the name exists (O_EXCL where the file system has no hard links)."""
+    import json
+
+    text = json.dumps(doc) + "\n"
+    tmp = marker.with_name(f"{CLAIM}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.link(tmp, marker)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # no hard links here: the name is taken atomically, its content follows
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
 
 
 def end_claim(path: Path | None) -> None:
@@ -172,17 +200,21 @@ def end_claim(path: Path | None) -> None:
 
 
 def _live_owner(marker: Path) -> dict | None:
-    """The claim in `marker` while the process that made it still runs on this machine (not us), else None."""
+    """The claim in `marker` while the process that made it may still run (not us), else None."""
     import json
     import socket
 
     try:
         doc = json.loads(marker.read_text())
         pid = int(doc["pid"])
-        if doc.get("host") != socket.gethostname() or pid == os.getpid():
+        if doc.get("host") != socket.gethostname():
+            return doc  # another machine's (a shared disk): cannot be checked from here, so it counts
+        if pid == os.getpid():
             return None
         os.kill(pid, 0)  # no signal sent: only whether it exists
-    except (OSError, ValueError, KeyError, TypeError):  # gone (ProcessLookupError), unreadable, foreign
+    except PermissionError:  # it exists, another user's
+        return doc
+    except (OSError, ValueError, KeyError, TypeError):  # gone (ProcessLookupError), unreadable
         return None
     return doc
 

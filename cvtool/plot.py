@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping, Union
 
 from cvtool.fsutil import atomic_path
+from cvtool.printable import printable
 
 Series = Union[list, tuple[list, list]]  # values at the panel's x, or (x values, values) of its own
 
@@ -57,21 +58,21 @@ def line_chart(path: str | Path, xs, left: Mapping[str, Series], *more: Mapping[
             pts = [(x, v) for x, v in zip(sx, vals) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) <= 50 else None, markersize=3,
-                        linewidth=1.5 if len(pts) <= 50 else 1.0, label=name)  # dense traces: a line alone
+                        linewidth=1.5 if len(pts) <= 50 else 1.0, label=printable(name))  # dense traces: a line alone
         if xlim:
             ax.set_xlim(*xlim)
         if log_x:
             ax.set_xscale("log")
         if log_y == "yes" or (log_y == "auto" and _wide(series)):
             ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(printable(xlabel))
         ax.grid(alpha=0.3)
         if titles and k < len(titles):
-            ax.set_title(titles[k], fontsize=10)
+            ax.set_title(printable(titles[k]), fontsize=10)
         if any(_finite(_values(v)) for v in series.values()):
             ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(printable(title), fontsize=10)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -141,3 +141,17 @@ def test_train_plan_prints_hostile_names_inert(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert_inert(out, err)
     assert "bad[/]name, clear\\x1b[2Jscreen, [bold red]loud" in out
+
+
+def test_plot_labels_show_hostile_names_inert(tmp_path):
+    """A class name with an ESC in curves.png's legend: drawn as \\x1b text, so matplotlib has no glyph to warn about
+    on the terminal ("Glyph 27 missing from font")."""
+    import warnings
+
+    from cvtool.plot import line_chart
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        line_chart(tmp_path / "c.png", [1, 2], {"loss": [1.0, 0.5]}, {f"IoU {n}": [0.1, 0.2] for n in HOSTILE},
+                   title="run \x1b[2J", titles=["a\x07", "b"])
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -182,13 +182,17 @@ def test_a_folder_claimed_by_a_live_process_is_refused_even_with_force(run, caps
 
 
 def test_claim_dir_is_atomic_across_processes(tmp_path):
-    """Six processes claim one folder at once: exactly one gets it, the others are refused."""
+    """Six processes claim one folder at once: exactly one gets it, the others are refused. The winner holds its
+    claim (as a running train does) until every process has answered."""
     code = ("import sys\nfrom cvtool.fsutil import claim_dir\nfrom cvtool.errors import UsageError\n"
-            "try:\n    claim_dir(sys.argv[1], 'train'); print('won')\nexcept UsageError as e:\n    print('refused')")
+            "try:\n    claim_dir(sys.argv[1], 'train')\n    print('won', flush=True)\n    sys.stdin.readline()\n"
+            "except UsageError as e:\n    print('refused', flush=True)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
-                              env=env) for _ in range(6)]
-    said = sorted(p.communicate()[0].strip() for p in procs)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(6)]
+    said = sorted(p.stdout.readline().strip() for p in procs)
+    for p in procs:
+        p.communicate("\n")
     assert said == ["refused"] * 5 + ["won"], said
 
 
@@ -231,3 +235,20 @@ def test_export_writes_only_onnx_files(model, tmp_path, capsys):
     for _ in range(2):  # an earlier export is an ONNX file: replaced
         code, _, err = cli(capsys, "export", str(model), "-o", str(good), "--no-verify")
         assert code == 0 and good.is_file(), err
+
+
+def test_a_claim_from_another_machine_counts_and_a_dead_one_does_not(tmp_path):
+    """A shared disk: another host's claim cannot be checked from here, so it holds; one of a process that is gone
+    (killed: its end_claim never ran) is taken over."""
+    from cvtool.errors import UsageError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CLAIM).write_text(json.dumps({"command": "train", "pid": 1, "host": "elsewhere.example"}))
+    with pytest.raises(UsageError, match=r"being written by a running `cvtool train` \(pid 1 on elsewhere.example\)"):
+        claim_dir(run, "train", force=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (run / CLAIM).write_text(json.dumps({"command": "train", "pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert claim_dir(run, "train") == run and json.loads((run / CLAIM).read_text())["pid"] == os.getpid()

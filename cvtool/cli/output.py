@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
+
+from cvtool.printable import printable
 
 _out = None
 _err = None
@@ -31,24 +32,12 @@ def err():
     return _err
 
 
-# C0 controls (ESC starts every ANSI sequence; newline and tab included: a name stays on its line), DEL, C1
-# controls, and lone surrogates (os.fsdecode's stand-ins for file-name bytes that are not UTF-8)
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _escaped(m: re.Match) -> str:
-    code = ord(m.group())
-    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\u{code:04x}" if code > 0xFF else f"\\x{code:02x}"
-
-
 def safe(text: Any, markup: bool = True) -> str:
     """A name (class, file, path, message) as it may reach a terminal: control characters and ANSI escapes shown
     as inert \\xNN text (a downloaded model cannot clear or rewrite the screen), the bytes of a non-UTF-8 file
     name as \\xNN, and, for text printed with rich markup on (markup=True), rich markup escaped ("[/]" prints
     as itself). Every printed name goes through here."""
-    text = _UNSAFE.sub(_escaped, str(text))
+    text = printable(text)
     if not markup:
         return text
     from rich.markup import escape
