@@ -79,7 +79,8 @@ def test_loss_falls(backend, tmp_path):
     losses = [d["loss"] for d in steps_taken(log)]
     assert len(losses) == 12 and r["status"] == "done" and r["steps"] == 12
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
-    assert len(r["iou"]) == 4 and 0 <= r["final"]["pixel_accuracy"] <= 1
+    cm = np.array(r["confusion"])
+    assert len(r["iou"]) == 4 and r["final"]["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
 
 
 def test_torch_cpu_training_is_deterministic_for_a_seed(tmp_path):

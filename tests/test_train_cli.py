@@ -82,7 +82,10 @@ def test_json_is_pure_and_the_run_folder_is_sane(shapes, tmp_path, capsys):
     assert doc["out"] == str(tmp_path / "run") and doc["classes"] == ["background", "circle", "square", "triangle"]
     f = doc["final"]
     assert all(finite(f[k]) for k in ("train_loss", "val_loss", "pixel_accuracy", "mean_iou"))
-    assert 0 <= f["pixel_accuracy"] <= 1 and 0 <= f["mean_iou"] <= 1 and len(doc["iou"]) == 4
+    cm = np.array(doc["confusion"], np.float64)  # the figures are the confusion matrix's, not merely in [0, 1]
+    iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+    assert f["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum()) and len(doc["iou"]) == 4
+    assert f["mean_iou"] == pytest.approx(np.nanmean(iou)) and doc["iou"] == pytest.approx(iou.tolist(), nan_ok=True)
     assert np.array(doc["confusion"]).sum() == 6 * 32 * 32  # every validation pixel, at full size
     assert doc["config"]["epochs"] == 2 and doc["config"]["width"] == 4 and doc["config"]["backend"] == "torch"
 
