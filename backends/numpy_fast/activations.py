@@ -28,6 +28,18 @@ def relu_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
     return np.where(cache.x > 0, dout, 0).astype(cache.x.dtype, copy=False)  # torch: gradient 0 at x == 0
 
 
+def relu6_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
+    """min(max(x, 0), 6): ReLU clipped at 6 (EfficientNet-Lite, MobileNet)."""
+    (x,) = as_float(x)
+    return np.clip(x, 0, 6), ReluCache(x)
+
+
+def relu6_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
+    """1 on the open interval (0, 6), 0 elsewhere (torch's hardtanh gradient: 0 at both kinks)."""
+    x = cache.x
+    return np.where((x > 0) & (x < 6), dout, 0).astype(x.dtype, copy=False)
+
+
 def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutCache]:
     (x,) = as_float(x)
     out = 0.5 * (np.tanh(0.5 * x) + 1)  # = 1 / (1 + exp(-x)), without overflow for large |x|
@@ -50,5 +62,5 @@ def tanh_backward(dout: np.ndarray, cache: OutCache) -> np.ndarray:
     return dout * (1 - t * t)
 
 
-__all__ = ["ReluCache", "OutCache", "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+__all__ = ["ReluCache", "OutCache", "relu_forward", "relu_backward", "relu6_forward", "relu6_backward", "sigmoid_forward", "sigmoid_backward",
            "tanh_forward", "tanh_backward"]

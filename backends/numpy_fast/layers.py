@@ -2,6 +2,8 @@
 `*_backward(dout, cache) -> gradients`. One module per idea; this one gathers them."""
 
 from cvtool_backends.numpy_fast.activations import (
+                                            relu6_backward,
+                                            relu6_forward,
                                             relu_backward,
                                             relu_forward,
                                             sigmoid_backward,
@@ -28,6 +30,7 @@ from cvtool_backends.numpy_fast.pool import (
 __all__ = [
     "conv2d_forward", "conv2d_backward", "conv2d_relu", "conv_transpose2d_forward", "conv_transpose2d_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-    "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+    "relu_forward", "relu_backward", "relu6_forward", "relu6_backward", "sigmoid_forward", "sigmoid_backward",
+    "tanh_forward", "tanh_backward",
     "batchnorm2d_forward", "batchnorm2d_backward", "softmax_cross_entropy", "soft_dice",
 ]

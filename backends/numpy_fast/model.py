@@ -24,6 +24,7 @@ from cvtool.glibc_malloc import keep_freed_memory
 from cvtool.model.fuse import ConvReLU, GraphNode, fold_batchnorm, fuse_relu
 from cvtool.model.spec import (
     Activation,
+    Add,
     BatchNorm2d,
     Concat,
     Conv2d,
@@ -43,9 +44,11 @@ IGNORE_INDEX = 255
 
 # Each activation's cache has its own type (ReluCache, OutCache), read only by its own backward: Any stands for it.
 _ACT_FORWARD: dict[str, Callable[[np.ndarray], tuple[np.ndarray, Any]]] = {
-    "relu": layers.relu_forward, "sigmoid": layers.sigmoid_forward, "tanh": layers.tanh_forward}
+    "relu": layers.relu_forward, "relu6": layers.relu6_forward, "sigmoid": layers.sigmoid_forward,
+    "tanh": layers.tanh_forward}
 _ACT_BACKWARD: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
-    "relu": layers.relu_backward, "sigmoid": layers.sigmoid_backward, "tanh": layers.tanh_backward}
+    "relu": layers.relu_backward, "relu6": layers.relu6_backward, "sigmoid": layers.sigmoid_backward,
+    "tanh": layers.tanh_backward}
 
 
 class Tape(NamedTuple):
@@ -114,10 +117,10 @@ def _node_forward(n: GraphNode, xs: list[np.ndarray], p: dict[str, np.ndarray], 
     if isinstance(L, ConvReLU):
         L = L.conv
         return layers.conv2d_relu(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
-                                  padding=L.padding, dilation=L.dilation), None
+                                  padding=L.padding, dilation=L.dilation, groups=L.groups), None
     if isinstance(L, Conv2d):
         return layers.conv2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
-                                     padding=L.padding, dilation=L.dilation)
+                                     padding=L.padding, dilation=L.dilation, groups=L.groups)
     if isinstance(L, ConvTranspose2d):
         return layers.conv_transpose2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
                                                padding=L.padding, output_padding=L.output_padding)
@@ -133,6 +136,8 @@ def _node_forward(n: GraphNode, xs: list[np.ndarray], p: dict[str, np.ndarray], 
         return layers.max_pool2d_forward(xs[0], kernel=L.kernel_size, stride=L.stride, cache=keep)
     if isinstance(L, Concat):
         return _concat(xs), [x.shape[1] for x in xs]  # cache: channels per input
+    if isinstance(L, Add):  # a residual: d(a + b)/da = d(a + b)/db = 1, nothing to keep
+        return np.add(xs[0], xs[1]), None
     raise TypeError(f"no forward for layer {L!r}")
 
 
@@ -171,6 +176,8 @@ def _node_backward(n: GraphNode, dout: np.ndarray, cache, grads: dict[str, np.nd
         return [dx]
     if isinstance(L, Activation):  # every dout here is backward's own (a layer's dx, or a sum of them)
         return [_relu_inplace_backward(dout, cache) if L.kind == "relu" else _ACT_BACKWARD[L.kind](dout, cache)]
+    if isinstance(L, Add):  # both inputs get dout; a copy for the second, as backward adds into and overwrites them
+        return [dout, dout.copy()]
     if isinstance(L, MaxPool2d):
         return [layers.max_pool2d_backward(dout, cache)]
     if isinstance(L, Concat):  # split the channels back; copies, so dout is freed with the first consumer

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cvtool.model.spec import (
     Activation,
+    Add,
     BatchNorm2d,
     Concat,
     Conv2d,
@@ -32,6 +33,7 @@ from cvtool_backends.onnx_format.opset import max_ir
 
 INPUT, OUTPUT = "image", "logits"
 META_KEY = "cvtool"
+CLIP6 = {"relu6.min": 0.0, "relu6.max": 6.0}  # Clip's bounds for ReLU6, in the weights' dtype
 
 
 def _node(n: Node, dtype) -> tuple[list[onnx.NodeProto], list[str]]:
@@ -40,9 +42,10 @@ def _node(n: Node, dtype) -> tuple[list[onnx.NodeProto], list[str]]:
     ins = [INPUT if i == "input" else i for i in ins]
     if isinstance(L, Conv2d):
         inits = [f"{n.name}.weight"] + ([f"{n.name}.bias"] if L.bias else [])
-        p = L.padding
+        (t, b), (left, right) = L.pads
         return [helper.make_node("Conv", ins + inits, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
-                                 strides=[L.stride] * 2, pads=[p] * 4, dilations=[L.dilation] * 2)], inits
+                                 strides=[L.stride] * 2, pads=[t, left, b, right], dilations=[L.dilation] * 2,
+                                 group=L.groups)], inits
     if isinstance(L, ConvTranspose2d):
         inits = [f"{n.name}.weight"] + ([f"{n.name}.bias"] if L.bias else [])
         p = L.padding
@@ -52,8 +55,12 @@ def _node(n: Node, dtype) -> tuple[list[onnx.NodeProto], list[str]]:
         inits = [f"{n.name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
         return [helper.make_node("BatchNormalization", ins + inits, [out], name=n.name, epsilon=L.eps)], inits
     if isinstance(L, Activation):
+        if L.kind == "relu6":  # Clip's bounds are inputs since opset 11: two shared scalar initializers
+            return [helper.make_node("Clip", ins + list(CLIP6), [out], name=n.name)], []
         op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[L.kind]
         return [helper.make_node(op, ins, [out], name=n.name)], []
+    if isinstance(L, Add):
+        return [helper.make_node("Add", ins, [out], name=n.name)], []
     if isinstance(L, MaxPool2d):
         return [helper.make_node("MaxPool", ins, [out], name=n.name, kernel_shape=[L.kernel_size] * 2,
                                  strides=[L.stride] * 2)], []
@@ -85,6 +92,8 @@ def build_model(spec: ModelSpec, params: dict[str, np.ndarray], meta: dict, *, o
     else:
         nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="output"))
     initializers = [numpy_helper.from_array(np.asarray(params[k], wdt), name=k) for k in used]
+    if any(isinstance(n.layer, Activation) and n.layer.kind == "relu6" for n in graph):
+        initializers += [numpy_helper.from_array(np.asarray(v, wdt), name=k) for k, v in CLIP6.items()]
     x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", spec.in_channels, "height", "width"],
                                       doc_string=f"(image/255 - mean) / std; height and width divisible by {spec.multiple}")
     y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", spec.num_classes, "height", "width"],
@@ -107,6 +116,7 @@ def to_params(model: onnx.ModelProto) -> tuple[ModelSpec, dict[str, np.ndarray],
     """Back from ONNX: the spec, float32 parameters and the metadata (so any backend can run an .onnx)."""
     meta = read_meta(model)
     spec = ModelSpec.from_dict(meta["spec"])
-    params = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
+    params = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer
+              if t.name not in CLIP6}
     check_params(spec, params)
     return spec, params, meta

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from cvtool.model.fuse import ConvReLU, FusedNode, fold_batchnorm, fuse_relu
 from cvtool.model.spec import (
     Activation,
+    Add,
     BatchNorm2d,
     Concat,
     Conv2d,
@@ -100,14 +101,17 @@ class FrozenNet:
               b: torch.Tensor | None = None, acc: torch.Tensor | None = None) -> torch.Tensor:
         """relu?(conv(x, w) + b [+ acc])"""
         w = self.w[f"{name}.weight"] if w is None else w
-        pad, st, dil = [L.padding] * 2, [L.stride] * 2, [L.dilation] * 2
+        (t, bottom), (left, right) = L.pads
+        if not L.symmetric:  # TF "SAME" at stride 2: pad first (one more at the bottom/right), then a valid conv
+            x, t = F.pad(x, (left, right, t, bottom)), 0
+        pad, st, dil = [t] * 2, [L.stride] * 2, [L.dilation] * 2
         if self.fused:
             if acc is None:
-                return torch.ops.mkldnn._convolution_pointwise(x, w, b, pad, st, dil, 1, "relu" if relu else "none",
-                                                                [], "")
-            return torch.ops.mkldnn._convolution_pointwise.binary(x, acc, w, b, pad, st, dil, 1, "add", 1.0,
+                return torch.ops.mkldnn._convolution_pointwise(x, w, b, pad, st, dil, L.groups,
+                                                                "relu" if relu else "none", [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, acc, w, b, pad, st, dil, L.groups, "add", 1.0,
                                                                   "relu" if relu else None, [], "")
-        y = F.conv2d(x, w, b, L.stride, L.padding, L.dilation)
+        y = F.conv2d(x, w, b, L.stride, t, L.dilation, L.groups)
         if acc is not None:
             y += acc
         return y.relu_() if relu else y
@@ -139,9 +143,12 @@ class FrozenNet:
             elif isinstance(L, MaxPool2d):
                 y = _max_pool(vals[n.inputs[0]], L.kernel_size, L.stride)
             elif isinstance(L, Activation):
-                y = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[L.kind](vals[n.inputs[0]])
+                y = {"relu": torch.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[L.kind](
+                    vals[n.inputs[0]])
             elif isinstance(L, Concat):
                 y = torch.cat([vals[s] for s in n.inputs], dim=1)
+            elif isinstance(L, Add):
+                y = vals[n.inputs[0]] + vals[n.inputs[1]]
             else:
                 raise TypeError(f"unknown layer {L!r}")
             for s in self.split.get(n.name, n.inputs):

@@ -15,21 +15,39 @@ from torch import nn
 
 from cvtool.model.spec import (
     Activation,
+    Add,
     BatchNorm2d,
     Concat,
     Conv2d,
     ConvTranspose2d,
     MaxPool2d,
     ModelSpec,
+    Node,
     check_params,
 )
 from cvtool.train.optim import OptimConfig
 
 
+class PaddedConv2d(nn.Conv2d):
+    """nn.Conv2d with explicit (top, bottom, left, right) zero padding (TF "SAME" at stride 2 pads one more pixel
+    at the bottom/right than at the top/left, which nn.Conv2d's symmetric padding cannot say). Same parameters."""
+
+    def __init__(self, layer: Conv2d):
+        super().__init__(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, 0, layer.dilation,
+                         groups=layer.groups, bias=layer.bias)
+        (t, b), (left, right) = layer.pads
+        self.pad = (left, right, t, b)  # F.pad's order: last dimension first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
 def _module(layer) -> nn.Module | None:
     if isinstance(layer, Conv2d):
+        if not layer.symmetric:
+            return PaddedConv2d(layer)
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                         layer.padding, layer.dilation, bias=layer.bias)
+                         layer.pads[0][0], layer.dilation, groups=layer.groups, bias=layer.bias)
     if isinstance(layer, ConvTranspose2d):
         return nn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                                   layer.padding, layer.output_padding, bias=layer.bias)
@@ -38,17 +56,17 @@ def _module(layer) -> nn.Module | None:
     if isinstance(layer, MaxPool2d):
         return nn.MaxPool2d(layer.kernel_size, layer.stride)
     if isinstance(layer, Activation):
-        return {"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[layer.kind]
-    return None  # Concat has no module
+        return {"relu": nn.ReLU(), "relu6": nn.ReLU6(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[layer.kind]
+    return None  # Concat and Add have no module
 
 
 class SpecNet(nn.Module):
     """Runs the spec's graph node by node; modules nested by dotted name."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, nodes: list[Node] | None = None):
         super().__init__()
         self.spec = spec
-        self.nodes = spec.graph()
+        self.nodes = spec.graph() if nodes is None else nodes  # another graph over the spec's layers (a classifier)
         self._mods: dict[str, nn.Module] = {}
         for n in self.nodes:
             m = _module(n.layer)
@@ -74,6 +92,8 @@ class SpecNet(nn.Module):
         for i, n in enumerate(self.nodes):
             if isinstance(n.layer, Concat):
                 y = torch.cat([vals[s] for s in n.inputs], dim=1)
+            elif isinstance(n.layer, Add):
+                y = vals[n.inputs[0]] + vals[n.inputs[1]]
             else:
                 y = self._mods[n.name](vals[n.inputs[0]])
             for s in n.inputs:

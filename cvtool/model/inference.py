@@ -50,8 +50,9 @@ def halo(spec: ModelSpec) -> int:
     """How far (input pixels) an output pixel can see beyond its own: an upper bound from the graph.
 
     Per node: scale s (input pixels per feature pixel) and reach r. A conv adds its widest side
-    pad times s; a pool k/stride adds (k - stride)*s and multiplies s by stride; a transposed conv
-    (k/stride) adds s_in * ceil((k - 1 + p) / stride) and divides s by stride; concat takes the max.
+    (pad, or kernel - 1 - pad) times s and multiplies s by its stride; a pool k/stride adds (k - stride)*s
+    and multiplies s by stride; a transposed conv (k/stride) adds s_in * ceil((k - 1 + p) / stride) and
+    divides s by stride; concat and add take the max.
     """
     scale: dict[str, float] = {"input": 1.0}
     reach: dict[str, float] = {"input": 0.0}
@@ -59,7 +60,8 @@ def halo(spec: ModelSpec) -> int:
         L, s, r = n.layer, scale[n.inputs[0]], max(reach[i] for i in n.inputs)
         if isinstance(L, Conv2d):
             ek = effective_kernel(L.kernel_size, L.dilation)
-            r += max(L.padding, ek - 1 - L.padding) * s
+            r += max(max(p, ek - 1 - p) for p in (*L.pads[0], *L.pads[1])) * s
+            s *= L.stride
         elif isinstance(L, MaxPool2d):
             r += max(L.kernel_size - L.stride, 0) * s
             s *= L.stride

@@ -8,6 +8,8 @@ transposed-conv weights IOHW. Initial weights are drawn here, so every backend s
 Per level l (width w_l = width * 2**l):   conv3x3 -> [bn] -> act -> conv3x3 -> [bn] -> act
 down: maxpool 2x2 / 2; bottom: the same double conv at width * 2**depth;
 up: convtranspose 2x2 / 2, concat the skip, double conv; head: conv1x1 -> num_classes logits.
+With encoder "lite0" the encoder is EfficientNet-Lite0 (cvtool/model/lite0.py) and the same decoder reads its
+stride-2 to stride-32 features.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from typing import Union
 
 import numpy as np
 
-from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, pool2d_output
+from cvtool.arithmetic import (
+    ceil_div,
+    conv2d_output,
+    conv_transpose2d_output,
+    effective_kernel,
+    is_symmetric,
+    pool2d_output,
+    resolve_padding,
+)
 from cvtool.errors import UsageError
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
+ACTIVATIONS = ("relu", "sigmoid", "tanh")  # what a spec's `activation` may be
+KINDS = ACTIVATIONS + ("relu6",)  # what an Activation node may be (relu6: min(max(x, 0), 6), EfficientNet-Lite's)
 NORMS = ("batch", "none")
+ENCODERS = ("unet", "lite0")
 
 
 # --- layer records (names and fields as torch.nn spells them) ---------------------------------
@@ -33,9 +45,19 @@ class Conv2d:
     out_channels: int
     kernel_size: int
     stride: int = 1
-    padding: int = 0
+    padding: int | tuple[int, int, int, int] = 0  # p on every side, or (top, bottom, left, right): TF "SAME"
     dilation: int = 1
     bias: bool = True
+    groups: int = 1  # in_channels = out_channels = groups: depthwise
+
+    @property
+    def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right))."""
+        return resolve_padding(self.padding, kernel=self.kernel_size)
+
+    @property
+    def symmetric(self) -> bool:
+        return is_symmetric(self.pads) and self.pads[0] == self.pads[1]
 
 
 @dataclass(frozen=True)
@@ -58,7 +80,7 @@ class BatchNorm2d:
 
 @dataclass(frozen=True)
 class Activation:
-    kind: str  # relu | sigmoid | tanh
+    kind: str  # one of KINDS
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,12 @@ class Concat:
     """Channel concatenation (dim 1) of the node's inputs, in order."""
 
 
-Layer = Union[Conv2d, ConvTranspose2d, BatchNorm2d, Activation, MaxPool2d, Concat]
+@dataclass(frozen=True)
+class Add:
+    """Element-wise sum of the node's two inputs (same shape): a residual connection."""
+
+
+Layer = Union[Conv2d, ConvTranspose2d, BatchNorm2d, Activation, MaxPool2d, Concat, Add]
 
 
 @dataclass(frozen=True)
@@ -93,10 +120,15 @@ class ModelSpec:
     activation: str = "relu"
     norm: str = "batch"
     arch: str = "unet"
+    encoder: str = "unet"  # unet: the double convs and max pooling above; lite0: EfficientNet-Lite0
 
     def __post_init__(self):
         if self.arch != "unet":
             raise UsageError(f"unknown architecture {self.arch!r}")
+        if self.encoder not in ENCODERS:
+            raise UsageError(f"unknown encoder {self.encoder!r}", hint=f"choose one of {', '.join(ENCODERS)}")
+        if self.encoder == "lite0" and self.depth != 5:
+            raise UsageError(f"the lite0 encoder has 5 levels (stride 32): depth must be 5, got {self.depth}")
         if self.activation not in ACTIVATIONS:
             raise UsageError(f"unknown activation {self.activation!r}", hint=f"choose one of {', '.join(ACTIVATIONS)}")
         if self.norm not in NORMS:
@@ -121,7 +153,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> "ModelSpec":  # a file written before `encoder` existed: a U-Net
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -129,6 +161,10 @@ class ModelSpec:
         return cls(**d)
 
     def graph(self) -> list[Node]:
+        if self.encoder == "lite0":
+            from cvtool.model.lite0 import lite0_graph
+
+            return lite0_graph(self)
         return unet_graph(self)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -138,7 +174,7 @@ class ModelSpec:
         return sum(int(np.prod(s)) for n, s in self.param_shapes().items() if not _is_buffer(n))
 
 
-def _double_conv(nodes: list[Node], prefix: str, x: str, cin: int, cout: int, spec: ModelSpec) -> str:
+def double_conv(nodes: list[Node], prefix: str, x: str, cin: int, cout: int, spec: ModelSpec) -> str:
     """conv3x3 -> [bn] -> act, twice. Returns the name of the last node."""
     for j, c in ((1, cin), (2, cout)):
         conv = f"{prefix}.conv{j}"
@@ -158,18 +194,18 @@ def unet_graph(spec: ModelSpec) -> list[Node]:
     skips: list[tuple[str, int]] = []
     for level in range(spec.depth):
         c = spec.width * 2**level
-        x = _double_conv(nodes, f"enc{level}", x, cin, c, spec)
+        x = double_conv(nodes, f"enc{level}", x, cin, c, spec)
         skips.append((x, c))
         nodes.append(Node(f"pool{level}", MaxPool2d(2, 2), (x,)))
         x, cin = f"pool{level}", c
     c = spec.width * 2**spec.depth
-    x = _double_conv(nodes, "mid", x, cin, c, spec)
+    x = double_conv(nodes, "mid", x, cin, c, spec)
     cin = c
     for level in reversed(range(spec.depth)):
         skip, cs = skips[level]
         nodes.append(Node(f"up{level}", ConvTranspose2d(cin, cs, 2, stride=2), (x,)))
         nodes.append(Node(f"cat{level}", Concat(), (f"up{level}", skip)))
-        x = _double_conv(nodes, f"dec{level}", f"cat{level}", 2 * cs, cs, spec)
+        x = double_conv(nodes, f"dec{level}", f"cat{level}", 2 * cs, cs, spec)
         cin = cs
     nodes.append(Node("head", Conv2d(cin, spec.num_classes, 1), (x,)))
     return nodes
@@ -190,7 +226,7 @@ def param_shapes(nodes: list[Node]) -> dict[str, tuple[int, ...]]:
     for n in nodes:
         L = n.layer
         if isinstance(L, Conv2d):
-            shapes[f"{n.name}.weight"] = (L.out_channels, L.in_channels, L.kernel_size, L.kernel_size)  # OIHW
+            shapes[f"{n.name}.weight"] = (L.out_channels, L.in_channels // L.groups, L.kernel_size, L.kernel_size)  # OIHW
             if L.bias:
                 shapes[f"{n.name}.bias"] = (L.out_channels,)
         elif isinstance(L, ConvTranspose2d):
@@ -241,7 +277,7 @@ def check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
             raise UsageError(f"parameter {k} has shape {tuple(params[k].shape)}, the spec needs {s}")
 
 
-# --- shapes, parameters and FLOPs, layer by layer ---------------------------------------------
+# --- shapes, parameters, FLOPs, strides and receptive fields, layer by layer ------------------
 
 @dataclass
 class LayerTrace:
@@ -252,6 +288,14 @@ class LayerTrace:
     flops: int  # multiply-adds counted as 2
     detail: str = ""
     inputs: tuple[str, ...] = field(default_factory=tuple)
+    jump: float = 1.0  # input pixels between neighbouring output pixels (the stride so far)
+    rf: int = 1  # receptive field: input pixels across that one output pixel sees (the widest path)
+
+
+def _conv_detail(L: Conv2d) -> str:
+    (t, b), (left, right) = L.pads
+    pad = f"p{t}" if L.symmetric else f"p{t},{b},{left},{right}"  # top, bottom, left, right
+    return f"k{L.kernel_size} s{L.stride} {pad}" + (f" g{L.groups}" if L.groups > 1 else "")
 
 
 def trace(spec: ModelSpec, hw: tuple[int, int]) -> list[LayerTrace]:
@@ -261,18 +305,21 @@ def trace(spec: ModelSpec, hw: tuple[int, int]) -> list[LayerTrace]:
         raise UsageError(f"input {H}x{W} is not divisible by {spec.multiple} (2**depth)",
                          hint="pad the input (cvtool segment does this) or pick another size")
     shapes: dict[str, tuple[int, int, int]] = {"input": (spec.in_channels, H, W)}
+    field_of: dict[str, tuple[float, int]] = {"input": (1.0, 1)}  # (jump, rf)
     rows = []
     for n in spec.graph():
         L = n.layer
         c, h, w = shapes[n.inputs[0]]
+        jump, rf = field_of[n.inputs[0]][0], max(field_of[i][1] for i in n.inputs)
         params = flops = 0
         if isinstance(L, Conv2d):
             oh, ow = conv2d_output((h, w), L.kernel_size, L.stride, L.padding, L.dilation)
             out = (L.out_channels, oh, ow)
-            params = L.out_channels * L.in_channels * L.kernel_size**2 + (L.out_channels if L.bias else 0)
-            flops = 2 * L.in_channels * L.kernel_size**2 * L.out_channels * oh * ow
-            detail = f"k{L.kernel_size} s{L.stride} p{L.padding}"
-            op = "conv"
+            params = L.out_channels * L.in_channels // L.groups * L.kernel_size**2 + (L.out_channels if L.bias else 0)
+            flops = 2 * L.in_channels // L.groups * L.kernel_size**2 * L.out_channels * oh * ow
+            detail, op = _conv_detail(L), "conv"
+            rf += int((effective_kernel(L.kernel_size, L.dilation) - 1) * jump)
+            jump *= L.stride
         elif isinstance(L, ConvTranspose2d):
             oh, ow = conv_transpose2d_output((h, w), L.kernel_size, L.stride, L.padding, L.output_padding)
             out = (L.out_channels, oh, ow)
@@ -280,24 +327,31 @@ def trace(spec: ModelSpec, hw: tuple[int, int]) -> list[LayerTrace]:
             flops = 2 * L.in_channels * L.kernel_size**2 * L.out_channels * h * w
             detail = f"k{L.kernel_size} s{L.stride} p{L.padding}"
             op = "tconv"
+            rf += int((ceil_div(L.kernel_size, L.stride) - 1) * jump)  # inputs one output pixel reads
+            jump /= L.stride
         elif isinstance(L, MaxPool2d):
             oh, ow = pool2d_output((h, w), L.kernel_size, L.stride)
             out = (c, oh, ow)
             flops = c * oh * ow * (L.kernel_size**2 - 1)
             detail = f"k{L.kernel_size} s{L.stride}"
             op = "maxpool"
+            rf += int((L.kernel_size - 1) * jump)
+            jump *= L.stride
         elif isinstance(L, BatchNorm2d):
             out, params, flops, detail, op = (c, h, w), 2 * c, 2 * c * h * w, "", "bn"
         elif isinstance(L, Activation):
             out, detail, op = (c, h, w), L.kind, "act"
             flops = c * h * w
-        else:  # Concat
+        else:  # Concat, Add
             others = [shapes[i] for i in n.inputs]
-            if any(s[1:] != (h, w) for s in others):
-                raise UsageError(f"{n.name}: cannot concatenate shapes {others}")
-            out, detail, op = (sum(s[0] for s in others), h, w), "+".join(n.inputs), "concat"
-        shapes[n.name] = out
-        rows.append(LayerTrace(n.name, op, out, params, flops, detail, n.inputs))
+            add = isinstance(L, Add)
+            if any(s[1:] != (h, w) for s in others) or (add and any(s != others[0] for s in others)):
+                raise UsageError(f"{n.name}: cannot {'add' if add else 'concatenate'} shapes {others}")
+            out = others[0] if add else (sum(s[0] for s in others), h, w)
+            detail, op = "+".join(n.inputs), "add" if add else "concat"
+            flops = c * h * w if add else 0
+        shapes[n.name], field_of[n.name] = out, (jump, rf)
+        rows.append(LayerTrace(n.name, op, out, params, flops, detail, n.inputs, jump, rf))
     return rows
 
 
