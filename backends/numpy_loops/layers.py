@@ -17,6 +17,36 @@ def relu_backward(dy, x):
     return dy * (x > 0)
 
 
+def relu6_forward(x):
+    """f(x) = min(max(0, x), 6)"""
+    y = x.copy()
+    for i in np.ndindex(x.shape):
+        y[i] = 0 if x[i] < 0 else 6 if x[i] > 6 else x[i]
+    return y, x
+
+
+def relu6_backward(dy, x):
+    """f'(x) = 1 where 0 < x < 6, else 0 (at the kinks too, as PyTorch)"""
+    dx = np.zeros_like(dy)
+    for i in np.ndindex(x.shape):
+        if 0 < x[i] < 6:
+            dx[i] = dy[i]
+    return dx
+
+
+def add_forward(a, b):
+    """y = a + b, element by element (a residual connection)"""
+    y = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        y[i] = a[i] + b[i]
+    return y, None
+
+
+def add_backward(dy, cache):
+    """dL/da = dL/db = dL/dy: a sum passes its gradient to both terms unchanged"""
+    return dy.copy(), dy.copy()
+
+
 def sigmoid_forward(x):
     """f(x) = 1 / (1 + e^-x)"""
     y = 1 / (1 + np.exp(-x))
