@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TOL  # tests/ is on sys.path under pytest
 
-from cvtool_backends.numpy_fast import layers as fast
-from cvtool_backends.numpy_loops import conv as nconv
-from cvtool_backends.numpy_loops import layers as nlayers
-from cvtool_backends.torch_backend.model import SpecNet, build, export_params
 from cvtool.convcalc.gradcheck import numeric_grad
 from cvtool.errors import UsageError
 from cvtool.model import lite0, pretrained
 from cvtool.model.inference import halo
 from cvtool.model.spec import ModelSpec, init_params, trace
-from conftest import TOL  # tests/ is on sys.path under pytest
+from cvtool_backends.numpy_fast import layers as fast
+from cvtool_backends.numpy_loops import conv as nconv
+from cvtool_backends.numpy_loops import layers as nlayers
+from cvtool_backends.torch_backend.model import SpecNet, build, export_params
 
 RNG = np.random.default_rng(0)
 LITE0 = dict(encoder="lite0", depth=5)

@@ -62,5 +62,6 @@ def tanh_backward(dout: np.ndarray, cache: OutCache) -> np.ndarray:
     return dout * (1 - t * t)
 
 
-__all__ = ["ReluCache", "OutCache", "relu_forward", "relu_backward", "relu6_forward", "relu6_backward", "sigmoid_forward", "sigmoid_backward",
+__all__ = ["ReluCache", "OutCache", "relu_forward", "relu_backward", "relu6_forward", "relu6_backward",
+           "sigmoid_forward", "sigmoid_backward",
            "tanh_forward", "tanh_backward"]
