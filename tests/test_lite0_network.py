@@ -11,9 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from test_data_cli import cli  # tests/ is on sys.path under pytest
-from test_numpy_network import batch, random_params, rel_err, torch_net
+from test_numpy_network import assert_running_stats_equal, autograd_and_numpy, batch, random_params, rel_err, torch_net
 
 import cvtool_backends as registry
 from cvtool.model import checkpoint as ckpt_io
@@ -29,27 +28,16 @@ SMALL = dict(encoder="lite0", depth=5, width=2)  # the decoder's widths 16/8/4/3
 
 def test_network_gradients_equal_autograd():
     spec = ModelSpec(**SMALL, in_channels=1, num_classes=3)
-    p = random_params(spec, seed=3)
-    x, y, w = batch(spec, N=2, HW=32)  # the smallest input: 1x1 at stride 32 (BatchNorm sees N = 2 values there)
-    net = torch_net(spec, p).train()
-    loss_t = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y), weight=torch.from_numpy(w).double(),
-                             ignore_index=255)
-    loss_t.backward()
-    tr = NumpyTrainer(spec, p, optim=OptimConfig(), class_weights=w, dtype=np.float64)
-    loss, grads = tr.loss_and_grads(x, y)
-    assert abs(loss - loss_t.item()) <= 1e-12 * abs(loss_t.item())
+    # the smallest input: 1x1 at stride 32 (BatchNorm sees N = 2 values there)
+    net, tr, grads = autograd_and_numpy(spec, random_params(spec, seed=3), *batch(spec, N=2, HW=32))
     ref = {k: prm.grad.numpy() for k, prm in net.named_parameters()}
-    assert sorted(grads) == sorted(ref)
     scale = max(np.abs(g).max() for g in ref.values())
     for k, g in ref.items():
         if np.abs(g).max() < 1e-12 * scale:  # a bias whose every path is batch-normalised: 0 up to rounding
             assert np.abs(grads[k]).max() < 1e-12 * scale, k
         else:
             assert rel_err(grads[k], g) < 1e-6, k
-    sd = net.state_dict()
-    for k in p:
-        if "running" in k:
-            assert rel_err(tr.p[k], sd[k].numpy()) < 1e-10, k  # 16 blocks deep, 2 values a channel at stride 32
+    assert_running_stats_equal(tr, net, 1e-10)  # 16 blocks deep, 2 values a channel at stride 32
 
 
 def test_trainer_steps_equal_torch():

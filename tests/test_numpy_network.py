@@ -71,31 +71,37 @@ CASES = [("batch", "relu"), ("batch", "tanh"), ("batch", "sigmoid"), ("none", "r
          ("none", "sigmoid")]
 
 
-@pytest.mark.parametrize("norm,act", CASES)
-def test_network_gradients_equal_autograd(norm, act):
-    spec = ModelSpec(in_channels=3, num_classes=3, width=4, depth=2, activation=act, norm=norm)
-    p = random_params(spec, seed=3)
-    x, y, w = batch(spec)
-
+def autograd_and_numpy(spec: ModelSpec, p: dict[str, np.ndarray], x, y, w):
+    """One training-mode forward and backward of the class-weighted cross-entropy in float64, twice: torch
+    autograd (the net, its gradients in .grad) and the hand-written rules -> (net, NumpyTrainer, grads)."""
     net = torch_net(spec, p).train()
     loss_t = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y), weight=torch.from_numpy(w).double(),
                              ignore_index=255)
     loss_t.backward()
-
     tr = NumpyTrainer(spec, p, optim=OptimConfig(), class_weights=w, dtype=np.float64)
     loss, grads = tr.loss_and_grads(x, y)
-
     assert abs(loss - loss_t.item()) <= 1e-12 * abs(loss_t.item())
-    names = [k for k, _ in net.named_parameters()]
-    assert sorted(grads) == sorted(names)
+    assert sorted(grads) == sorted(k for k, _ in net.named_parameters())
+    return net, tr, grads
+
+
+def assert_running_stats_equal(tr: NumpyTrainer, net, tol: float) -> None:
+    """BN running statistics after the training-mode forward (momentum, unbiased variance) alike."""
+    sd = net.state_dict()
+    for k in tr.p:
+        if "running" in k:
+            assert rel_err(tr.p[k], sd[k].numpy()) < tol, k
+
+
+@pytest.mark.parametrize("norm,act", CASES)
+def test_network_gradients_equal_autograd(norm, act):
+    spec = ModelSpec(in_channels=3, num_classes=3, width=4, depth=2, activation=act, norm=norm)
+    p = random_params(spec, seed=3)
+    net, tr, grads = autograd_and_numpy(spec, p, *batch(spec))
     errs = {k: rel_err(grads[k], prm.grad.numpy()) for k, prm in net.named_parameters()}
     worst = max(errs, key=errs.get)
     assert errs[worst] < 1e-6, f"{worst}: relative error {errs[worst]:.2e}"
-    # BN running statistics after the training-mode forward (momentum 0.1, unbiased variance)
-    sd = net.state_dict()
-    for k in p:
-        if "running" in k:
-            assert rel_err(tr.p[k], sd[k].numpy()) < 1e-12, k
+    assert_running_stats_equal(tr, net, 1e-12)
     assert (norm == "batch") == any("running" in k for k in p)
 
 
