@@ -1,6 +1,7 @@
 """`cvtool convcalc --model`: a network traced layer by layer, from the default spec, a checkpoint or a cvtool ONNX
 export (the same numbers from each), and a foreign ONNX file refused in one line. Oracle: cvtool.model.spec's own
-parameter shapes and total_flops, and the hand count of the default U-Net's parameters in the README (482,788)."""
+parameter shapes and total_flops, the hand count of the default U-Net's parameters in the README (482,788), and
+lite0's receptive field summed block by block (tests/test_lite0.py)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,16 @@ def test_checkpoint_and_export_trace_alike_and_a_foreign_onnx_is_refused(capsys,
     code, out, err = cli(capsys, "convcalc", "--model", str(tmp_path / "relu.onnx"))
     lines = err.strip().splitlines()
     assert code == 2 and out == "" and "not a cvtool model" in lines[0] and "Traceback" not in err
+
+
+def test_lite0_shows_its_strides_and_receptive_field(capsys):
+    doc = traced(capsys, "lite0", "224")
+    spec = ModelSpec(encoder="lite0", depth=5)
+    assert doc["params"] == spec.num_params() and doc["spec"]["encoder"] == "lite0"
+    layers = {r["name"]: r for r in doc["layers"]}
+    feats = ("enc.stem.conv", "enc.b2.add", "enc.b4.add", "enc.b10.add", "enc.b15.bn2")
+    assert [layers[n]["jump"] for n in feats] == [2, 4, 8, 16, 32] == [224 // layers[n]["shape"][1] for n in feats]
+    assert layers["enc.b1.dw"]["detail"] == "k3 s2 p0,1,0,1 g96"  # TF SAME: the extra pixel at the bottom/right
+    assert doc["max_jump"] == 32 and doc["receptive_field"] >= layers["enc.b15.bn2"]["receptive_field"] == 851
+    code, out, _ = cli(capsys, "convcalc", "--model", "lite0", "--input", "64")
+    assert code == 0 and "deepest stride 32" in out and "EfficientNet-Lite0" in out

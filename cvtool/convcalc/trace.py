@@ -19,16 +19,18 @@ def chain_doc(text: str, hw: tuple[int, int], channels: int | None) -> dict:
 
 
 def model_doc(spec, source: str, hw: tuple[int, int]) -> dict:
-    """A U-Net spec (from a checkpoint, an export or the default; the CLI reads it) traced layer by layer with
-    parameters and FLOPs."""
+    """A network's spec (from a checkpoint, an export, the default or lite0; the CLI reads it) traced layer by layer
+    with parameters, FLOPs, stride so far (jump) and receptive field (input pixels one output pixel sees: the widest
+    path through the graph)."""
     from cvtool.model.spec import trace as trace_net
 
     rows = trace_net(spec, hw)
     layers = [{"name": r.name, "op": r.op, "detail": r.detail, "shape": list(r.out_shape), "params": r.params,
-               "flops": r.flops} for r in rows]
+               "flops": r.flops, "jump": r.jump, "receptive_field": r.rf} for r in rows]
     return {"mode": "model", "source": source, "spec": spec.to_dict(), "input": [spec.in_channels, *hw],
             "layers": layers, "output": list(rows[-1].out_shape[1:]), "shape": list(rows[-1].out_shape),
             "params": sum(r.params for r in rows), "flops": sum(r.flops for r in rows),
+            "receptive_field": rows[-1].rf, "max_jump": max(r.jump for r in rows),
             "conv_flops": sum(r.flops for r in rows if r.op in ("conv", "tconv"))}
 
 

@@ -30,15 +30,21 @@ def render_chain(doc: dict) -> None:
 
 
 def render_model(doc: dict) -> None:
-    rows = [["input", "", "", _shape_text(doc["input"]), "", ""]]
+    rows = [["input", "", "", _shape_text(doc["input"]), "1", "1", "", ""]]
     for r in doc["layers"]:
-        rows.append([r["name"], r["op"], r["detail"], _shape_text(r["shape"]), f"{r['params']:,}" if r["params"] else "",
-                     f"{r['flops'] / 1e6:,.1f}" if r["flops"] else ""])
+        rows.append([r["name"], r["op"], r["detail"], _shape_text(r["shape"]), f"{r['jump']:g}", str(r["receptive_field"]),
+                     f"{r['params']:,}" if r["params"] else "", f"{r['flops'] / 1e6:,.1f}" if r["flops"] else ""])
     s = doc["spec"]
-    out().print(table(f"{doc['source']}: U-Net width {s['width']} depth {s['depth']} {s['activation']}, norm {s['norm']}",
-                      ["layer", "op", "", "C x H x W", "params", "MFLOP"], rows))
+    net = ("EfficientNet-Lite0 encoder + U-Net decoder" if s.get("encoder") == "lite0" else "U-Net") + \
+        f" width {s['width']} depth {s['depth']} {s['activation']}, norm {s['norm']}"
+    out().print(table(f"{doc['source']}: {net}", ["layer", "op", "", "C x H x W", "stride", "RF", "params", "MFLOP"],
+                      rows))
     say(f"{doc['params']:,} parameters; {doc['flops'] / 1e9:.2f} GFLOP per {doc['input'][1]}x{doc['input'][2]} image "
         f"({doc['conv_flops'] / 1e9:.2f} in convolutions; a multiply-add counts 2)", style="bold green")
+    say(f"deepest stride {doc['max_jump']:g}; each output pixel sees {doc['receptive_field']} input pixels across",
+        style="bold green")
+    say("stride: input pixels between neighbouring pixels of the layer's output; RF: receptive field, the input "
+        "pixels across that one of them can see (the widest path through the graph)", style="dim")
 
 
 __all__ = ["render_chain", "render_model"]

@@ -64,7 +64,7 @@ def convcalc(
     backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
     device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),
     model: Optional[str] = typer.Option(None, "--model", help="Trace a network: a checkpoint, a cvtool .onnx export, "
-                                         "or 'default' (the default U-Net)."),
+                                         "'default' (the default U-Net) or 'lite0' (EfficientNet-Lite0 + U-Net decoder)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Convolution arithmetic explained: output sizes, 'same' padding, solving, chains, the matrix C, cross-checks."""
@@ -191,14 +191,16 @@ __all__ = ["convcalc", "convcalc_tour"]
 
 
 def model_spec(model: str) -> tuple[ModelSpec, str]:
-    """(spec, source) for --model: 'default', a cvtool .onnx export (read with onnx alone), or a checkpoint (its
-    metadata only, no tensors)."""
+    """(spec, source) for --model: 'default', 'lite0', a cvtool .onnx export (read with onnx alone), or a checkpoint
+    (its metadata only, no tensors)."""
     from pathlib import Path
 
     from cvtool.model.spec import ModelSpec
 
     if model == "default":
         return ModelSpec(), "default ModelSpec()"
+    if model == "lite0":
+        return ModelSpec(encoder="lite0", depth=5), "lite0 ModelSpec(encoder='lite0', depth=5)"
     if model.lower().endswith(".onnx"):
         from cvtool.cli.models import open_model
 
