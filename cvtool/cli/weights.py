@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,16 +55,55 @@ def read_weights(path: Path | None) -> tuple[dict[str, np.ndarray], str]:
     return read_state_dict(path), str(path)
 
 
-def start_params(spec, seed: int, weights: str | None) -> dict[str, np.ndarray]:
-    """A new network's parameters: init_params(seed), with the lite0 encoder's ImageNet weights unless
-    `weights` is "none". `weights`: a file, or None for the package's."""
-    from cvtool.model.pretrained import pretrained_params
-    from cvtool.model.spec import init_params
+class EncoderStart(NamedTuple):
+    """What `train --encoder/--weights` asks of a new network: the encoder, and its weights already mapped onto
+    the spec's names and checked (None: random, as the U-Net's)."""
 
-    if spec.encoder != "lite0" or weights == "none":
-        return init_params(spec, seed)
+    encoder: str
+    weights: dict[str, np.ndarray] | None  # the encoder's parameters (cvtool.model.pretrained.map_weights)
+    source: str | None  # the file they came from
+
+    def params(self, spec, seed: int) -> dict[str, np.ndarray]:
+        """The network's starting parameters: init_params(seed), the encoder's replaced by the weights."""
+        from cvtool.model.pretrained import for_channels
+        from cvtool.model.spec import check_params, init_params
+
+        params = init_params(spec, seed)
+        if self.weights is not None:
+            params.update(for_channels(self.weights, spec.in_channels))
+            check_params(spec, params)
+        return params
+
+    def normalization(self, in_channels: int) -> tuple[list[float], list[float]] | None:
+        """(mean, std) the weights were trained with, for the model's metadata; None: the data's own statistics."""
+        from cvtool.model.pretrained import normalization
+
+        return None if self.weights is None else normalization(in_channels)
+
+
+def encoder_start(encoder: str | None, weights: str | None, resumed: str | None = None) -> EncoderStart:
+    """The --encoder and --weights options checked, and the weights read and mapped (strictly) before any training
+    starts: a bad file is one error line. resumed: the encoder of the checkpoint a run resumes (its weights are the
+    checkpoint's)."""
+    from cvtool.model.pretrained import map_weights
+    from cvtool.model.spec import ENCODERS
+
+    if encoder is not None and encoder not in ENCODERS:
+        raise UsageError(f"unknown --encoder {encoder!r}", hint=f"choose one of {', '.join(ENCODERS)}")
+    if resumed is not None:
+        if encoder is not None and encoder != resumed:
+            raise UsageError(f"--encoder cannot change when resuming (the checkpoint's net has encoder {resumed!r})",
+                             hint="start a new run instead")
+        if weights is not None:
+            raise UsageError("--weights cannot be given when resuming: the checkpoint holds the trained weights")
+        return EncoderStart(resumed, None, None)
+    encoder = encoder or "unet"
+    if weights is not None and encoder != "lite0":
+        raise UsageError("--weights is for the lite0 encoder", hint="add --encoder lite0")
+    if encoder != "lite0" or weights == "none":
+        return EncoderStart(encoder, None, None)
     sd, source = read_weights(None if weights is None else Path(weights))
-    return pretrained_params(spec, sd, seed, source=source)
+    return EncoderStart(encoder, map_weights(sd, source=source), source)  # RGB; params() folds a grey stem
 
 
-__all__ = ["default_weights", "read_weights", "start_params"]
+__all__ = ["default_weights", "read_weights", "EncoderStart", "encoder_start"]

@@ -62,15 +62,13 @@ def _known_extra(name: str) -> bool:
     return name.endswith(".num_batches_tracked") or name.split(".")[0] in ("_conv_head", "_bn1", "_fc")
 
 
-def map_weights(sd: dict[str, np.ndarray], in_channels: int, *, head: bool = False,
+def map_weights(sd: dict[str, np.ndarray], in_channels: int = 3, *, head: bool = False,
                 source: str = "the weights") -> dict[str, np.ndarray]:
-    """efficientnet_pytorch state dict -> the spec's encoder parameters (float32), checked strictly.
+    """efficientnet_pytorch state dict -> the spec's encoder parameters (float32) for `in_channels` (3, or 1: the
+    stem folded), checked strictly.
 
     Raises UsageError naming the first tensor (in the file's order) that is unknown or has another shape,
     else the first that is missing."""
-    if in_channels not in (1, 3):
-        raise UsageError(f"the pretrained EfficientNet-Lite0 stem takes 3 (RGB) or 1 (grey) channels, not {in_channels}",
-                         hint="train the lite0 encoder from scratch, or convert the images to RGB or grey")
     want = {source_name(k): (k, shape) for k, shape in encoder_shapes(3, head).items()}  # the file's stem is RGB
     for k, v in sd.items():
         if k not in want:
@@ -85,10 +83,18 @@ def map_weights(sd: dict[str, np.ndarray], in_channels: int, *, head: bool = Fal
     if missing:
         raise UsageError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} of {len(want)} absent)",
                          hint="--weights takes a whole EfficientNet-Lite0 state dict")
-    out = {name: np.array(sd[k], np.float32) for k, (name, _) in want.items()}
-    if in_channels == 1:
-        out["enc.stem.conv.weight"] = out["enc.stem.conv.weight"].sum(axis=1, keepdims=True)
-    return out
+    return for_channels({name: np.array(sd[k], np.float32) for k, (name, _) in want.items()}, in_channels)
+
+
+def for_channels(weights: dict[str, np.ndarray], in_channels: int) -> dict[str, np.ndarray]:
+    """RGB encoder weights for a net taking `in_channels`: 3 as they are, 1 with the stem summed over R, G, B."""
+    if in_channels not in (1, 3):
+        raise UsageError(f"the pretrained EfficientNet-Lite0 stem takes 3 (RGB) or 1 (grey) channels, not {in_channels}",
+                         hint="--weights none trains the lite0 encoder from scratch; or convert the images")
+    stem = weights["enc.stem.conv.weight"]
+    if in_channels == 1 and stem.shape[1] == 3:
+        weights = {**weights, "enc.stem.conv.weight": stem.sum(axis=1, keepdims=True)}
+    return weights
 
 
 def pretrained_params(spec: S.ModelSpec, sd: dict[str, np.ndarray], seed: int = 0,
@@ -109,5 +115,5 @@ def classify(features: np.ndarray, fc_weight: np.ndarray, fc_bias: np.ndarray) -
     return pooled @ np.asarray(fc_weight, np.float64).T + np.asarray(fc_bias, np.float64)
 
 
-__all__ = ["MEAN", "STD", "normalization", "source_name", "encoder_shapes", "map_weights", "pretrained_params",
-           "classify"]
+__all__ = ["MEAN", "STD", "normalization", "source_name", "encoder_shapes", "map_weights", "for_channels",
+           "pretrained_params", "classify"]

@@ -35,6 +35,7 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh")  # what a spec's `activation` may be
 KINDS = ACTIVATIONS + ("relu6",)  # what an Activation node may be (relu6: min(max(x, 0), 6), EfficientNet-Lite's)
 NORMS = ("batch", "none")
 ENCODERS = ("unet", "lite0")
+NAMES = {"unet": "U-Net", "lite0": "EfficientNet-Lite0 + U-Net decoder"}  # how messages call each network
 
 
 # --- layer records (names and fields as torch.nn spells them) ---------------------------------

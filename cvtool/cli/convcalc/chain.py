@@ -5,6 +5,7 @@ from __future__ import annotations
 from cvtool.cli.convcalc.common import say
 from cvtool.cli.output import out, table
 from cvtool.convcalc.text import dims
+from cvtool.model.spec import NAMES
 
 
 def _shape_text(shape) -> str:
@@ -35,8 +36,7 @@ def render_model(doc: dict) -> None:
         rows.append([r["name"], r["op"], r["detail"], _shape_text(r["shape"]), f"{r['jump']:g}", str(r["receptive_field"]),
                      f"{r['params']:,}" if r["params"] else "", f"{r['flops'] / 1e6:,.1f}" if r["flops"] else ""])
     s = doc["spec"]
-    net = ("EfficientNet-Lite0 encoder + U-Net decoder" if s.get("encoder") == "lite0" else "U-Net") + \
-        f" width {s['width']} depth {s['depth']} {s['activation']}, norm {s['norm']}"
+    net = f"{NAMES[s.get('encoder', 'unet')]} width {s['width']} depth {s['depth']} {s['activation']}, norm {s['norm']}"
     out().print(table(f"{doc['source']}: {net}", ["layer", "op", "", "C x H x W", "stride", "RF", "params", "MFLOP"],
                       rows))
     say(f"{doc['params']:,} parameters; {doc['flops'] / 1e9:.2f} GFLOP per {doc['input'][1]}x{doc['input'][2]} image "
