@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOL  # tests/ is on sys.path under pytest
 
 from cvtool.convcalc.gradcheck import numeric_grad
 from cvtool.errors import UsageError
@@ -138,18 +137,19 @@ def test_spec_fields_and_old_files():
 
 
 @pytest.mark.slow
-def test_frozen_torch_net_equals_the_training_module_in_float32():
-    """infer.FrozenNet (BN folded, asymmetric pads done by F.pad, oneDNN grouped convs) = SpecNet in eval mode."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_frozen_torch_net_equals_the_training_module(fused):
+    """infer.FrozenNet (BN folded, asymmetric pads by F.pad, grouped convs through oneDNN's post-op primitive or
+    F.conv2d, the path CUDA takes) = SpecNet in eval mode in float64."""
+    from test_torch_infer import params_off_defaults, reference
+
     from cvtool_backends.torch_backend.infer import FrozenNet
 
     spec = ModelSpec(**LITE0, width=2, num_classes=3)
-    p = init_params(spec, 0)
-    for k, v in p.items():  # BN statistics off 0 and 1, so that folding them matters
-        if v.ndim == 1:
-            p[k] = (RNG.uniform(0.5, 1.5, v.shape) if "var" in k or k.endswith("bn.weight") else
-                    RNG.normal(0, 0.2, v.shape)).astype(np.float32)
-    x = torch.from_numpy(r(1, 3, 32, 32, dtype=np.float32))
-    with torch.no_grad():
-        ref = build(spec, p, torch.device("cpu")).eval()(x)
-    got = FrozenNet(spec, p, torch.device("cpu"))(x)
-    assert float((got - ref).abs().max() / ref.abs().max()) < 50 * TOL["torch"]["rtol"]
+    p = params_off_defaults(spec, seed=3)
+    x = r(1, 3, 64, 32, dtype=np.float32)
+    net = FrozenNet(spec, p, torch.device("cpu"))
+    net.fused = net.fused and fused
+    got, ref = net(torch.from_numpy(x)).numpy(), reference(spec, p, x)
+    assert got.shape == ref.shape == (1, 3, 64, 32)
+    assert np.abs(got - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)
