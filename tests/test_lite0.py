@@ -60,6 +60,37 @@ def test_depthwise_same_conv_backward_matches_finite_differences_and_torch(case)
     np.testing.assert_allclose(nconv.conv2d_forward(x, w, None, **kw)[0], y, rtol=1e-12, atol=1e-12)
 
 
+def test_depthwise_path_equals_torch_on_any_geometry():
+    """backends/numpy_fast/depthwise.py (taken for groups = C = F) on strides, dilations, pads of every form, biases
+    and odd sizes, forward and backward, and the inference conv2d_relu: all as torch's grouped F.conv2d."""
+    import cvtool.arithmetic as A
+
+    rng = np.random.default_rng(5)
+    for case in range(18):
+        C, H, W, KH, KW = (int(v) for v in (rng.integers(2, 5), rng.integers(1, 9), rng.integers(1, 9),
+                                             rng.integers(1, 4), rng.integers(1, 4)))
+        stride, dilation = tuple(rng.integers(1, 3, 2)), tuple(rng.integers(1, 3, 2))
+        padding = [tuple(int(v) for v in rng.integers(0, 3, 4)), int(rng.integers(0, 3)), "same"][case % 3]
+        try:
+            A.conv2d_output((H, W), (KH, KW), stride, padding, dilation)
+        except UsageError:
+            continue
+        x, w, b = r(2, C, H, W), r(C, 1, KH, KW), (r(C) if case % 2 else None)
+        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+        y, cache = fast.conv2d_forward(x, w, b, **kw)
+        dy = r(*y.shape)
+        dx, dw, db = fast.conv2d_backward(dy, cache)
+        (pt, pb), (pl, pr) = A.resolve_padding(padding, kernel=(KH, KW), stride=stride, dilation=dilation,
+                                               input_size=(H, W))
+        xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+        bt = None if b is None else torch.tensor(b, requires_grad=True)
+        yt = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), wt, bt, stride, 0, dilation, C)
+        (yt * torch.from_numpy(dy)).sum().backward()
+        for got, ref in ((y, yt.detach()), (dx, xt.grad), (dw, wt.grad)) + (((db, bt.grad),) if b is not None else ()):
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-10, atol=1e-12, err_msg=str((case, kw)))
+        np.testing.assert_allclose(fast.conv2d_relu(x, w, b, **kw), np.maximum(y, 0), rtol=1e-12, atol=1e-12)
+
+
 def test_relu6_and_add_backward_match_finite_differences_on_both_numpy_backends():
     x = np.array([-1.0, 0.5, 3.0, 5.9, 6.5, 8.0])  # below, inside and above (0, 6), away from the kinks
     dy = r(6)

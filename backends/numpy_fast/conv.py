@@ -28,7 +28,8 @@ gathered input fits in cache (_blocks), on all cores (parallel.map_blocks).
   the forward crops them, backward feeds zeros there.
 - stride > 1: the padded batch is (C, N, Hb, Wb), offset (i, j) a strided window of it, a block is
   a run of whole images, and it stacks all KH*KW windows (_im2col).
-Groups: channels split as (G, C/G), and every product is a matmul batched over G.
+Groups: channels split as (G, C/G), and every product is a matmul batched over G; depthwise layers (one
+channel per group) take depthwise.py's shifted multiply-adds instead.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_kernel, pair, resolve_padding
 from cvtool.errors import UsageError
 from cvtool_backends.numpy_fast.arrays import as_float, offsets, window
+from cvtool_backends.numpy_fast.depthwise import DepthwiseCache, depthwise_backward, depthwise_forward, is_depthwise
 from cvtool_backends.numpy_fast.parallel import map_blocks, map_channels, map_runs, workers
 
 
@@ -579,6 +581,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     _check(x, w, groups, "conv2d")
     g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     _check_bias(b, g.F)
+    if is_depthwise(g, w.shape):  # no channel sum: shifted multiply-adds, not C one-row products (depthwise.py)
+        return depthwise_forward(x, w, b, g)
     if (g.KH, g.KW, g.G) == (1, 1, 1) and g.flat and (g.Hb, g.Wb, g.OH, g.OW) == (g.H, g.W, g.H, g.W):
         out = _conv1x1(x, w, b)
     else:
@@ -594,11 +598,15 @@ def conv2d_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, st
     _check(x, w, groups, "conv2d")
     g = conv_geom(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     _check_bias(b, g.F)
+    if is_depthwise(g, w.shape):
+        return depthwise_forward(x, w, b, g, relu=True)[0]
     return _forward_nchw(_source(x, g), _wmat(w, g), g, b, relu=True)
 
 
 def conv2d_backward(dout: np.ndarray, cache: ConvCache):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C/G, KH, KW), db (F,) or None."""
+    if isinstance(cache, DepthwiseCache):
+        return depthwise_backward(dout, cache)
     x, w, has_bias, g = cache
     dout = np.asarray(dout, x.dtype)
     dx = _input_grad(dout, w, g)
