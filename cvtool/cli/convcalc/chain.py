@@ -5,7 +5,6 @@ from __future__ import annotations
 from cvtool.cli.convcalc.common import say
 from cvtool.cli.output import out, table
 from cvtool.convcalc.text import dims
-from cvtool.model.spec import NAMES
 
 
 def _shape_text(shape) -> str:
@@ -31,6 +30,8 @@ def render_chain(doc: dict) -> None:
 
 
 def render_model(doc: dict) -> None:
+    from cvtool.model.spec import NAMES  # numpy: not at import (convcalc's modes load at `cvtool --help`)
+
     rows = [["input", "", "", _shape_text(doc["input"]), "1", "1", "", ""]]
     for r in doc["layers"]:
         rows.append([r["name"], r["op"], r["detail"], _shape_text(r["shape"]), f"{r['jump']:g}", str(r["receptive_field"]),
