@@ -48,10 +48,10 @@ def read_weights(path: Path | None) -> tuple[dict[str, np.ndarray], str]:
             return load_file(str(path)), str(path)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
             raise DataError(f"{path} is not a readable safetensors file: {e}") from None
-    try:
-        from cvtool_backends.torch_backend.state_dict import read_state_dict
-    except ImportError:
-        raise BackendUnavailable(f"reading {path} needs torch", hint="pip install torch, or convert it to .safetensors") from None
+    if importlib.util.find_spec("torch") is None:
+        raise BackendUnavailable(f"reading {path} needs torch", hint="pip install torch, or convert it to .safetensors")
+    from cvtool_backends.torch_backend.state_dict import read_state_dict
+
     return read_state_dict(path), str(path)
 
 
