@@ -76,3 +76,31 @@ def test_a_lite0_checkpoint_segments_alike_on_numpy_and_ort(tmp_path, capsys):
         assert code == 0, err
         masks[be] = np.asarray(Image.open(tmp_path / be / "img_mask.png"))
     assert masks["numpy"].shape == (70, 90) and np.array_equal(masks["numpy"], masks["ort"])
+
+
+@pytest.mark.slow
+def test_a_lite0_run_resumes_and_trains_on_numpy(shapes, tmp_path, capsys):
+    """A lite0 checkpoint (ImageNet encoder, TF normalisation) trains on through `train --resume` on the NumPy
+    reference: the loop takes the spec and normalisation from the file, and the weights it writes have moved."""
+    from cvtool.cli.weights import encoder_start
+    from cvtool.model import checkpoint as ckpt_io
+    from cvtool.model.meta import ModelMeta
+    from cvtool.model.spec import ModelSpec
+
+    spec = ModelSpec(encoder="lite0", depth=5, num_classes=4, width=2)
+    start = encoder_start("lite0", None)
+    mean, std = start.normalization(3)
+    config = {"data": shapes, "epochs": 0, "batch_size": 2, "img_size": 32, "lr": 1e-3, "val_split": 0.25,
+              "width": 2, "depth": 5, "backend": "numpy"}
+    ck = ckpt_io.Checkpoint(spec, start.params(spec, 0), ModelMeta(["background", "circle", "square", "triangle"],
+                                                                   [[0, 0, 0]] * 4, mean, std),
+                            train_state={"config": config, "run": {"epoch": 0, "step": 0}})
+    path = ckpt_io.save(ck, tmp_path / "start.safetensors")
+    code, _, err = cli(capsys, "train", "--resume", str(path), "--epochs", "1", "--backend", "numpy", "--workers", "1",
+                       "--out", str(tmp_path / "run"), "--json")
+    assert code == 0, err
+    out = ckpt_io.load(tmp_path / "run" / "last.safetensors")
+    assert out.spec == spec  # the loop keeps the normalisation (in float32)
+    np.testing.assert_allclose([out.meta.mean, out.meta.std], [mean, std], rtol=1e-7)
+    moved = np.abs(out.params["enc.b3.dw.weight"] - ck.params["enc.b3.dw.weight"]).max()
+    assert 0 < moved < 0.1  # trained a little, from the ImageNet weights
