@@ -63,7 +63,7 @@ def test_depthwise_same_conv_backward_matches_finite_differences_and_torch(case)
 def test_depthwise_path_equals_torch_on_any_geometry():
     """backends/numpy_fast/depthwise.py (taken for groups = C = F) on strides, dilations, pads of every form, biases
     and odd sizes, forward and backward, and the inference conv2d_relu: all as torch's grouped F.conv2d."""
-    import cvtool.arithmetic as A
+    from cvtool.arithmetic import conv2d_output, resolve_padding
 
     rng = np.random.default_rng(5)
     for case in range(18):
@@ -72,7 +72,7 @@ def test_depthwise_path_equals_torch_on_any_geometry():
         stride, dilation = tuple(rng.integers(1, 3, 2)), tuple(rng.integers(1, 3, 2))
         padding = [tuple(int(v) for v in rng.integers(0, 3, 4)), int(rng.integers(0, 3)), "same"][case % 3]
         try:
-            A.conv2d_output((H, W), (KH, KW), stride, padding, dilation)
+            conv2d_output((H, W), (KH, KW), stride, padding, dilation)
         except UsageError:
             continue
         x, w, b = r(2, C, H, W), r(C, 1, KH, KW), (r(C) if case % 2 else None)
@@ -80,7 +80,7 @@ def test_depthwise_path_equals_torch_on_any_geometry():
         y, cache = fast.conv2d_forward(x, w, b, **kw)
         dy = r(*y.shape)
         dx, dw, db = fast.conv2d_backward(dy, cache)
-        (pt, pb), (pl, pr) = A.resolve_padding(padding, kernel=(KH, KW), stride=stride, dilation=dilation,
+        (pt, pb), (pl, pr) = resolve_padding(padding, kernel=(KH, KW), stride=stride, dilation=dilation,
                                                input_size=(H, W))
         xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
         bt = None if b is None else torch.tensor(b, requires_grad=True)
@@ -130,7 +130,7 @@ def test_the_encoder_has_efficientnet_lite0s_published_size():
     assert sum(int(np.prod(s)) for k, s in shapes.items() if "running" not in k) == 4_652_008
     enc = sum(int(np.prod(s)) for k, s in pretrained.encoder_shapes(3).items() if "running" not in k)
     assert enc == 4_652_008 - (320 * 1280 + 2 * 1280) - (1280 * 1000 + 1000)
-    assert [b.index for b in lite0.blocks() if b.residual] == [2, 4, 6, 7, 9, 10, 12, 13, 14]
+    assert [b.number for b in lite0.blocks() if b.residual] == [2, 4, 6, 7, 9, 10, 12, 13, 14]
 
 
 def test_strides_and_receptive_field_by_hand():

@@ -14,27 +14,30 @@ asymmetric ones included, and no more rows than the windows read).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from cvtool_backends.numpy_fast.arrays import offsets, window
 from cvtool_backends.numpy_fast.parallel import map_channels
 
+if TYPE_CHECKING:  # conv.py imports this module
+    from cvtool_backends.numpy_fast.conv import ConvGeom
+
 
 class DepthwiseCache(NamedTuple):
     xpad: np.ndarray  # (N, C, Hb, Wb): the zero-padded input
     w: np.ndarray  # (C, 1, KH, KW)
     has_bias: bool
-    geom: object  # conv.ConvGeom
+    geom: ConvGeom
 
 
-def is_depthwise(g, wshape) -> bool:
+def is_depthwise(g: ConvGeom, wshape) -> bool:
     """One input channel per filter and one filter per channel (a depth multiplier of 1)."""
     return g.G == g.C == g.F > 1 and wshape[1] == 1
 
 
-def _padded(x: np.ndarray, g) -> np.ndarray:
+def _padded(x: np.ndarray, g: ConvGeom) -> np.ndarray:
     xpad = np.empty((g.N, g.C, g.Hb, g.Wb), x.dtype)
     bottom, right = g.top + g.H, g.left + g.W
 
@@ -50,7 +53,7 @@ def _padded(x: np.ndarray, g) -> np.ndarray:
     return xpad
 
 
-def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g, relu: bool = False):
+def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeom, relu: bool = False):
     """x (N, C, H, W), w (C, 1, KH, KW), b (C,) or None -> out (N, C, OH, OW), cache; max(0, .) after if relu."""
     xpad = _padded(x, g)
     out = np.empty((g.N, g.C, g.OH, g.OW), x.dtype)

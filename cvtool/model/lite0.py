@@ -54,7 +54,7 @@ FEATURE_STAGES = (0, 1, 2, 4, 6)  # the last block of each of these gives the st
 
 
 class Block(NamedTuple):
-    index: int  # efficientnet_pytorch's _blocks.N
+    number: int  # efficientnet_pytorch's _blocks.N
     cin: int
     cout: int
     kernel: int
@@ -68,7 +68,8 @@ class Block(NamedTuple):
 
 def blocks() -> list[Block]:
     """The 16 MBConv blocks in order."""
-    out, cin = [], STEM
+    out: list[Block] = []
+    cin = STEM
     for st in STAGES:
         for r in range(st.repeats):
             out.append(Block(len(out), cin, st.out, st.kernel, st.stride if r == 0 else 1, st.expand))
@@ -108,7 +109,7 @@ def encoder(nodes: list[Node], in_channels: int) -> list[tuple[str, int]]:
     x = _conv_bn(nodes, "enc.stem.conv", "input", in_channels, STEM, k=3, s=2)
     features, last = [], {}
     for b in blocks():
-        p, xin, c = f"enc.b{b.index}", x, b.cin * b.expand
+        p, xin, c = f"enc.b{b.number}", x, b.cin * b.expand
         if b.expand != 1:
             x = _conv_bn(nodes, f"{p}.expand", x, b.cin, c, bn="bn0", act="act0")
         x = _conv_bn(nodes, f"{p}.dw", x, c, c, k=b.kernel, s=b.stride, groups=c, bn="bn1", act="act1")

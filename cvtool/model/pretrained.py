@@ -18,7 +18,7 @@ import numpy as np
 
 from cvtool.errors import UsageError
 from cvtool.model import lite0
-from cvtool.model import spec as S
+from cvtool.model.spec import ModelSpec, Node, check_params, init_params, param_shapes
 
 MEAN, STD = 127 / 255, 128 / 255  # (image/255 - MEAN) / STD = (x - 127) / 128
 BN = ("weight", "bias", "running_mean", "running_var")
@@ -50,11 +50,11 @@ def source_name(name: str) -> str:
 
 def encoder_shapes(in_channels: int, head: bool = False) -> dict[str, tuple[int, ...]]:
     """The spec's encoder parameters (and with `head`, the classifier's conv head and fc), name -> shape."""
-    nodes: list[S.Node] = []
+    nodes: list[Node] = []
     x = lite0.encoder(nodes, in_channels)[-1][0]
     if head:
         lite0.head(nodes, x)
-    shapes = S.param_shapes(nodes)
+    shapes = param_shapes(nodes)
     return {**shapes, **FC} if head else shapes
 
 
@@ -97,15 +97,15 @@ def for_channels(weights: dict[str, np.ndarray], in_channels: int) -> dict[str, 
     return weights
 
 
-def pretrained_params(spec: S.ModelSpec, sd: dict[str, np.ndarray], seed: int = 0,
+def pretrained_params(spec: ModelSpec, sd: dict[str, np.ndarray], seed: int = 0,
                       source: str = "the weights") -> dict[str, np.ndarray]:
     """A whole lite0 network's parameters: the decoder drawn by init_params(seed), the encoder from `sd`."""
     if spec.encoder != "lite0":
         raise UsageError(f"pretrained weights are for the lite0 encoder, not {spec.encoder!r}",
                          hint="train --encoder lite0")
-    params = S.init_params(spec, seed)
+    params = init_params(spec, seed)
     params.update(map_weights(sd, spec.in_channels, source=source))
-    S.check_params(spec, params)
+    check_params(spec, params)
     return params
 
 
