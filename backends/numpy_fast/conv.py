@@ -42,37 +42,8 @@ from cvtool.arithmetic import conv_output, conv_transpose2d_output, effective_ke
 from cvtool.errors import UsageError
 from cvtool_backends.numpy_fast.arrays import as_float, offsets, window
 from cvtool_backends.numpy_fast.depthwise import DepthwiseCache, depthwise_backward, depthwise_forward, is_depthwise
+from cvtool_backends.numpy_fast.geom import ConvGeom
 from cvtool_backends.numpy_fast.parallel import map_blocks, map_channels, map_runs, workers
-
-
-class ConvGeom(NamedTuple):
-    """One convolution: input (N, C, H, W) -> output (N, F, OH, OW); w (F, C/G, KH, KW)."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    F: int
-    KH: int
-    KW: int
-    G: int
-    OH: int
-    OW: int
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    top: int  # padding before row 0 / column 0 (the rest of the buffer is padding after)
-    left: int
-    Hb: int  # padded buffer: input + padding, and at least as far as the last window reaches
-    Wb: int
-
-    @property
-    def flat(self) -> bool:
-        return self.stride == (1, 1)
-
-    @property
-    def M(self) -> int:
-        """Columns of the GEMMs: every output pixel of the batch (plus garbage ones when flat)."""
-        return self.N * self.Hb * self.Wb if self.flat else self.N * self.OH * self.OW
 
 
 def _geom(N, C, H, W, F, KH, KW, G, OH, OW, stride, dilation, pads) -> ConvGeom:

@@ -8,21 +8,19 @@ whole shifted views instead, per block of channels on all cores (each channel is
     backward  dxpad[window(i, j)] += w[c, i, j] * dout          (the same views, written back)
               dw[c, i, j]          = sum_{n,oh,ow} dout * xpad[window(i, j)]
 
-xpad is x inside a zero buffer reaching as far as the last window (conv.ConvGeom's Hb x Wb: the explicit pads,
+xpad is x inside a zero buffer reaching as far as the last window (ConvGeom's Hb x Wb: the explicit pads,
 asymmetric ones included, and no more rows than the windows read).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from cvtool_backends.numpy_fast.arrays import offsets, window
+from cvtool_backends.numpy_fast.geom import ConvGeom
 from cvtool_backends.numpy_fast.parallel import map_channels
-
-if TYPE_CHECKING:  # conv.py imports this module
-    from cvtool_backends.numpy_fast.conv import ConvGeom
 
 
 class DepthwiseCache(NamedTuple):

@@ -10,7 +10,7 @@ from typing import Union
 
 import numpy as np
 
-from cvtool.model.spec import Activation, BatchNorm2d, Conv2d, Layer, Node
+from cvtool.model.layers import Activation, BatchNorm2d, Conv2d, Layer, Node
 
 
 def fold_batchnorm(nodes: list[Node], params: dict[str, np.ndarray]) -> tuple[list[Node], dict[str, np.ndarray]]:

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from cvtool.model.spec import (
+from cvtool.model.layers import (
     Activation,
     Add,
     BatchNorm2d,
     Concat,
     Conv2d,
     ConvTranspose2d,
-    ModelSpec,
     Node,
     double_conv,
 )
@@ -129,20 +128,22 @@ def head(nodes: list[Node], x: str) -> str:
     return _conv_bn(nodes, "enc.head.conv", x, STAGES[-1].out, HEAD)
 
 
-def lite0_graph(spec: ModelSpec) -> list[Node]:
+def lite0_graph(in_channels: int, num_classes: int, width: int, activation: str, norm: str) -> list[Node]:
+    """The encoder, the decoder over its features (ModelSpec's activation and norm in the decoder's double convs),
+    and a 1x1 head to num_classes logits."""
     nodes: list[Node] = []
-    feats = encoder(nodes, spec.in_channels)
+    feats = encoder(nodes, in_channels)
     x, cin = feats[-1]
     skips = feats[:-1][::-1] + [None]  # stride 16, 8, 4, 2, then full resolution without a skip
-    for level, (skip, c) in zip(range(4, -1, -1), zip(skips, decoder_widths(spec.width))):
+    for level, (skip, c) in zip(range(4, -1, -1), zip(skips, decoder_widths(width))):
         nodes.append(Node(f"up{level}", ConvTranspose2d(cin, c, 2, stride=2), (x,)))
         x, cat = f"up{level}", c
         if skip is not None:
             nodes.append(Node(f"cat{level}", Concat(), (x, skip[0])))
             x, cat = f"cat{level}", c + skip[1]
-        x = double_conv(nodes, f"dec{level}", x, cat, c, spec)
+        x = double_conv(nodes, f"dec{level}", x, cat, c, activation, norm)
         cin = c
-    nodes.append(Node("head", Conv2d(cin, spec.num_classes, 1), (x,)))
+    nodes.append(Node("head", Conv2d(cin, num_classes, 1), (x,)))
     return nodes
 
 

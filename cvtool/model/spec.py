@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Union
 
 import numpy as np
 
@@ -25,92 +24,27 @@ from cvtool.arithmetic import (
     conv2d_output,
     conv_transpose2d_output,
     effective_kernel,
-    is_symmetric,
     pool2d_output,
-    resolve_padding,
 )
 from cvtool.errors import UsageError
+from cvtool.model.layers import (  # the records, re-exported: every backend reads them from here
+    ACTIVATIONS,
+    Activation,
+    Add,
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool2d,
+    Node,
+    double_conv,
+)
+from cvtool.model.lite0 import lite0_graph
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")  # what a spec's `activation` may be
-KINDS = ACTIVATIONS + ("relu6",)  # what an Activation node may be (relu6: min(max(x, 0), 6), EfficientNet-Lite's)
 NORMS = ("batch", "none")
 ENCODERS = ("unet", "lite0")
 NAMES = {"unet": "U-Net", "lite0": "EfficientNet-Lite0 + U-Net decoder"}  # how messages call each network
 
-
-# --- layer records (names and fields as torch.nn spells them) ---------------------------------
-
-@dataclass(frozen=True)
-class Conv2d:
-    in_channels: int
-    out_channels: int
-    kernel_size: int
-    stride: int = 1
-    padding: int | tuple[int, int, int, int] = 0  # p on every side, or (top, bottom, left, right): TF "SAME"
-    dilation: int = 1
-    bias: bool = True
-    groups: int = 1  # in_channels = out_channels = groups: depthwise
-
-    @property
-    def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """((top, bottom), (left, right))."""
-        return resolve_padding(self.padding, kernel=self.kernel_size)
-
-    @property
-    def symmetric(self) -> bool:
-        return is_symmetric(self.pads) and self.pads[0] == self.pads[1]
-
-
-@dataclass(frozen=True)
-class ConvTranspose2d:
-    in_channels: int
-    out_channels: int
-    kernel_size: int
-    stride: int = 1
-    padding: int = 0
-    output_padding: int = 0
-    bias: bool = True
-
-
-@dataclass(frozen=True)
-class BatchNorm2d:
-    num_features: int
-    eps: float = 1e-5
-    momentum: float = 0.1
-
-
-@dataclass(frozen=True)
-class Activation:
-    kind: str  # one of KINDS
-
-
-@dataclass(frozen=True)
-class MaxPool2d:
-    kernel_size: int
-    stride: int
-
-
-@dataclass(frozen=True)
-class Concat:
-    """Channel concatenation (dim 1) of the node's inputs, in order."""
-
-
-@dataclass(frozen=True)
-class Add:
-    """Element-wise sum of the node's two inputs (same shape): a residual connection."""
-
-
-Layer = Union[Conv2d, ConvTranspose2d, BatchNorm2d, Activation, MaxPool2d, Concat, Add]
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str  # unique; the parameter prefix for layers with parameters
-    layer: Layer
-    inputs: tuple[str, ...]  # node names, or "input"
-
-
-# --- the spec ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -163,9 +97,7 @@ class ModelSpec:
 
     def graph(self) -> list[Node]:
         if self.encoder == "lite0":
-            from cvtool.model.lite0 import lite0_graph
-
-            return lite0_graph(self)
+            return lite0_graph(self.in_channels, self.num_classes, self.width, self.activation, self.norm)
         return unet_graph(self)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -175,38 +107,24 @@ class ModelSpec:
         return sum(int(np.prod(s)) for n, s in self.param_shapes().items() if not _is_buffer(n))
 
 
-def double_conv(nodes: list[Node], prefix: str, x: str, cin: int, cout: int, spec: ModelSpec) -> str:
-    """conv3x3 -> [bn] -> act, twice. Returns the name of the last node."""
-    for j, c in ((1, cin), (2, cout)):
-        conv = f"{prefix}.conv{j}"
-        nodes.append(Node(conv, Conv2d(c, cout, 3, padding=1, bias=spec.norm == "none"), (x,)))
-        x = conv
-        if spec.norm == "batch":
-            nodes.append(Node(f"{prefix}.bn{j}", BatchNorm2d(cout), (x,)))
-            x = f"{prefix}.bn{j}"
-        nodes.append(Node(f"{prefix}.act{j}", Activation(spec.activation), (x,)))
-        x = f"{prefix}.act{j}"
-    return x
-
-
 def unet_graph(spec: ModelSpec) -> list[Node]:
     nodes: list[Node] = []
     x, cin = "input", spec.in_channels
     skips: list[tuple[str, int]] = []
     for level in range(spec.depth):
         c = spec.width * 2**level
-        x = double_conv(nodes, f"enc{level}", x, cin, c, spec)
+        x = double_conv(nodes, f"enc{level}", x, cin, c, spec.activation, spec.norm)
         skips.append((x, c))
         nodes.append(Node(f"pool{level}", MaxPool2d(2, 2), (x,)))
         x, cin = f"pool{level}", c
     c = spec.width * 2**spec.depth
-    x = double_conv(nodes, "mid", x, cin, c, spec)
+    x = double_conv(nodes, "mid", x, cin, c, spec.activation, spec.norm)
     cin = c
     for level in reversed(range(spec.depth)):
         skip, cs = skips[level]
         nodes.append(Node(f"up{level}", ConvTranspose2d(cin, cs, 2, stride=2), (x,)))
         nodes.append(Node(f"cat{level}", Concat(), (f"up{level}", skip)))
-        x = double_conv(nodes, f"dec{level}", f"cat{level}", 2 * cs, cs, spec)
+        x = double_conv(nodes, f"dec{level}", f"cat{level}", 2 * cs, cs, spec.activation, spec.norm)
         cin = cs
     nodes.append(Node("head", Conv2d(cin, spec.num_classes, 1), (x,)))
     return nodes
