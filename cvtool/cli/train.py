@@ -109,7 +109,7 @@ def train(
 
     start = encoder_start(encoder, weights, resumed=ck.spec.encoder if ck is not None else None)  # a bad file: here
     if ck is None and start.encoder != "unet":
-        raise UsageError(f"--encoder {start.encoder}: the training loop does not build this encoder yet "
+        raise UsageError(f"--encoder {start.encoder}: the training loop does not start this encoder yet "
                          "(its weights were read and checked)",
                          hint="resume a lite0 checkpoint, or train --encoder unet; segment, export and convcalc run it")
     if timed and cfg.time_budget is None:
