@@ -108,10 +108,10 @@ def train(
     from cvtool.cli.weights import encoder_start
 
     start = encoder_start(encoder, weights, resumed=ck.spec.encoder if ck is not None else None)  # a bad file: here
-    if ck is None and start.encoder != "unet":
-        raise UsageError(f"--encoder {start.encoder}: the training loop does not start this encoder yet "
-                         "(its weights were read and checked)",
-                         hint="resume a lite0 checkpoint, or train --encoder unet; segment, export and convcalc run it")
+    if ck is None and start.encoder == "lite0":
+        if depth not in (None, 5):
+            raise UsageError(f"--depth {depth}: the lite0 encoder has 5 levels (stride 32)", hint="leave --depth out")
+        cfg.encoder, cfg.depth = start.encoder, 5
     if timed and cfg.time_budget is None:
         cfg.time_budget = 300.0
     if plan_only and not timed:
@@ -165,13 +165,14 @@ def train(
         with ui:
             make = lambda spec, params, optim, weights, sd, dice: be.trainer(  # noqa: E731
                 spec, params, optim=optim, class_weights=weights, seed=sd, distributed=world > 1, dice=dice)
-            over = {k: v for k, v in dict(crop=img_size, batch_size=batch_size, depth=depth, width=width, lr=lr,
+            over = {k: v for k, v in dict(crop=img_size, batch_size=batch_size, depth=cfg.depth if
+                                          cfg.encoder == "lite0" else depth, width=width, lr=lr,
                                           warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
                                           augment=augment, scale=scale, elastic=elastic).items() if v is not None}
             result = run_train(cfg, make, Path(run_dir or "."), planned_run=timed, t0=t0, overrides=over, resume=ck,
                                cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=ui.event,
                                should_stop=lambda: stop["flag"], rank=rank, world=world,
-                               digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"))  # test hook: per-rank weight digests
+                               digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"), start=start)  # digest: a test hook
     except BaseException:
         release_if_empty(claimed)  # a run that failed before writing anything leaves no empty expN behind
         raise

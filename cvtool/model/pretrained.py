@@ -14,6 +14,8 @@ The weights were trained on inputs (x - 127) / 128, x in 0..255 (TF style): NORM
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from cvtool.errors import UsageError
@@ -117,3 +119,26 @@ def classify(features: np.ndarray, fc_weight: np.ndarray, fc_bias: np.ndarray) -
 
 __all__ = ["MEAN", "STD", "normalization", "source_name", "encoder_shapes", "map_weights", "for_channels",
            "pretrained_params", "classify"]
+
+
+class EncoderStart(NamedTuple):
+    """What `train --encoder/--weights` asks of a new network: the encoder, and its weights already mapped onto
+    the spec's names and checked (None: random, as the U-Net's)."""
+
+    encoder: str
+    weights: dict[str, np.ndarray] | None  # the encoder's parameters (cvtool.model.pretrained.map_weights)
+    source: str | None  # the file they came from
+
+    def params(self, spec, seed: int) -> dict[str, np.ndarray]:
+        """The network's starting parameters: init_params(seed), the encoder's replaced by the weights."""
+        from cvtool.model.spec import check_params, init_params
+
+        params = init_params(spec, seed)
+        if self.weights is not None:
+            params.update(for_channels(self.weights, spec.in_channels))
+            check_params(spec, params)
+        return params
+
+    def normalization(self, in_channels: int) -> tuple[list[float], list[float]] | None:
+        """(mean, std) the weights were trained with, for the model's metadata; None: the data's own statistics."""
+        return None if self.weights is None else normalization(in_channels)

@@ -26,6 +26,7 @@ class TrainConfig:
     width: int = 16
     depth: int = 3
     norm: str = "batch"
+    encoder: str = "unet"  # unet | lite0 (cvtool/model/lite0.py); its starting weights come as the loop's `start`
     val_split: float = 0.2
     seed: int = 0
     time_budget: float | None = None  # seconds; the schedule then runs on elapsed time

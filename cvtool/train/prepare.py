@@ -22,6 +22,7 @@ import numpy as np
 from cvtool.errors import UsageError
 from cvtool.model.checkpoint import Checkpoint
 from cvtool.model.meta import ModelMeta
+from cvtool.model.pretrained import EncoderStart
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.batches import batch_indices, class_weights, dataset_class_weights
 from cvtool.train.budget import Budget
@@ -86,7 +87,7 @@ def _refuse_spent(budget: Budget, st: RunState, resume: Checkpoint | None, cfg: 
 
 
 def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: int = 0, world: int = 1,
-               checked: Callable[[], None] = lambda: None) -> Setup:
+               checked: Callable[[], None] = lambda: None, start: EncoderStart | None = None) -> Setup:
     """checked(): called once the data has passed its checks (the loop then makes the run folder)."""
     from cvtool.data import open_datasets
     from cvtool.data.loader import channel_stats, collate
@@ -119,9 +120,10 @@ def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: i
         weights = np.array(cw, np.float32) if cw else None
     else:
         spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=len(train_ds.classes), width=cfg.width,
-                         depth=cfg.depth, activation=cfg.activation, norm=cfg.norm)
-        params = init_params(spec, cfg.seed)
-        mean, std = channel_stats(train_ds, max_items=64)
+                         depth=cfg.depth, activation=cfg.activation, norm=cfg.norm, encoder=cfg.encoder)
+        params = init_params(spec, cfg.seed) if start is None else start.params(spec, cfg.seed)
+        given = None if start is None else start.normalization(spec.in_channels)  # what pretrained weights expect
+        mean, std = channel_stats(train_ds, max_items=64) if given is None else given
         std = np.maximum(np.asarray(std, np.float32), 1e-3)
         meta = ModelMeta(list(train_ds.classes), [list(c) for c in train_ds.colors],
                          np.asarray(mean, np.float32).tolist(), std.tolist())
@@ -148,7 +150,7 @@ def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: i
 
 def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Callable[[], float],
             overrides: dict | None, resume: Checkpoint | None, cache_dir: Path | None, on_event,
-            rank: int = 0, world: int = 1, checked: Callable[[], None] = lambda: None) -> Setup:
+            rank: int = 0, world: int = 1, checked: Callable[[], None] = lambda: None, start: EncoderStart | None = None) -> Setup:
     from cvtool.data import check_dataset, open_datasets
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
@@ -178,6 +180,10 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
             plan.budget = float(cfg.time_budget)
     else:
         plan = propose(fp, device=cfg.device, budget=float(cfg.time_budget or 300.0), overrides=overrides)
+        given = None if start is None else start.normalization(train_ds.in_channels)
+        if given is not None:  # the encoder's weights were trained on this normalisation: the batches get it too
+            plan.mean, plan.std = given
+            plan.reasons["mean"] = plan.reasons["std"] = "what the encoder's pretrained weights expect"
         st = RunState.from_dict(None)
     tr_s = rescale(tr_a, plan.scale)
     hist = np.asarray(fp.class_share, np.float64) * 1e6
@@ -185,7 +191,7 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
 
     def spec_for(p: Plan) -> ModelSpec:
         return ModelSpec(in_channels=train_ds.in_channels, num_classes=K, width=p.width, depth=p.depth,
-                         activation=cfg.activation, norm=cfg.norm)
+                         activation=cfg.activation, norm=cfg.norm, encoder=cfg.encoder)
 
     if resume is None:  # measure this backend's step at the planned shape; shrink while too few steps fit
         va_s = rescale(va_a, plan.scale)
@@ -201,7 +207,8 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
                 tr_s, va_s = rescale(tr_a, smaller.scale), rescale(va_a, smaller.scale)
             plan = smaller
     spec = resume.spec if resume is not None else spec_for(plan)
-    params = resume.params if resume is not None else init_params(spec, cfg.seed)
+    params = resume.params if resume is not None else init_params(spec, cfg.seed) if start is None else \
+        start.params(spec, cfg.seed)
     meta = ModelMeta(list(train_ds.classes), [list(c) for c in train_ds.colors], list(plan.mean), list(plan.std),
                      scale=plan.scale, tta=plan.tta)
     budget = _budget(st, seconds=plan.budget, val_at=list(plan.val_at), val_s=plan.val_s)
