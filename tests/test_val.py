@@ -187,6 +187,17 @@ def test_numpy_torch_and_ort_give_the_same_figures(trained, folder, numpy_doc, t
     assert moved <= 1e-4 * np.array(ref["confusion"]).sum(), moved
 
 
+def test_an_exported_onnx_scores_as_its_checkpoint(trained, folder, numpy_doc, tmp_path, capsys):
+    """The .onnx alone (its metadata carries classes, normalisation, scale and TTA) gives the checkpoint's figures."""
+    onnx_path = tmp_path / "m.onnx"
+    code, _, err = cli(capsys, "export", str(trained[0]), "-o", str(onnx_path), "--no-verify")
+    assert code == 0, err
+    d = run_val(capsys, onnx_path, folder, "--backend", "ort", "--tile", 1, "--out", tmp_path / "o")
+    assert d["kind"] == "onnx" and (d["tta"], d["scale"]) == ("flip", 0.75)
+    for k in FIGURES:
+        assert abs(d[k] - numpy_doc[k]) <= 1e-4, k
+
+
 def test_val_scores_what_segment_writes(trained, folder, tmp_path, capsys, monkeypatch):
     """val's confusion matrix equals one computed here from segment's mask files and the truth masks, and the run
     folder holds the same figures (metrics.json, confusion.csv, per_image.csv, the worst overlays)."""

@@ -51,7 +51,7 @@ def choose_views(data: str, split: str, val_split: float | None, seed: int | Non
     if split == "auto":
         split = "val" if same else "all"
         if same:
-            notes.append(f"the model was trained on {data}: scoring its validation part only ({info.split}); "
+            notes.append(f"the model was trained on {data}: scoring the part training held out for validation; "
                          f"--split all scores every image")
     views = {"all": [train_ds, val_ds], "train": [train_ds], "val": [val_ds]}[split]
     what = {"all": f"all {info.n_train + info.n_val} images", "train": f"the training part ({info.n_train} images)",
