@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvtool.metrics import SegMetrics, confusion_matrix, dice_per_class, iou_per_class, mean_iou, nan_mean, pixel_accuracy
+from cvtool.metrics import (
+    SegMetrics,
+    confusion_matrix,
+    dice_per_class,
+    iou_per_class,
+    mean_iou,
+    nan_mean,
+    pixel_accuracy,
+)
 
 # 6 pixels, 3 classes; the 4th pixel is ignored (255) whatever is predicted there.
 PRED = np.array([[0, 1, 1], [2, 0, 1]])

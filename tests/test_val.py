@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 
 import cvtool_backends as registry
-from conftest import cli
 from cvtool.data.io import read_image, read_mask, write_image_png, write_mask_png
 from cvtool.data.loader import Sample
 from cvtool.data.synth import CLASSES, COLORS, TRAIN, SynthDataset
