@@ -22,6 +22,7 @@ class Chosen(NamedTuple):
     views: list  # dataset views to score
     split: str  # what was scored, for people
     notes: list[str]
+    info: object  # the dataset's DataInfo (format, description, notes)
 
 
 def remembered_training(model) -> dict:
@@ -34,7 +35,7 @@ def remembered_training(model) -> dict:
     return cfg if isinstance(cfg, dict) and isinstance(cfg.get("data"), str) else {}
 
 
-def choose_views(data: str, split: str, val_split: float | None, seed: int | None, model) -> tuple[Chosen, object]:
+def choose_views(data: str, split: str, val_split: float | None, seed: int | None, model) -> Chosen:
     """Open DATA and pick the part to score. auto: when the checkpoint was trained on this very folder, its held-out
     validation part (split as training split it); otherwise every image."""
     from cvtool.data import open_datasets
@@ -56,7 +57,7 @@ def choose_views(data: str, split: str, val_split: float | None, seed: int | Non
     views = {"all": [train_ds, val_ds], "train": [train_ds], "val": [val_ds]}[split]
     what = {"all": f"all {info.n_train + info.n_val} images", "train": f"the training part ({info.n_train} images)",
             "val": f"the validation part ({info.n_val} images)"}[split]
-    return Chosen(views, f"{what}; split: {info.split}" if split != "all" else what, notes), info
+    return Chosen(views, f"{what}; split: {info.split}" if split != "all" else what, notes, info)
 
 
 def write_outputs(dest: Path, doc: dict, ev, ds, colors, alpha: float) -> list[str]:
@@ -70,7 +71,7 @@ def write_outputs(dest: Path, doc: dict, ev, ds, colors, alpha: float) -> list[s
     from cvtool.plot import confusion_chart
 
     classes = [c["name"] for c in doc["classes"]]
-    for rank, (w, entry) in enumerate(zip(ev.worst, doc["worst"]), 1):
+    for w, entry in zip(ev.worst, doc["worst"]):
         s = ds[w.score.index]
         write_image_png(entry["overlay"], worst_panel(to_hwc_uint8(s.image), s.mask, w.pred, colors, alpha))
     write_csv(dest / "per_image.csv", ["image", "pixels", "pixel_accuracy", "mean_iou"],
@@ -124,7 +125,8 @@ def val(
         raise UsageError(f"unknown test-time augmentation {tta!r}", hint=f"choose one of {', '.join(TTA)}")
     model = open_model(model_path)
     meta, spec = model.meta, model.spec
-    chosen, info = choose_views(data, split, val_split, seed, model)
+    chosen = choose_views(data, split, val_split, seed, model)
+    info = chosen.info
     found = labelled(chosen.views)
     ds = found.data
     notes = chosen.notes + match_classes(ds, list(meta.classes))
