@@ -301,3 +301,57 @@ def test_masks_missing_entirely(trained, tmp_path, capsys, how):
     code, _, err = cli(capsys, "val", str(trained[0]), str(root), "--backend", "numpy", "--out", str(tmp_path / "o"))
     assert code == 2
     assert "mask" in one_error_line(err)
+
+
+def test_a_voc_folder_scored_against_the_net_run_by_hand(tmp_path, capsys):
+    """PASCAL VOC layout (ImageSets lists, one listed image without a mask): val's confusion matrix equals one from
+    the numpy reference runner called here on each image, normalised and edge-padded by hand."""
+    from PIL import Image
+    from test_inference import tiny_params
+
+    from cvtool.data.voc import VOC_CLASSES, VOC_COLORS
+
+    def by_hand(image_path: Path) -> np.ndarray:
+        x = (read_image(image_path).astype(np.float32) / 255 - 0.5) / 0.25  # the model's normalisation
+        h, w = x.shape[:2]
+        xp = np.pad(x, ((0, -h % 4), (0, -w % 4), (0, 0)), mode="edge").transpose(2, 0, 1)  # depth 2: multiple 4
+        return registry.get("numpy", "cpu").runner(spec, params)(xp[None])[0, :, :h, :w].argmax(0)
+
+    root = tmp_path / "VOC2012"
+    rng = np.random.default_rng(5)
+    names = ["2007_000001", "2007_000002", "2007_000003", "2007_000004"]
+    for k, n in enumerate(names):
+        img = rng.integers(0, 256, (30 + 4 * k, 40, 3)).astype(np.uint8)
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / "JPEGImages" / f"{n}.jpg", quality=95)
+        if n != "2007_000004":  # listed in val.txt, no mask: skipped
+            m = rng.choice([0, 12, 15], (30 + 4 * k, 40)).astype(np.uint8)
+            m[0] = 255  # object boundary: ignored
+            write_mask_png(root / "SegmentationClass" / f"{n}.png", m, VOC_COLORS)
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000001\n2007_000003\n")
+    (sets / "val.txt").write_text("2007_000002\n2007_000004\n")
+    spec = ModelSpec(in_channels=3, num_classes=21, width=4, depth=2)
+    meta = ModelMeta(list(VOC_CLASSES), [list(c) for c in VOC_COLORS], [0.5] * 3, [0.25] * 3)
+    params = tiny_params(spec, 0)
+    path = ckpt_io.save(ckpt_io.Checkpoint(spec, params, meta), tmp_path / "voc.safetensors")
+    doc = run_val(capsys, path, tmp_path, "--backend", "numpy", "--out", tmp_path / "o")
+    assert doc["format"] == "voc" and doc["images"] == 3 and doc["n_skipped"] == 1
+    assert Path(doc["skipped"][0]).name == "2007_000004.jpg"
+    want = sum(confusion_matrix(by_hand(root / "JPEGImages" / f"{n}.jpg"),
+                                read_mask(root / "SegmentationClass" / f"{n}.png"), 21) for n in names[:3])
+    np.testing.assert_array_equal(doc["confusion"], want)
+    assert want.sum(0).astype(bool).sum() >= 2  # the random net predicts more than one class
+
+
+def test_an_unreadable_image_stops_with_one_line_and_leaves_no_run_folder(trained, tmp_path, capsys, monkeypatch):
+    root = write_folder(tmp_path / "d", (40, 48))
+    png = root / "images" / "im1.png"
+    png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])  # truncated: the header reads, the pixels do not
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "val", str(trained[0]), str(root), "--backend", "numpy")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(errors) == 1 and "im1.png" in errors[0] and err.rstrip().endswith(errors[0])  # after model: and data:
+    assert not (tmp_path / "runs" / "val").exists()  # the claimed expN released, nothing half-written
