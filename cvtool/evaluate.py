@@ -121,10 +121,11 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, spec, meta, *, tta: str, tile: int = 512,
-             batch_size: int = 4, worst: int = 0, on_image: Callable[[ImageScore], None] | None = None) -> Evaluation:
+             batch_size: int = 4, worst: int = 0,
+             on_image: Callable[[ImageScore, np.ndarray], None] | None = None) -> Evaluation:
     """Segment every image of ds as `cvtool segment` does and score it against its mask.
     meta: the model's ModelMeta (normalisation, scale); tta overrides meta.tta; worst: how many of the lowest
-    per-image mean IoUs keep their prediction."""
+    per-image mean IoUs keep their prediction; on_image(score, confusion matrix so far) after each image."""
     K = spec.num_classes
     total = np.zeros((K, K), np.int64)
     scores: list[ImageScore] = []
@@ -146,7 +147,7 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, spec, meta, *, tta
             elif item > kept[0]:
                 heapq.heapreplace(kept, item)
         if on_image is not None:
-            on_image(sc)
+            on_image(sc, total)
     ordered = sorted(kept, key=lambda t: (-t[0], -t[1]))
     return Evaluation(total, scores, [Worst(scores[-neg_k], pred) for _, neg_k, pred in ordered])
 

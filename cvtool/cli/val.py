@@ -115,6 +115,7 @@ def val(
     from cvtool.errors import UsageError
     from cvtool.evaluate import evaluate, finite, labelled, match_classes, summary
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
+    from cvtool.metrics import mean_iou
     from cvtool.model.inference import TTA, min_tile
 
     if tile < 1 or batch_size < 1 or worst < 0:
@@ -152,8 +153,11 @@ def val(
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=con, transient=True, disable=not con.is_terminal) as bar:
             task = bar.add_task("val", total=len(ds))
-            ev = evaluate(run, ds, spec, meta, tta=tta, tile=tile, batch_size=batch_size, worst=worst,
-                          on_image=lambda sc: bar.advance(task))
+
+            def tick(score, cm):  # the bar shows the running mIoU: a bad model shows itself early
+                bar.update(task, advance=1, description=f"val: mIoU so far {fmt_float(mean_iou(cm))}")
+
+            ev = evaluate(run, ds, spec, meta, tta=tta, tile=tile, batch_size=batch_size, worst=worst, on_image=tick)
     except BaseException:
         release_if_empty(claimed)  # a bad image or Ctrl-C before anything was written: no empty expN left
         raise
