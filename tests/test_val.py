@@ -19,9 +19,9 @@ import cvtool_backends as registry
 from cvtool.data.io import read_image, read_mask, write_image_png, write_mask_png
 from cvtool.data.loader import Sample
 from cvtool.data.synth import CLASSES, COLORS, TRAIN, SynthDataset
-from cvtool.evaluate import evaluate, summary, worst_panel
 from cvtool.metrics import confusion_matrix
 from cvtool.model import checkpoint as ckpt_io
+from cvtool.model.evaluate import evaluate, summary, worst_panel
 from cvtool.model.meta import ModelMeta
 from cvtool.model.spec import ModelSpec, init_params
 
@@ -171,7 +171,7 @@ def numpy_doc(trained, folder, tmp_path_factory):
     return json.loads(buf.getvalue())
 
 
-@pytest.mark.parametrize("backend", ["ort", "torch"])
+@pytest.mark.parametrize("backend", ["ort", pytest.param("torch", marks=pytest.mark.slow)])  # torch: ~2.4 s here
 def test_numpy_torch_and_ort_give_the_same_figures(trained, folder, numpy_doc, tmp_path, capsys, backend):
     """One model, one folder: every figure of torch and ort within 1e-4 of the numpy reference's."""
     ref = numpy_doc
@@ -181,7 +181,12 @@ def test_numpy_torch_and_ort_give_the_same_figures(trained, folder, numpy_doc, t
     assert max(SIZES) * 0.75 > ref["tile"]  # the largest image went through tiles
     d = run_val(capsys, trained[0], folder, "--backend", backend, "--tile", 1, "--out", tmp_path / backend)
     assert (d["tta"], d["scale"], d["tile"], d["images"]) == (ref["tta"], ref["scale"], ref["tile"], ref["images"])
-    assert d["backend"] == backend and (backend != "ort" or trained[0].with_name("m.cache.onnx").is_file())  # ORT ran the export
+    if backend == "ort":  # ORT ran this checkpoint's export (cached by the backend; conftest keeps it in tmp)
+        from cvtool_backends.onnx_format.opset import newest_opset
+        from cvtool_backends.ort_backend import export_cache
+
+        _, spec, params = trained
+        assert (export_cache.CACHE / f"{export_cache.key(spec, params, newest_opset())}.onnx").is_file()
     for k in FIGURES:
         assert abs(d[k] - ref[k]) <= 1e-4, k
     for c, r in zip(d["classes"], ref["classes"]):
@@ -233,6 +238,24 @@ def test_val_scores_what_segment_writes(trained, folder, tmp_path, capsys, monke
         h, wd = read_image(folder / "images" / w["image"]).shape[:2]
         assert read_image(tmp_path / w["overlay"]).shape == (h, 3 * wd + 8, 3)
     assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_val_gives_the_figures_of_trainings_validator(trained, folder, tmp_path, capsys):
+    """The same model and images through training's validator (cvtool.train.validate.evaluate_images, what picks the
+    best checkpoint) and through val: the same confusion matrix, mIoU and pixel accuracy."""
+    from cvtool.data import open_datasets
+    from cvtool.data.memory import to_hwc_uint8
+    from cvtool.train.validate import evaluate_images
+
+    path, spec, params = trained
+    doc = run_val(capsys, path, folder, "--backend", "numpy", "--out", tmp_path / "o")
+    train, _, _ = open_datasets(str(folder), val_split=0.0)
+    samples = [train[i] for i in range(len(train))]
+    want = evaluate_images(registry.get("numpy", "cpu").runner(spec, params), [to_hwc_uint8(s.image) for s in samples],
+                           [s.mask for s in samples], spec, [0.5] * 3, [0.25] * 3, 0.75, 4, 255, "flip")
+    assert want is not None and doc["confusion"] == want["confusion"]
+    assert (doc["mean_iou"], doc["pixel_accuracy"]) == (want["mean_iou"], want["pixel_accuracy"])
+    assert [c["iou"] for c in doc["classes"]] == want["iou"]
 
 
 def test_auto_split_scores_the_held_out_part_of_the_training_folder(trained, folder, tmp_path, capsys):
@@ -303,6 +326,16 @@ def test_masks_missing_entirely(trained, tmp_path, capsys, how):
     assert "mask" in one_error_line(err)
 
 
+def by_hand(spec, params, image_path: Path) -> np.ndarray:
+    """The mask the numpy reference runner gives an RGB image, normalised ((x - 0.5) / 0.25) and edge-padded to the
+    net's multiple here, without cvtool's inference code."""
+    x = (read_image(image_path, 3).astype(np.float32) / 255 - 0.5) / 0.25
+    h, w = x.shape[:2]
+    m = spec.multiple
+    xp = np.pad(x, ((0, -h % m), (0, -w % m), (0, 0)), mode="edge").transpose(2, 0, 1)
+    return registry.get("numpy", "cpu").runner(spec, params)(xp[None])[0, :, :h, :w].argmax(0)
+
+
 def test_a_voc_folder_scored_against_the_net_run_by_hand(tmp_path, capsys):
     """PASCAL VOC layout (ImageSets lists, one listed image without a mask): val's confusion matrix equals one from
     the numpy reference runner called here on each image, normalised and edge-padded by hand."""
@@ -311,11 +344,6 @@ def test_a_voc_folder_scored_against_the_net_run_by_hand(tmp_path, capsys):
 
     from cvtool.data.voc import VOC_CLASSES, VOC_COLORS
 
-    def by_hand(image_path: Path) -> np.ndarray:
-        x = (read_image(image_path).astype(np.float32) / 255 - 0.5) / 0.25  # the model's normalisation
-        h, w = x.shape[:2]
-        xp = np.pad(x, ((0, -h % 4), (0, -w % 4), (0, 0)), mode="edge").transpose(2, 0, 1)  # depth 2: multiple 4
-        return registry.get("numpy", "cpu").runner(spec, params)(xp[None])[0, :, :h, :w].argmax(0)
 
     root = tmp_path / "VOC2012"
     rng = np.random.default_rng(5)
@@ -339,7 +367,7 @@ def test_a_voc_folder_scored_against_the_net_run_by_hand(tmp_path, capsys):
     doc = run_val(capsys, path, tmp_path, "--backend", "numpy", "--out", tmp_path / "o")
     assert doc["format"] == "voc" and doc["images"] == 3 and doc["n_skipped"] == 1
     assert Path(doc["skipped"][0]).name == "2007_000004.jpg"
-    want = sum(confusion_matrix(by_hand(root / "JPEGImages" / f"{n}.jpg"),
+    want = sum(confusion_matrix(by_hand(spec, params, root / "JPEGImages" / f"{n}.jpg"),
                                 read_mask(root / "SegmentationClass" / f"{n}.png"), 21) for n in names[:3])
     np.testing.assert_array_equal(doc["confusion"], want)
     assert want.sum(0).astype(bool).sum() >= 2  # the random net predicts more than one class
@@ -355,3 +383,36 @@ def test_an_unreadable_image_stops_with_one_line_and_leaves_no_run_folder(traine
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(errors) == 1 and "im1.png" in errors[0] and err.rstrip().endswith(errors[0])  # after model: and data:
     assert not (tmp_path / "runs" / "val").exists()  # the claimed expN released, nothing half-written
+
+
+def test_yolo_labels_scored_against_the_net_run_by_hand(tmp_path, capsys):
+    """YOLO segmentation (images/ + labels/*.txt, data.yaml names) read directly: val's confusion matrix equals one
+    from the numpy runner called by hand and the masks cvtool's YOLO reader rasterises (tested in test_yolo.py)."""
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("yaml")
+    from test_inference import tiny_params
+    from test_yolo import rect
+
+    from cvtool.data import open_datasets
+    from cvtool.data.yolo import label_path
+
+    rng = np.random.default_rng(9)
+    labels = {"a": [rect(0, 1, 1, 6, 5)], "b": [rect(1, 2, 0, 9, 7), rect(0, 0, 4, 3, 8)], "c": []}  # c: no instance
+    for name, lines in labels.items():
+        img = tmp_path / "y" / "images" / f"{name}.png"
+        write_image_png(img, rng.integers(0, 256, (8, 10, 3)).astype(np.uint8))
+        label_path(img).parent.mkdir(parents=True, exist_ok=True)
+        label_path(img).write_text("\n".join(lines) + "\n")
+    (tmp_path / "y" / "data.yaml").write_text("names: [cat, dog]\n")
+    spec = ModelSpec(in_channels=3, num_classes=3, width=4, depth=1)
+    params = tiny_params(spec, 1)
+    meta = ModelMeta(["background", "cat", "dog"], COLORS[:3], [0.5] * 3, [0.25] * 3)
+    path = ckpt_io.save(ckpt_io.Checkpoint(spec, params, meta), tmp_path / "y.safetensors")
+    doc = run_val(capsys, path, tmp_path / "y", "--backend", "numpy", "--out", tmp_path / "o")
+    assert doc["format"] == "yolo" and doc["images"] == 3 and doc["n_skipped"] == 0
+    train, val, _ = open_datasets(str(tmp_path / "y"), val_split=0.0)
+    truth = {s.name: s.mask for s in (train[i] for i in range(len(train)))}
+    assert set(np.unique(truth["b"])) == {0, 1, 2}
+    want = sum(confusion_matrix(by_hand(spec, params, tmp_path / "y" / "images" / f"{n}.png"), truth[n], 3)
+               for n in labels)
+    np.testing.assert_array_equal(doc["confusion"], want)

@@ -1,7 +1,7 @@
 """`cvtool val MODEL DATA`: score a checkpoint or an exported .onnx on a labelled dataset, on any backend.
 
-Each image is segmented through segment's path (the backend runner of cvtool.cli.models.model_runner, the
-model's scale, tiles and test-time augmentation: cvtool.evaluate), one confusion matrix is summed over the
+Each image is segmented through segment's path (the backend runner of cvtool.cli.models.runner_for, the
+model's scale, tiles and test-time augmentation: cvtool.model.evaluate), one confusion matrix is summed over the
 images, and the figures are printed and written to runs/val/expN (or --out): metrics.json (what --json prints),
 per_image.csv, confusion.csv, confusion.png and worst/ (the N lowest per-image mean IoUs, as overlays).
 """
@@ -9,11 +9,14 @@ per_image.csv, confusion.csv, confusion.png and worst/ (the N lowest per-image m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import typer
 
 from cvtool.cli.output import emit_json, err, fmt_float, out, table
+
+if TYPE_CHECKING:
+    from cvtool.data.loader import DataInfo
 
 SPLITS = ("auto", "all", "train", "val")
 
@@ -22,7 +25,7 @@ class Chosen(NamedTuple):
     views: list  # dataset views to score
     split: str  # what was scored, for people
     notes: list[str]
-    info: object  # the dataset's DataInfo (format, description, notes)
+    info: "DataInfo"  # the dataset's format, description, notes
 
 
 def remembered_training(model) -> dict:
@@ -66,13 +69,13 @@ def write_outputs(dest: Path, doc: dict, ev, ds, colors, alpha: float) -> list[s
 
     from cvtool.data.io import write_image_png
     from cvtool.data.memory import to_hwc_uint8
-    from cvtool.evaluate import worst_panel
     from cvtool.fsutil import atomic_write_bytes, write_csv
+    from cvtool.model.evaluate import worst_panel
     from cvtool.plot import confusion_chart
 
     classes = [c["name"] for c in doc["classes"]]
     for w, entry in zip(ev.worst, doc["worst"]):
-        s = ds[w.score.index]
+        s = ds[w.score.item]
         write_image_png(entry["overlay"], worst_panel(to_hwc_uint8(s.image), s.mask, w.pred, colors, alpha))
     write_csv(dest / "per_image.csv", ["image", "pixels", "pixel_accuracy", "mean_iou"],
               ([r["image"], r["pixels"], r["pixel_accuracy"], r["mean_iou"]] for r in doc["per_image"]))
@@ -89,7 +92,8 @@ def val(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Checkpoint (.safetensors) or exported .onnx."),
     data: str = typer.Argument(..., metavar="DATA", help="Labelled dataset: DIR/images + DIR/masks (optionally "
                                "train/ and val/), or a PASCAL VOC folder."),
-    backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached beside it)."),
+    backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached in "
+                                "runs/.cache/onnx)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     split: str = typer.Option("auto", help="all | train | val | auto (the held-out part when the checkpoint was "
                               "trained on DATA, else every image)."),
@@ -110,12 +114,13 @@ def val(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from cvtool.cli.models import model_runner, open_model
+    import cvtool_backends as registry
+    from cvtool.cli.models import open_model, runner_for
     from cvtool.data import check_dataset
     from cvtool.errors import UsageError
-    from cvtool.evaluate import evaluate, finite, labelled, match_classes, summary
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
     from cvtool.metrics import mean_iou
+    from cvtool.model.evaluate import evaluate, finite, labelled, match_classes, summary
     from cvtool.model.inference import TTA, min_tile
 
     if tile < 1 or batch_size < 1 or worst < 0:
@@ -134,13 +139,18 @@ def val(
     check_dataset(ds)  # every mask its image's size, every value a class: exit 2 before any inference
     tta = meta.tta if tta is None else tta
     tile = max(tile, min_tile(spec))
-    be, run = model_runner(model, backend, device)
-    claimed = None if out_dir else next_run_dir(Path("runs") / "val")
-    dest = make_dir(out_dir or claimed)
+    be = registry.get(backend, device)
+    run = runner_for(be, model)  # segment's runner: the ort backend runs its cached export of a checkpoint
+    run_dir = out_dir or next_run_dir(Path("runs") / "val")
+    claimed = None if out_dir else run_dir  # ours to release if nothing is written
+    dest = make_dir(run_dir)
     con = err()
     say = (lambda s: None) if json_ else (lambda s: con.print(s, soft_wrap=True, markup=False))
     say(f"model: {model.path} ({model.kind}, {spec.num_classes} classes), {backend}/{be.device}, scale {meta.scale}, "
         f"tta {tta}, tile {tile}")
+    note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now
+    if note:
+        say(f"{backend}: {note}")
     say(f"data: {info.description}: {chosen.split}")
     for n in notes:
         say(f"note: {n}")
@@ -165,14 +175,14 @@ def val(
 
     K = spec.num_classes
     figures = summary(ev.cm, list(meta.classes))
-    files = [Path(ds.scan(sc.index).image).name for sc in ev.images]  # the image files, as the user knows them
+    files = [Path(ds.scan(sc.item).image).name for sc in ev.images]  # the image files, as the user knows them
     doc = {"model": str(model.path), "kind": model.kind, "data": data, "format": info.format, "split": chosen.split,
            "backend": backend, "device": be.device, "scale": meta.scale, "tta": tta, "tile": tile,
            "images": len(ev.images), "skipped": found.unlabelled, "n_skipped": len(found.unlabelled), "notes": notes,
            **figures, "seconds": round(seconds, 3), "out": str(dest),
-           "per_image": [{"image": files[sc.index], "pixels": sc.pixels, "pixel_accuracy": finite(sc.pixel_accuracy),
+           "per_image": [{"image": files[sc.item], "pixels": sc.pixels, "pixel_accuracy": finite(sc.pixel_accuracy),
                           "mean_iou": finite(sc.mean_iou)} for sc in ev.images],
-           "worst": [{"rank": r, "image": files[w.score.index], "mean_iou": w.score.mean_iou,
+           "worst": [{"rank": r, "image": files[w.score.item], "mean_iou": w.score.mean_iou,
                       "pixel_accuracy": w.score.pixel_accuracy,
                       "overlay": str(dest / "worst" / f"{r:02d}_{w.score.name}.png")}
                      for r, w in enumerate(ev.worst, 1)]}

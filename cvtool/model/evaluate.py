@@ -11,7 +11,7 @@ the CLI resolves the backend.
 from __future__ import annotations
 
 import heapq
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class Selection:
     """Items of one dataset's views (its train and val parts share classes and value map) seen as one dataset:
     what val scores. pairs: (view, index in that view)."""
 
-    def __init__(self, pairs: list[tuple[object, int]], first):
+    def __init__(self, pairs: list[tuple[Any, int]], first: Any):
         self.pairs, self.first = list(pairs), first
         self.classes, self.colors, self.in_channels = list(first.classes), list(first.colors), first.in_channels
         self.ignore_index = getattr(first, "ignore_index", IGNORE)
@@ -102,7 +102,7 @@ def match_classes(ds: Selection, classes: list[str]) -> list[str]:
 
 
 class ImageScore(NamedTuple):
-    index: int  # in the Selection
+    item: int  # its position in the Selection
     name: str
     pixels: int  # labelled pixels (ignored ones excluded)
     pixel_accuracy: float
