@@ -416,3 +416,16 @@ def test_yolo_labels_scored_against_the_net_run_by_hand(tmp_path, capsys):
     want = sum(confusion_matrix(by_hand(spec, params, tmp_path / "y" / "images" / f"{n}.png"), truth[n], 3)
                for n in labels)
     np.testing.assert_array_equal(doc["confusion"], want)
+
+
+def test_a_class_name_with_control_characters_prints_inert(trained, folder, tmp_path, capsys):
+    """A model's class names reach the terminal through safe(): an ESC sequence in one is shown as text, not run."""
+    _, spec, params = trained
+    meta = ModelMeta(["background", "circle\x1b[2J", "square", "triangle"], [list(c) for c in COLORS], [0.5] * 3,
+                     [0.25] * 3)
+    odd = ckpt_io.save(ckpt_io.Checkpoint(spec, params, meta), tmp_path / "odd.safetensors")
+    code, out, err = cli(capsys, "val", str(odd), str(folder), "--backend", "numpy", "--worst", "0",
+                         "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert "\x1b" not in out + err and "circle\\x1b[2J" in out
+    assert (tmp_path / "o" / "confusion.png").is_file()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import typer
 
-from cvtool.cli.output import emit_json, err, fmt_float, out, table
+from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
 if TYPE_CHECKING:
     from cvtool.data.loader import DataInfo
@@ -111,7 +111,6 @@ def val(
     """Score a model on labelled images: pixel accuracy, mIoU, per-class IoU and Dice, confusion matrix, worst images."""
     import time
 
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     import cvtool_backends as registry
@@ -145,7 +144,7 @@ def val(
     claimed = None if out_dir else run_dir  # ours to release if nothing is written
     dest = make_dir(run_dir)
     con = err()
-    say = (lambda s: None) if json_ else (lambda s: con.print(s, soft_wrap=True, markup=False))
+    say = (lambda s: None) if json_ else (lambda s: con.print(safe(s, markup=False), soft_wrap=True, markup=False))
     say(f"model: {model.path} ({model.kind}, {spec.num_classes} classes), {backend}/{be.device}, scale {meta.scale}, "
         f"tta {tta}, tile {tile}")
     note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now
@@ -156,7 +155,7 @@ def val(
         say(f"note: {n}")
     if found.unlabelled:
         names = ", ".join(Path(p).name for p in found.unlabelled[:8]) + (", ..." if len(found.unlabelled) > 8 else "")
-        con.print(f"skipped {len(found.unlabelled)} image(s) without a mask: {escape(names)}", soft_wrap=True)
+        con.print(f"skipped {len(found.unlabelled)} image(s) without a mask: {safe(names)}", soft_wrap=True)
 
     t0 = time.perf_counter()
     try:
@@ -191,16 +190,15 @@ def val(
         emit_json(doc)
         return
     report(doc, K)
-    out().print(f"wrote {dest}/: {', '.join(wrote)}", soft_wrap=True, markup=False)
+    out().print(safe(f"wrote {dest}/: {', '.join(wrote)}", markup=False), soft_wrap=True, markup=False)
 
 
 def report(doc: dict, K: int) -> None:
     """The figures as rich tables: per class, the confusion matrix (shares of each true class), the worst images."""
-    from rich.markup import escape
 
     con = out()
     total, pred_total = max(sum(c["pixels"] for c in doc["classes"]), 1), max(sum(c["predicted"] for c in doc["classes"]), 1)
-    rows = [[escape(c["name"]), fmt_float(c["iou"]), fmt_float(c["dice"]), f"{c['pixels'] / total:.1%}",
+    rows = [[safe(c["name"]), fmt_float(c["iou"]), fmt_float(c["dice"]), f"{c['pixels'] / total:.1%}",
              f"{c['predicted'] / pred_total:.1%}"] for c in doc["classes"]]
     n_in = K - len(doc["absent"])
     rows.append([f"[bold]mean ({n_in} classes)[/]", f"[bold]{fmt_float(doc['mean_iou'])}[/]",
@@ -209,16 +207,16 @@ def report(doc: dict, K: int) -> None:
     con.print(table(f"Scores over {doc['images']} image(s), {total:,} labelled pixels, {doc['backend']}/{doc['device']}",
                     ["class", "IoU", "Dice", "true share", "predicted share"], rows))
     if doc["absent"]:
-        con.print(f"not in the means: {escape(', '.join(doc['absent']))} (in neither the masks nor the predictions)",
+        con.print(f"not in the means: {safe(', '.join(doc['absent']))} (in neither the masks nor the predictions)",
                   soft_wrap=True)
     names = [c["name"] for c in doc["classes"]]
     cm_rows = []
     for name, row in zip(names, doc["confusion"]):
         n = sum(row)
-        cm_rows.append([escape(name), *(f"{v / n:.1%}" if n else "-" for v in row), f"{n:,}"])
+        cm_rows.append([safe(name), *(f"{v / n:.1%}" if n else "-" for v in row), f"{n:,}"])
     con.print(table("Confusion matrix: rows truth, columns prediction, share of each true class",
-                    ["truth \\ prediction", *map(escape, names), "pixels"], cm_rows))
+                    ["truth \\ prediction", *map(safe, names), "pixels"], cm_rows))
     if doc["worst"]:
         con.print(table(f"Worst {len(doc['worst'])} image(s) by mean IoU", ["rank", "image", "mIoU", "pixel acc", "overlay"],
-                        [[w["rank"], escape(w["image"]), fmt_float(w["mean_iou"]), fmt_float(w["pixel_accuracy"]),
-                          escape(Path(w["overlay"]).name)] for w in doc["worst"]]))
+                        [[w["rank"], safe(w["image"]), fmt_float(w["mean_iou"]), fmt_float(w["pixel_accuracy"]),
+                          safe(Path(w["overlay"]).name)] for w in doc["worst"]]))
