@@ -183,7 +183,7 @@ def val(
                           "mean_iou": finite(sc.mean_iou)} for sc in ev.images],
            "worst": [{"rank": r, "image": files[w.score.item], "mean_iou": w.score.mean_iou,
                       "pixel_accuracy": w.score.pixel_accuracy,
-                      "overlay": str(dest / "worst" / f"{r:02d}_{w.score.name}.png")}
+                      "overlay": str(dest / "worst" / f"{r:02d}_{Path(files[w.score.item]).stem}.png")}
                      for r, w in enumerate(ev.worst, 1)]}
     wrote = write_outputs(dest, doc, ev, ds, meta.colors, alpha)
     if json_:
@@ -195,7 +195,6 @@ def val(
 
 def report(doc: dict, K: int) -> None:
     """The figures as rich tables: per class, the confusion matrix (shares of each true class), the worst images."""
-
     con = out()
     total, pred_total = max(sum(c["pixels"] for c in doc["classes"]), 1), max(sum(c["predicted"] for c in doc["classes"]), 1)
     rows = [[safe(c["name"]), fmt_float(c["iou"]), fmt_float(c["dice"]), f"{c['pixels'] / total:.1%}",
