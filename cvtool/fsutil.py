@@ -88,6 +88,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> Path:
+    """A CSV file with a header row, written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return Path(path)
+
+
 def next_run_dir(root: str | os.PathLike, prefix: str = "exp") -> Path:
     """runs/train -> runs/train/exp1, exp2, ...: the first unused name, CLAIMED by creating it (mkdir fails when
     the folder exists, so two processes started together never get the same one; each takes the next number)."""

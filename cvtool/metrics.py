@@ -38,9 +38,21 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
 
 
+def dice_per_class(cm: np.ndarray) -> np.ndarray:
+    """Dice_k = 2 TP / (2 TP + FP + FN) (= 2 IoU / (1 + IoU)); NaN for a class absent from truth and prediction."""
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+
+
+def nan_mean(per_class: np.ndarray) -> float:
+    """The mean over the classes that occur (NaN entries left out); NaN when none does."""
+    return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
+
+
 def mean_iou(cm: np.ndarray) -> float:
-    iou = iou_per_class(cm)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return nan_mean(iou_per_class(cm))
 
 
 class SegMetrics:

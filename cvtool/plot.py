@@ -1,4 +1,5 @@
-"""Line charts drawn by matplotlib (Agg, imported only when a chart is written): training curves, bench plots.
+"""Charts drawn by matplotlib (Agg, imported only when a chart is written): training curves, bench plots, val's
+confusion matrix.
 
 One or more panels side by side, each a dict of named series over the same x; round ticks and a legend per
 panel; a panel whose values span more than a factor of 20 (losses) can be drawn on a log scale.
@@ -31,6 +32,26 @@ def _wide(series: Mapping[str, Series]) -> bool:
     return bool(v) and min(v) > 0 and max(v) / min(v) > 20
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported when a chart is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    """The figure as a PNG, written atomically; the figure closed."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def line_chart(path: str | Path, xs, left: Mapping[str, Series], *more: Mapping[str, Series] | None, title: str = "",
                xlabel: str = "", log_x: bool = False, log_y: str = "auto", titles: list[str] | None = None,
                panel_xs: list | None = None) -> Path:
@@ -38,10 +59,7 @@ def line_chart(path: str | Path, xs, left: Mapping[str, Series], *more: Mapping[
     gets a log scale), "yes" or "no"; titles: one per panel; panel_xs: one x list per panel (None: xs), for panels
     sampled at different points (a loss every few steps, validation now and then); a series given as a tuple
     (xs, values) has x values of its own."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     panels = [left] + [p for p in more if p]
     xlim = None  # with panel_xs: one x range for all panels, so a validation point sits above the loss at its step
@@ -73,12 +91,38 @@ def line_chart(path: str | Path, xs, left: Mapping[str, Series], *more: Mapping[
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(printable(title), fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
-__all__ = ["line_chart"]
+def confusion_chart(path: str | Path, cm, classes: list[str], title: str = "") -> Path:
+    """A confusion matrix (rows: truth, columns: prediction) as a PNG heat map, written atomically: each row
+    coloured by its share of the true class (so rare classes show), each cell labelled with that share where the
+    matrix is small enough to read."""
+    plt = _pyplot()
+    import numpy as np
+
+    cm = np.asarray(cm, np.float64)
+    K = cm.shape[0]
+    rows = cm.sum(1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    side = min(2.5 + 0.45 * K, 16)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = [printable(c) for c in classes]  # a control character in a class name: no glyph warnings
+    ax.set_xticks(range(K), names, rotation=45 if K > 4 else 0, ha="right" if K > 4 else "center", fontsize=8)
+    ax.set_yticks(range(K), names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    if K <= 20:
+        for t in range(K):
+            for p in range(K):
+                if rows[t, 0] > 0:
+                    ax.text(p, t, f"{share[t, p]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if share[t, p] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if title:
+        ax.set_title(printable(title), fontsize=10)
+    return _save(plt, fig, path)
+
+
+__all__ = ["line_chart", "confusion_chart"]

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvtool.metrics import SegMetrics, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from cvtool.metrics import (
+    SegMetrics,
+    confusion_matrix,
+    dice_per_class,
+    iou_per_class,
+    mean_iou,
+    nan_mean,
+    pixel_accuracy,
+)
 
 # 6 pixels, 3 classes; the 4th pixel is ignored (255) whatever is predicted there.
 PRED = np.array([[0, 1, 1], [2, 0, 1]])
@@ -31,6 +39,15 @@ def test_pixel_accuracy_and_iou_by_hand():
     # class 0: TP 2, FP 0, FN 1 -> 2/3; class 1: TP 1, FP 2, FN 0 -> 1/3; class 2: TP 0, FP 0, FN 1 -> 0
     np.testing.assert_allclose(iou_per_class(CM), [2 / 3, 1 / 3, 0.0])
     assert mean_iou(CM) == pytest.approx(1 / 3)
+
+
+def test_dice_by_hand_and_absent_classes_left_out():
+    # class 0: 2 TP, 0 FP, 1 FN -> 4/5; class 1: 1 TP, 2 FP -> 2/4; class 2: 0 TP, 1 FN -> 0; class 3: nowhere
+    dice = dice_per_class(confusion_matrix(PRED, TRUE, 4))
+    np.testing.assert_allclose(dice[:3], [4 / 5, 2 / 4, 0.0])
+    assert math.isnan(dice[3]) and nan_mean(dice) == pytest.approx((4 / 5 + 2 / 4) / 3)
+    iou = iou_per_class(CM)
+    np.testing.assert_allclose(dice[:3], 2 * iou / (1 + iou))  # the identity between the two
 
 
 def test_a_class_absent_from_truth_and_prediction_is_nan_and_left_out_of_the_mean():

@@ -28,11 +28,13 @@ def _register() -> None:
     from cvtool.cli.export import export
     from cvtool.cli.segment import segment
     from cvtool.cli.train import train
+    from cvtool.cli.val import val
 
     app.command("convcalc")(convcalc)
     app.command("backends")(backends)
     app.command("train")(train)
     app.command("segment")(segment)
+    app.command("val")(val)
     app.command("export")(export)
     app.command("demo")(demo)
     app.command("bench")(bench)

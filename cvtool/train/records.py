@@ -3,12 +3,12 @@ curves.png, and (a test hook under torchrun) a digest of each rank's weights."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cvtool.fsutil import write_csv
 from cvtool.model.spec import trainable
 
 
@@ -43,17 +43,6 @@ def trace_add(trace: list, step: int, seconds: float, loss: float) -> None:
     if len(trace) > 2 * TRACE_POINTS:
         trace[:] = [[b[0], b[1], (a[2] + b[2]) / 2] for a, b in zip(trace[0::2], trace[1::2])] + \
             ([trace[-1]] if len(trace) % 2 else [])
-
-
-def write_csv(path: Path, header: list[str], rows) -> None:
-    """A CSV file with a header row, written atomically."""
-    from cvtool.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
 
 
 def write_metrics(out_dir: Path, history: list[dict]) -> None:
