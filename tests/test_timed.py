@@ -286,9 +286,9 @@ def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     code, out, err = cli(capsys, "train", "--data", str(data), "--time", "60", "--out", str(blocker / "run"))
-    assert code == 2 and "cannot write into" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "cannot create" in err and "Not a directory" in err and len(err.strip().splitlines()) == 1
     code, out, err = cli(capsys, "train", "--data", str(data), "--epochs", "1", "-b", "2", "--out", str(blocker / "run"))
-    assert code == 2 and "cannot write into" in err and "Traceback" not in err
+    assert code == 2 and "cannot create" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"  # nothing the user had is touched
 
 
