@@ -52,6 +52,17 @@ def say_cuda_works(monkeypatch, module) -> None:
                                                           devices=("cpu", "cuda")))
 
 
+@pytest.fixture(autouse=True)
+def cudnn_precision_kept():
+    """The cuDNN precision that a torch Backend('cuda') sets, put back after each test (torch's _FP32Precision
+    takes no monkeypatch: its attribute lives in torch._C, and undoing deletes it)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    before = getattr(conv, "fp32_precision", None)
+    yield
+    if before is not None:
+        conv.fp32_precision = before
+
+
 # --- torch: is a GPU usable? ---------------------------------------------------------------------------------------
 
 
@@ -277,6 +288,15 @@ def test_full_fp32_convolutions_on_an_older_torch_switches_tf32_off(monkeypatch,
     monkeypatch.setattr(torch.backends, "cudnn", cudnn)
     model.full_fp32_convolutions()
     assert cudnn.allow_tf32 is False
+
+
+@pytest.mark.parametrize("device, precision", [("cuda", "ieee"), ("cpu", "tf32")])
+def test_the_torch_backend_on_cuda_computes_its_ops_in_ieee_float32(monkeypatch, device, precision):
+    say_cuda_works(monkeypatch, torch_backend)
+    cudnn = types.SimpleNamespace(conv=types.SimpleNamespace(fp32_precision="tf32"))
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    torch_backend.Backend(device)
+    assert cudnn.conv.fp32_precision == precision
 
 
 class FrozenNetRecorder:

@@ -53,6 +53,10 @@ class Backend:
 
     def __init__(self, device: str = "cpu"):
         self.device = require_device(self.name, device, self.status().devices)  # resolved by the registry
+        if self.device == "cuda":  # the ops are checked against float64 at float32 tolerances: no TF32
+            from cvtool_backends.torch_backend.model import full_fp32_convolutions
+
+            full_fp32_convolutions()
 
     @classmethod
     def status(cls) -> Status:
