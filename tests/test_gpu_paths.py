@@ -33,7 +33,7 @@ from cvtool_backends.ort_backend import session
 from cvtool_backends.torch_backend import distributed, infer, model
 
 SPEC = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1)
-CUDA_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+CUDA_PROVIDERS = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]  # IEEE float32, not TF32
 
 
 @pytest.fixture
@@ -337,7 +337,9 @@ class RecordingSession(ort.InferenceSession):
         super().__init__(src, sess_options, providers=["CPUExecutionProvider"])
 
     def get_providers(self):
-        return self.wanted if type(self).cuda_works else super().get_providers()
+        if not type(self).cuda_works:
+            return super().get_providers()
+        return [p if isinstance(p, str) else p[0] for p in self.wanted]  # names, without their options
 
     def io_binding(self):
         self.bindings.append(FakeBinding(self.calls))
@@ -389,7 +391,7 @@ def test_ort_status_lists_cuda_when_a_cuda_session_runs_and_keeps_its_provider(m
     sessions.cuda_works = True
     st = ort_backend._status.__wrapped__()
     assert sessions.asked == [["CPUExecutionProvider"], CUDA_PROVIDERS]  # the probe asked for CUDA, CPU behind it
-    assert st.devices == ("cpu", "cuda") and list(st.providers) == CUDA_PROVIDERS
+    assert st.devices == ("cpu", "cuda") and st.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def test_ort_status_has_no_cuda_when_the_cuda_session_falls_back_to_the_cpu(monkeypatch, sessions):
@@ -426,7 +428,7 @@ def test_ort_status_asks_for_no_cuda_session_without_a_gpu(monkeypatch, sessions
                                                     (set(), [], False)])
 def test_gpu_present_from_a_device_node_or_a_driver_entry(monkeypatch, nodes, driver, present):
     monkeypatch.setattr(session.os.path, "exists", lambda p: p in nodes)
-    monkeypatch.setattr(session.glob, "glob", lambda pattern: driver if pattern.startswith("/proc/driver/nvidia") else [])
+    monkeypatch.setattr(session.glob, "glob", lambda pattern: driver if pattern.startswith("/proc/driver/") else [])
     assert session.gpu_present() is present
 
 
@@ -469,14 +471,17 @@ def test_the_ort_gemm_on_cuda_binds_both_inputs_and_the_output_on_the_gpu(monkey
         return real_from_numpy(arr)  # kept in host memory here
 
     monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(from_numpy))
-    session_made = []
+    made = []
     real_make = session.make
-    monkeypatch.setattr(session, "make", lambda m, device: session_made.append(real_make(m, device)) or session_made[-1])
+    monkeypatch.setattr(session, "make", lambda m, device: made.append(real_make(m, device)) or made[-1])
     ort_backend.Backend("cuda").gemm(4)()
-    (sess,) = session_made
+    (sess,) = made
     assert placed == [("cuda", 0), ("cuda", 0)] and sessions.asked[-1] == CUDA_PROVIDERS
     assert sess.calls == [("bind_ortvalue_input", "a"), ("bind_ortvalue_input", "b"), ("bind_output", "y", "cuda"),
                           ("run_with_iobinding",), ("synchronize_outputs",)]
+    rng = np.random.default_rng(0)  # gemm's inputs, made again: the product it bound is theirs
+    A, B = (rng.standard_normal((4, 4), dtype=np.float32) for _ in range(2))
+    np.testing.assert_allclose(sess.bindings[0].outputs[0], A.astype(np.float64) @ B, rtol=1e-5, atol=1e-6)
 
 
 # --- on a real GPU ----------------------------------------------------------------------------------------------
@@ -487,14 +492,15 @@ def float64_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 @gpu
-def test_gpu_torch_conv2d_on_cuda_is_ieee_float32():
+@pytest.mark.parametrize("module", [torch_backend, ort_backend], ids=["torch", "ort"])
+def test_gpu_conv2d_on_cuda_is_ieee_float32(module):
     """A TF32 convolution (10 mantissa bits: ~5e-4 per product, ~7e-4 over these 576-term sums) fails 5e-5; IEEE
     float32 (~1e-6 here, a little more where cuDNN picks Winograd) passes it."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 64, 32, 32)).astype(np.float32)
     w = (rng.standard_normal((32, 64, 3, 3)) / 24).astype(np.float32)
-    y = torch_backend.Backend("cuda").conv2d(x, w, padding=1)
-    assert_close(y, float64_conv(x, w), {"rtol": 5e-5, "atol": 5e-5}, "torch conv2d on cuda against float64")
+    y = module.Backend("cuda").conv2d(x, w, padding=1)
+    assert_close(y, float64_conv(x, w), {"rtol": 5e-5, "atol": 5e-5}, f"{module.Backend.name} conv2d on cuda")
 
 
 @gpu

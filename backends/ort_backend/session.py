@@ -16,7 +16,10 @@ import onnxruntime as ort
 ort.set_default_logger_severity(3)  # errors only: no provider-fallback warnings on CPU machines
 
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+# The CUDA provider runs float32 Conv and MatMul in TF32 by default on Ampere and later (10 mantissa bits: ~1e-3);
+# use_tf32=0 (onnxruntime >= 1.18) keeps IEEE float32, as the torch backend does, so the float64 cross-checks hold.
+PROVIDERS: dict[str, list] = {"cpu": ["CPUExecutionProvider"],
+                              "cuda": [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]}
 
 
 def gpu_present() -> bool:
