@@ -23,7 +23,7 @@ from torch import nn
 
 import cvtool_backends.ort_backend as ort_backend
 import cvtool_backends.torch_backend as torch_backend
-from cvtool.compare import TOLERANCE, compare
+from cvtool.compare import TOLERANCE, Tolerance, compare
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.optim import OptimConfig
 from cvtool_backends.base import Status
@@ -426,7 +426,7 @@ def test_ort_status_asks_for_no_cuda_session_without_a_gpu(monkeypatch, sessions
 @pytest.mark.parametrize("nodes, driver, present", [({"/dev/nvidia0"}, [], True),
                                                     (set(), ["/proc/driver/nvidia/gpus/0000:01:00.0"], True),
                                                     (set(), [], False)])
-def test_gpu_present_from_a_device_node_or_a_driver_entry(monkeypatch, nodes, driver, present):
+def test_a_gpu_is_present_by_a_device_node_or_a_driver_entry(monkeypatch, nodes, driver, present):
     monkeypatch.setattr(session.os.path, "exists", lambda p: p in nodes)
     monkeypatch.setattr(session.glob, "glob", lambda pattern: driver if pattern.startswith("/proc/driver/") else [])
     assert session.gpu_present() is present
@@ -550,14 +550,17 @@ def test_gpu_nccl_group_of_one_reduces_on_the_gpu(monkeypatch):
 
 
 @gpu
-def test_gpu_predict_under_bf16_autocast_stays_near_float32():
+def test_gpu_predict_under_bf16_autocast_really_runs_bf16_and_stays_near_float32():
+    """bf16 keeps 8 mantissa bits: on this net (bf16 emulated on the CPU) the logits differ from float32 by about
+    1% of their largest and ~0.5% of the classes flip; float32 against itself differs by far less than 1e-4."""
     spec = ModelSpec(in_channels=3, num_classes=4, width=8, depth=2)
     p = init_params(spec, seed=2)
     x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
     runs = {amp: model.TorchTrainer(spec, p, device="cuda", optim=OptimConfig(), amp=amp).predict(x)
             for amp in (True, False)}
-    assert runs[True].dtype == np.float32
-    np.testing.assert_allclose(runs[True], runs[False], rtol=5e-2, atol=5e-2)  # bf16: 8 mantissa bits
+    agreement = compare(runs[True], runs[False], Tolerance(max_rel=5e-2, labels=0.95), labels=True)
+    assert runs[True].dtype == np.float32 and agreement.ok, agreement
+    assert agreement.max_rel > 1e-4, "amp=True predicted in float32: autocast was not on"
 
 
 @gpu
