@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from conftest import TOL, assert_close, gpu  # tests/ is on sys.path under pytest
 from torch import nn
 
+import cvtool_backends as registry
 import cvtool_backends.ort_backend as ort_backend
 import cvtool_backends.torch_backend as torch_backend
 from cvtool.compare import TOLERANCE, Tolerance, compare
@@ -92,36 +93,38 @@ def test_torch_status_has_no_cuda_when_the_op_fails_or_torch_sees_no_gpu(monkeyp
     assert torch_backend._cuda_works() is False
 
 
+@pytest.mark.parametrize("module", [torch_backend, ort_backend], ids=["torch", "ort"])
+def test_auto_is_cuda_where_the_status_says_a_gpu_works(monkeypatch, module):
+    say_cuda_works(monkeypatch, module)
+    assert registry.get(module.Backend.name, "auto").device == "cuda"
+    assert registry.get(module.Backend.name, "cpu").device == "cpu"
+
+
 # --- torch: peak memory and the process group -----------------------------------------------------------------------
 
 
-class CudaCalls(NamedTuple):
-    """torch.cuda's memory counters and synchronize, faked: the order they were called in."""
-
-    calls: list
-
-
-def fake_cuda_counters(monkeypatch) -> CudaCalls:
-    calls: list = []
+def fake_cuda_counters(monkeypatch) -> list[str]:
+    """torch.cuda's memory counters and synchronize, faked: the order they are called in."""
+    calls: list[str] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("synchronize"))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append("read") or 12345)
-    return CudaCalls(calls)
+    return calls
 
 
 def test_peak_memory_on_cuda_resets_the_counter_before_fn_and_reads_it_after(monkeypatch):
     say_cuda_works(monkeypatch, torch_backend)
-    cuda = fake_cuda_counters(monkeypatch)
-    y, peak = torch_backend.Backend("cuda").peak_memory(lambda: cuda.calls.append("fn") or "y")
+    calls = fake_cuda_counters(monkeypatch)
+    y, peak = torch_backend.Backend("cuda").peak_memory(lambda: calls.append("fn") or "y")
     assert (y, peak) == ("y", 12345)
     # synchronised on both sides of fn: kernels queued before do not count, kernels of fn all do
-    assert cuda.calls == ["synchronize", "reset", "fn", "synchronize", "read"]
+    assert calls == ["synchronize", "reset", "fn", "synchronize", "read"]
 
 
 def test_peak_memory_on_cpu_touches_no_cuda_counter(monkeypatch):
-    cuda = fake_cuda_counters(monkeypatch)
-    assert torch_backend.Backend("cpu").peak_memory(lambda: cuda.calls.append("fn") or "y") == ("y", None)
-    assert cuda.calls == ["fn"]
+    calls = fake_cuda_counters(monkeypatch)
+    assert torch_backend.Backend("cpu").peak_memory(lambda: calls.append("fn") or "y") == ("y", None)
+    assert calls == ["fn"]
 
 
 class ProcessGroup(NamedTuple):
