@@ -206,7 +206,7 @@ def test_cli_refuses_a_bad_augment_and_plan_without_data(tmp_path, capsys):
 def test_numpy_backend_plans_and_trains_by_time_without_torch(tmp_path):
     data = make_set(tmp_path / "data", seed=2)
     code = ("import sys, json; from cvtool.cli import main; sys.argv = ['cvtool', 'train', '--data', sys.argv[1], "
-            "'--time', '10', '--backend', 'numpy', '--json', '--out', sys.argv[2]]\n"
+            "'--time', '30', '--backend', 'numpy', '--json', '--out', sys.argv[2]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
     p = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "run")], capture_output=True, text=True,
@@ -396,7 +396,7 @@ def test_a_real_time_budget_holds_on_the_wall_clock(tmp_path):
     import time
 
     data = make_set(tmp_path / "data")
-    budget = 20
+    budget = 30
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "cvtool", "train", "--data", str(data), "--time", str(budget), "--json",
                         "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=budget * 6)
