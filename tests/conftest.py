@@ -93,6 +93,13 @@ def close(backend):
     return lambda actual, expected, what="": assert_close(actual, expected, TOL[backend.name], f"{backend.name} {what}")
 
 
+@pytest.fixture(autouse=True)
+def budget_starts_at_the_call(monkeypatch):
+    """`cvtool train --time` counts from its process's start (cvtool.cli.train.process_age); called in-process, the
+    process is pytest, started minutes before: the budget counts from the call instead."""
+    monkeypatch.setattr("cvtool.cli.train.process_age", lambda: 0.0)
+
+
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """The console script in-process (main() with its own error handling): (exit code, stdout, stderr)."""
     from cvtool.cli import main

@@ -53,7 +53,7 @@ def test_transposed_conv_and_activations():
     (["--backward", "-k", "3", "-i", "4", "--dy", "1,2;3"], "--dy"),
     (["--backward", "-k", "3", "-i", "4", "--dy", "1,2,3;4,5,6"], "but the output is 2x2"),
     (["--backward", "--activation", "swish", "--x", "1,2"], "unknown --activation"),
-    (["--backward", "-k", "3", "-i", "4", "--lr", "-1"], "--lr must be positive"),
+    (["--backward", "-k", "3", "-i", "4", "--lr", "-1"], "--lr must be a finite number greater than 0"),
     (["--dy", "1,2", "-k", "3", "-i", "4"], "means nothing without --backward"),
 ])
 def test_bad_backward_inputs_are_one_line_and_exit_2(capsys, args, msg):

@@ -57,6 +57,22 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> int:
     return code
 
 
+def bug_report(e: BaseException, argv: list[str]) -> tuple[str, str]:
+    """(message, hint) for an exception no cvtool code expected: exit 70 is for bugs only, so it asks for a report
+    naming what is needed to reproduce it: the command and the version."""
+    import shlex
+
+    from cvtool import __version__
+
+    what = (str(e).splitlines() or [""])[0][:300]
+    command = shlex.join(["cvtool", *map(str, argv)])
+    if len(command) > 300:
+        command = command[:297] + "..."
+    return (f"internal error: {type(e).__name__}{': ' + what if what else ''}. This is a bug in cvtool {__version__}: "
+            f"please report it with the command ({command}) and this line",
+            "CVTOOL_DEBUG=1 shows the traceback to attach")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turn every expected failure into one line on stderr and an exit code."""
     import os
@@ -89,5 +105,5 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug: one line for users, the traceback on request
         if os.environ.get("CVTOOL_DEBUG"):
             raise
-        sys.exit(fail(f"internal error: {type(e).__name__}: {e}", "set CVTOOL_DEBUG=1 to see the traceback", 70))
+        sys.exit(fail(*bug_report(e, sys.argv[1:] if argv is None else argv), 70))
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import typer
 
+from cvtool.bounds import COUNT, DEPTH, INT32_MAX, NON_NEGATIVE, SEED, Bound, check_all
 from cvtool.cli.bench_report import render, write_csv, write_markdown, write_plot
 from cvtool.cli.bench_rows import (
     NotSupported,
@@ -35,6 +36,7 @@ from cvtool.cli.bench_rows import (
     onnx_reference_row,
     op_flops,
 )
+from cvtool.cli.options import number
 from cvtool.cli.output import emit_json, err
 
 if TYPE_CHECKING:
@@ -63,24 +65,26 @@ def bench(
     device: str = typer.Option("all", "--device", help="all, cpu or cuda."),
     sizes: str = typer.Option("256", "--sizes", help="Square input sizes, e.g. 128,256,512."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes, e.g. 1,8."),
-    min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per row (at least 3 calls)."),
-    warmup: int = typer.Option(2, "--warmup", help="Untimed calls first (at least 1: it also measures memory)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for torch and ORT (default: the CPUs here)."),
+    min_time: float = number(1.0, "--min-time", bound=NON_NEGATIVE, help="Seconds of timed calls per row (at least 3 calls)."),
+    warmup: int = number(2, "--warmup", bound=COUNT, help="Untimed calls first (at least 1: it also measures memory)."),
+    threads: Optional[int] = number(None, "--threads", bound=Bound(lo=1, hi=1024, integer=True),
+                                    help="Threads for torch and ORT (default: the CPUs here)."),
     data: Optional[str] = typer.Option(None, "--data", help="A dataset ('synth' or a folder): adds mIoU per backend."),
-    data_limit: int = typer.Option(16, "--data-limit", help="--data: at most this many validation images."),
-    width: Optional[int] = typer.Option(None, "--width", help="Random network: base width (default 16)."),
-    depth: Optional[int] = typer.Option(None, "--depth", help="Random network: depth (default 3)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
-    gemm_size: int = typer.Option(2048, "--gemm-size", help="n of the n x n float32 GEMM measured (0: skip)."),
-    rounds: int = typer.Option(1, "--rounds", help="Measure everything N times, taking turns, and pool each row's "
-                               "calls: steadier ratios on a busy machine."),
+    data_limit: int = number(16, "--data-limit", bound=COUNT, help="--data: at most this many validation images."),
+    width: Optional[int] = number(None, "--width", bound=COUNT, help="Random network: base width (default 16)."),
+    depth: Optional[int] = number(None, "--depth", bound=DEPTH, help="Random network: depth (default 3)."),
+    seed: int = number(0, "--seed", bound=SEED, help="Seed of the random weights and inputs."),
+    gemm_size: int = number(2048, "--gemm-size", bound=Bound(lo=0, hi=INT32_MAX, integer=True),
+                            help="n of the n x n float32 GEMM measured (0: skip)."),
+    rounds: int = number(1, "--rounds", bound=COUNT, help="Measure everything N times, taking turns, and pool each "
+                         "row's calls: steadier ratios on a busy machine."),
     op: Optional[str] = typer.Option(None, "--op", help="One operation instead: conv2d, conv_transpose2d, max_pool2d."),
     kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="--op: kernel size [3]."),
     stride: Optional[str] = typer.Option(None, "--stride", "-s", help="--op: stride [1; pools: the kernel]."),
     padding: str = typer.Option("0", "--padding", "-p", help="--op: p, PHxPW, top,bottom,left,right, same, valid."),
     dilation: str = typer.Option("1", "--dilation", "-d", help="--op: dilation."),
     output_padding: str = typer.Option("0", "--output-padding", help="--op conv_transpose2d: output_padding."),
-    channels: int = typer.Option(16, "--channels", "-c", help="--op: input (and output) channels."),
+    channels: int = number(16, "--channels", "-c", bound=COUNT, help="--op: input (and output) channels."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the rows as CSV."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
@@ -89,10 +93,6 @@ def bench(
     """Time every backend and device on the same input and prove they agree with the float64 NumPy reference."""
     from cvtool.errors import UsageError
 
-    if (warmup < 1 or min_time < 0 or data_limit < 1 or gemm_size < 0 or channels < 1 or rounds < 1
-            or (threads is not None and threads < 1)):
-        raise UsageError("--warmup, --data-limit, --channels, --rounds and --threads must be at least 1; --min-time and "
-                         "--gemm-size at least 0")
     if device not in ("all", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}", hint="use all, cpu or cuda")
     cfg = {"sizes": _ints(sizes, "--sizes"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"), "min_time": min_time,
@@ -145,9 +145,20 @@ def _ints(text: str, what: str) -> list[int]:
         vals = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise UsageError(f"malformed {what} {text!r}", hint="a comma-separated list such as 128,256") from None
-    if not vals or min(vals) < 1:
+    if not vals:
         raise UsageError(f"{what} needs positive whole numbers, got {text!r}")
+    check_all(what, vals, Bound(lo=1, integer=True))  # no upper bound: what fits in memory is checked later
     return sorted(set(vals), key=vals.index)
+
+
+def _fits(needs: list, cfg: dict, extra: str = "") -> None:
+    """The inputs and references kept for every row, and the GEMM's three n x n operands, must fit in memory."""
+    from cvtool.footprint import array, require
+
+    n = cfg["gemm_size"]
+    require(needs + ([array("the GEMM operands", (3, n, n), 4)] if n else []),
+            doing=f"bench at --sizes {','.join(map(str, cfg['sizes']))} --batch-sizes "
+                  f"{','.join(map(str, cfg['batch_sizes']))}{extra}", hint="use smaller --sizes, --batch-sizes, -c or --gemm-size")
 
 
 def _cpus() -> int:
@@ -196,6 +207,7 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
     """{spec, params, source, mean, std, onnx}: a checkpoint / .onnx, or seeded random weights."""
     from cvtool.cli.models import latest_checkpoint, open_model
     from cvtool.errors import UsageError
+    from cvtool.footprint import require, weights_need
     from cvtool.model.spec import ModelSpec, init_params
 
     path = None
@@ -216,6 +228,7 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
     if info is not None:
         kw.update(in_channels=info.in_channels, num_classes=len(info.classes))
     spec = ModelSpec(**kw)
+    require([weights_need(spec)], doing=f"bench --width {spec.width}", hint="use a smaller --width")
     C = spec.in_channels
     return {"spec": spec, "params": init_params(spec, seed), "source": f"random weights (seed {seed})",
             "mean": [0.0] * C, "std": [1.0] * C, "onnx": None}
@@ -255,6 +268,7 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import cvtool_backends as registry
     from cvtool.cli.models import runner_for
     from cvtool.convcalc.verify import RTOL
+    from cvtool.footprint import array, unet_needs
     from cvtool.model.spec import total_flops
     from cvtool_backends.base import Runs, hook
 
@@ -267,6 +281,10 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     net = _network(model, width, depth, cfg["seed"], info if model in (None, "default") else None)
     spec, params = net["spec"], net["params"]
     per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
+    _fits([need for S in cfg["sizes"] for B in cfg["batch_sizes"]
+           for need in (array("an input", (B, spec.in_channels, S, S), 4), array("its float64 reference logits",
+                                                                               (B, spec.num_classes, S, S), 8))]
+          + unet_needs(spec, max(cfg["batch_sizes"]), max(cfg["sizes"]), max(cfg["sizes"]), itemsize=8), cfg)
     targets = _targets(registry, backend, device, networks=True)
     ref_run = registry.reference().runner(spec, params, dtype=np.float64)
     rng = np.random.default_rng(cfg["seed"])
@@ -315,13 +333,18 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     from cvtool.convcalc.chain import output_hw
     from cvtool.convcalc.text import params_text
     from cvtool.convcalc.verify import RTOL, run_layer
+    from cvtool.footprint import array
 
     transposed, pool = OPS[op]
     lspec = layer_spec(kernel, stride, padding, dilation, transposed, output_padding, pool, False, default_kernel="3")
     for S in cfg["sizes"]:
         output_hw(lspec, (S, S))  # a size the operation cannot take -> UsageError now
-    rng = np.random.default_rng(cfg["seed"])
     KH, KW = lspec.kernel
+    _fits([array("the float64 weights", (C, C, KH, KW), 8)]
+          + [need for S in cfg["sizes"] for B in cfg["batch_sizes"]
+             for need in (array("an input", (B, C, S, S), 4),
+                          array("its float64 reference output", (B, C, *output_hw(lspec, (S, S))[0]), 8))], cfg, f" -c {C}")
+    rng = np.random.default_rng(cfg["seed"])
     w = (rng.standard_normal((C, C, KH, KW)) / np.sqrt(C * KH * KW)).astype(np.float32)  # OIHW, or IOHW for tconv
     b = rng.standard_normal(C).astype(np.float32)
     ref_be = registry.get(registry.REFERENCE, "cpu")

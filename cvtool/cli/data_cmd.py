@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from cvtool.bounds import COUNT, INT32_MAX, OPEN_FRACTION, SEED, Bound
+from cvtool.cli.options import number, within
 from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
 data_app = typer.Typer(help="Segmentation datasets: make the synthetic one, check or convert any.",
@@ -33,9 +35,9 @@ def progress(what: str, total: int):
 @data_app.command("synth")
 def synth(
     out_dir: Path = typer.Option(..., "--out", help="Folder to write images/, masks/ and classes.json into."),
-    n: int = typer.Option(..., "-n", "--n", min=1, help="Number of images."),
-    size: int = typer.Option(128, "--size", min=8, help="Image side in pixels."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes the same files."),
+    n: int = typer.Option(..., "-n", "--n", callback=within(COUNT), help="Number of images."),
+    size: int = typer.Option(128, "--size", callback=within(Bound(lo=8, hi=INT32_MAX, integer=True)), help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", callback=within(SEED), help="Seed: the same seed writes the same files."),
     force: bool = typer.Option(False, "--force", help="Overwrite same-named files in a folder that holds a dataset."),
     json_: bool = JSON_OPT,
 ) -> None:
@@ -45,10 +47,13 @@ def synth(
     from cvtool.data.io import write_image_png, write_mask_png
     from cvtool.data.synth import TRAIN, SynthDataset
     from cvtool.errors import UsageError
+    from cvtool.footprint import array, require
     from cvtool.fsutil import atomic_write_bytes
 
     if not force and any((out_dir / sub).is_dir() and any((out_dir / sub).iterdir()) for sub in ("images", "masks")):
         raise UsageError(f"{out_dir} already holds a dataset", hint="choose another --out, or --force")
+    require([array("an image's float32 colour field", (3, size, size), 4), array("its mask", (size, size), 1)],
+            doing=f"data synth --size {size}", hint="use a smaller --size")
     ds = SynthDataset(n, size, seed, TRAIN)
     K = len(ds.classes)
     pixels = np.zeros(K, np.int64)
@@ -78,8 +83,8 @@ def synth(
 @data_app.command("check")
 def check(
     data: str = typer.Argument(..., help="Dataset folder (images/ + masks/, PASCAL VOC, COCO JSON, YOLO), or 'synth'."),
-    val_split: float = typer.Option(0.2, "--val-split", help="Held-out share when the folder has no split."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the hold-out split."),
+    val_split: float = number(0.2, "--val-split", bound=OPEN_FRACTION, help="Held-out share when the folder has no split."),
+    seed: int = number(0, "--seed", bound=SEED, help="Seed of the hold-out split."),
     json_: bool = JSON_OPT,
 ) -> None:
     """Validate every image/mask pair (exit 2 on the first bad one), show each class's share of pixels and the

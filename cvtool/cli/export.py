@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from cvtool.bounds import COUNT
+from cvtool.cli.options import within
 from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
 if TYPE_CHECKING:
@@ -111,6 +113,7 @@ def check_meta(model, onnx_path: Path) -> dict:
 
     from cvtool.cli.models import file_digest
     from cvtool.errors import CvtoolError, DataError
+    from cvtool.model.schema import validate_meta
     from cvtool_backends.onnx_format.export import read_meta
 
     try:
@@ -120,6 +123,7 @@ def check_meta(model, onnx_path: Path) -> dict:
     except Exception as e:  # corrupt protobuf, or no cvtool metadata
         why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise DataError(f"{onnx_path} is not a cvtool ONNX export ({why})") from None
+    validate_meta(meta, str(onnx_path))
     if meta.get("spec") != model.spec.to_dict():
         raise CvtoolError(f"{onnx_path} holds another network than {model.path} (spec {meta.get('spec')})", exit_code=1)
     same = {k: meta.get(k) == v for k, v in model.meta.to_dict().items()}
@@ -154,7 +158,7 @@ def _print_report(rows: list[dict]) -> None:
 def export(
     checkpoint: Path = typer.Argument(..., help="A cvtool checkpoint (.safetensors)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the .onnx file."),
-    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the newest that the installed "
+    opset: Optional[int] = typer.Option(None, callback=within(COUNT), help="ONNX opset (default: the newest that the installed "
                                         "ONNX Runtime runs)."),
     half: bool = typer.Option(False, "--half", help="float16 weights and compute (for GPUs), float32 input/output."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file against PyTorch and the NumPy "

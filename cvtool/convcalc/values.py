@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from cvtool.convcalc.chain import LayerSpec
+from cvtool.convcalc.chain import LayerSpec, output_hw
 from cvtool.convcalc.text import dims
 from cvtool.errors import DataError, UsageError
+from cvtool.footprint import array, require
 
 
 def layer_values(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: bool, *, fixed_avg: bool = True):
@@ -25,7 +26,7 @@ def layer_values(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: b
             raise UsageError(f"--w is {wv.shape[0]}x{wv.shape[1]} but --kernel says {dims(spec.kernel)}")
         spec = replace(spec, kernel=(wv.shape[0], wv.shape[1]))
     else:
-        wv = seeded_ints(spec.kernel, seed + 1, 5)
+        wv = None  # seeded below, once the sizes are known to make sense
     if x_text is not None:
         xv = parse_values(x_text, "--x")
         if hw is not None and tuple(xv.shape) != tuple(hw):
@@ -33,7 +34,12 @@ def layer_values(spec: LayerSpec, hw, x_text, w_text, seed: int, kernel_given: b
         hw = tuple(xv.shape)
     else:
         hw = hw or ((2, 2) if spec.kind == "tconv" else (4, 4))
+        output_hw(spec, hw)  # a kernel larger than the input says so, before anything is drawn
+        require([array("the example's input", hw, 8), array("its kernel", spec.kernel, 8)],
+                doing=f"a worked example of {hw[0]}x{hw[1]}, kernel {dims(spec.kernel)}", hint="use e.g. -i 5 -k 3")
         xv = seeded_ints(hw, seed, 10)
+    if wv is None and spec.kind not in ("maxpool", "avgpool"):
+        wv = seeded_ints(spec.kernel, seed + 1, 5)
     return spec, hw, xv, wv
 
 

@@ -28,6 +28,7 @@ from cvtool.fsutil import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IGNORE = 255  # mask value that no loss or metric counts (VOC's object boundaries)
+MAX_CLASSES = IGNORE  # a palette mask PNG holds classes 0..254, 255 being IGNORE: what segment can write
 IGNORE_COLOR = (224, 224, 192)  # how VOC draws it
 
 _GRAY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}

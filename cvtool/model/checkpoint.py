@@ -20,6 +20,7 @@ from cvtool import __version__
 from cvtool.errors import CvtoolError, DataError
 from cvtool.fsutil import atomic_path, write_error
 from cvtool.model.meta import ModelMeta
+from cvtool.model.schema import validate_meta
 from cvtool.model.spec import ModelSpec, check_params
 
 META_KEY = "cvtool"
@@ -85,7 +86,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: the checkpoint metadata is corrupt") from None
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(FORMAT.split("/")[0] + "/"):
         raise DataError(f"{path}: the checkpoint metadata is not in the {FORMAT} format")
-    return meta
+    return validate_meta(meta, str(path))  # once, here: every reader of a checkpoint comes through
 
 
 def load(path: str | Path) -> Checkpoint:

@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cvtool.errors import DataError
-
 
 @dataclass(frozen=True)
 class ModelMeta:
@@ -26,27 +24,10 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any], in_channels: int) -> ModelMeta:
-        """From a file's metadata. Files written before normalisation or preprocessing were stored get the
-        identity; a missing `classes` or `colors` raises KeyError (the caller names the file)."""
-        norm = meta.get("normalization", {})
+        """From a file's metadata, validated when the file was opened (cvtool.model.schema). Files written before
+        normalisation or preprocessing were stored get the identity."""
+        norm = meta.get("normalization") or {}
+        pre = meta.get("preprocess") or {}
         return cls(classes=list(meta["classes"]), colors=[list(c) for c in meta["colors"]],
                    mean=list(norm.get("mean", [0.0] * in_channels)), std=list(norm.get("std", [1.0] * in_channels)),
-                   scale=input_scale(meta), tta=model_tta(meta))
-
-
-def input_scale(meta: dict) -> float:
-    """The resampling factor a model's metadata asks for (1.0 for files written before it existed)."""
-    s = float((meta.get("preprocess") or {}).get("scale", 1.0))
-    if not 0 < s <= 16:
-        raise DataError(f"the model's input scale {s} is not a resampling factor")
-    return s
-
-
-def model_tta(meta: dict) -> str:
-    """The test-time augmentation a model's metadata asks for ("none" for files written before it existed)."""
-    from cvtool.model.inference import TTA
-
-    t = (meta.get("preprocess") or {}).get("tta", "none")
-    if t not in TTA:
-        raise DataError(f"the model asks for an unknown test-time augmentation {t!r}")
-    return t
+                   scale=float(pre.get("scale", 1.0)), tta=pre.get("tta", "none"))

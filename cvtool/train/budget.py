@@ -14,9 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from cvtool.train.plan import RESERVE, thin
-
-UNTIMED_VAL_MARGIN = 1.3  # until a validation has been timed, the estimate of the final one x this (docs/benchmarks.md)
+from cvtool.train.plan import END_SLACK, RESERVE, UNTIMED_VAL_MARGIN, thin
 
 
 @dataclass
@@ -35,7 +33,7 @@ class Budget:
         if self.seconds is None:
             return math.inf
         margin = 1.0 if self.validations else UNTIMED_VAL_MARGIN
-        return self.seconds * (1 - RESERVE) - self.val_s * margin - 0.5
+        return self.seconds * (1 - RESERVE) - self.val_s * margin - END_SLACK
 
     def progress(self, step: int, clock: float) -> float:
         p = step / self.steps if self.steps else 0.0

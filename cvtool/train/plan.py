@@ -26,6 +26,8 @@ MIN_CROP = 96
 VAL_SHARE = 0.10  # of the budget, at most, spent on validation
 RESERVE = 0.01  # of the budget kept for the last checkpoint and the summary
 BASE_LR = 3e-3  # Adam at batch 8
+UNTIMED_VAL_MARGIN = 1.3  # until a validation has been timed, the estimate of the final one x this (docs/benchmarks.md)
+END_SLACK = 0.5  # s a seconds budget stops training before its end, to save and report (cvtool.train.budget)
 NETWORK_REACH = 6  # a thin class's context: this many thicknesses (membrane, 300 s: depth 3 0.806-0.810, depth 4 0.801)
 
 
@@ -211,7 +213,21 @@ def fill_budget(p: Plan, *, step_s: float, val_s: float, setup_s: float) -> Plan
                           f"of ~{val_s:.1f} s, at {step_s * 1000:.0f} ms a step (measured)")
     q.reasons["val_at"] = (f"whole validation images, ~{val_s:.1f} s each: {n_val} of them fit in "
                            f"{VAL_SHARE:.0%} of the budget, over its second half; the best is kept")
+    need = minimum_budget(step_s=step_s, val_s=val_s, setup_s=setup_s)
+    if p.budget < need and shrink(q) is None:  # not even one step and the validation: the model would be untrained
+        from cvtool.errors import UsageError
+
+        raise UsageError(f"--time {p.budget:g} s cannot hold one training step ({step_s * 1000:.0f} ms) and a "
+                         f"validation (~{val_s:.1f} s) after the {setup_s:.1f} s spent reading the data and measuring: "
+                         f"the minimum here is {math.ceil(need)} s", hint=f"use --time {math.ceil(need)} or more (a "
+                         f"model worth keeping needs minutes: {MIN_STEPS} steps or more)")
     return q
+
+
+def minimum_budget(*, step_s: float, val_s: float, setup_s: float) -> float:
+    """The smallest budget in which the timed loop still takes one step and then validates: the set-up spent, a
+    step, the final validation's estimate with its margin and the loop's slack, over the share not held in reserve."""
+    return (setup_s + step_s + UNTIMED_VAL_MARGIN * val_s + END_SLACK) / (1 - RESERVE)
 
 
 def thin(val_at: list[float], done: int, spent: float, took: float, budget: float) -> list[float]:

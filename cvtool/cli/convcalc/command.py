@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from cvtool.bounds import COUNT, POSITIVE, SEED
 from cvtool.cli.convcalc.chain import render_chain, render_model
 from cvtool.cli.convcalc.common import finish, layer_spec, refuse_with, say, size
 from cvtool.cli.convcalc.sizes import render_formula, render_output, render_same, render_solve
+from cvtool.cli.options import within
 from cvtool.cli.output import out
 from cvtool.convcalc.chain import LayerSpec
 from cvtool.convcalc.sizes import formula_doc, output_doc, same_doc
@@ -49,17 +51,17 @@ def convcalc(
     same: bool = typer.Option(False, "--same", help="The padding that keeps the size, explained."),
     solve: bool = typer.Option(False, "--solve", help="With -i and -o: also search kernel 1..11, stride 1..4."),
     chain: Optional[str] = typer.Option(None, "--chain", help='Layers: "conv k3 p1 c16; pool k2 s2; tconv k2 s2 c8".'),
-    channels: Optional[int] = typer.Option(None, "--channels", "-c", help="--chain: input channels."),
+    channels: Optional[int] = typer.Option(None, "--channels", "-c", callback=within(COUNT), help="--chain: input channels."),
     matrix: bool = typer.Option(False, "--matrix", help="Show the convolution as its matrix C (small sizes)."),
     steps: bool = typer.Option(False, "--steps", help="Write every output as its sum with the numbers (small sizes)."),
     draw: Optional[str] = typer.Option(None, "--draw", help="Draw the layer: FILE.png, .gif (a frame per output) or .svg."),
     backward: bool = typer.Option(False, "--backward", help="Forward, backward (dL/dx, dL/dw, dL/db) and update on the numbers."),
     dy: Optional[str] = typer.Option(None, "--dy", help="--backward: the upstream gradient dL/dy (default all ones)."),
-    lr: float = typer.Option(0.1, "--lr", help="--backward: the learning rate of the update w - lr * dL/dw."),
+    lr: float = typer.Option(0.1, "--lr", callback=within(POSITIVE), help="--backward: the learning rate of the update w - lr * dL/dw."),
     activation: Optional[str] = typer.Option(None, "--activation", help="--backward: relu | sigmoid | tanh instead of a layer."),
     x: Optional[str] = typer.Option(None, "--x", help="--matrix/--steps/--backward input: '4,5;1,8' (rows by ';') or a .npy file."),
     w: Optional[str] = typer.Option(None, "--w", help="--matrix/--steps kernel: '1,4;1,4' or a .npy file."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated values (--matrix, --steps, --verify)."),
+    seed: int = typer.Option(0, "--seed", callback=within(SEED), help="Seed of the generated values (--matrix, --steps, --verify)."),
     verify: bool = typer.Option(False, "--verify", help="Run it on every backend and compare with NumPy."),
     backend: str = typer.Option("all", "--backend", help="--verify: all, or a list such as numpy,torch,ort."),
     device: str = typer.Option("auto", "--device", help="--verify: auto, cpu or cuda."),

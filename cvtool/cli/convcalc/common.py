@@ -10,6 +10,7 @@ from typing import Any, Callable
 import typer
 
 from cvtool.arithmetic import pair, parse_size
+from cvtool.bounds import Bound, check_all
 from cvtool.cli.output import emit_json
 from cvtool.convcalc.chain import LayerSpec, make_layer, parse_ints, parse_padding
 from cvtool.errors import UsageError
@@ -22,8 +23,7 @@ _ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "magenta": "35", "
 def size(text: str, what: str) -> tuple[int, int]:
     """'32' or '224x160' -> (H, W), each at least 1."""
     hw = pair(parse_size(text, what), what)
-    if min(hw) < 1:
-        raise UsageError(f"{what} must be at least 1, got {text}")
+    check_all(what, hw, Bound(lo=1, integer=True))  # no upper bound: the formulas take any size, memory is checked per mode
     return hw
 
 

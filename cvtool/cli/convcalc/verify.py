@@ -49,7 +49,7 @@ def render_verify(doc: dict) -> None:
     rows = []
     for r in doc["results"]:
         if r["ok"] is None:
-            rows.append([r["backend"], r["device"] or "-", "-", "-", "-", "-", r["error"]])
+            rows.append([r["backend"], r["device"] or "-", "-", "-", "-", "-", "skipped" if r.get("skipped") else r["error"]])
             continue
         rows.append([r["backend"], r["device"], "x".join(map(str, r["shape"])) if r["shape"] else "-",
                      "-" if r["shape_ok"] is None else ("yes" if r["shape_ok"] else "NO"),
@@ -59,6 +59,9 @@ def render_verify(doc: dict) -> None:
                       ["backend", "device", "output", "= formula", "max abs err", "max rel err", "result"], rows))
     say(f"rel err = max|out - ref| / max|ref|; pass: shape as the formula says and rel err <= {doc['tolerance']:g}",
         style="dim")
+    for r in doc["results"]:
+        if r.get("skipped"):
+            say(f"{r['backend']} skipped: {r['skipped']}", style="dim")
     ran = [r for r in doc["results"] if r["ok"] is not None]
     if not ran:
         say("nothing was checked: no selected backend is available", style="bold red")
