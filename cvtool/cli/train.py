@@ -128,7 +128,7 @@ def train(
     cfg.validate()  # bad options fail here, before a framework is imported
     step_fits(cfg, timed, img_size, batch_size, width, depth)
     spent = time.perf_counter() - t0
-    if timed and ck is None and cfg.time_budget <= spent:  # the plan refuses the rest, with the minimum, once measured
+    if timed and ck is None and cfg.time_budget is not None and cfg.time_budget <= spent:  # the plan refuses the rest
         raise UsageError(f"--time {cfg.time_budget:g} s is spent before the data is read: cvtool took {spent:.1f} s "
                          "to start", hint="a planned run needs its set-up, a training step and a validation: give "
                          "it minutes (the default is 300 s)")
