@@ -6,7 +6,8 @@
 refuses (UsageError, exit 2) before anything is allocated when the arrays cannot fit, instead of a MemoryError
 (or NumPy's "array is too big") in the middle of the work. The estimates are lower bounds: the arrays the
 work cannot do without (an input, an output, the activations a training step keeps for its backward pass), not
-the temporaries around them, so a refusal is certain and a run that passes may still be tight.
+the temporaries around them, so a refusal is certain and a run that passes may still be tight. What a U-Net's
+arrays take is in cvtool/model/footprint.py.
 
 Available memory: MemAvailable of /proc/meminfo, lowered to what a cgroup (a container's memory limit) leaves;
 where neither can be read, the physical memory; where not even that, nothing is refused.
@@ -104,39 +105,4 @@ def require(needs: Iterable[Need], *, doing: str, hint: str | None = None, avail
     return total
 
 
-def weights_need(spec, itemsize: int = 8) -> Need:
-    """The parameters of `spec` (drawn in float64 by cvtool.model.spec.init_params before the cast)."""
-    return Need(f"the weights of a width-{spec.width} depth-{spec.depth} U-Net",
-                sum(math.prod(s) for s in spec.param_shapes().values()) * itemsize)
-
-
-def unet_needs(spec, N: int, H: int, W: int, *, itemsize: int = 4, training: bool = False) -> list[Need]:
-    """The U-Net of `spec` on a batch N x C x H x W: its weights, input and logits; inference also keeps the
-    encoder's skips while it goes down and up, training every layer's output for the backward pass."""
-    from cvtool.model import spec as S
-
-    shapes = {"input": (spec.in_channels, H, W)}
-    for node in spec.graph():
-        L = node.layer
-        C, h, w = shapes[node.inputs[0]]
-        if isinstance(L, (S.Conv2d, S.BatchNorm2d, S.Activation)):
-            shapes[node.name] = (getattr(L, "out_channels", C), h, w)  # 3x3 convs pad 1: the size stays
-        elif isinstance(L, S.MaxPool2d):
-            shapes[node.name] = (C, h // L.stride, w // L.stride)
-        elif isinstance(L, S.ConvTranspose2d):
-            shapes[node.name] = (L.out_channels, h * L.stride, w * L.stride)
-        else:  # Concat: channels add up
-            shapes[node.name] = (sum(shapes[i][0] for i in node.inputs), h, w)
-    per = {k: N * math.prod(v) * itemsize for k, v in shapes.items()}
-    needs = [weights_need(spec), array("the input batch", (N, spec.in_channels, H, W), itemsize),
-             array("the logits", (N, spec.num_classes, H, W), itemsize)]
-    if training:  # every output is kept for the backward pass, which then needs at least the largest one's gradient
-        inner = {k: v for k, v in per.items() if k not in ("input", spec.graph()[-1].name)}
-        needs += [Need("the activations kept for the backward pass", sum(inner.values())),
-                  Need("the largest activation's gradient", max(inner.values(), default=0))]
-    else:
-        needs.append(Need("the encoder's skip connections", sum(per[f"enc{l}.act2"] for l in range(spec.depth))))
-    return needs
-
-
-__all__ = ["Need", "array", "available_bytes", "require", "size_text", "unet_needs", "weights_need", "GiB"]
+__all__ = ["Need", "array", "available_bytes", "require", "size_text", "GiB"]

@@ -9,9 +9,10 @@ import tracemalloc
 import pytest
 from conftest import cli
 
-from cvtool import footprint as F
+from cvtool import footprint
 from cvtool.bounds import COUNT, FRACTION, OPEN_FRACTION, POSITIVE, SEED, Bound, check
 from cvtool.errors import UsageError
+from cvtool.model.footprint import unet_needs
 from cvtool.model.spec import ModelSpec
 
 
@@ -104,50 +105,50 @@ def test_a_number_out_of_range_is_one_line_and_exit_2(capsys, tmp_path, monkeypa
 
 def test_meminfo_and_cgroup_are_read_in_bytes(tmp_path, monkeypatch):
     (tmp_path / "meminfo").write_text("MemTotal:       24683568 kB\nMemAvailable:    1000 kB\nHugePages_Total:       0\n")
-    assert F._meminfo(str(tmp_path / "meminfo")) == {"MemTotal": 24683568 * 1024, "MemAvailable": 1024000,
+    assert footprint._meminfo(str(tmp_path / "meminfo")) == {"MemTotal": 24683568 * 1024, "MemAvailable": 1024000,
                                                      "HugePages_Total": 0}
-    assert F._meminfo(str(tmp_path / "absent")) == {}
+    assert footprint._meminfo(str(tmp_path / "absent")) == {}
     (tmp_path / "memory.max").write_text("max\n")
-    assert F._cgroup_left(str(tmp_path)) is None
+    assert footprint._cgroup_left(str(tmp_path)) is None
     (tmp_path / "memory.max").write_text("5000\n")
     (tmp_path / "memory.current").write_text("1200\n")
-    assert F._cgroup_left(str(tmp_path)) == 3800
-    monkeypatch.setattr(F, "_meminfo", lambda: {"MemAvailable": 10_000})
-    monkeypatch.setattr(F, "_cgroup_left", lambda: None)
-    assert F.available_bytes() == 10_000
-    monkeypatch.setattr(F, "_cgroup_left", lambda: 3800)
-    assert F.available_bytes() == 3800  # a container's limit below the machine's free memory wins
-    monkeypatch.setattr(F, "_meminfo", lambda: {})
-    monkeypatch.setattr(F, "_cgroup_left", lambda: None)
-    assert F.available_bytes() > 0  # the physical memory, from sysconf
+    assert footprint._cgroup_left(str(tmp_path)) == 3800
+    monkeypatch.setattr(footprint, "_meminfo", lambda: {"MemAvailable": 10_000})
+    monkeypatch.setattr(footprint, "_cgroup_left", lambda: None)
+    assert footprint.available_bytes() == 10_000
+    monkeypatch.setattr(footprint, "_cgroup_left", lambda: 3800)
+    assert footprint.available_bytes() == 3800  # a container's limit below the machine's free memory wins
+    monkeypatch.setattr(footprint, "_meminfo", lambda: {})
+    monkeypatch.setattr(footprint, "_cgroup_left", lambda: None)
+    assert footprint.available_bytes() > 0  # the physical memory, from sysconf
 
 
 def test_array_sizes_do_not_overflow():
-    assert F.array("x", (2, 3, 4), 8).bytes == 192
-    assert F.array("x", (10**12, 10**12), 8).bytes == 8 * 10**24  # Python ints: no wrap-around
-    assert F.size_text(894 * F.GiB) == "894 GiB" and F.size_text(1536) == "1.5 KiB"
+    assert footprint.array("x", (2, 3, 4), 8).bytes == 192
+    assert footprint.array("x", (10**12, 10**12), 8).bytes == 8 * 10**24  # Python ints: no wrap-around
+    assert footprint.size_text(894 * footprint.GiB) == "894 GiB" and footprint.size_text(1536) == "1.5 KiB"
 
 
 def test_unet_training_needs_count_every_layer_output_by_hand():
     # width 2, depth 1, no norm, 1 x 1 x 4 x 4: enc0 conv1/act1/conv2/act2 2x4x4 each (128), pool0 2x2x2 (8),
     # mid four of 4x2x2 (64), up0 2x4x4 (32), cat0 4x4x4 (64), dec0 four of 2x4x4 (128); the head is the logits
     spec = ModelSpec(in_channels=1, num_classes=2, width=2, depth=1, norm="none")
-    needs = {n.what: n.bytes for n in F.unet_needs(spec, 1, 4, 4, training=True)}
+    needs = {n.what: n.bytes for n in unet_needs(spec, 1, 4, 4, training=True)}
     # weights: conv 1->2 (18 + 2), 2->2 (36 + 2), 2->4 (72 + 4), 4->4 (144 + 4), up 4->2 2x2 (32 + 2),
     # 4->2 (72 + 2), 2->2 (36 + 2), head 2->2 1x1 (4 + 2): 434 values, drawn in float64
     assert needs == {"the weights of a width-2 depth-1 U-Net": 8 * 434, "the input batch 1x1x4x4": 64,
                      "the logits 1x2x4x4": 128,
                      "the activations kept for the backward pass": 4 * (128 + 8 + 64 + 32 + 64 + 128),
                      "the largest activation's gradient": 4 * 64}
-    infer = {n.what: n.bytes for n in F.unet_needs(spec, 1, 4, 4, itemsize=8)}
+    infer = {n.what: n.bytes for n in unet_needs(spec, 1, 4, 4, itemsize=8)}
     assert infer["the encoder's skip connections"] == 8 * 32
 
 
 def test_require_compares_with_the_memory_given():
-    needs = [F.Need("a", 600), F.Need("b", 500)]
-    assert F.require(needs, doing="x", available=1100) == 1100
+    needs = [footprint.Need("a", 600), footprint.Need("b", 500)]
+    assert footprint.require(needs, doing="x", available=1100) == 1100
     with pytest.raises(UsageError) as e:
-        F.require(needs, doing="work", hint="smaller", available=1099)
+        footprint.require(needs, doing="work", hint="smaller", available=1099)
     assert e.value.message == ("work needs at least 1.07 KiB of memory for its arrays (a alone is 600 bytes), more "
                                "than the 1.07 KiB available here") and e.value.hint == "smaller"
 
@@ -184,7 +185,7 @@ def test_arrays_that_cannot_fit_are_refused_before_allocation(capsys, tmp_path, 
 
 def test_the_limit_is_this_machine_s_memory_not_a_fixed_size(capsys, monkeypatch):
     """--verify at 512 px takes about 30 MB: run with 20 MB 'available' it is refused, naming what it needs."""
-    monkeypatch.setattr(F, "available_bytes", lambda: 20 * 2**20)
+    monkeypatch.setattr(footprint, "available_bytes", lambda: 20 * 2**20)
     code, _, err = cli(capsys, "convcalc", "-i", "512", "-k", "3", "--verify", "--backend", "numpy")
     line = one_line(err)
     assert code == 2 and "more than the 20 MiB available here" in line and "--verify at 512x512" in line, line

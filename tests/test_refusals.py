@@ -15,7 +15,7 @@ from PIL import Image
 from test_plan import MEMBRANE
 
 from cvtool import __version__
-from cvtool.convcalc import verify as V
+from cvtool.convcalc import verify
 from cvtool.convcalc.chain import make_layer
 from cvtool.errors import UsageError
 from cvtool.train.plan import END_SLACK, RESERVE, UNTIMED_VAL_MARGIN, fill_budget, minimum_budget, propose
@@ -53,12 +53,12 @@ class Breaks:
 
 
 def test_a_decline_is_skipped_and_a_crash_still_fails():
-    c = V.case(make_layer("conv", (3,), None, 1, (1,), (0,)), (8, 8), seed=0)
+    c = verify.case(make_layer("conv", (3,), None, 1, (1,), (0,)), (8, 8), seed=0)
     ref = load_backend("numpy")
-    doc = V.verify_doc(c, ref, {"numpy": ref, "small": Declines()}, "cpu")
+    doc = verify.verify_doc(c, ref, {"numpy": ref, "small": Declines()}, "cpu")
     small = next(r for r in doc["results"] if r["backend"] == "small")
     assert doc["ok"] is True and small["skipped"] == "this backend takes at most 16 x 16" and small["ok"] is None
-    doc = V.verify_doc(c, ref, {"numpy": ref, "broken": Breaks()}, "cpu")
+    doc = verify.verify_doc(c, ref, {"numpy": ref, "broken": Breaks()}, "cpu")
     broken = next(r for r in doc["results"] if r["backend"] == "broken")
     assert doc["ok"] is False and broken["ok"] is False and "a real failure" in broken["error"]
 
@@ -111,10 +111,11 @@ def test_a_budget_below_one_step_and_a_validation_is_refused_with_the_minimum():
 
 
 def test_a_budget_spent_before_the_data_is_read_is_refused_at_once(capsys, tmp_path, monkeypatch):
-    """In-process the clock counts from the test process's start, long before: --time 0.5 is over already."""
+    """A process that took 10 s to start (a slow disk, a busy machine): --time 0.5 is over before the data is read."""
     from test_train_cli import write_dataset
 
     data = write_dataset(tmp_path / "d", 6, 16)
+    monkeypatch.setattr("cvtool.cli.train.process_age", lambda: 10.0)
     monkeypatch.setattr("cvtool.data.open_datasets", lambda *a, **k: pytest.fail("the data was opened"))
     code, _, err = cli(capsys, "train", "--data", str(data), "--time", "0.5", "--backend", "numpy",
                        "--out", str(tmp_path / "run"))
@@ -146,7 +147,7 @@ def test_a_bug_is_exit_70_and_asks_for_a_report_with_command_and_version(capsys,
     def boom(*a, **k):
         raise ZeroDivisionError("division by zero\nsecond line")
 
-    monkeypatch.setattr("cvtool.convcalc.sizes.output_doc", boom)
+    monkeypatch.setattr("cvtool.cli.convcalc.command.output_doc", boom)
     code, _, err = cli(capsys, "convcalc", "-i", "5", "-k", "3")
     line = one_line(err)
     assert code == 70 and line.startswith("error: internal error: ZeroDivisionError: division by zero. ")

@@ -151,16 +151,6 @@ def _ints(text: str, what: str) -> list[int]:
     return sorted(set(vals), key=vals.index)
 
 
-def _fits(needs: list, cfg: dict, extra: str = "") -> None:
-    """The inputs and references kept for every row, and the GEMM's three n x n operands, must fit in memory."""
-    from cvtool.footprint import array, require
-
-    n = cfg["gemm_size"]
-    require(needs + ([array("the GEMM operands", (3, n, n), 4)] if n else []),
-            doing=f"bench at --sizes {','.join(map(str, cfg['sizes']))} --batch-sizes "
-                  f"{','.join(map(str, cfg['batch_sizes']))}{extra}", hint="use smaller --sizes, --batch-sizes, -c or --gemm-size")
-
-
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -207,7 +197,8 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
     """{spec, params, source, mean, std, onnx}: a checkpoint / .onnx, or seeded random weights."""
     from cvtool.cli.models import latest_checkpoint, open_model
     from cvtool.errors import UsageError
-    from cvtool.footprint import require, weights_need
+    from cvtool.footprint import require
+    from cvtool.model.footprint import weights_need
     from cvtool.model.spec import ModelSpec, init_params
 
     path = None
@@ -266,9 +257,11 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import cvtool_backends as registry
+    from cvtool.cli.bench_rows import fits_in_memory
     from cvtool.cli.models import runner_for
     from cvtool.convcalc.verify import RTOL
-    from cvtool.footprint import array, unet_needs
+    from cvtool.footprint import array
+    from cvtool.model.footprint import unet_needs
     from cvtool.model.spec import total_flops
     from cvtool_backends.base import Runs, hook
 
@@ -281,10 +274,11 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     net = _network(model, width, depth, cfg["seed"], info if model in (None, "default") else None)
     spec, params = net["spec"], net["params"]
     per_image = {S: total_flops(spec, (S, S)) for S in cfg["sizes"]}  # also: a size the net cannot take -> error
-    _fits([need for S in cfg["sizes"] for B in cfg["batch_sizes"]
-           for need in (array("an input", (B, spec.in_channels, S, S), 4), array("its float64 reference logits",
-                                                                               (B, spec.num_classes, S, S), 8))]
-          + unet_needs(spec, max(cfg["batch_sizes"]), max(cfg["sizes"]), max(cfg["sizes"]), itemsize=8), cfg)
+    kept = [need for S in cfg["sizes"] for B in cfg["batch_sizes"]
+            for need in (array("an input", (B, spec.in_channels, S, S), 4),
+                         array("its float64 reference logits", (B, spec.num_classes, S, S), 8))]
+    fits_in_memory(kept + unet_needs(spec, max(cfg["batch_sizes"]), max(cfg["sizes"]), max(cfg["sizes"]), itemsize=8),
+                   cfg)
     targets = _targets(registry, backend, device, networks=True)
     ref_run = registry.reference().runner(spec, params, dtype=np.float64)
     rng = np.random.default_rng(cfg["seed"])
@@ -329,6 +323,7 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     import numpy as np
 
     import cvtool_backends as registry
+    from cvtool.cli.bench_rows import fits_in_memory
     from cvtool.cli.convcalc.common import layer_spec
     from cvtool.convcalc.chain import output_hw
     from cvtool.convcalc.text import params_text
@@ -340,10 +335,10 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
     for S in cfg["sizes"]:
         output_hw(lspec, (S, S))  # a size the operation cannot take -> UsageError now
     KH, KW = lspec.kernel
-    _fits([array("the float64 weights", (C, C, KH, KW), 8)]
-          + [need for S in cfg["sizes"] for B in cfg["batch_sizes"]
-             for need in (array("an input", (B, C, S, S), 4),
-                          array("its float64 reference output", (B, C, *output_hw(lspec, (S, S))[0]), 8))], cfg, f" -c {C}")
+    kept = [need for S in cfg["sizes"] for B in cfg["batch_sizes"]
+            for need in (array("an input", (B, C, S, S), 4),
+                         array("its float64 reference output", (B, C, *output_hw(lspec, (S, S))[0]), 8))]
+    fits_in_memory([array("the float64 weights", (C, C, KH, KW), 8), *kept], cfg, f" -c {C}")
     rng = np.random.default_rng(cfg["seed"])
     w = (rng.standard_normal((C, C, KH, KW)) / np.sqrt(C * KH * KW)).astype(np.float32)  # OIHW, or IOHW for tconv
     b = rng.standard_normal(C).astype(np.float32)

@@ -279,3 +279,14 @@ def onnx_reference_row(lspec, size: int, C: int, ref_be, tol: float, seed: int) 
     except Exception as e:
         row["reason"] = error_text(e)
     return row
+
+
+def fits_in_memory(needs: list, cfg: dict, extra: str = "") -> None:
+    """The inputs and references kept for every row, and the GEMM's three n x n operands, must fit in memory."""
+    from cvtool.footprint import array, require
+
+    n = cfg["gemm_size"]
+    require(needs + ([array("the GEMM operands", (3, n, n), 4)] if n else []),
+            doing=f"bench at --sizes {','.join(map(str, cfg['sizes']))} --batch-sizes "
+                  f"{','.join(map(str, cfg['batch_sizes']))}{extra}",
+            hint="use smaller --sizes, --batch-sizes, -c or --gemm-size")

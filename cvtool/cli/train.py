@@ -223,7 +223,8 @@ def step_fits(cfg, timed: bool, img_size, batch_size, width, depth) -> None:
     """A training step's arrays must fit in memory: refused now, before data or a framework is loaded. A planned run
     (timed) is estimated with what the user set and the plan's smallest choices for the rest (batch 2, width 16,
     depth 3); the data's channels and classes are not known yet, so one of each (a lower bound)."""
-    from cvtool.footprint import require, unet_needs
+    from cvtool.footprint import require
+    from cvtool.model.footprint import unet_needs
     from cvtool.model.spec import ModelSpec
 
     if timed and img_size is None:
