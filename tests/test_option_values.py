@@ -136,12 +136,25 @@ def test_unet_training_needs_count_every_layer_output_by_hand():
     needs = {n.what: n.bytes for n in unet_needs(spec, 1, 4, 4, training=True)}
     # weights: conv 1->2 (18 + 2), 2->2 (36 + 2), 2->4 (72 + 4), 4->4 (144 + 4), up 4->2 2x2 (32 + 2),
     # 4->2 (72 + 2), 2->2 (36 + 2), head 2->2 1x1 (4 + 2): 434 values, drawn in float64
-    assert needs == {"the weights of a width-2 depth-1 U-Net": 8 * 434, "the input batch 1x1x4x4": 64,
+    assert needs == {"the weights of a width-2 depth-1 U-Net (unet encoder)": 8 * 434, "the input batch 1x1x4x4": 64,
                      "the logits 1x2x4x4": 128,
                      "the activations kept for the backward pass": 4 * (128 + 8 + 64 + 32 + 64 + 128),
                      "the largest activation's gradient": 4 * 64}
     infer = {n.what: n.bytes for n in unet_needs(spec, 1, 4, 4, itemsize=8)}
-    assert infer["the encoder's skip connections"] == 8 * 32
+    assert infer["the largest layer output"] == 8 * 64  # cat0, 4 x 4 x 4
+
+
+def test_layer_shapes_follow_the_formulas_on_the_lite0_graph():
+    """Strided, SAME-padded and depthwise convolutions: the logits come out at the input's size, and the stride-32
+    bottom at 224 / 32 = 7 (EfficientNet-Lite0's last feature map)."""
+    from cvtool.model.footprint import output_shape
+
+    spec = ModelSpec(in_channels=3, num_classes=2, depth=5, encoder="lite0")
+    shapes = {"input": (3, 224, 224)}
+    for node in spec.graph():
+        shapes[node.name] = output_shape(node.layer, [shapes[i] for i in node.inputs])
+    assert shapes[spec.graph()[-1].name] == (2, 224, 224)
+    assert min(h for _, h, _ in shapes.values()) == 7
 
 
 def test_require_compares_with_the_memory_given():

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Union
 from cvtool.bounds import COUNT, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, SEED, Bound
 from cvtool.data.io import MAX_CLASSES
 from cvtool.errors import DataError
+from cvtool.model.spec import ACTIVATIONS, ENCODERS, NORMS
 
 MAX_TEXT = 256  # characters of a class name or any other string field
 
@@ -115,8 +116,8 @@ def _int(lo: int, hi: int) -> Num:
 
 FINITE = Num(Bound())
 SPEC = Fields({"in_channels": _int(1, 64), "num_classes": _int(2, MAX_CLASSES), "width": _int(1, 4096), "depth": _int(0, 6),
-               "activation": Text(("relu", "sigmoid", "tanh")), "norm": Text(("batch", "none")),
-               "arch": Text(("unet",))}, required=("in_channels", "num_classes"), closed=True)
+               "activation": Text(ACTIVATIONS), "norm": Text(NORMS), "arch": Text(("unet",)),
+               "encoder": Text(ENCODERS)}, required=("in_channels", "num_classes"), closed=True)
 CONFIG = Fields({"epochs": Num(COUNT), "batch_size": Num(COUNT), "img_size": Num(COUNT), "lr": Num(POSITIVE),
                  "warmup": Num(Bound(lo=0, hi=1, hi_open=True)), "weight_decay": Num(NON_NEGATIVE),
                  "width": Num(COUNT), "depth": _int(0, 6), "val_split": Num(OPEN_FRACTION), "seed": Num(SEED),
