@@ -89,6 +89,10 @@ BAD = [
     (["data", "synth", "--out", "d", "-n", "1", "--size", "7"], "--size"),
     (["data", "check", "synth", "--val-split", "nan"], "--val-split"),
     (["export", "m.safetensors", "-o", "m.onnx", "--opset", "0"], "--opset"),
+    (["val", "m.safetensors", "d", "--alpha", "nan"], "--alpha"),
+    (["val", "m.safetensors", "d", "--seed", "-1"], "--seed"),
+    (["val", "m.safetensors", "d", "--val-split", "inf"], "--val-split"),
+    (["val", "m.safetensors", "d", "--worst", "-1"], "--worst"),
 ]
 
 

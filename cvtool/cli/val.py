@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import typer
 
+from cvtool.bounds import COUNT, FRACTION, INT32_MAX, OPEN_FRACTION, SEED, Bound
+from cvtool.cli.options import number, within
 from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
 if TYPE_CHECKING:
@@ -97,14 +99,16 @@ def val(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     split: str = typer.Option("auto", help="all | train | val | auto (the held-out part when the checkpoint was "
                               "trained on DATA, else every image)."),
-    val_split: Optional[float] = typer.Option(None, "--val-split", help="Held-out share when DATA has no val/ "
-                                              "(default: the checkpoint's, else 0.2)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the hold-out split (default: the checkpoint's, else 0)."),
+    val_split: Optional[float] = number(None, "--val-split", bound=OPEN_FRACTION,
+                                        help="Held-out share when DATA has no val/ (default: the checkpoint's, else 0.2)."),
+    seed: Optional[int] = number(None, "--seed", bound=SEED,
+                                 help="Seed of the hold-out split (default: the checkpoint's, else 0)."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
-    tile: int = typer.Option(512, help="Images larger than this go through overlapping tiles (as in segment)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Tiles per forward pass."),
-    worst: int = typer.Option(5, help="Write overlays of the N images with the lowest mean IoU (0: none)."),
-    alpha: float = typer.Option(0.5, help="Overlay opacity."),
+    tile: int = number(512, "--tile", bound=COUNT, help="Images larger than this go through overlapping tiles (as in segment)."),
+    batch_size: int = number(4, "--batch-size", "-b", bound=COUNT, help="Tiles per forward pass."),
+    worst: int = number(5, "--worst", bound=Bound(lo=0, hi=INT32_MAX, integer=True),
+                        help="Write overlays of the N images with the lowest mean IoU (0: none)."),
+    alpha: float = typer.Option(0.5, callback=within(FRACTION), help="Overlay opacity."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/val/expN)."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
@@ -122,10 +126,6 @@ def val(
     from cvtool.model.evaluate import evaluate, finite, labelled, match_classes, summary
     from cvtool.model.inference import TTA, min_tile
 
-    if tile < 1 or batch_size < 1 or worst < 0:
-        raise UsageError("--tile and --batch-size must be at least 1, --worst at least 0")
-    if not 0 <= alpha <= 1:
-        raise UsageError("--alpha must be between 0 and 1")
     if tta is not None and tta not in TTA:
         raise UsageError(f"unknown test-time augmentation {tta!r}", hint=f"choose one of {', '.join(TTA)}")
     model = open_model(model_path)
