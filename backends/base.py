@@ -173,9 +173,14 @@ class LoadOnnx(Protocol):
     def load_onnx(self, path: str | Path | bytes) -> Runner: ...  # a cvtool export (backends.onnx_format) as a Runner
 
 
+@runtime_checkable
+class FreeMemory(Protocol):
+    def free_memory(self) -> int | None: ...  # bytes free on our device (a GPU's); None: the host's memory is ours
+
+
 # on trainers: MaxOverRanks, SyncBuffers (cvtool.train.ranks, imported above)
 HOOKS: dict[str, type] = {"gemm": Gemm, "peak_memory": PeakMemory, "set_threads": SetThreads, "load_onnx": LoadOnnx,
-                          "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
+                          "free_memory": FreeMemory, "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
 
 
 def require_device(name: str, device: str, devices) -> str:

@@ -213,8 +213,13 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def round_up(a: int, m: int) -> int:
+    """The smallest multiple of m that is >= a (a size padded to a net's multiple)."""
+    return ceil_div(a, m) * m
+
+
 __all__ = [
     "pair", "same_pad", "resolve_padding", "is_symmetric", "effective_kernel",
     "conv_output", "conv_transpose_output", "pool_output",
-    "conv2d_output", "conv_transpose2d_output", "pool2d_output", "parse_size", "ceil_div",
+    "conv2d_output", "conv_transpose2d_output", "pool2d_output", "parse_size", "ceil_div", "round_up",
 ]

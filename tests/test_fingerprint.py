@@ -84,6 +84,7 @@ def test_fingerprint_of_known_records():
     fp = fingerprint(train, val, ["bg", "obj", "rare"], 1, ["a note"])
     assert (fp.n_train, fp.n_val) == (3, 1)
     assert fp.size_h == [8, 11, 30] and fp.size_w == [8, 20, 40]  # min / median / max over all 4 images
+    assert fp.val_sizes == [[8, 8, 1]]  # [h, w, images]: what validation's tiles are planned from
     npx = 200 + 240 + 1200
     mean = (0 * 200 + 255 * 240 + 51 * 1200) / 255 / npx
     assert fp.mean == pytest.approx([mean])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cvtool_backends as registry
-from cvtool.errors import DataError, UsageError
+from cvtool.errors import DataError
 from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.inference import (
     class_fractions,
@@ -26,6 +26,7 @@ from cvtool.model.inference import (
     tile_margin,
 )
 from cvtool.model.meta import ModelMeta
+from cvtool.model.tiling import plan_tiling
 from cvtool.model.spec import ModelSpec, init_params
 
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
@@ -56,11 +57,6 @@ def tiny_checkpoint(path: Path, *, in_channels: int = 1, num_classes: int = 3, d
 @pytest.fixture(scope="module")
 def torch_be():
     return registry.get("torch", "cpu")
-
-
-@pytest.fixture(scope="module")
-def ort_be():  # the fastest runner on a CPU: the big tiled cases use it
-    return registry.get("ort", "cpu")
 
 
 # --- prepare --------------------------------------------------------------------------------------
@@ -137,52 +133,30 @@ def test_halo_bounds_the_real_reach(torch_be, depth):
     assert reach <= halo(spec) <= reach + spec.multiple
 
 
-@pytest.mark.parametrize("hw,tile", [((1001, 1499), 256), ((37, 700), 128), ((700, 5), 96), ((64, 64), 64)])
-def test_tiled_logits_equal_whole_image_logits(ort_be, hw, tile):
-    """Tiles (odd sizes, thin images, one tile) blend without seams: equal to one forward pass of the whole."""
-    spec = ModelSpec(in_channels=1, num_classes=3, width=4, depth=2)
-    run = ort_be.runner(spec, tiny_params(spec, 3))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, *hw)).astype(np.float32)
-    x = (x + np.roll(x, 1, 1) + np.roll(x, 1, 2)) / 2  # some spatial correlation, like an image
-    calls = []
-
-    def counted(b):
-        calls.append(b.shape)
-        return run(b)
-
-    tiled = predict_tiled(counted, x, spec.multiple, tile, tile_margin(spec), batch_size=3)
-    whole = predict_batch(run, [x], spec.multiple)[0]
-    assert tiled.shape == whole.shape == (3, *hw)
-    assert max(max(s[2], s[3]) for s in calls) <= tile and max(s[0] for s in calls) <= 3  # memory stays bounded
-    rel = np.abs(tiled - whole).max() / np.abs(whole).max()
-    assert rel < 1e-5, rel
-    assert (tiled.argmax(0) == whole.argmax(0)).mean() >= 0.999
-
-
-@pytest.mark.parametrize("hw, expected", [
-    ((512, 512), 512 * 512),  # one tile: the image itself
-    ((500, 700), 504 * 512 * 2),  # padded to 504 x 704; width cut at step 512 - 2*64 = 384: starts 0, 192
-    ((768, 768), 4 * 512 * 512),  # starts 0 and 256 each way: 1.8x the image's own pixels
-    ((100, 1000), 104 * 512 * 3),  # starts 0, 384 and the last one pulled back to 488
+@pytest.mark.parametrize("hw, tile, expected", [
+    ((512, 512), None, 512 * 512),  # fits a pass: the image itself
+    ((500, 700), None, 504 * 704),  # padded to the multiple 8
+    ((500, 700), 512, 504 * 416 * 2),  # cols: 2 tiles of ceil((704 + 128) / 2) = 416, starts 0, 288 (overlap 128)
+    ((768, 768), 512, 4 * 448 * 448),  # 2 x 2 tiles of 448 (1.36x; 512-px tiles pulled back cost 1.78x)
+    ((100, 1000), 512, 3 * 104 * 424),  # a strip: 3 tiles of round_up(1256 / 3, 8) = 424, starts 0, 288, 576
 ])
-def test_net_pixels_hand_worked_and_as_segment_logits_runs(hw, expected):
-    """What validation's time estimate counts (default net: multiple 8, margin 64, tiles of 512), checked by hand
-    and against the pixels segment_logits really hands the net."""
+def test_net_pixels_hand_worked_and_as_segment_logits_runs(hw, tile, expected):
+    """What validation's time estimate counts (default net: multiple 8, margin 64, exact cores overlapping by 128),
+    checked by hand and against the pixels segment_logits really hands the net."""
     spec = ModelSpec(in_channels=1, num_classes=2)
     assert (spec.multiple, tile_margin(spec)) == (8, 64)
-    assert net_pixels(hw, spec) == expected
+    assert net_pixels(hw, spec, tile=tile) == expected
     seen = []
 
     def predict(b):
         seen.append(b.shape[0] * b.shape[2] * b.shape[3])
         return np.zeros((b.shape[0], 2, *b.shape[2:]), np.float32)
 
-    segment_logits(predict, np.zeros(hw, np.uint8), spec, [0.5], [0.25])
+    segment_logits(predict, np.zeros(hw, np.uint8), spec, [0.5], [0.25], tile=tile)
     assert sum(seen) == expected
 
 
-def test_tile_without_a_core_is_refused():
+def test_a_tiling_for_another_size_is_refused():
     spec = ModelSpec(in_channels=1, num_classes=2, width=4, depth=2)
-    with pytest.raises(UsageError, match="no core"):
-        predict_tiled(lambda b: b, np.zeros((1, 300, 300), np.float32), 4, 2 * tile_margin(spec), tile_margin(spec))
+    with pytest.raises(ValueError, match="tiling planned for"):
+        predict_tiled(lambda b: b, np.zeros((1, 300, 300), np.float32), plan_tiling(spec, (200, 300), max_side=128))

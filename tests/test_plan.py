@@ -4,7 +4,10 @@ import pytest
 
 from cvtool.data.fingerprint import Fingerprint
 from cvtool.errors import UsageError
-from cvtool.train.plan import MIN_CROP, Plan, fill_budget, propose, shrink, thin
+from cvtool.model.inference import halo
+from cvtool.model.spec import ModelSpec
+from cvtool.train.plan import (MIN_BN_BATCH, MIN_CROP, MIN_STEPS, Plan, depth_cap, fill_budget, propose,
+                               replan_after_validation, shrink, thin, training_steps)
 
 
 def fp_of(**kw) -> Fingerprint:
@@ -21,17 +24,29 @@ PETS = fp_of(n_train=132, n_val=33, classes=["background", "Abyssinian", "americ
              class_share=[0.704, 0.135, 0.088, 0.073], class_images=[1.0, 0.37, 0.3, 0.33], val_images=[33, 6, 15, 12],
              object_area=[49782.0, 20743.0, 2170.0, 233.5], object_count=[226, 79, 103, 98],
              thickness=[222.7, 115.1, 85.7, 72.4])
+# the issue's outside datasets, as their fingerprints would read
+STREET = fp_of(n_train=81, n_val=20, classes=[f"c{k}" for k in range(11)], channels=3, size_h=[360, 360, 360],
+               size_w=[480, 480, 480], mean=[0.4] * 3, std=[0.25] * 3,
+               class_share=[0.2, 0.25, 0.01, 0.2, 0.1, 0.08, 0.03, 0.04, 0.02, 0.05, 0.02],
+               class_images=[1.0] * 11, val_images=[20] * 11, object_area=[9000.0] * 11, object_count=[100] * 11,
+               thickness=[60.0, 80.0, 3.5, 50.0, 40.0, 30.0, 6.0, 12.0, 9.0, 20.0, 5.0], val_sizes=[[360, 480, 20]])
+AERIAL = fp_of(n_train=58, n_val=14, classes=[f"c{k}" for k in range(5)], channels=3, size_h=[440, 620, 838],
+               size_w=[440, 640, 838], mean=[0.4] * 3, std=[0.2] * 3, class_share=[0.3, 0.25, 0.2, 0.15, 0.1],
+               class_images=[1.0] * 5, val_images=[14] * 5, object_area=[90000.0, 60000.0, 40000.0, 30000.0, 20000.0],
+               object_count=[50] * 5, thickness=[120.0, 90.0, 80.0, 70.0, 40.0], val_sizes=[[620, 640, 14]])
 TINY = fp_of(n_train=5, n_val=1, channels=3, size_h=[40, 48, 48], size_w=[64, 64, 80], mean=[0.5] * 3, std=[0.2] * 3,
              class_share=[0.9, 0.1], object_area=[2500.0, 100.0], thickness=[30.0, 4.0])
 
 
 def test_membrane_plan():
     p = propose(MEMBRANE, device="cpu", budget=300)
-    assert (p.scale, p.crop, p.batch_size, p.depth, p.width) == (1.0, 256, 2, 3, 16)
-    assert p.lr == 0.0015 and p.augment == "heavy" and p.rot90 and p.p_focus == 0 and p.tta == "dihedral"
+    # membranes 7.5 px thick: the 256-px context (x0.5) would thin them to 3.75 px, keeping 8 px costs 4x the
+    # pixels; they are 1 class of 2, so half-way: x sqrt(0.5) = 0.707 (5.3 px)
+    assert (p.scale, p.crop, p.batch_size, p.depth, p.width) == (0.707, 192, 4, 3, 16)
+    assert p.lr == 0.0021 and p.augment == "heavy" and p.rot90 and p.p_focus == 0 and p.tta == "dihedral"
     assert p.mean == [0.495] and p.std == [0.174]
-    assert "7.5 px thick" in p.reasons["scale"]  # shrinking would thin the membranes below 8 px
-    assert "typical object 45 px" in p.reasons["depth"]  # 6 thicknesses: the network's reach, not its extent
+    assert "costs 4.0x the pixels" in p.reasons["scale"] and "thinnest 5.3 px" in p.reasons["scale"]
+    assert "typical object 32 px" in p.reasons["depth"]  # 6 thicknesses at 0.707: the network's reach
 
 
 def test_pets_plan():
@@ -45,7 +60,7 @@ def test_pets_plan():
 
 def test_gpu_plan_affords_more_context():
     p = propose(PETS, device="cuda", budget=300)
-    assert p.scale == 1.0 and p.width == 32 and p.crop == 384 and p.batch_size == 2  # 375 -> 384, 2 x 384^2 px
+    assert p.scale == 1.0 and p.width == 32 and p.crop == 384 and p.batch_size == 4  # 375 -> 384; BatchNorm >= 4
 
 
 def test_tiny_plan_fits_the_data():
@@ -80,7 +95,7 @@ def test_shrink_down_to_the_floor():
     sizes = [p.crop]
     while (p := shrink(p)) is not None:
         sizes.append(p.crop)
-    assert sizes == [256, 192, 128, 96] and sizes[-1] == MIN_CROP
+    assert sizes == [192, 128, 96] and sizes[-1] == MIN_CROP
     assert shrink(propose(MEMBRANE, overrides={"crop": 256})) is None  # the user's crop is kept
 
 
@@ -95,3 +110,72 @@ def test_thin_drops_later_validations_when_they_run_slow():
     assert thin(at, 1, spent=10.0, took=10.0, budget=300) == [0.5, 0.6, 1.0]  # 20 s left: two more
     assert thin(at, 1, spent=25.0, took=25.0, budget=300) == [0.5, 1.0]  # none fits: the last is kept anyway
     assert thin(at, 6, spent=99.0, took=9.0, budget=300) == at  # all done
+
+
+PLANS = {"membrane": MEMBRANE, "pets": PETS, "street": STREET, "aerial": AERIAL, "tiny": TINY}
+
+
+@pytest.mark.parametrize("name", PLANS)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_no_batchnorm_batch_below_4_and_depth_fits_the_crop(name, device):
+    """On any device, for every plan and every shrink of it: batch >= 4, and the crop carries the depth (8 x 8
+    features at the bottom, the reach within the crop)."""
+    p = propose(PLANS[name], device=device, budget=300)
+    while p is not None:
+        assert p.batch_size >= MIN_BN_BATCH
+        assert p.crop >= 8 * 2**p.depth and halo(ModelSpec(in_channels=1, num_classes=2, depth=p.depth)) <= p.crop
+        p = shrink(p)
+
+
+def test_depth_cap_literal():
+    assert [depth_cap(c) for c in (64, 96, 128, 192, 256, 512)] == [3, 3, 4, 4, 5, 5]  # reach 58, 122, 250 px
+
+
+def test_bn_floor_shrinks_the_crop_on_cpu_keeps_it_on_gpu():
+    p = propose(AERIAL, device="cpu", budget=300)  # 620 x 640 -> x0.4 -> 248 x 256: crop 256 would be batch 2
+    assert (p.scale, p.crop, p.batch_size, p.depth) == (0.4, 192, 4, 4)
+    assert "BatchNorm" in p.reasons["batch_size"] and "256 -> 192" in p.reasons["batch_size"]
+    q = propose(AERIAL, device="cpu", budget=300, overrides={"crop": 256})
+    assert (q.crop, q.batch_size) == (256, 4)  # the user's crop is kept; the batch still >= 4
+    assert propose(AERIAL, device="cpu", overrides={"batch_size": 2}).batch_size == 2  # the user's word wins
+
+
+def test_thin_structures_do_not_force_full_resolution():
+    """Street scenes, 480 x 360, the thinnest of 11 classes 3.5 px, 5 classes under 8 px at the 256 context
+    (x0.533): full resolution would cost 3.5x the pixels for 5/11 of the score; x0.533**(6/11) = 0.71 instead
+    (thinnest 2.5 px), and the reason says what it weighed."""
+    p = propose(STREET, device="cpu", budget=300)
+    assert p.scale == 0.71 and p.batch_size >= 4
+    why = p.reasons["scale"]
+    assert "5 of 11 classes" in why and "3.5x the pixels" in why and "0.45 of the mean IoU" in why
+    assert "thinnest 2.5 px" in why
+
+
+def test_validation_pixels_in_the_plan():
+    """The aerial case at depth 4 on 248 x 256 images: whole, padded to 256 x 256 (1.03x), in the plan's table."""
+    p = propose(AERIAL, device="cpu", budget=300)
+    assert p.val_pixel_ratio == round(256 * 256 / (248 * 256), 4)
+    rows = {name: (value, why) for name, value, why in p.rows()}
+    assert rows["val_pixel_ratio"][0] == f"{p.val_pixel_ratio:.3f}" and "2x" in rows["val_pixel_ratio"][1]
+
+
+def test_a_validation_estimate_does_not_shrink_the_crop():
+    """The aerial run: validation estimated at 184 s of 300 leaves under 400 steps, but training alone (validation
+    held to its 10%) has 856: the crop stays. Too slow a step still shrinks."""
+    p = fill_budget(propose(AERIAL, budget=300), step_s=0.3, val_s=184.0, setup_s=10.0)
+    assert p.steps < MIN_STEPS and training_steps(p) == int((300 * 0.99 - 10 - 30) / 0.3) >= MIN_STEPS
+    assert shrink(p) is None
+    slow = fill_budget(propose(AERIAL, budget=300), step_s=1.0, val_s=184.0, setup_s=10.0)
+    assert training_steps(slow) < MIN_STEPS and shrink(slow).crop < slow.crop
+
+
+def test_replan_after_the_first_validation():
+    p = fill_budget(propose(PETS, budget=300), step_s=0.2, val_s=10.0, setup_s=10.0)
+    assert p.val_at == [0.5, 0.75, 1.0]  # 3 x 10 s fit in 30 s
+    assert replan_after_validation(p, 12.0, spent_val_s=12.0, elapsed_s=150.0, steps_done=600) is None  # 1.2x
+    fast = replan_after_validation(p, 2.0, spent_val_s=2.0, elapsed_s=150.0, steps_done=600)  # 5x quicker
+    assert fast.val_s == 2.0 and len(fast.val_at) == 8 and fast.val_at[0] == 0.5 and fast.val_at[-1] == 1.0
+    assert fast.val_at == sorted(fast.val_at) and fast.steps == 600 + int((297 - 150 - 7 * 2.0) / 0.2)
+    assert "took 2.0 s against ~10.0 s" in fast.reasons["val_at"]
+    slow = replan_after_validation(p, 25.0, spent_val_s=25.0, elapsed_s=150.0, steps_done=600)  # 2.5x dearer
+    assert slow.val_at == [0.5, 1.0] and slow.steps == 600 + int((297 - 150 - 25.0) / 0.2)

@@ -201,6 +201,13 @@ class Backend:
 
         return run
 
+    def free_memory(self) -> int | None:
+        """Free bytes on the GPU (what inference sizes its passes by); None on the CPU, whose memory the core reads."""
+        if self.device != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+
     def peak_memory(self, fn):
         """(fn(), peak device bytes during fn) on CUDA; on CPU torch keeps no such counter."""
         if self.device != "cuda":

@@ -2,8 +2,10 @@
 
 Per image, in the output folder: STEM_mask.png (palette PNG, pixel = class index), STEM_overlay.png
 (class colours over the image) and its class fractions in the summary / --json. A mask has exactly
-its image's size. Images larger than --tile go through tiles (cvtool.model.inference); same-size images
-are batched. A bad image is reported and skipped; the call then exits 1 naming every failure.
+its image's size. An image runs whole while one pass fits the memory budget (the backend's device memory, or
+this host's), else through overlapping tiles that cost at most 1.5x its pixels (cvtool.model.tiling), made band by
+band (cvtool.model.bands); same-size images are batched. The summary and --json give the net's pixels over the
+images' pixels. A bad image is reported and skipped; the call then exits 1 naming every failure.
 
 The user's files are safe: an --out that is, holds or lies inside an input folder (or holds an input file) is
 refused before anything is read, and an existing STEM_mask.png / STEM_overlay.png is replaced only when cvtool
@@ -106,8 +108,9 @@ def segment(
     backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached beside it)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/segment/expN)."),
-    tile: int = typer.Option(512, callback=within(COUNT), help="Images larger than this go through overlapping tiles of at most this size "
-                             "(raised to what the net's field of view needs)."),
+    tile: Optional[int] = typer.Option(None, callback=within(COUNT), help="Tiles of at most this many pixels a side "
+                                       "(default: an image runs whole while one pass fits in half the free memory, "
+                                       "else in tiles that do)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", callback=within(COUNT), help="Same-size images (or tiles) per forward pass."),
     alpha: float = typer.Option(0.5, callback=within(FRACTION), help="Overlay opacity."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
@@ -125,9 +128,12 @@ def segment(
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.errors import CvtoolError, DataError, UsageError, WriteError
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
+    from cvtool_backends.base import hook
+    from cvtool.model.activations import pass_pixels
+    from cvtool.model.bands import segment_bands
     from cvtool.model.inference import (
+        TTA,
         class_fractions,
-        min_tile,
         predict_batch,
         predict_tiled,
         prepare,
@@ -135,6 +141,7 @@ def segment(
         tile_margin,
         with_tta,
     )
+    from cvtool.model.tiling import plan_tiling
 
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if max_pixels < 0:
@@ -167,10 +174,11 @@ def segment(
     tta = meta.tta if tta is None else tta
     forward = with_tta(forward, tta)  # the model's test-time augmentation (cvtool.model.inference.segment_logits)
     multiple, margin = spec.multiple, tile_margin(spec)
-    if tile < min_tile(spec):
-        err().print(f"--tile raised to {min_tile(spec)}: each tile drops {margin} px at a cut, "
-                    f"what this net sees around a pixel", soft_wrap=True, markup=False)
-        tile = min_tile(spec)
+    if tile is not None and tile < 4 * multiple:
+        err().print(f"--tile raised to {4 * multiple}: 4 x the net's multiple {multiple}", soft_wrap=True, markup=False)
+        tile = 4 * multiple
+    free_memory = hook(be, "free_memory")  # a GPU's free memory; None: this host's
+    budget = pass_pixels(spec, free_memory() if free_memory is not None else None)  # input pixels a pass may hold
     run_dir = out_dir or next_run_dir(Path("runs") / "segment")
     claimed = None if out_dir else run_dir  # ours to release if nothing is written
     dest = make_dir(run_dir)  # not writable: one line, exit 2, no image read
@@ -190,16 +198,17 @@ def segment(
             finish(path, raw, lg)
         queue.clear()
 
-    def finish(path: Path, raw, logits):
+    def finish(path: Path, raw, logits, mask=None):
         t0 = time.perf_counter()
-        if logits.shape[-2:] != raw.shape[:2]:  # the model ran at its scale: back to the image's pixels
-            logits = resize_logits(logits, raw.shape[:2])
-        mask = logits.argmax(0).astype(np.uint8)
+        if mask is None:
+            if logits.shape[-2:] != raw.shape[:2]:  # the model ran at its scale: back to the image's pixels
+                logits = resize_logits(logits, raw.shape[:2])
+            mask = logits.argmax(0).astype(np.uint8)
         mask_png, overlay_png = dest / f"{stems[path]}_mask.png", dest / f"{stems[path]}_overlay.png"
         write_mask_png(mask_png, mask, meta.colors)
         write_overlay_png(overlay_png, raw, mask, meta.colors, alpha=alpha)
         results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])], "mask": str(mask_png),
-                        "overlay": str(overlay_png), "tiled": path in tiled,
+                        "overlay": str(overlay_png), "tiled": tilings[path]["mode"] != "whole", "tiling": tilings[path],
                         "fractions": class_fractions(mask, meta.classes)})
         del logits, mask
         heap.trim()  # images of many sizes must not grow the process (cvtool/glibc_malloc.py)
@@ -207,7 +216,7 @@ def segment(
 
     from rich.progress import Progress
 
-    tiled: set[Path] = set()
+    tilings: dict[Path, dict] = {}  # per image: cvtool.model.tiling.Tiling.to_dict()
     with Progress(console=err(), transient=True, disable=json_ or not err().is_terminal) as prog:
         task = prog.add_task("segment", total=len(images))
         for path in images:
@@ -218,18 +227,30 @@ def segment(
                 t0 = time.perf_counter()
                 raw = read_image(path, max_pixels=max_pixels)
                 net_in = raw if meta.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], meta.scale))
+                tiling = plan_tiling(spec, net_in.shape[:2], max_pixels=budget, max_side=tile)
+                tilings[path] = tiling.to_dict()
+                if tiling.mode != "whole" and meta.scale == 1.0:  # band by band: memory follows a band of tiles
+                    flush()
+                    t0 = time.perf_counter()
+                    mask = segment_bands(forward, lambda r0, r1: raw[r0:r1], tiling,
+                                         lambda rows: prepare(rows, spec.in_channels, meta.mean, meta.std,
+                                                              name=str(path)).x,
+                                         batch_size=batch_size, max_pixels=budget)
+                    timings["inference"] += time.perf_counter() - t0
+                    finish(path, raw, None, mask)
+                    prog.advance(task)
+                    continue
                 prep = prepare(net_in, spec.in_channels, meta.mean, meta.std, name=str(path))
                 timings["preprocess"] += time.perf_counter() - t0
-                H, W = prep.hw
-                if H > tile or W > tile:
+                if tiling.mode != "whole":  # at the model's scale: the logits are resampled back whole
                     flush()
-                    tiled.add(path)
                     t0 = time.perf_counter()
-                    lg = predict_tiled(forward, prep.x, multiple, tile, margin, batch_size=batch_size)
+                    lg = predict_tiled(forward, prep.x, tiling, batch_size=batch_size, max_pixels=budget)
                     timings["inference"] += time.perf_counter() - t0
                     finish(path, raw, lg)
                 else:
-                    if queue and (queue[0][2].hw != prep.hw or len(queue) >= batch_size):
+                    if queue and (queue[0][2].hw != prep.hw or len(queue) >= batch_size or
+                                  (len(queue) + 1) * tiling.net_pixels > budget):
                         flush()
                     queue.append((path, raw, prep))
             except WriteError:  # a full disk fails every image after it: stop, naming the file
@@ -243,10 +264,15 @@ def segment(
 
     n = max(len(results), 1)
     per_image = {k: 1000 * v / n for k, v in timings.items()}
+    net_px = sum(r["tiling"]["net_pixels"] for r in results)
+    img_px = sum(r["tiling"]["image_pixels"] for r in results)
     doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest),
-           "scale": meta.scale, "tta": tta, "tile": tile,
-           "tile_margin": margin, "batch_size": batch_size, "forward_passes": passes[0], "images": results,
-           "failed": failed, "ms_per_image": per_image}
+           "scale": meta.scale, "tta": tta, "tile": tile, "tile_margin": margin, "pass_pixels": budget,
+           "batch_size": batch_size, "forward_passes": passes[0],
+           # the net's pixels (tiles overlap; padding to the net's multiple) over the images' pixels at the model's
+           # scale, per pass; test-time augmentation runs tta_passes such passes
+           "net_pixels": net_px, "image_pixels": img_px, "pixel_ratio": round(net_px / max(img_px, 1), 4),
+           "tta_passes": TTA[tta], "images": results, "failed": failed, "ms_per_image": per_image}
     if json_:
         emit_json(doc)
     else:
@@ -259,6 +285,7 @@ def segment(
             out().print(table(f"Segmented {len(results)} image(s) with {backend}/{be.device} -> {safe(dest)}",
                               ["image", "size (HxW)", "class fractions"], rows))
             out().print("ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in per_image.items()))
+            out().print(f"net pixels / image pixels: {doc['pixel_ratio']:.3f} (x{TTA[tta]} passes for --tta {tta})")
         for f in failed:
             err().print(f"[red]failed[/]: {safe(f['error'])}", soft_wrap=True)
     if failed:

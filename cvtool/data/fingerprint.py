@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class Fingerprint:
     #                                  median labelled pixel lies in (area-weighted median), training set, pixels
     object_count: list[int]  # components per class over the training set
     thickness: list[float | None]  # 2 * area / boundary: a structure's half-width (disc: its radius; line: width)
+    val_sizes: list[list[int]] = field(default_factory=list)  # [h, w, images of that size] of the validation split:
+    #                                                           what validation's tiles and time are planned from
     notes: list[str] = field(default_factory=list)  # what reading converted (remapped values, ...)
     warnings: list[str] = field(default_factory=list)
     cached: bool = False  # records came from the cache
@@ -110,10 +113,12 @@ def fingerprint(train: list[dict], val: list[dict], classes: list[str], channels
         if val and vimgs[k] == 0 and counts[k] > 0:
             warnings.append(f"class {k} ({c}) is missing from the validation split: its IoU is not measured")
     med = lambda v: int(np.median(v))  # noqa: E731
+    sizes = Counter((int(r["hw"][0]), int(r["hw"][1])) for r in val)
     return Fingerprint(len(train), len(val), list(classes), channels, [int(hs.min()), med(hs), int(hs.max())],
                        [int(ws.min()), med(ws), int(ws.max())], mean.tolist(), std.tolist(), share.tolist(),
                        (imgs / max(len(train), 1)).tolist(), vimgs.astype(int).tolist(),
-                       float(ignored / max(npx, 1)), area, n_obj, thick, list(notes or []), warnings)
+                       float(ignored / max(npx, 1)), area, n_obj, thick, [[h, w, n] for (h, w), n in sorted(sizes.items())],
+                       list(notes or []), warnings)
 
 
 def weighted_median(areas: np.ndarray) -> float:

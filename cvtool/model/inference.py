@@ -1,10 +1,10 @@
 """Label every pixel of an image of any size with a network that needs sizes divisible by 2**depth.
 
 Images are padded (edge-replicated, bottom/right) to the next multiple and the logits cropped back,
-so a mask always has the input's size (a 1x1 image included). Large images go through overlapping
-tiles: each tile keeps only its core, the pixels at least `halo(spec)` away from a cut, and tiles
-start on the pooling grid, so tiled logits equal whole-image logits up to float rounding (no seams)
-while memory stays bounded by the tile. Pure NumPy: `predict` is any backend's Runner
+so a mask always has the input's size (a 1x1 image included). An image runs whole when one pass fits the
+memory budget (cvtool.model.activations); larger ones go through overlapping tiles laid out by
+cvtool.model.tiling (exact cores where that costs at most 1.5x the image's pixels, blended tiles otherwise),
+starting on the pooling grid. Pure NumPy: `predict` is any backend's Runner
 (x (N, C, H, W) float32 -> logits (N, K, H, W)).
 """
 
@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from cvtool import glibc_malloc as heap
-from cvtool.arithmetic import ceil_div, effective_kernel
+from cvtool.arithmetic import ceil_div, effective_kernel, round_up
 from cvtool.errors import DataError, UsageError
 from cvtool.model.spec import Conv2d, ConvTranspose2d, MaxPool2d, ModelSpec
 
@@ -74,7 +74,7 @@ def halo(spec: ModelSpec) -> int:
 
 def tile_margin(spec: ModelSpec) -> int:
     """The halo rounded up to the net's multiple: what each tile discards at a cut."""
-    return ceil_div(halo(spec), spec.multiple) * spec.multiple
+    return round_up(halo(spec), spec.multiple)
 
 
 def min_tile(spec: ModelSpec) -> int:
@@ -90,73 +90,37 @@ def _pad_to(x: np.ndarray, H: int, W: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (0, H - h), (0, W - w)), mode="edge")
 
 
-def _round_up(v: int, m: int) -> int:
-    return ceil_div(v, m) * m
-
-
 def predict_batch(predict: Predict, xs: list[np.ndarray], multiple: int) -> list[np.ndarray]:
     """Same-size (C, H, W) images -> logits (K, H, W) each, via one padded batch."""
     h, w = xs[0].shape[-2:]
-    batch = _pad_to(np.stack(xs), _round_up(h, multiple), _round_up(w, multiple))
+    batch = _pad_to(np.stack(xs), round_up(h, multiple), round_up(w, multiple))
     logits = predict(np.ascontiguousarray(batch))
     return [lg[:, :h, :w] for lg in logits]
 
 
-def _starts(size: int, tile: int, step: int, multiple: int) -> list[int]:
-    """Tile starts along one dimension, all on the pooling grid (size and tile are multiples)."""
-    if size <= tile:
-        return [0]
-    s = list(range(0, size - tile, step)) + [size - tile]
-    assert all(v % multiple == 0 for v in s), (s, multiple)
-    return s
+def net_pixels(hw: tuple[int, int], spec: ModelSpec, tile: int | None = None, free_bytes: int | None = None) -> int:
+    """Pixels the net runs on for an image of hw (after the model's scale) in segment_logits with the same tile and
+    free_bytes: the padded image, or every tile where it is cut (cvtool.model.tiling, at most 1.5x the image's
+    pixels). What validation's time estimate counts; test-time augmentation multiplies it."""
+    from cvtool.model.tiling import plan_tiling
+
+    return plan_tiling(spec, hw, max_side=tile, free_bytes=free_bytes).net_pixels
 
 
-def _core(start: int, tile: int, size: int, margin: int) -> np.ndarray:
-    """1-D weights of one tile: 1 on its core, 0 on a margin next to a cut (kept at the image border)."""
-    w = np.ones(tile, np.float32)
-    if start > 0:
-        w[:margin] = 0
-    if start + tile < size:
-        w[tile - margin:] = 0
-    return w
-
-
-def _boxes(Hp: int, Wp: int, multiple: int, tile: int, margin: int) -> tuple[int, int, list[tuple[int, int]]]:
-    """Tile height, width and top-left corners for a padded (Hp, Wp) image (predict_tiled's layout)."""
-    th, tw = min(tile, Hp), min(tile, Wp)
-    step = tile - 2 * margin  # cores of neighbouring tiles meet (or overlap where the last tile is pulled back)
-    return th, tw, [(t, l) for t in _starts(Hp, th, step, multiple) for l in _starts(Wp, tw, step, multiple)]
-
-
-def net_pixels(hw: tuple[int, int], spec: ModelSpec, tile: int = 512) -> int:
-    """Pixels the net runs on for an image of hw (after the model's scale) in segment_logits: the padded image, or
-    every tile where it is cut into overlapping tiles (a 768 x 768 image in 512-px tiles: 4 of them, 1.8x its own
-    pixels). What validation's time estimate counts."""
-    h, w = hw
-    m = spec.multiple
-    Hp, Wp = _round_up(h, m), _round_up(w, m)
-    tile = max(tile, min_tile(spec))
-    if h <= tile and w <= tile:
-        return Hp * Wp
-    th, tw, boxes = _boxes(Hp, Wp, m, tile - tile % m, tile_margin(spec))
-    return th * tw * len(boxes)
-
-
-def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, margin: int,
-                  batch_size: int = 4) -> np.ndarray:
-    """(C, H, W) -> logits (K, H, W) from tiles of at most `tile` pixels a side, `batch_size` per pass.
-
-    margin: pixels each tile drops at a cut (tile_margin(spec)); tile >= 2*margin + multiple.
-    A side no longer than a tile is one tile of that side's (padded) size: thin images stay thin.
-    """
+def predict_tiled(predict: Predict, x: np.ndarray, tiling, batch_size: int = 4,
+                  max_pixels: int | None = None) -> np.ndarray:
+    """(C, H, W) -> logits (K, H, W) through the tiles of `tiling` (cvtool.model.tiling.plan_tiling on (H, W)),
+    up to batch_size tiles a pass (fewer where max_pixels, the pixels a pass may hold, says so), each tile's
+    logits weighted by tiling.weights and the sums normalised."""
     C, H, W = x.shape
-    tile = tile - tile % multiple
-    if tile < 2 * margin + multiple:
-        raise UsageError(f"tile {tile} leaves no core inside two margins of {margin} pixels",
-                         hint=f"use a tile of at least {2 * margin + multiple}")
-    xp = _pad_to(x[None], _round_up(H, multiple), _round_up(W, multiple))[0]
-    Hp, Wp = xp.shape[-2:]
-    th, tw, boxes = _boxes(Hp, Wp, multiple, tile, margin)
+    if tiling.hw != (H, W):
+        raise ValueError(f"tiling planned for {tiling.hw}, image is {(H, W)}")
+    Hp, Wp = tiling.rows.size, tiling.cols.size
+    xp = _pad_to(x[None], Hp, Wp)[0]
+    th, tw = tiling.rows.tile, tiling.cols.tile
+    boxes = tiling.boxes()
+    if max_pixels is not None:
+        batch_size = max(1, min(batch_size, max_pixels // (th * tw)))
     acc: np.ndarray | None = None
     norm = np.zeros((Hp, Wp), np.float32)
     for i in range(0, len(boxes), batch_size):
@@ -165,10 +129,10 @@ def predict_tiled(predict: Predict, x: np.ndarray, multiple: int, tile: int, mar
         if acc is None:
             acc = np.zeros((logits.shape[1], Hp, Wp), np.float32)
         for (t, l), lg in zip(chunk, logits):
-            wgt = _core(t, th, Hp, margin)[:, None] * _core(l, tw, Wp, margin)[None, :]
+            wgt = tiling.weights(t, l)
             acc[:, t:t + th, l:l + tw] += lg * wgt
             norm[t:t + th, l:l + tw] += wgt
-    assert acc is not None and norm.min() > 0, "tile cores must cover the image"
+    assert acc is not None and norm.min() > 0, "tile weights must cover the image"
     acc /= norm  # in place: a 4000 x 3000 image's 4-class logits are 192 MB
     return acc[:, :H, :W]
 
@@ -233,11 +197,15 @@ def with_tta(predict: Predict, tta: str) -> Predict:
 
 
 def segment_logits(predict: Predict, image: np.ndarray, spec: ModelSpec, mean, std, *, scale: float = 1.0,
-                   tta: str = "none", tile: int = 512, batch_size: int = 4, name: str = "image") -> np.ndarray:
+                   tta: str = "none", tile: int | None = None, batch_size: int = 4, name: str = "image",
+                   free_bytes: int | None = None) -> np.ndarray:
     """What `cvtool segment` computes for one uint8 (H, W[, C]) image: resample by the model's scale, normalise,
-    run whole or in tiles (with the model's test-time augmentation), bring the logits back to (K, H, W).
-    Training validates with the same function."""
+    run whole or in tiles (cvtool.model.tiling: whole when the pass fits the memory budget, free_bytes being a
+    device's free memory, None this host's; tile: at most this many pixels a side), with the model's test-time
+    augmentation, and bring the logits back to (K, H, W). Training validates with the same function."""
     from cvtool.data.memory import resize_image, scaled_hw
+    from cvtool.model.activations import pass_pixels
+    from cvtool.model.tiling import plan_tiling
 
     predict = with_tta(predict, tta)
     img = image[..., None] if image.ndim == 2 else image
@@ -245,12 +213,12 @@ def segment_logits(predict: Predict, image: np.ndarray, spec: ModelSpec, mean, s
     if scale != 1.0:
         img = resize_image(np.ascontiguousarray(img), scaled_hw((H, W), scale))
     prep = prepare(img, spec.in_channels, mean, std, name=name)
-    h, w = prep.hw
-    tile = max(tile, min_tile(spec))
-    if h > tile or w > tile:
-        lg = predict_tiled(predict, prep.x, spec.multiple, tile, tile_margin(spec), batch_size=batch_size)
-    else:
+    budget = pass_pixels(spec, free_bytes)
+    tiling = plan_tiling(spec, prep.hw, max_pixels=budget, max_side=tile)
+    if tiling.mode == "whole":
         lg = predict_batch(predict, [prep.x], spec.multiple)[0]
+    else:
+        lg = predict_tiled(predict, prep.x, tiling, batch_size=batch_size, max_pixels=budget)
     out = resize_logits(lg, (H, W))
     del prep, lg, img
     heap.trim()  # a folder of many sizes must not grow the process (cvtool/glibc_malloc.py)

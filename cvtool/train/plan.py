@@ -21,7 +21,10 @@ from cvtool.data.fingerprint import Fingerprint
 PIXELS_PER_STEP = 8 * 128 * 128  # batch x crop^2 of a step: batch 8 at 128, 2 at 256
 CONTEXT = {"cpu": 256, "cuda": 512}  # the long side a median image is resampled to at most
 MIN_THICKNESS = 8.0  # px a class's structures keep after resampling (2 * area / boundary)
-MIN_STEPS = 400  # fewer steps than this in the budget: the plan shrinks the crop (down to MIN_CROP)
+MIN_STEPS = 400  # fewer training steps than this in the budget: the plan shrinks the crop (down to MIN_CROP); the
+#                 steps counted here leave out validation, whose cost the crop does not change
+MIN_BN_BATCH = 4  # BatchNorm's batch statistics at batch 2 are too noisy to train on (docs/benchmarks.md)
+MIN_BOTTOM = 8  # features at the bottom of a crop: crop >= MIN_BOTTOM * 2**depth, and the crop >= the net's reach
 MIN_CROP = 96
 VAL_SHARE = 0.10  # of the budget, at most, spent on validation
 RESERVE = 0.01  # of the budget kept for the last checkpoint and the summary
@@ -54,6 +57,8 @@ class Plan:
     std: list[float] = field(default_factory=list)
     budget: float = 300.0
     steps: int = 0  # estimated from the measured step time
+    val_sizes: list[list[int]] = field(default_factory=list)  # [h, w, n] of the validation images (at scale 1)
+    val_pixel_ratio: float = 0.0  # net pixels / image pixels of one validation pass (tiles, padding); x TTA passes
     val_at: list[float] = field(default_factory=list)  # fractions of the budget at which validation runs
     step_s: float = 0.0
     val_s: float = 0.0
@@ -80,6 +85,7 @@ class Plan:
                 "p_focus": f"{self.p_focus:.2f}" + (f" on classes {self.focus}" if self.focus else ""),
                 "mean": ", ".join(f"{v:.3f}" for v in self.mean), "std": ", ".join(f"{v:.3f}" for v in self.std),
                 "steps": f"~{self.steps}" if self.steps else "-",
+                "val_pixel_ratio": f"{self.val_pixel_ratio:.3f}" if self.val_pixel_ratio else "-",
                 "val_at": ", ".join(f"{v:.0%}" for v in self.val_at) or "-"}
         return [(k, v, ("set by you" if k in self.given else self.reasons.get(k, ""))) for k, v in show.items()]
 
@@ -89,27 +95,58 @@ def round_to(v: float, m: int, lo: int) -> int:
 
 
 def choose_scale(fp: Fingerprint, device: str) -> tuple[float, str]:
-    """Shrink images whose median long side exceeds what the device affords, unless a class's structures
-    would become thinner than MIN_THICKNESS pixels."""
+    """Shrink images whose median long side exceeds what the device affords (the context scale), weighed against
+    the classes whose structures would get thinner than MIN_THICKNESS pixels there.
+
+    Keeping a thin class at MIN_THICKNESS px costs (s_keep / s_ctx)**2 times the pixels of every image: fewer
+    images' worth of crops in the budget's steps, less of an image per crop, that much more validation. Shrinking
+    costs the thin classes detail, and they weigh their share w of the classes in the mean IoU. So the scale is
+    the geometric blend s_ctx**(1 - w) * s_keep**w: a lone thin class among 11 (w = 1/11) barely moves it, a binary
+    thin-structure set (w = 1/2) meets the two half-way (docs/benchmarks.md, plan rules: what each costs)."""
     H, W = fp.median_hw
     long = max(H, W)
     target = CONTEXT.get(device, CONTEXT["cpu"])
     s_ctx = min(1.0, target / long)
-    thin = [t for t, sh in zip(fp.thickness, fp.class_share) if t and sh > 0.005]
-    t_min = min(thin) if thin else float("inf")
-    s_detail = min(1.0, MIN_THICKNESS / t_min)
-    s = round(max(s_ctx, s_detail), 3)
+    present = [k for k, sh in enumerate(fp.class_share) if sh > 0]
+    thick = {k: t for k, (t, sh) in enumerate(zip(fp.thickness, fp.class_share)) if t and sh > 0.005}
+    thin = {k: t for k, t in thick.items() if t * s_ctx < MIN_THICKNESS} if s_ctx < 1.0 else {}
+    t_min = min(thick.values()) if thick else float("inf")
+    if not thin:
+        if s_ctx >= 1.0:  # nothing to shrink, however thin
+            return 1.0, f"full resolution: median image {H}x{W} fits the {target}-px context"
+        return round(s_ctx, 3), (f"median image {H}x{W} -> {round(H * s_ctx)}x{round(W * s_ctx)} (long side {target} "
+                                 f"on {device}); the thinnest class stays {t_min * s_ctx:.0f} px thick")
+    t_thin = min(thin.values())
+    s_keep = min(1.0, MIN_THICKNESS / t_thin)
+    w = len(thin) / max(len(present), 1)
+    s = round(min(1.0, s_ctx ** (1 - w) * s_keep**w), 3)
+    names = ", ".join(fp.classes[k] for k in sorted(thin, key=thin.get)[:3]) + (", ..." if len(thin) > 3 else "")
+    cost = (s_keep / s_ctx) ** 2
+    why = (f"{len(thin)} of {len(present)} classes ({names}) under {MIN_THICKNESS:g} px at the {target}-px context "
+           f"(x{s_ctx:.3g}); keeping them at {MIN_THICKNESS:g} px (x{s_keep:.3g}) costs {cost:.1f}x the pixels of "
+           f"every image: weighed by their share {w:.2f} of the mean IoU, x{s} (thinnest {t_thin * s:.1f} px)")
     if s >= 1.0:
-        why = (f"median image {H}x{W} fits the {target}-px context" if s_ctx >= 1 else
-               f"structures {t_min:.1f} px thick (2 x area / boundary) would fall under {MIN_THICKNESS:g} px if shrunk")
         return 1.0, f"full resolution: {why}"
-    return s, (f"median image {H}x{W} -> {round(H * s)}x{round(W * s)} (long side {target} on {device}); the thinnest "
-               f"class stays {t_min * s:.0f} px thick")
+    return s, f"median image {H}x{W} -> {round(H * s)}x{round(W * s)}; {why}"
+
+
+def depth_cap(crop: int) -> int:
+    """The deepest U-Net (3..5 levels) a crop trains: MIN_BOTTOM x MIN_BOTTOM features at its bottom, and a reach
+    (halo, one side of the receptive field) no larger than the crop, so that a centre pixel's field is the crop's
+    content rather than its padding (crop 256: depth 5, reach 250 px; 192 and 128: 4, reach 122; 96: 3, reach 58)."""
+    from cvtool.model.inference import halo
+    from cvtool.model.spec import ModelSpec
+
+    d = 3
+    for k in (4, 5):
+        if MIN_BOTTOM * 2**k <= crop and halo(ModelSpec(in_channels=1, num_classes=2, width=4, depth=k)) <= crop:
+            d = k
+    return d
 
 
 def choose_depth(fp: Fingerprint, scale: float, crop: int) -> tuple[int, str]:
-    """The shallowest U-Net (3..5 levels) whose reach covers the typical object; no deeper than leaves
-    8 x 8 features at the bottom of a crop."""
+    """The shallowest U-Net (3..5 levels) whose reach covers the typical object, no deeper than the crop allows
+    (depth_cap)."""
     from cvtool.model.inference import halo
     from cvtool.model.spec import ModelSpec
 
@@ -119,13 +156,50 @@ def choose_depth(fp: Fingerprint, scale: float, crop: int) -> tuple[int, str]:
              for k, (a, t) in enumerate(zip(fp.object_area, fp.thickness))
              if a and k != dom]
     obj = max(sides) if sides else 0.0
-    cap = max(3, min(5, int(math.log2(max(crop, 8) / 8))))
+    cap = depth_cap(crop)
     for d in range(3, cap + 1):
         reach = halo(ModelSpec(in_channels=1, num_classes=2, width=4, depth=d))
         if reach >= obj or d == cap:
-            limit = " (the most the crop allows)" if d == cap and reach < obj else ""
+            limit = f" (the most a {crop}-px crop allows: {MIN_BOTTOM}-px bottom, reach within the crop)" \
+                if d == cap and reach < obj else ""
             return d, f"reach {reach} px around a pixel vs typical object {obj:.0f} px across{limit}"
     return cap, "deepest the crop allows"
+
+
+def crop_and_batch(crop: int, device: str, over: dict) -> tuple[int, int, str]:
+    """(crop, batch, why): PIXELS_PER_STEP a step, never a BatchNorm batch below MIN_BN_BATCH. Where the pixels
+    would give a smaller batch, a CPU shrinks the crop to what MIN_BN_BATCH crops afford (256 -> 192: 4 x 192^2 =
+    147,456 px, the step's cost about kept) and a GPU keeps the crop with a batch of MIN_BN_BATCH."""
+    b = int(round(PIXELS_PER_STEP / crop**2))
+    if b >= MIN_BN_BATCH or "batch_size" in over:
+        return crop, int(min(32, max(MIN_BN_BATCH, b))), (f"{PIXELS_PER_STEP:,} pixels a step / {crop}^2, at least "
+                                                          f"{MIN_BN_BATCH} for BatchNorm")
+    why = (f"at least {MIN_BN_BATCH} crops a step for BatchNorm (batch 2 trained worse at equal time: "
+           f"docs/benchmarks.md, plan rules)")
+    if device == "cuda" or "crop" in over:
+        return crop, MIN_BN_BATCH, why
+    c = crop
+    while c > MIN_CROP and MIN_BN_BATCH * c**2 > PIXELS_PER_STEP * 1.15:
+        c -= 32
+    return c, MIN_BN_BATCH, why + f"; the crop {crop} -> {c} keeps the step near {PIXELS_PER_STEP:,} pixels"
+
+
+def validation_tiling(p: Plan, in_channels: int, num_classes: int) -> float:
+    """Net pixels / image pixels of one validation pass over the plan's validation sizes (at its scale and depth):
+    what cvtool.model.inference.segment_logits will run, whole images where a pass fits this host's memory."""
+    from cvtool.data.memory import scaled_hw
+    from cvtool.model.spec import ModelSpec
+    from cvtool.model.tiling import plan_tiling
+
+    if not p.val_sizes:
+        return 0.0
+    spec = ModelSpec(in_channels=in_channels, num_classes=num_classes, width=p.width, depth=p.depth)
+    net = img = 0
+    for h, w, n in p.val_sizes:
+        hw = scaled_hw((h, w), p.scale)
+        net += n * plan_tiling(spec, hw).net_pixels
+        img += n * hw[0] * hw[1]
+    return round(net / max(img, 1), 4)
 
 
 def propose(fp: Fingerprint, *, device: str = "cpu", budget: float = 300.0, overrides: dict | None = None) -> Plan:
@@ -140,9 +214,10 @@ def propose(fp: Fingerprint, *, device: str = "cpu", budget: float = 300.0, over
     p.crop = min(cap, round_to(min(sh, sw), 32, 64))
     R["crop"] = (f"the resampled median image's short side {min(sh, sw):.0f} px, to a multiple of 32, "
                  f"at most {cap} on {device}")
-    crop = over.get("crop", p.crop)
-    p.batch_size = int(min(32, max(2, round(PIXELS_PER_STEP / crop**2))))
-    R["batch_size"] = f"{PIXELS_PER_STEP:,} pixels a step / {crop}^2 (at least 2 for BatchNorm)"
+    crop, p.batch_size, R["batch_size"] = crop_and_batch(over.get("crop", p.crop), device, over)
+    if crop != over.get("crop", p.crop):
+        p.crop = crop
+        R["crop"] += f"; {crop} so that {MIN_BN_BATCH} crops fit a step"
     p.depth, R["depth"] = choose_depth(fp, over.get("scale", p.scale), crop)
     p.width = 32 if device == "cuda" else 16
     R["width"] = "32 channels at the first level on a GPU" if device == "cuda" else "16 channels: what a CPU trains in the budget"
@@ -180,6 +255,13 @@ def propose(fp: Fingerprint, *, device: str = "cpu", budget: float = 300.0, over
         if k in Plan.__dataclass_fields__ and v is not None:
             setattr(p, k, v)
             p.given.append(k)
+    from cvtool.model.inference import TTA
+
+    p.val_sizes = [list(v) for v in fp.val_sizes]
+    p.val_pixel_ratio = validation_tiling(p, fp.channels, len(fp.classes))
+    R["val_pixel_ratio"] = ("net pixels / image pixels of a validation pass: whole images where a pass fits half "
+                            "the free memory, else tiles within 1.5x (cvtool/model/tiling.py); test-time "
+                            f"augmentation runs it {TTA.get(p.tta, 1)}x")
     if p.augment not in LEVELS:
         from cvtool.errors import UsageError
 
@@ -187,9 +269,22 @@ def propose(fp: Fingerprint, *, device: str = "cpu", budget: float = 300.0, over
     return p
 
 
+def training_steps(p: Plan) -> int:
+    """Steps the budget holds for training alone: validation counted at most VAL_SHARE of the budget, what
+    fill_budget and thin keep it to (a slow validation estimate thins the validations, it does not eat the steps)."""
+    n_val = len(p.val_at) or 1
+    val = min(n_val * p.val_s, VAL_SHARE * p.budget)
+    return max(0, int((p.budget * (1 - RESERVE) - p.setup_s - val) / max(p.step_s, 1e-6)))
+
+
 def shrink(p: Plan) -> Plan | None:
-    """A cheaper plan (crop x 0.75, batch kept) when too few steps fit the budget; None when nothing is left."""
+    """A cheaper plan (crop x 0.75, batch kept, depth lowered where the crop no longer carries it) when too few
+    training steps fit the budget; None when nothing is left, when the user set the crop, or when the training
+    steps (training_steps: validation bounded) are enough: a slow validation estimate shrinks nothing (its cost
+    does not depend on the crop)."""
     if "crop" in p.given:
+        return None
+    if p.step_s > 0 and training_steps(p) >= MIN_STEPS:
         return None
     c = round_to(p.crop * 0.75, 32, MIN_CROP)
     if c >= p.crop:
@@ -197,7 +292,10 @@ def shrink(p: Plan) -> Plan | None:
     q = Plan.from_dict(p.to_dict())
     q.crop = c
     q.reasons = dict(p.reasons)
-    q.reasons["crop"] = p.reasons["crop"] + f"; shrunk from {p.crop}: under {MIN_STEPS} steps fitted the budget"
+    q.reasons["crop"] = p.reasons["crop"] + f"; shrunk from {p.crop}: under {MIN_STEPS} training steps fitted the budget"
+    if "depth" not in p.given and q.depth > depth_cap(c):
+        q.depth = depth_cap(c)
+        q.reasons["depth"] = p.reasons["depth"] + f"; {q.depth} levels: the most a {c}-px crop carries"
     return q
 
 
@@ -228,6 +326,37 @@ def minimum_budget(*, step_s: float, val_s: float, setup_s: float) -> float:
     """The smallest budget in which the timed loop still takes one step and then validates: the set-up spent, a
     step, the final validation's estimate with its margin and the loop's slack, over the share not held in reserve."""
     return (setup_s + step_s + UNTIMED_VAL_MARGIN * val_s + END_SLACK) / (1 - RESERVE)
+
+
+VAL_SLACK = 1.5  # a validation this many times off its estimate, either way, replans the validation points
+
+
+def replan_after_validation(p: Plan, measured_s: float, *, spent_val_s: float, elapsed_s: float,
+                            done: int = 1, steps_done: int = 0) -> Plan | None:
+    """After the first validation (done of p.val_at run, spent_val_s seconds in validation, elapsed_s of the budget
+    gone): a plan whose validation estimate p.val_s was off by more than VAL_SLACK, with the measured time as its
+    estimate, the validation points still to come re-spread over the rest of the budget's second half as many as
+    VAL_SHARE affords (more when validation is cheaper than planned, fewer when dearer; the final one always kept)
+    and the run's steps re-estimated (steps_done so far + what the rest holds); None while the estimate holds. Pure: the training loop calls it and swaps plans."""
+    if not p.val_s or measured_s <= 0 or 1 / VAL_SLACK <= measured_s / p.val_s <= VAL_SLACK:
+        return None
+    q = Plan.from_dict(p.to_dict())
+    q.reasons = dict(p.reasons)
+    q.val_s = float(measured_s)
+    left_s = max(0.0, VAL_SHARE * p.budget - spent_val_s)
+    n = int(max(1, min(8 - done, left_s // max(measured_s, 1e-3))))  # 8 at most in all, as fill_budget plans
+    now = min(1.0, elapsed_s / max(p.budget * (1 - RESERVE), 1e-6))
+    first = max(0.5, now)
+    nxt = [1.0] if n == 1 else [round(first + (1.0 - first) * (i + 1) / n, 3) for i in range(n)]
+    q.val_at = list(p.val_at[:done]) + [v for v in nxt if v > now] or [1.0]
+    train_left = p.budget * (1 - RESERVE) - elapsed_s - (len(q.val_at) - done) * measured_s
+    q.steps = steps_done + int(max(0.0, train_left) / max(p.step_s, 1e-6))
+    q.reasons["val_at"] = (f"replanned at validation {done}: it took {measured_s:.1f} s against ~{p.val_s:.1f} s "
+                           f"planned ({measured_s / p.val_s:.1f}x); {len(q.val_at) - done} more fit in what is left of "
+                           f"{VAL_SHARE:.0%} of the budget")
+    q.reasons["steps"] = (f"~{q.steps} steps in all, replanned after validation {done}, at {p.step_s * 1000:.0f} ms "
+                          "a step")
+    return q
 
 
 def thin(val_at: list[float], done: int, spent: float, took: float, budget: float) -> list[float]:
