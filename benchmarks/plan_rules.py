@@ -7,7 +7,7 @@ set, as the flags would set them. First the step time of every variant is measur
 turns, median of each), then the first variant trains --steps steps and every other one the steps that take the
 same time at its measured step time (a batch twice as costly gets half the steps), each on the same seed, the
 learning rate following the plan's schedule over its own steps. Validation: the plan's whole-image validation
-(cvtool.train.budgeted.evaluate_images, test-time augmentation included) once at the end. The step counts, not a
+(cvtool.train.validate.evaluate_images, test-time augmentation included) once at the end. The step counts, not a
 clock, end each run, so a busy shared machine changes how long this takes, not the mIoU it reports; only the
 step-time ratios depend on the moment, and they are measured taking turns.
 """
@@ -54,11 +54,11 @@ def main() -> None:
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
     from cvtool.model.spec import ModelSpec, init_params
-    from cvtool.train.budgeted import batch_indices, evaluate_images
-    from cvtool.train.loop import class_weights
+    from cvtool.train.batches import batch_indices, class_weights
     from cvtool.train.optim import OptimConfig
     from cvtool.train.plan import propose
     from cvtool.train.schedule import lr_at
+    from cvtool.train.validate import evaluate_images
 
     train_ds, val_ds, _ = open_datasets(a.data, seed=a.seed)
     check_dataset(train_ds)

@@ -26,8 +26,8 @@ from cvtool.model.inference import (
     tile_margin,
 )
 from cvtool.model.meta import ModelMeta
-from cvtool.model.tiling import plan_tiling
 from cvtool.model.spec import ModelSpec, init_params
+from cvtool.model.tiling import plan_tiling
 
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
 

@@ -6,8 +6,19 @@ from cvtool.data.fingerprint import Fingerprint
 from cvtool.errors import UsageError
 from cvtool.model.inference import halo
 from cvtool.model.spec import ModelSpec
-from cvtool.train.plan import (MIN_BN_BATCH, MIN_CROP, MIN_STEPS, Plan, depth_cap, fill_budget, propose,
-                               replan_after_validation, shrink, thin, training_steps)
+from cvtool.train.plan import (
+    MIN_BN_BATCH,
+    MIN_CROP,
+    MIN_STEPS,
+    Plan,
+    depth_cap,
+    fill_budget,
+    propose,
+    replan_after_validation,
+    shrink,
+    thin,
+    training_steps,
+)
 
 
 def fp_of(**kw) -> Fingerprint:

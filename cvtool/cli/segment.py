@@ -128,7 +128,6 @@ def segment(
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.errors import CvtoolError, DataError, UsageError, WriteError
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
-    from cvtool_backends.base import hook
     from cvtool.model.activations import pass_pixels
     from cvtool.model.bands import segment_bands
     from cvtool.model.inference import (
@@ -142,6 +141,7 @@ def segment(
         with_tta,
     )
     from cvtool.model.tiling import plan_tiling
+    from cvtool_backends.base import hook
 
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if max_pixels < 0:

@@ -54,7 +54,7 @@ def segment_bands(predict: Callable[[np.ndarray], np.ndarray], rows: Rows, tilin
                 norm[:, l:l + tw] += wgt
         done = (starts[i + 1] if i + 1 < len(starts) else Hp) - top  # rows no later band reaches
         r1 = min(top + done, H)
-        if r1 > top:
+        if r1 > top and acc is not None:
             out = acc[:, :r1 - top, :W] / norm[:r1 - top, :W]
             mask[top:r1] = out.argmax(0).astype(np.uint8)
     return mask

@@ -15,9 +15,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from cvtool import glibc_malloc as heap
-from cvtool.arithmetic import ceil_div, effective_kernel, round_up
+from cvtool.arithmetic import round_up
 from cvtool.errors import DataError, UsageError
-from cvtool.model.spec import Conv2d, ConvTranspose2d, MaxPool2d, ModelSpec
+from cvtool.model.spec import ModelSpec
+from cvtool.model.tiling import halo, min_tile, plan_tiling, tile_margin  # noqa: F401 - halo, min_tile: re-exported
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -46,42 +47,6 @@ def prepare(image: np.ndarray, in_channels: int, mean, std, name: str = "image")
     return Prepared(((x - mean) / std).astype(np.float32), (img.shape[0], img.shape[1]))
 
 
-def halo(spec: ModelSpec) -> int:
-    """How far (input pixels) an output pixel can see beyond its own: an upper bound from the graph.
-
-    Per node: scale s (input pixels per feature pixel) and reach r. A conv adds its widest side
-    (pad, or kernel - 1 - pad) times s and multiplies s by its stride; a pool k/stride adds (k - stride)*s
-    and multiplies s by stride; a transposed conv (k/stride) adds s_in * ceil((k - 1 + p) / stride) and
-    divides s by stride; concat and add take the max.
-    """
-    scale: dict[str, float] = {"input": 1.0}
-    reach: dict[str, float] = {"input": 0.0}
-    for n in spec.graph():
-        L, s, r = n.layer, scale[n.inputs[0]], max(reach[i] for i in n.inputs)
-        if isinstance(L, Conv2d):
-            ek = effective_kernel(L.kernel_size, L.dilation)
-            r += max(max(p, ek - 1 - p) for p in (*L.pads[0], *L.pads[1])) * s
-            s *= L.stride
-        elif isinstance(L, MaxPool2d):
-            r += max(L.kernel_size - L.stride, 0) * s
-            s *= L.stride
-        elif isinstance(L, ConvTranspose2d):
-            r += s * ceil_div(L.kernel_size - 1 + L.padding, L.stride)
-            s /= L.stride
-        scale[n.name], reach[n.name] = s, r
-    return int(np.ceil(reach[spec.graph()[-1].name]))
-
-
-def tile_margin(spec: ModelSpec) -> int:
-    """The halo rounded up to the net's multiple: what each tile discards at a cut."""
-    return round_up(halo(spec), spec.multiple)
-
-
-def min_tile(spec: ModelSpec) -> int:
-    """The smallest tile that keeps a core of at least one multiple between two margins."""
-    return 2 * tile_margin(spec) + spec.multiple
-
-
 def _pad_to(x: np.ndarray, H: int, W: int) -> np.ndarray:
     """(N, C, h, w) -> (N, C, H, W), edge-replicated at the bottom/right."""
     h, w = x.shape[-2:]
@@ -102,8 +67,6 @@ def net_pixels(hw: tuple[int, int], spec: ModelSpec, tile: int | None = None, fr
     """Pixels the net runs on for an image of hw (after the model's scale) in segment_logits with the same tile and
     free_bytes: the padded image, or every tile where it is cut (cvtool.model.tiling, at most 1.5x the image's
     pixels). What validation's time estimate counts; test-time augmentation multiplies it."""
-    from cvtool.model.tiling import plan_tiling
-
     return plan_tiling(spec, hw, max_side=tile, free_bytes=free_bytes).net_pixels
 
 
@@ -205,7 +168,6 @@ def segment_logits(predict: Predict, image: np.ndarray, spec: ModelSpec, mean, s
     augmentation, and bring the logits back to (K, H, W). Training validates with the same function."""
     from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.model.activations import pass_pixels
-    from cvtool.model.tiling import plan_tiling
 
     predict = with_tta(predict, tta)
     img = image[..., None] if image.ndim == 2 else image

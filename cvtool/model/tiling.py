@@ -22,10 +22,46 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cvtool.arithmetic import ceil_div, round_up
-from cvtool.model.spec import ModelSpec
+from cvtool.arithmetic import ceil_div, effective_kernel, round_up
+from cvtool.model.spec import Conv2d, ConvTranspose2d, MaxPool2d, ModelSpec
 
 MAX_RATIO = 1.5  # net pixels / image pixels at most, with tiles (the padding of a small whole image aside)
+
+
+def halo(spec: ModelSpec) -> int:
+    """How far (input pixels) an output pixel can see beyond its own: an upper bound from the graph.
+
+    Per node: scale s (input pixels per feature pixel) and reach r. A conv adds its widest side
+    (pad, or kernel - 1 - pad) times s and multiplies s by its stride; a pool k/stride adds (k - stride)*s
+    and multiplies s by stride; a transposed conv (k/stride) adds s_in * ceil((k - 1 + p) / stride) and
+    divides s by stride; concat and add take the max.
+    """
+    scale: dict[str, float] = {"input": 1.0}
+    reach: dict[str, float] = {"input": 0.0}
+    for n in spec.graph():
+        L, s, r = n.layer, scale[n.inputs[0]], max(reach[i] for i in n.inputs)
+        if isinstance(L, Conv2d):
+            ek = effective_kernel(L.kernel_size, L.dilation)
+            r += max(max(p, ek - 1 - p) for p in (*L.pads[0], *L.pads[1])) * s
+            s *= L.stride
+        elif isinstance(L, MaxPool2d):
+            r += max(L.kernel_size - L.stride, 0) * s
+            s *= L.stride
+        elif isinstance(L, ConvTranspose2d):
+            r += s * ceil_div(L.kernel_size - 1 + L.padding, L.stride)
+            s /= L.stride
+        scale[n.name], reach[n.name] = s, r
+    return int(np.ceil(reach[spec.graph()[-1].name]))
+
+
+def tile_margin(spec: ModelSpec) -> int:
+    """The halo rounded up to the net's multiple: what each tile discards at a cut."""
+    return round_up(halo(spec), spec.multiple)
+
+
+def min_tile(spec: ModelSpec) -> int:
+    """The smallest tile that keeps a core of at least one multiple between two margins."""
+    return 2 * tile_margin(spec) + spec.multiple
 
 
 class Axis(NamedTuple):
@@ -133,7 +169,6 @@ def plan_tiling(spec: ModelSpec, hw: tuple[int, int], *, max_pixels: int | None 
     with free_bytes: a device's free memory, None: this host's); max_side: tiles of at most this many pixels a
     side (segment --tile; raised to 4 x the net's multiple)."""
     from cvtool.model.activations import pass_pixels
-    from cvtool.model.inference import tile_margin
 
     m = spec.multiple
     h, w = hw

@@ -120,7 +120,7 @@ def choose_scale(fp: Fingerprint, device: str) -> tuple[float, str]:
     s_keep = min(1.0, MIN_THICKNESS / t_thin)
     w = len(thin) / max(len(present), 1)
     s = round(min(1.0, s_ctx ** (1 - w) * s_keep**w), 3)
-    names = ", ".join(fp.classes[k] for k in sorted(thin, key=thin.get)[:3]) + (", ..." if len(thin) > 3 else "")
+    names = ", ".join(fp.classes[k] for k in sorted(thin, key=lambda k: thin[k])[:3]) + (", ..." if len(thin) > 3 else "")
     cost = (s_keep / s_ctx) ** 2
     why = (f"{len(thin)} of {len(present)} classes ({names}) under {MIN_THICKNESS:g} px at the {target}-px context "
            f"(x{s_ctx:.3g}); keeping them at {MIN_THICKNESS:g} px (x{s_keep:.3g}) costs {cost:.1f}x the pixels of "
@@ -134,8 +134,8 @@ def depth_cap(crop: int) -> int:
     """The deepest U-Net (3..5 levels) a crop trains: MIN_BOTTOM x MIN_BOTTOM features at its bottom, and a reach
     (halo, one side of the receptive field) no larger than the crop, so that a centre pixel's field is the crop's
     content rather than its padding (crop 256: depth 5, reach 250 px; 192 and 128: 4, reach 122; 96: 3, reach 58)."""
-    from cvtool.model.inference import halo
     from cvtool.model.spec import ModelSpec
+    from cvtool.model.tiling import halo
 
     d = 3
     for k in (4, 5):
@@ -147,8 +147,8 @@ def depth_cap(crop: int) -> int:
 def choose_depth(fp: Fingerprint, scale: float, crop: int) -> tuple[int, str]:
     """The shallowest U-Net (3..5 levels) whose reach covers the typical object, no deeper than the crop allows
     (depth_cap)."""
-    from cvtool.model.inference import halo
     from cvtool.model.spec import ModelSpec
+    from cvtool.model.tiling import halo
 
     dom = max(range(len(fp.class_share)), key=lambda k: fp.class_share[k])
     # a thin network (membranes) spans a few of its thicknesses around a pixel, however far it is connected
@@ -337,7 +337,8 @@ def replan_after_validation(p: Plan, measured_s: float, *, spent_val_s: float, e
     gone): a plan whose validation estimate p.val_s was off by more than VAL_SLACK, with the measured time as its
     estimate, the validation points still to come re-spread over the rest of the budget's second half as many as
     VAL_SHARE affords (more when validation is cheaper than planned, fewer when dearer; the final one always kept)
-    and the run's steps re-estimated (steps_done so far + what the rest holds); None while the estimate holds. Pure: the training loop calls it and swaps plans."""
+    and the run's steps re-estimated (steps_done so far + what the rest holds); None while the estimate holds.
+    Pure: the training loop calls it and swaps plans."""
     if not p.val_s or measured_s <= 0 or 1 / VAL_SLACK <= measured_s / p.val_s <= VAL_SLACK:
         return None
     q = Plan.from_dict(p.to_dict())
