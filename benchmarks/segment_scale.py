@@ -4,8 +4,9 @@ against ONNX Runtime (and NumPy on the large images when asked), each backend in
     python benchmarks/segment_scale.py [--folder 300] [--rounds 2] [--markdown FILE] [--json FILE] [--backends torch,ort]
 
 What runs is `cvtool.model.inference.segment_logits` (whole while a pass fits half the free memory, else tiles of
-cvtool.model.tiling, batch 4: what `segment` does per image; results before 2026-12-03 used fixed 512-px tiles) on the default net (U-Net width 16, depth 3, RGB, 4 classes; random weights: speed and memory do
-not depend on them). Images are made in memory from a seed, so both backends see the same pixels:
+cvtool.model.tiling, batch 4: what `segment` does per image; results before 2026-12-03 used fixed 512-px tiles)
+on the default net (U-Net width 16, depth 3, RGB, 4 classes; random weights: speed and memory do not depend on
+them). Images are made in memory from a seed, so both backends see the same pixels:
 - large: a 1024 x 1024 and a 4000 x 3000 image, 3 rounds, the best;
 - folder: N images of random sizes, 100-700 px a side; time per image, and the resident memory (VmRSS)
   after each quarter of the folder: flat memory means no cache grows with the number of shapes seen.
