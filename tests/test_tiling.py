@@ -12,13 +12,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from test_inference import tiny_params  # tests/ is on sys.path under pytest
 
 import cvtool_backends as registry
 from cvtool.model.activations import MEMORY_SHARE, host_available_bytes, pass_pixels, peak_bytes_per_pixel
 from cvtool.model.inference import predict_batch, predict_tiled, segment_logits, tile_margin
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.model.tiling import MAX_RATIO, Axis, axis_layout, axis_weights, plan_tiling
-from tests.test_inference import tiny_params
 
 
 def test_peak_bytes_hand_worked():
