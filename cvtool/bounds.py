@@ -61,6 +61,7 @@ POSITIVE = Bound(lo=0, lo_open=True)  # seconds, rates, factors
 NON_NEGATIVE = Bound(lo=0)
 FRACTION = Bound(lo=0, hi=1)
 OPEN_FRACTION = Bound(lo=0, hi=1, lo_open=True, hi_open=True)  # a share that leaves something on both sides
+SPLIT_TO_CHECK = Bound(lo=0, hi=1, hi_open=True)  # data check: 0 checks every image as training data
 COUNT = Bound(lo=1, hi=INT32_MAX, integer=True)  # sizes, batch sizes, channels, repeats
 SEED = Bound(lo=0, hi=2**32 - 1, integer=True)  # what NumPy's and torch's generators both take
 THREADS = Bound(lo=0, hi=1024, integer=True, hint="0 keeps the backend's default")
@@ -81,5 +82,5 @@ def check_all(name: str, values, bound: Bound) -> None:
         check(name, v, bound)
 
 
-__all__ = ["Bound", "check", "check_all", "POSITIVE", "NON_NEGATIVE", "FRACTION", "OPEN_FRACTION", "COUNT", "SEED", "THREADS", "DEPTH",
-           "INT32_MAX"]
+__all__ = ["Bound", "check", "check_all", "POSITIVE", "NON_NEGATIVE", "FRACTION", "OPEN_FRACTION", "SPLIT_TO_CHECK",
+           "COUNT", "SEED", "THREADS", "DEPTH", "INT32_MAX"]

@@ -116,7 +116,7 @@ def test_csv_keeps_the_previous_file(tmp_path, monkeypatch):
     before = files(tmp_path)
 
     class FullWriter:
-        def __init__(self, f):
+        def __init__(self, f, **kw):
             self.f = f
 
         def writerow(self, row):

@@ -112,7 +112,7 @@ def write_checkpoint(good: Path, meta: dict, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("field, value, named", CORRUPT, ids=[f"{f}={v!r}"[:40] for f, v, _ in CORRUPT])
+@pytest.mark.parametrize("field, value, named", CORRUPT, ids=[f"{f}={'deleted' if v is DELETE else repr(v)}"[:40] for f, v, _ in CORRUPT])
 def test_a_checkpoint_with_a_bad_field_is_refused_naming_it(capsys, tmp_path, good, field, value, named):
     path = write_checkpoint(good[0], edited(good[1], field, value), tmp_path / "bad.safetensors")
     with pytest.raises(DataError) as e:

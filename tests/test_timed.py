@@ -53,8 +53,8 @@ def timed_run(tmp_path_factory):
     data = make_set(tmp / "data")
     cfg = TrainConfig(data=str(data), time_budget=20.0)
     events = []
-    small = {"crop": 32, "batch_size": 4, "width": 8}  # cheap steps; the clock is the test's: ~60 steps in 20 s
-    res = train_timed(cfg, trainer_factory(), tmp / "run", **FakeClock(0.1).start(), cache_dir=tmp / "cache",
+    small = {"crop": 32, "batch_size": 4, "width": 8}  # cheap steps; the clock is the test's: ~30 steps in 20 s
+    res = train_timed(cfg, trainer_factory(), tmp / "run", **FakeClock(0.2).start(), cache_dir=tmp / "cache",
                       overrides=small, on_event=lambda k, d: events.append((k, d)))
     return tmp, res, events
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cvtool.bounds import COUNT, INT32_MAX, OPEN_FRACTION, SEED, Bound
+from cvtool.bounds import COUNT, INT32_MAX, SEED, SPLIT_TO_CHECK, Bound
 from cvtool.cli.options import number, within
 from cvtool.cli.output import emit_json, err, fmt_float, out, safe, table
 
@@ -83,7 +83,8 @@ def synth(
 @data_app.command("check")
 def check(
     data: str = typer.Argument(..., help="Dataset folder (images/ + masks/, PASCAL VOC, COCO JSON, YOLO), or 'synth'."),
-    val_split: float = number(0.2, "--val-split", bound=OPEN_FRACTION, help="Held-out share when the folder has no split."),
+    val_split: float = number(0.2, "--val-split", bound=SPLIT_TO_CHECK,
+                              help="Held-out share when the folder has no split (0: every image as training data)."),
     seed: int = number(0, "--seed", bound=SEED, help="Seed of the hold-out split."),
     json_: bool = JSON_OPT,
 ) -> None:

@@ -69,6 +69,6 @@ class Budget:
         """Why a run that has come this far cannot train on under this budget ("epochs", "time"), or None."""
         if self.steps is not None and step >= self.steps:
             return "epochs"
-        if self.seconds is not None and elapsed >= self.seconds * (1 - RESERVE):
+        if self.seconds is not None and elapsed >= self.end():  # where over() stopped it: no step would fit
             return "time"
         return None

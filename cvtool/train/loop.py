@@ -213,6 +213,8 @@ class Loop:
         took = self.agree_s(self.clock() - tv)
         budget.validated(st.step, took)
         st.elapsed = self.now()
+        if run.plan is not None and budget.validations == 1 and budget.seconds is not None:
+            self.replan(took)
         spe = budget.steps_per_epoch
         st.epoch = st.step // spe if spe else st.epoch  # epochs whose validation is done
         epoch = (st.step // spe if st.step % spe == 0 else round(st.step / spe, 2)) if spe else None
@@ -235,6 +237,21 @@ class Loop:
             write_curves(self.out_dir, st.history, st.trace)
         self.on_event("epoch", {**row, "iou": m.get("iou"), "best": best, "val_seconds": took})
         return True
+
+    def replan(self, took: float) -> None:
+        """The first validation measured against the plan's estimate: off by more than plan.VAL_SLACK, the validation
+        points still to come are spread again over what is left (plan.replan_after_validation), and the plan says so.
+        Every rank replans alike: the seconds it uses are the ranks' agreed ones."""
+        from cvtool.train.plan import replan_after_validation
+
+        run, budget = self.run_, self.budget
+        assert run.plan is not None
+        q = replan_after_validation(run.plan, took, spent_val_s=budget.val_spent,
+                                    elapsed_s=self.agree_s(self.st.elapsed), done=1, steps_done=self.st.step)
+        if q is None:
+            return
+        run.plan, budget.val_at, budget.val_s = q, list(q.val_at), q.val_s
+        self.on_event("note", {"text": q.reasons["val_at"]})
 
     def summary(self, stopped: str, waited: float) -> dict[str, Any]:
         run, st, m = self.run_, self.st, self.metrics
