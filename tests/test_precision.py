@@ -144,6 +144,13 @@ def test_int8_export_is_quantized_and_its_masks_agree_with_float32(trained, tmp_
     assert abs(doc["masks"]["miou_change"]) <= MASK_TOLERANCE["int8"].miou_change
     code, stdout, err = cli(capsys, "export", str(trained), "-o", str(out), "--verify-only", "--json")
     assert code == 0 and json.loads(stdout)["precision"] == "int8", err
+    img = Path(ck.data.root) / "images" / "000.png"
+    code, stdout, err = cli(capsys, "segment", str(img), "--model", str(out), "--backend", "numpy",
+                            "--out", str(tmp_path / "seg"))
+    assert code == 2 and "int8 export" in one_error_line(err)  # its weights are int8, not the spec's
+    code, stdout, err = cli(capsys, "segment", str(img), "--model", str(out), "--backend", "ort",
+                            "--out", str(tmp_path / "seg"), "--json")
+    assert code == 0 and json.loads(stdout)["images"][0]["size"] == [S, S], err
 
 
 def test_int8_export_of_a_checkpoint_without_data_needs_calibrate(tmp_path, capsys):

@@ -33,13 +33,6 @@ class Model:
     precision: str = "fp32"  # an export's: fp32 | fp16 | int8 (cvtool.model.precision)
     data: object = None  # a checkpoint's training data (cvtool.model.checkpoint.DataSource), if it remembers it
 
-    def weights_for(self, backend: str) -> dict[str, np.ndarray]:
-        """The spec's float32 parameters for a backend that runs them itself; an int8 export has none."""
-        if self.precision == "int8":
-            raise UsageError(f"{self.path} is an int8 export: only a backend that runs ONNX files runs it",
-                             hint=f"use --backend ort, or the float32 checkpoint with --backend {backend}")
-        return self.params
-
 
 def latest_checkpoint(root: Path = RUNS) -> Path:
     """best.safetensors of the latest run: the highest-numbered runs/train/expN that has one, or the demo's
@@ -157,6 +150,9 @@ def runner_for(be: Backend, model: Network) -> Runner:
     load_onnx = hook(be, "load_onnx")
     if model.kind == "onnx" and load_onnx is not None:
         return load_onnx(model.path)
+    if getattr(model, "precision", "fp32") == "int8":  # int8 weights, BatchNorm folded: not the spec's parameters
+        raise UsageError(f"{model.path} is an int8 export: only a backend that runs ONNX files runs it",
+                         hint=f"use --backend ort, or the float32 checkpoint with --backend {be.name}")
     if isinstance(be, Runs) and be.capabilities.extra.get("networks", True):
-        return be.runner(model.spec, model.weights_for(be.name))
+        return be.runner(model.spec, model.params)
     raise UsageError(f"backend {be.name!r} runs no networks", hint="use --backend torch, numpy or ort")
