@@ -178,9 +178,17 @@ class FreeMemory(Protocol):
     def free_memory(self) -> int | None: ...  # bytes free on our device (a GPU's); None: the host's memory is ours
 
 
+@runtime_checkable
+class PrecisionRunner(Protocol):
+    def precision_runner(self, spec, params, precision: str, calibration: list | None = None) -> Runner: ...
+    # a Runner computing in `precision` (cvtool.model.precision: fp32, fp16, int8, bf16; float32 in and out);
+    # calibration: (1, C, H, W) inputs for int8; BackendUnavailable (one line, the reason) where it cannot here
+
+
 # on trainers: MaxOverRanks, SyncBuffers (cvtool.train.ranks, imported above)
 HOOKS: dict[str, type] = {"gemm": Gemm, "peak_memory": PeakMemory, "set_threads": SetThreads, "load_onnx": LoadOnnx,
-                          "free_memory": FreeMemory, "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
+                          "free_memory": FreeMemory, "precision_runner": PrecisionRunner,
+                          "max_over_ranks": MaxOverRanks, "sync_buffers": SyncBuffers}
 
 
 def require_device(name: str, device: str, devices) -> str:

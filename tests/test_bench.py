@@ -30,7 +30,7 @@ from cvtool_backends.numpy_fast import Backend as NumpyBackend
 QUICK = ["--sizes", "32", "--min-time", "0.01", "--warmup", "1", "--width", "4", "--gemm-size", "128"]
 ROW_KEYS = {"backend", "device", "input", "status", "reason", "providers", "threads", "p50_ms", "p90_ms", "spread",
             "repeats", "images_per_s", "peak_mem_mb", "mem_method", "gflops", "gemm_fraction", "max_abs_diff",
-            "max_rel_diff", "label_agreement", "miou"}
+            "max_rel_diff", "label_agreement", "miou", "precision", "vs_fp32"}
 
 
 def bench_json(capsys, *args: str) -> tuple[int, dict]:

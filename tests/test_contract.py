@@ -24,7 +24,7 @@ from cvtool.train.optim import OptimConfig
 from cvtool_backends import base
 
 POSITIONAL = (Parameter.POSITIONAL_ONLY, Parameter.POSITIONAL_OR_KEYWORD)
-BACKEND_HOOKS = ("gemm", "peak_memory", "set_threads", "load_onnx", "free_memory")
+BACKEND_HOOKS = ("gemm", "peak_memory", "set_threads", "load_onnx", "free_memory", "precision_runner")
 TRAINER_HOOKS = ("max_over_ranks", "sync_buffers")
 assert set(BACKEND_HOOKS + TRAINER_HOOKS) == set(base.HOOKS)  # a new hook is checked here too
 

@@ -6,7 +6,9 @@ works the same for checkpoints trained by any backend. Dynamic batch, height and
 Interface (fixed, documented): input  "image"  float32 (N, C, H, W), normalised, H and W divisible by 2**depth
                                 output "logits" float32 (N, K, H, W)
 metadata_props["cvtool"]: JSON with spec, classes, colors, normalization, cvtool_version (and the
-source checkpoint's sha256, which `cvtool segment` uses as a cache key).
+source checkpoint's sha256, which `cvtool segment` uses as a cache key), and its precision: "fp32", "fp16"
+(weights and compute in float16 behind float32 I/O casts, `half` true too, as files before the name had it) or
+"int8" (quantized by backends/ort_backend/quantize.py: its initializers are int8, not the spec's parameters).
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def build_model(spec: ModelSpec, params: dict[str, np.ndarray], meta: dict, *, o
     g = helper.make_graph(nodes, "cvtool_unet", [x], [y], initializer=initializers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="cvtool")
     model.ir_version = min(model.ir_version, max_ir(opset))
-    helper.set_model_props(model, {META_KEY: json.dumps({**meta, "spec": spec.to_dict(), "half": half})})
+    helper.set_model_props(model, {META_KEY: json.dumps({**meta, "spec": spec.to_dict(), "half": half,
+                                                         "precision": "fp16" if half else "fp32"})})
     return model
 
 
@@ -112,10 +115,17 @@ def read_meta(model: onnx.ModelProto) -> dict:
     return json.loads(props[META_KEY])
 
 
+def precision(meta: dict) -> str:
+    """fp32, fp16 or int8: what an export's metadata says (files before the name: `half` or float32)."""
+    return meta.get("precision") or ("fp16" if meta.get("half") else "fp32")
+
+
 def to_params(model: onnx.ModelProto) -> tuple[ModelSpec, dict[str, np.ndarray], dict]:
     """Back from ONNX: the spec, float32 parameters and the metadata (so any backend can run an .onnx)."""
     meta = read_meta(model)
     spec = ModelSpec.from_dict(meta["spec"])
+    if precision(meta) == "int8":  # quantized and BatchNorm-folded: no spec parameters to give back
+        return spec, {}, meta
     params = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer
               if t.name not in CLIP6}
     check_params(spec, params)

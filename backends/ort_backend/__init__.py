@@ -219,6 +219,29 @@ class Backend:
         run.note = f"{what} {src}" if isinstance(src, Path) else what
         return run
 
+    def precision_runner(self, spec, params, precision: str, calibration: list | None = None):
+        """fp32: runner(); fp16: the float16 export (on the CPU provider its convs run in float32 on float16-rounded
+        weights: ORT's x86 CPU kernels have no float16 Conv); int8: the export quantized by ort_backend/quantize.py,
+        calibrated on `calibration`, on the CPU provider only."""
+        from cvtool_backends.onnx_format.export import build_model
+        from cvtool_backends.onnx_format.opset import newest_opset
+        from cvtool_backends.ort_backend.quantize import quantize_int8
+        from cvtool_backends.ort_backend.runner import OrtRunner
+        from cvtool.errors import BackendUnavailable
+
+        if precision == "fp32":
+            return self.runner(spec, params)
+        if precision == "bf16":
+            raise BackendUnavailable("ort runs no bfloat16 networks (no bf16 Conv kernels in its CPU or CUDA provider)",
+                                     hint="bf16 runs on --backend torch")
+        if precision == "int8" and self.device != "cpu":
+            raise BackendUnavailable("ort runs int8 (QDQ) networks on its CPU provider only (CUDA would need TensorRT)",
+                                     hint="--device cpu")
+        model = build_model(spec, params, {}, opset=newest_opset(), half=precision == "fp16")
+        if precision == "int8":
+            model = quantize_int8(model, list(calibration or []))
+        return OrtRunner(model.SerializeToString(), self.device)
+
     def load_onnx(self, path) -> OrtRunner:
         from cvtool.errors import DataError
         from cvtool_backends.ort_backend.runner import OrtRunner

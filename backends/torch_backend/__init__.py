@@ -46,6 +46,26 @@ def _float(a) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
+def native_bf16(device: str) -> tuple[bool, str]:
+    """(whether bfloat16 runs natively on `device`, how that was found or why not): CUDA asks torch; a CPU needs
+    torch's own AVX512-BF16 / AMX query (the /proc/cpuinfo flags where this torch has none) and oneDNN's bf16."""
+    if device == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "torch.cuda.is_bf16_supported()" if ok else "this GPU has no native bfloat16"
+    from cvtool.model.precision import cpu_bf16
+
+    queries = [q for q in ("_is_avx512_bf16_supported", "_is_amx_tile_supported") if hasattr(torch.cpu, q)]
+    if queries:
+        found = [q.strip("_").removeprefix("is_").removesuffix("_supported") for q in queries if getattr(torch.cpu, q)()]
+        ok, how = bool(found), f"torch reports {', '.join(found)}" if found else \
+            "this CPU has neither AVX512-BF16 nor AMX (torch.cpu's own query): bfloat16 would be emulated"
+    else:
+        ok, how = cpu_bf16()
+    if ok and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False, "this torch's oneDNN has no bfloat16 kernels"
+    return ok, how
+
+
 class Backend:
     name: ClassVar[str] = "torch"
     capabilities: ClassVar[Capabilities] = Capabilities(ops=True, backward=True, train=True, float64=True,
@@ -163,6 +183,25 @@ class Backend:
         from cvtool_backends.torch_backend.model import TorchRunner
 
         return TorchRunner(spec, params, self.device)
+
+    def precision_runner(self, spec, params, precision: str, calibration: list | None = None):
+        """fp32: runner(); bf16 where native_bf16 says so (CPU or CUDA); fp16 on CUDA; int8 is ONNX Runtime's."""
+        from cvtool_backends.torch_backend.model import TorchRunner
+        from cvtool.errors import BackendUnavailable
+
+        if precision == "fp32":
+            return self.runner(spec, params)
+        if precision == "int8":
+            raise BackendUnavailable("torch: int8 inference goes through ONNX Runtime's quantization here",
+                                     hint="--backend ort (cvtool export --precision int8)")
+        if precision == "fp16" and self.device != "cuda":
+            raise BackendUnavailable("torch runs float16 networks on CUDA only (this CPU has no float16 arithmetic)",
+                                     hint="bf16 on this CPU, or fp16 through --backend ort")
+        if precision == "bf16":
+            ok, how = native_bf16(self.device)
+            if not ok:
+                raise BackendUnavailable(f"no native bfloat16 on {self.device}: {how}", hint="run in fp32")
+        return TorchRunner(spec, params, self.device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
     def trainer(self, spec, params, *, optim, class_weights=None, seed: int = 0, distributed: bool = False,
                 dice: float = 0.0) -> TorchTrainer:

@@ -70,12 +70,17 @@ def channels(nodes: list[FusedNode], in_channels: int) -> dict[str, int]:
 class FrozenNet:
     """Evaluation-mode logits of a spec; parameters frozen at construction."""
 
-    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], device: torch.device):
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], device: torch.device,
+                 dtype: torch.dtype = torch.float32):
         check_params(spec, params)
         nodes, p = fold_batchnorm(spec.graph(), {k: np.asarray(v, np.float32) for k, v in params.items()})
         self.nodes = fuse_relu(nodes)
         self.device, self.fused = device, _onednn(device)
-        self.w = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in p.items()}
+        # oneDNN's conv + add + ReLU primitive falls back to at::add_relu for some shapes, which has no bfloat16 kernel
+        # (torch 2.13: "Unsupported datatype for add_relu"): there the add and the ReLU run after the fused conv
+        self.fused_add = self.fused and dtype == torch.float32
+        # folded in float32, then cast: bfloat16 / float16 weights round once, not through the fold
+        self.w = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, dtype) for k, v in p.items()}
         by_name = {n.name: n for n in self.nodes}
         uses = Counter(src for n in self.nodes for src in n.inputs)
         C = channels(self.nodes, spec.in_channels)
@@ -105,10 +110,14 @@ class FrozenNet:
         if not L.symmetric:  # TF "SAME" at stride 2: pad first (one more at the bottom/right), then a valid conv
             x, t = F.pad(x, (left, right, t, bottom)), 0
         pad, st, dil = [t] * 2, [L.stride] * 2, [L.dilation] * 2
-        if self.fused:
+        if self.fused and (acc is None or not self.fused_add):
+            y = torch.ops.mkldnn._convolution_pointwise(x, w, b, pad, st, dil, L.groups,
+                                                        "relu" if relu and acc is None else "none", [], "")
             if acc is None:
-                return torch.ops.mkldnn._convolution_pointwise(x, w, b, pad, st, dil, L.groups,
-                                                                "relu" if relu else "none", [], "")
+                return y
+            y += acc
+            return y.relu_() if relu else y
+        if self.fused:
             return torch.ops.mkldnn._convolution_pointwise.binary(x, acc, w, b, pad, st, dil, L.groups, "add", 1.0,
                                                                   "relu" if relu else None, [], "")
         y = F.conv2d(x, w, b, L.stride, t, L.dilation, L.groups)

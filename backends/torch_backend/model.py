@@ -266,17 +266,17 @@ def full_fp32_convolutions() -> None:
 class TorchRunner:
     """Inference through infer.FrozenNet (BatchNorm folded, ReLU and the skip concatenations fused)."""
 
-    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], device: str):
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], device: str, dtype=torch.float32):
         from cvtool_backends.torch_backend.infer import FrozenNet
 
-        self.device = torch.device(device)
+        self.device, self.dtype = torch.device(device), dtype
         if self.device.type == "cuda":
             full_fp32_convolutions()
-        self.net = FrozenNet(spec, params, self.device)
+        self.net = FrozenNet(spec, params, self.device, dtype=dtype)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
-        return self.net(t).float().cpu().numpy()
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
+        return self.net(t).float().cpu().numpy()  # float32 out, whatever the net computes in
 
 
 def set_threads() -> int:

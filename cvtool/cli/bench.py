@@ -76,6 +76,8 @@ def bench(
     seed: int = number(0, "--seed", bound=SEED, help="Seed of the random weights and inputs."),
     gemm_size: int = number(2048, "--gemm-size", bound=Bound(lo=0, hi=INT32_MAX, integer=True),
                             help="n of the n x n float32 GEMM measured (0: skip)."),
+    precision: str = typer.Option("fp32", "--precision", help="Precisions to time side by side, e.g. fp32,fp16,"
+                                  "int8,bf16: a row per backend and precision it runs (cli/bench_precision.py)."),
     rounds: int = number(1, "--rounds", bound=COUNT, help="Measure everything N times, taking turns, and pool each "
                          "row's calls: steadier ratios on a busy machine."),
     op: Optional[str] = typer.Option(None, "--op", help="One operation instead: conv2d, conv_transpose2d, max_pool2d."),
@@ -92,13 +94,17 @@ def bench(
 ) -> None:
     """Time every backend and device on the same input and prove they agree with the float64 NumPy reference."""
     from cvtool.errors import UsageError
+    from cvtool.model.precision import parse_precisions
 
+    precisions = parse_precisions(precision)
     if device not in ("all", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}", hint="use all, cpu or cuda")
     cfg = {"sizes": _ints(sizes, "--sizes"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"), "min_time": min_time,
            "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size, "load": _load(),
-           "rounds": rounds}
+           "rounds": rounds, "precisions": precisions}
     if op is not None:
+        if precisions != ["fp32"]:
+            raise UsageError("--precision times networks: --op benches one float32 operation")
         if op not in OPS:
             raise UsageError(f"unknown --op {op!r}", hint=f"use one of {', '.join(OPS)}")
         if model is not None or data is not None or width is not None or depth is not None:
@@ -112,7 +118,10 @@ def bench(
             if v is not None:
                 raise UsageError(f"{flag} means nothing without --op")
         docs = [network_bench(cfg, backend, device, model, width, depth, data, data_limit) for _ in range(rounds)]
+    from cvtool.cli.bench_precision import add_ratios
+
     doc = merge_rounds(docs) if rounds > 1 else docs[0]
+    add_ratios(doc["rows"])
     for r in doc["rows"]:  # the raw calls stay inside
         r.pop("_times", None)
         r.pop("_flops", None)
@@ -213,8 +222,12 @@ def _network(model: str | None, width, depth, seed: int, info) -> dict:
             path = None
     if path is not None:
         m = open_model(path)
+        if m.precision == "int8":  # no float weights for the reference to check it against
+            raise UsageError(f"{m.path} is an int8 export: bench it through its checkpoint",
+                             hint="--model CHECKPOINT --precision fp32,int8 (calibrated as cvtool export does)")
         return {"spec": m.spec, "params": m.params, "source": str(m.path), "mean": m.meta.mean, "std": m.meta.std,
-                "onnx": m.path if m.kind == "onnx" else None}
+                "onnx": m.path if m.kind == "onnx" else None, "precision": m.precision, "meta": m.meta,
+                "data": m.data}
     kw = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     if info is not None:
         kw.update(in_channels=info.in_channels, num_classes=len(info.classes))
@@ -262,6 +275,8 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     from cvtool.convcalc.verify import RTOL
     from cvtool.footprint import array
     from cvtool.model.footprint import unet_needs
+    from cvtool.cli.bench_precision import calibration, maker, tolerance
+    from cvtool.cli.convcalc.common import backend_status
     from cvtool.model.spec import total_flops
     from cvtool_backends.base import Runs, hook
 
@@ -301,11 +316,16 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
         return runner_for(be, opened)
 
     weight_bytes = sum(int(np.prod(s)) for s in spec.param_shapes().values()) * 4
+    calib = calibration(net, data, cfg["sizes"], cfg["seed"])
     rows = []
     for name, dev in targets:
-        rows += backend_rows(registry, name, dev, make, points, cfg, flops=lambda x: per_image[x.shape[2]] * x.shape[0],
-                             gemm=gemm, weight_bytes=weight_bytes, tol=RTOL, labels=True,
-                             after=(lambda run: {"miou": _miou(run, items, spec)}) if items else None)
+        st = backend_status(registry, name)
+        here = st.available and dev in st.devices  # else one row says why, not one per precision
+        for p in cfg["precisions"] if here else cfg["precisions"][:1]:
+            rows += backend_rows(registry, name, dev, maker(p, make, net, calib), points, cfg,
+                                 flops=lambda x: per_image[x.shape[2]] * x.shape[0], gemm=gemm,
+                                 weight_bytes=weight_bytes, tol=tolerance(p, RTOL), labels=True, precision=p,
+                                 after=(lambda run: {"miou": _miou(run, items, spec)}) if items else None)
     s = spec
     what = {"model": net["source"], "spec": s.to_dict(), "params": s.num_params(),
             "gflop_per_image": {str(S): f / 1e9 for S, f in per_image.items()},
@@ -375,6 +395,8 @@ def op_bench(op: str, cfg: dict, backend: str, device: str, kernel, stride, padd
 def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: float) -> dict:
     import platform
 
+    from cvtool.cli.bench_precision import notes as precision_notes
+
     notes = ["latency and throughput per image (a batch's time / its size); spread = IQR / median of the timed calls",
              "GFLOP/s: convolution FLOPs from the spec (a multiply-add counts 2) / median time; "
              "% GEMM: that over the best float32 GEMM rate measured on the same device in this run",
@@ -385,7 +407,8 @@ def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: fl
              "CUDA: the backend's peak_memory hook",
              "CUDA calls return host arrays, so their timing includes synchronisation and the copy back; "
              "ORT on CUDA runs with IO binding; torch runs in channels_last",
-             f"threads: set to {cfg['threads']} for torch and ORT; NumPy's BLAS keeps the count it started with"]
+             f"threads: set to {cfg['threads']} for torch and ORT; NumPy's BLAS keeps the count it started with",
+             *precision_notes(cfg.get("precisions", ["fp32"]), tol)]
     return {"mode": mode, **what, "settings": cfg, "gemm": gemm, "tolerance": tol,
             "machine": {"cpu": _cpu_name() or platform.machine(), "cpus": _cpus(), "platform": platform.platform(),
                         "python": platform.python_version(), "load_1min": {"start": cfg.get("load"), "end": _load()}},

@@ -7,13 +7,14 @@ from pathlib import Path
 from cvtool.cli.output import err, fmt_float, out, safe, table
 
 COLUMNS = ["backend", "input", "status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s",
-           "peak MB", "GFLOP/s", "% GEMM", "% own GEMM", "max abs diff", "max rel diff", "labels =", "mIoU"]
+           "peak MB", "GFLOP/s", "% GEMM", "% own GEMM", "x fp32", "max abs diff", "max rel diff", "labels =", "mIoU"]
 
 
 def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
     """The table's columns and text cells (rich and Markdown alike); label and mIoU columns only where they mean something."""
     cols = [c for c in COLUMNS if not (c == "labels =" and doc["mode"] == "op")
-            and not (c == "mIoU" and "data" not in doc)]
+            and not (c == "mIoU" and "data" not in doc)
+            and not (c == "x fp32" and all(r.get("precision", "fp32") == "fp32" for r in doc["rows"]))]
 
     def f(v, fmt):
         return "-" if v is None else fmt(v)
@@ -27,7 +28,9 @@ def _cells(doc: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in doc["rows"]:
         prov = ", ".join(p.replace("ExecutionProvider", "") for p in r["providers"]) if r["providers"] else "-"
-        cell = {"backend": f"{r['backend']}/{r['device']}", "input": f(r["input"], lambda v: "x".join(map(str, v))),
+        p = r.get("precision", "fp32")
+        cell = {"backend": f"{r['backend']}/{r['device']}" + ("" if p == "fp32" else f" {p}"),
+                "x fp32": f(r.get("vs_fp32"), lambda v: f"{v:.2f}x"), "input": f(r["input"], lambda v: "x".join(map(str, v))),
                 "status": r["status"], "providers": prov, "threads": f(r["threads"], str),
                 "p50 ms/img": f(r["p50_ms"], fmt_float), "p90 ms/img": f(r["p90_ms"], fmt_float),
                 "spread": f(r["spread"], lambda v: f"{v:.1%}"), "img/s": f(r["images_per_s"], fmt_float),
@@ -73,12 +76,16 @@ def _header(doc: dict) -> list[str]:
 
 
 def _footer(doc: dict) -> list[str]:
-    why = [f"{r['backend']}/{r['device']}: {r['status']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
+    def label(r: dict) -> str:
+        p = r.get("precision", "fp32")
+        return f"{r['backend']}/{r['device']}" + ("" if p == "fp32" else f" {p}")
+
+    why = [f"{label(r)}: {r['status']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
     return why + doc["notes"]
 
 
 SPEED = ("status", "providers", "threads", "p50 ms/img", "p90 ms/img", "spread", "img/s", "peak MB", "GFLOP/s", "% GEMM",
-         "% own GEMM")
+         "% own GEMM", "x fp32")
 
 
 def render(doc: dict) -> None:
@@ -148,7 +155,8 @@ def write_plot(doc: dict, path: Path) -> None:
     for r in doc["rows"]:
         if r["p50_ms"] is None or r["backend"] == "onnx.reference":
             continue
-        key = f"{r['backend']}/{r['device']} b{r['input'][0]}"
+        p = r.get("precision", "fp32")
+        key = f"{r['backend']}/{r['device']}{'' if p == 'fp32' else ' ' + p} b{r['input'][0]}"
         lat.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["p50_ms"]
         thr.setdefault(key, [None] * len(sizes))[sizes.index(r["input"][2])] = r["images_per_s"]
     line_chart(path, sizes, lat, thr, title=f"ms per image (left), images/s (right): {doc['title'][:40]}",

@@ -20,8 +20,8 @@ class NotSupported(Exception):
 def new_row(name: str, dev: str, shape, status: str, reason: str | None = None) -> dict[str, Any]:
     keys = ("providers", "threads", "p50_ms", "p90_ms", "spread", "repeats", "images_per_s", "peak_mem_mb",
             "mem_method", "gflops", "gemm_fraction", "max_abs_diff", "max_rel_diff", "label_agreement", "miou")
-    return {"backend": name, "device": dev, "input": None if shape is None else list(shape), "status": status,
-            "reason": reason, **dict.fromkeys(keys)}
+    return {"backend": name, "device": dev, "precision": "fp32", "input": None if shape is None else list(shape),
+            "status": status, "reason": reason, **dict.fromkeys(keys)}
 
 
 def error_text(e: BaseException) -> str:
@@ -30,13 +30,13 @@ def error_text(e: BaseException) -> str:
     return e.message if isinstance(e, CvtoolError) else f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
 
-def compare(y, ref, tol: float, labels: bool) -> dict[str, Any]:
+def compare(y, ref, tol, labels: bool) -> dict[str, Any]:
     """max |y - ref|, that over max |ref| (cvtool.compare), the share of pixels with the same argmax class;
-    pass when rel <= tol."""
+    pass when rel <= tol (a float, or a cvtool.compare.Tolerance: a reduced precision's, labels included)."""
     from cvtool.compare import Tolerance
     from cvtool.compare import compare as agree
 
-    a = agree(y, ref, Tolerance(max_rel=tol), labels=labels)
+    a = agree(y, ref, tol if isinstance(tol, Tolerance) else Tolerance(max_rel=tol), labels=labels)
     if a.max_abs is None:  # shapes or infinities differ: no error to measure
         return {"status": "mismatch", "reason": a.reason}
     res = {"max_abs_diff": a.max_abs, "max_rel_diff": a.max_rel, "status": "pass" if a.ok else "mismatch"}
@@ -70,7 +70,7 @@ def _probe(name: str, be, run: Callable, x, weight_bytes: int, base_rss: int | N
 
 
 def time_row(row: dict, name: str, be, run: Callable, x, ref, cfg: dict, *, flops: int, gemm_rate: float | None,
-             weight_bytes: int, base_rss: int | None, tol: float, labels: bool) -> dict:
+             weight_bytes: int, base_rss: int | None, tol, labels: bool) -> dict:
     """Warm up (the first call measures memory and gives the output checked), then time; fills `row`."""
     from cvtool import timing
 
@@ -123,36 +123,44 @@ def merge_rounds(docs: list[dict]) -> dict:
 
 
 def backend_rows(registry, name: str, dev: str, make: Callable, points: list, cfg: dict, *, flops: Callable,
-                 gemm: dict, weight_bytes: int, tol: float, labels: bool, after: Callable | None = None) -> list[dict]:
-    """Every point (x, ref) on one backend and device. make(be) -> run(x); after(run) -> extra fields (mIoU)."""
+                 gemm: dict, weight_bytes: int, tol, labels: bool, after: Callable | None = None,
+                 precision: str = "fp32") -> list[dict]:
+    """Every point (x, ref) on one backend and device, in one precision. make(be) -> run(x); after(run) -> extra
+    fields (mIoU)."""
     from cvtool import timing
     from cvtool.cli.convcalc.common import backend_status
+    from cvtool.errors import BackendUnavailable
     from cvtool_backends.base import RunnerInfo
+
+    def new(shape, status: str, reason: str | None = None) -> dict:
+        return {**new_row(name, dev, shape, status, reason), "precision": precision}
 
     st = backend_status(registry, name)
     if not st.available:
-        return [new_row(name, dev, None, "unavailable", st.reason)]
+        return [new(None, "unavailable", st.reason)]
     try:
         be = registry.get(name, dev)
     except Exception as e:  # BackendUnavailable: no GPU, or a CPU-only backend asked for CUDA
-        return [new_row(name, dev, None, "unavailable", error_text(e))]
+        return [new(None, "unavailable", error_text(e))]
     _set_threads(be, cfg["threads"])
     gc.collect()
     timing.release_free_memory()  # so that memory freed by earlier rows does not hide this one's growth
     base_rss = timing.rss_bytes()
-    err().print(f"[dim]bench: {name}/{dev} ...[/]")
+    err().print(f"[dim]bench: {name}/{dev}{'' if precision == 'fp32' else ' ' + precision} ...[/]")
     try:
         run = make(be)
     except NotSupported as e:
-        return [new_row(name, dev, None, "unavailable", str(e))]
+        return [new(None, "unavailable", str(e))]
+    except BackendUnavailable as e:  # this precision cannot run here: the backend's reason
+        return [new(None, "unavailable", e.message)]
     except Exception as e:
-        return [new_row(name, dev, None, "failed", error_text(e))]
+        return [new(None, "failed", error_text(e))]
     info = run if isinstance(run, RunnerInfo) else None  # ORT: what the session really uses
     providers = info.providers if info else None
     used_threads = (info.threads if info else None) or (st.threads if name == registry.REFERENCE else cfg["threads"])
     rows = []
     for x, ref in points:
-        row = new_row(name, dev, x.shape, "failed")
+        row = new(x.shape, "failed")
         row.update(providers=list(providers) if providers else None, threads=used_threads)
         try:
             time_row(row, name, be, run, x, ref, cfg, flops=flops(x), gemm_rate=gemm["rate"].get(dev),

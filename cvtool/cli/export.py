@@ -10,6 +10,12 @@ max |got - ref| / max |ref| over the whole output. With --half, ORT's CPU provid
 graph by casting weights to float32 (it has no float16 Conv kernels), so only the weight rounding is
 seen there; onnx.reference, which computes every node in float16, is the row that checks float16
 arithmetic, and ORT on CUDA (a row of its own where a GPU is present) runs real float16 kernels.
+
+--precision fp32 | fp16 | int8 (--half = fp16). Input and output stay float32 in every file, so one caller
+(cvtool segment, any ORT user) runs all three alike; the casts are inside the graph. int8 is ONNX Runtime's static
+quantization (backends/ort_backend/quantize.py), calibrated on training images (cli/export_precision.py). A
+reduced-precision file is judged by its masks against float32's on validation images (the mIoU change included);
+fp16 keeps the logits parity as well, which int8, with 256 levels per tensor, cannot meet.
 """
 
 from __future__ import annotations
@@ -130,7 +136,9 @@ def check_meta(model, onnx_path: Path) -> dict:
     if not all(same.values()):
         raise CvtoolError(f"{onnx_path}: metadata differs from {model.path} in " +
                           ", ".join(k for k, ok in same.items() if not ok), exit_code=1)
-    return {"half": bool(meta.get("half")), "same_source": meta.get("source_sha256") == file_digest(model.path),
+    from cvtool_backends.onnx_format.export import precision
+
+    return {"precision": precision(meta), "half": precision(meta) == "fp16", "same_source": meta.get("source_sha256") == file_digest(model.path),
             "cvtool_version": meta.get("cvtool_version")}
 
 
@@ -160,7 +168,14 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the .onnx file."),
     opset: Optional[int] = typer.Option(None, callback=within(COUNT), help="ONNX opset (default: the newest that the installed "
                                         "ONNX Runtime runs)."),
-    half: bool = typer.Option(False, "--half", help="float16 weights and compute (for GPUs), float32 input/output."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (float16 weights and compute) | int8 "
+                                  "(ONNX Runtime's static quantization, QDQ); input and output stay float32."),
+    half: bool = typer.Option(False, "--half", help="The same as --precision fp16."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="int8: calibrate on this folder's images "
+                                             "(a dataset's training split, or every image in it). Default: the "
+                                             "training images the checkpoint remembers."),
+    calibration_images: int = typer.Option(32, "--calibration-images", help="int8: how many images calibrate "
+                                           "(spread evenly over the split)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file against PyTorch and the NumPy "
                                 "reference before it is written; beyond tolerance: nothing written, exit 1."),
     verify_only: bool = typer.Option(False, "--verify-only", help="Write nothing: check the existing -o file "
@@ -179,7 +194,17 @@ def export(
     from cvtool.fsutil import atomic_path
     from cvtool_backends.onnx_format.export import INPUT, OUTPUT
     from cvtool_backends.onnx_format.opset import OLDEST, newest_opset
+    from cvtool.model.precision import EXPORTS, parse_precision
 
+    precision = parse_precision(precision, EXPORTS)
+    if half and precision not in ("fp32", "fp16"):
+        raise UsageError(f"--half means --precision fp16, not {precision}")
+    precision = "fp16" if half else precision
+    half = precision == "fp16"
+    if calibrate is not None and precision != "int8":
+        raise UsageError("--calibrate is for --precision int8")
+    if calibration_images < 1:
+        raise UsageError("--calibration-images must be at least 1")
     if checkpoint.suffix == ".onnx":
         raise UsageError(f"{checkpoint} is already an ONNX file", hint="export takes a .safetensors checkpoint")
     if output.is_dir():
@@ -194,16 +219,28 @@ def export(
                          hint="move it, or choose another -o")
     model = open_model(checkpoint)
 
-    def report(doc: dict, rows: list[dict]) -> None:
+    def report(doc: dict, path: Path, calibration=None) -> None:
+        """Logits parity (fp32, fp16) and masks on validation images (fp16, int8): doc["passed"] when all hold."""
+        from cvtool.cli.export_precision import judging_images, mask_report, print_mask_report
+
+        p = doc["precision"]
+        rows = parity_report(model, path, half=p == "fp16") if p != "int8" else []
         doc["verify"] = rows
-        doc["passed"] = all(r["ok"] for r in rows)
-        if not json_:
+        if not json_ and rows:
             _print_report(rows)
+        judge = judging_images(model, calibrate, calibration) if p != "fp32" else None
+        doc["masks"] = mask_report(model, path, p, judge, quiet=json_) if judge is not None else None
+        if doc["masks"] is not None and not json_:
+            print_mask_report(doc["masks"])
+        if p == "int8" and doc["masks"] is None:
+            raise UsageError("an int8 export is judged on images, and there are none",
+                             hint="give --calibrate DIR, or --no-verify to write it unchecked")
+        doc["passed"] = all(r["ok"] for r in rows) and (doc["masks"] is None or doc["masks"]["ok"])
 
     if verify_only:
         info = check_meta(model, output)
         doc = {"output": str(output), "verify_only": True, **info}
-        report(doc, parity_report(model, output, half=info["half"]))
+        report(doc, output)
         if json_:
             emit_json(doc)
         if not doc["passed"]:
@@ -214,14 +251,27 @@ def export(
     opset = opset or top
     if not OLDEST <= opset <= top:
         raise UsageError(f"opset {opset} is outside what this ONNX Runtime runs ({OLDEST}..{top})")
+    calibration = None
+    if precision == "int8":  # the images first: no data is one line before any work
+        from cvtool.cli.export_precision import calibration_images as sample
+
+        calibration = sample(model, calibrate, calibration_images)
     with atomic_path(output) as tmp:  # an unwritable place fails here, before any work; no partial file ever
         m = build_onnx(model, opset, half)
+        if calibration is not None:
+            from cvtool_backends.ort_backend.quantize import quantize_int8
+            from cvtool.model.calibrate import net_inputs
+
+            err().print(f"int8: calibrating on {calibration.what} ...", soft_wrap=True, markup=False)
+            m = quantize_int8(m, net_inputs(calibration, model.spec, model.meta))
         onnx.checker.check_model(m, full_check=True)
         tmp.write_bytes(m.SerializeToString())
-        doc = {"output": str(output), "opset": opset, "half": half, "bytes": tmp.stat().st_size,
-               "input": INPUT, "output_name": OUTPUT, "checker": "passed"}
+        doc = {"output": str(output), "opset": opset, "precision": precision, "half": half,
+               "bytes": tmp.stat().st_size, "input": INPUT, "output_name": OUTPUT, "checker": "passed",
+               "calibration": None if calibration is None else {"images": len(calibration.images),
+                                                                "what": calibration.what}}
         if verify:
-            report(doc, parity_report(model, tmp, half=half))
+            report(doc, tmp, calibration)
             if not doc["passed"]:
                 if json_:
                     emit_json(doc)
@@ -230,5 +280,7 @@ def export(
     if json_:
         emit_json(doc)
     else:
-        err().print(f"wrote {safe(output, markup=False)} ({doc['bytes'] / 1e6:.2f} MB, opset {opset}{', float16' if half else ''}); "
-                    f"onnx.checker passed{'; parity passed' if verify else ''}", soft_wrap=True, markup=False)
+        what = {"fp32": "", "fp16": ", float16", "int8": ", int8"}[precision]
+        checks = ("; parity passed" if doc.get("verify") else "") + ("; masks passed" if doc.get("masks") else "")
+        err().print(f"wrote {safe(output, markup=False)} ({doc['bytes'] / 1e6:.2f} MB, opset {opset}{what}); "
+                    f"onnx.checker passed{checks if verify else ''}", soft_wrap=True, markup=False)

@@ -30,6 +30,8 @@ class Model:
     meta: ModelMeta
     path: Path
     kind: str  # "checkpoint" | "onnx"
+    precision: str = "fp32"  # an export's: fp32 | fp16 | int8 (cvtool.model.precision)
+    data: object = None  # a checkpoint's training data (cvtool.model.checkpoint.DataSource), if it remembers it
 
 
 def latest_checkpoint(root: Path = RUNS) -> Path:
@@ -59,20 +61,21 @@ def open_model(path: Path | None) -> Model:
     if not path.exists():
         raise DataError(f"model {path} does not exist")
     if path.suffix.lower() == ".onnx":
-        return Model(*_onnx_model(path), path, "onnx")
+        spec, params, meta, precision = _onnx_model(path)
+        return Model(spec, params, meta, path, "onnx", precision)
     ck = ckpt_io.load(path)
-    return Model(ck.spec, ck.params, ck.meta, path, "checkpoint")
+    return Model(ck.spec, ck.params, ck.meta, path, "checkpoint", data=ck.data)
 
 
 NOT_OURS_HINT = "export a checkpoint with 'cvtool export CHECKPOINT -o model.onnx', or pass the .safetensors checkpoint"
 
 
-def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta]:
+def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta, str]:
     import json
 
     import onnx
 
-    from cvtool_backends.onnx_format.export import META_KEY, to_params
+    from cvtool_backends.onnx_format.export import META_KEY, precision, to_params
 
     try:
         model = onnx.load(str(path))
@@ -92,7 +95,7 @@ def _onnx_model(path: Path) -> tuple[ModelSpec, dict[str, np.ndarray], ModelMeta
     validate_meta(meta, str(path))  # once, here, as a checkpoint's in cvtool.model.checkpoint.read_meta
     try:
         spec, params, meta = to_params(model)
-        return spec, params, ModelMeta.from_dict(meta, spec.in_channels)
+        return spec, params, ModelMeta.from_dict(meta, spec.in_channels), precision(meta)
     except (ValueError, KeyError, TypeError) as e:  # garbled metadata
         raise DataError(f"{path} is not a cvtool model: its '{META_KEY}' metadata lacks or garbles {e}",
                         hint=NOT_OURS_HINT) from None
@@ -147,6 +150,9 @@ def runner_for(be: Backend, model: Network) -> Runner:
     load_onnx = hook(be, "load_onnx")
     if model.kind == "onnx" and load_onnx is not None:
         return load_onnx(model.path)
+    if getattr(model, "precision", "fp32") == "int8":  # int8 weights, BatchNorm folded: not the spec's parameters
+        raise UsageError(f"{model.path} is an int8 export: only a backend that runs ONNX files runs it",
+                         hint=f"use --backend ort, or the float32 checkpoint with --backend {be.name}")
     if isinstance(be, Runs) and be.capabilities.extra.get("networks", True):
         return be.runner(model.spec, model.params)
     raise UsageError(f"backend {be.name!r} runs no networks", hint="use --backend torch, numpy or ort")

@@ -101,6 +101,24 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def precision_runner(be, backend: str, model, precision: str):
+    """The network in a reduced precision on this backend (its precision_runner hook), or one line saying why not."""
+    from cvtool_backends.base import hook
+    from cvtool.errors import BackendUnavailable, UsageError
+
+    if model.kind == "onnx":
+        raise UsageError(f"--precision {precision} takes a checkpoint; {model.path} is an export, which runs in its "
+                         f"own precision ({model.precision})", hint="drop --precision, or pass the .safetensors")
+    if precision == "int8":
+        raise UsageError("int8 needs calibration images: export an int8 file and segment with it",
+                         hint="cvtool export CHECKPOINT -o model.int8.onnx --precision int8; then --model "
+                              "model.int8.onnx --backend ort")
+    make = hook(be, "precision_runner")
+    if make is None:
+        raise BackendUnavailable(f"backend {backend!r} runs float32 only", hint="bf16: --backend torch")
+    return make(model.spec, model.params, precision)
+
+
 def segment(
     sources: List[str] = typer.Argument(..., help="Image files, folders or globs (PNG, JPEG, BMP, TIFF)."),
     model_path: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (.safetensors) or exported .onnx. "
@@ -116,6 +134,8 @@ def segment(
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse an image whose header claims more "
                                              "pixels than this, before decoding it (default 100 million; 0: no limit)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (torch, where the CPU has native "
+                                  "bfloat16 or on CUDA); fp16 and int8 come as files: cvtool export --precision."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Label every pixel: palette mask PNG, colour overlay PNG and class fractions per image."""
@@ -141,8 +161,10 @@ def segment(
         with_tta,
     )
     from cvtool.model.tiling import plan_tiling
+    from cvtool.model.precision import parse_precision
     from cvtool_backends.base import hook
 
+    precision = parse_precision(precision)
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if max_pixels < 0:
         raise UsageError(f"--max-pixels must be 0 (no limit) or more, got {max_pixels}")
@@ -161,7 +183,7 @@ def segment(
     if spec.num_classes > MAX_CLASSES:
         raise UsageError(f"the model has {spec.num_classes} classes; a palette mask holds at most {MAX_CLASSES}")
     be = registry.get(backend, device)
-    run = runner_for(be, model)
+    run = precision_runner(be, backend, model, precision) if precision != "fp32" else runner_for(be, model)
     note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now
     if note:
         err().print(safe(f"{backend}: {note} for {model.path}", markup=False), soft_wrap=True, markup=False)
@@ -266,7 +288,7 @@ def segment(
     per_image = {k: 1000 * v / n for k, v in timings.items()}
     net_px = sum(r["tiling"]["net_pixels"] for r in results)
     img_px = sum(r["tiling"]["image_pixels"] for r in results)
-    doc = {"model": str(model.path), "backend": backend, "device": be.device, "out": str(dest),
+    doc = {"model": str(model.path), "backend": backend, "device": be.device, "precision": precision, "out": str(dest),
            "scale": meta.scale, "tta": tta, "tile": tile, "tile_margin": margin, "pass_pixels": budget,
            "batch_size": batch_size, "forward_passes": passes[0],
            # the net's pixels (tiles overlap; padding to the net's multiple) over the images' pixels at the model's

@@ -3,7 +3,8 @@
 Tensors: the model's parameters by torch-style name, plus optimiser state under `optim.<slot>.<name>`.
 Metadata (safetensors allows str -> str): one key "cvtool" holding JSON with the spec, the ModelMeta
 (class names and colours, input normalisation, preprocessing: cvtool/model/meta.py) and training state
-(epoch, step, RNG state, config).
+(epoch, step, RNG state, config), and the data it was trained on ("data": DataSource, its folder made absolute
+when saved, so that `cvtool export --precision int8` finds the training images from anywhere).
 The NumPy backend reads these without torch. Written atomically.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +29,36 @@ FORMAT = "cvtool-checkpoint/1"
 OPTIM_PREFIX = "optim."
 
 
+class DataSource(NamedTuple):
+    """The data a checkpoint was trained on, enough to open its split again (cvtool.data.open_datasets)."""
+
+    root: str | None  # absolute folder; None: the built-in synthetic shapes
+    val_split: float
+    seed: int
+    synth_size: int = 128
+    synth_n: tuple[int, int] = (2400, 64)  # synthetic: (train, val) images
+
+    @classmethod
+    def from_train_state(cls, state: dict[str, Any], *, base: Path | None = None) -> DataSource | None:
+        """From the training config a checkpoint stores (every checkpoint since the first one); a relative folder is
+        taken from `base` (the current directory: where the training ran, for a checkpoint saved just now)."""
+        cfg = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(cfg, dict) or "val_split" not in cfg:
+            return None
+        root = cfg.get("data")
+        if root in (None, "synth"):
+            root = None
+        else:
+            root = str((base or Path.cwd()) / root) if not Path(root).is_absolute() else str(root)
+        return cls(root, float(cfg["val_split"]), int(cfg.get("seed", 0)), int(cfg.get("synth_size", 128)),
+                   (int(cfg.get("synth_train", 2400)), int(cfg.get("synth_val", 64))))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSource:
+        return cls(d.get("root"), float(d["val_split"]), int(d["seed"]), int(d.get("synth_size", 128)),
+                   tuple(int(v) for v in d.get("synth_n", (2400, 64))))
+
+
 @dataclass
 class Checkpoint:
     spec: ModelSpec
@@ -36,11 +67,13 @@ class Checkpoint:
     train_state: dict[str, Any] = field(default_factory=dict)  # epoch, step, rng, config, metrics
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
+    data: DataSource | None = None  # None on save: from train_state's config, if it has one
 
     def header(self) -> dict[str, Any]:
         """The file's metadata (JSON under META_KEY)."""
+        data = self.data or DataSource.from_train_state(self.train_state)
         return {"format": FORMAT, "cvtool_version": __version__, "spec": self.spec.to_dict(), **self.meta.to_dict(),
-                "train_state": self.train_state}
+                "train_state": self.train_state, **({"data": data._asdict()} if data else {})}
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
@@ -103,11 +136,13 @@ def load(path: str | Path) -> Checkpoint:
     try:  # a damaged or hand-edited header is the file's fault: DataError, never a KeyError
         spec = ModelSpec.from_dict(meta["spec"])
         check_params(spec, params)
+        state = meta.get("train_state", {})
+        data = DataSource.from_dict(meta["data"]) if "data" in meta else DataSource.from_train_state(state)
         return Checkpoint(spec=spec, params=params, meta=ModelMeta.from_dict(meta, spec.in_channels),
-                          train_state=meta.get("train_state", {}), optim_state=optim, path=path)
+                          train_state=state, optim_state=optim, path=path, data=data)
     except CvtoolError as e:
         raise DataError(f"{path}: {e.message}") from None
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise DataError(f"{path}: the checkpoint metadata lacks or garbles {e}") from None
 
 
