@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cvtool demo
 
-# the fast tier (<= 90 s on a 2-core machine); end-to-end runs carry the `slow` marker
+# the fast tier (<= 90 s on a 2-core machine, on both cores: pytest-xdist); end-to-end runs carry the `slow` marker
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -107,24 +107,12 @@ def test_train_on_a_full_disk_keeps_no_partial_checkpoint(tmp_path, capsys, monk
 
 
 def test_csv_keeps_the_previous_file(tmp_path, monkeypatch):
-    import csv
-
-    from cvtool.train.loop import write_metrics
+    from cvtool.train.records import write_metrics
 
     history = [{"epoch": 1, "mean_iou": 0.5}]
     write_metrics(tmp_path, history)
     before = files(tmp_path)
-
-    class FullWriter:
-        def __init__(self, f, **kw):
-            self.f = f
-
-        def writerow(self, row):
-            self.f.write("epoch,mean_iou\n1,0.")
-            self.f.flush()
-            raise OSError(errno.ENOSPC, FULL)
-
-    monkeypatch.setattr(csv, "writer", FullWriter)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", lambda self, data: half_then_full(self))  # the disk fills midway
     with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'metrics.csv'}: {FULL}"):
         write_metrics(tmp_path, history + [{"epoch": 2, "mean_iou": 0.6}])
     assert files(tmp_path) == before

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import cli  # tests/ is on sys.path under pytest
 from onnx import TensorProto
 from PIL import Image
+from test_inference import tiny_checkpoint
 
 import cvtool_backends as registry
 from cvtool.compare import MASK_TOLERANCE
@@ -24,8 +26,6 @@ from cvtool.model.meta import ModelMeta
 from cvtool.model.precision import cpu_bf16, parse_precisions
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.optim import OptimConfig
-from conftest import cli  # tests/ is on sys.path under pytest
-from test_inference import tiny_checkpoint
 
 S = 32  # image side of the test's dataset
 

@@ -167,7 +167,9 @@ def test_interrupted_timed_run_resumes_on_its_plan_and_a_new_time_is_used_or_ref
                        **FakeClock(0.25).start(), resume=ck)
     # within the budget, but for one step and the few reads after it of this coarse test clock (0.25 s a read)
     assert res2["status"] == STOP_TIME and res2["steps"] > 3 and res2["seconds"] <= 15.0 + 8 * 0.25
-    assert res2["plan"] == {**ck.train_state["plan"]}  # the same plan, not a new one
+    replanned = ("val_s", "val_at", "steps", "reasons")  # what the first validation may replan (its measured time)
+    assert {k: v for k, v in res2["plan"].items() if k not in replanned} == \
+        {k: v for k, v in ck.train_state["plan"].items() if k not in replanned}  # the same plan, not a new one
     done = ckpt_io.load(tmp_path / "run" / "last.safetensors")
     with pytest.raises(UsageError, match="has used .* of its 15 s budget"):  # the same --time: nothing left
         train_timed(TrainConfig(data=str(data), time_budget=15.0), trainer_factory(), tmp_path / "run",

@@ -223,11 +223,11 @@ class Backend:
         """fp32: runner(); fp16: the float16 export (on the CPU provider its convs run in float32 on float16-rounded
         weights: ORT's x86 CPU kernels have no float16 Conv); int8: the export quantized by ort_backend/quantize.py,
         calibrated on `calibration`, on the CPU provider only."""
+        from cvtool.errors import BackendUnavailable
         from cvtool_backends.onnx_format.export import build_model
         from cvtool_backends.onnx_format.opset import newest_opset
         from cvtool_backends.ort_backend.quantize import quantize_int8
         from cvtool_backends.ort_backend.runner import OrtRunner
-        from cvtool.errors import BackendUnavailable
 
         if precision == "fp32":
             return self.runner(spec, params)

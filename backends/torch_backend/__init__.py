@@ -186,8 +186,8 @@ class Backend:
 
     def precision_runner(self, spec, params, precision: str, calibration: list | None = None):
         """fp32: runner(); bf16 where native_bf16 says so (CPU or CUDA); fp16 on CUDA; int8 is ONNX Runtime's."""
-        from cvtool_backends.torch_backend.model import TorchRunner
         from cvtool.errors import BackendUnavailable
+        from cvtool_backends.torch_backend.model import TorchRunner
 
         if precision == "fp32":
             return self.runner(spec, params)

@@ -270,13 +270,13 @@ def network_bench(cfg: dict, backend: str, device: str, model, width, depth, dat
     import numpy as np
 
     import cvtool_backends as registry
+    from cvtool.cli.bench_precision import calibration, maker, tolerance
     from cvtool.cli.bench_rows import fits_in_memory
+    from cvtool.cli.convcalc.common import backend_status
     from cvtool.cli.models import runner_for
     from cvtool.convcalc.verify import RTOL
     from cvtool.footprint import array
     from cvtool.model.footprint import unet_needs
-    from cvtool.cli.bench_precision import calibration, maker, tolerance
-    from cvtool.cli.convcalc.common import backend_status
     from cvtool.model.spec import total_flops
     from cvtool_backends.base import Runs, hook
 

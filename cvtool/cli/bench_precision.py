@@ -93,4 +93,4 @@ def add_ratios(rows: list[dict]) -> None:
     for r in rows:
         base = fp32.get((r["backend"], r["device"], tuple(r["input"] or ())))
         ok = r.get("precision") != "fp32" and base is not None and base.get("p50_ms") and r.get("p50_ms")
-        r["vs_fp32"] = base["p50_ms"] / r["p50_ms"] if ok else None
+        r["vs_fp32"] = base["p50_ms"] / r["p50_ms"] if ok and base is not None else None

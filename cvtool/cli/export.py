@@ -138,8 +138,8 @@ def check_meta(model, onnx_path: Path) -> dict:
                           ", ".join(k for k, ok in same.items() if not ok), exit_code=1)
     from cvtool_backends.onnx_format.export import precision
 
-    return {"precision": precision(meta), "half": precision(meta) == "fp16", "same_source": meta.get("source_sha256") == file_digest(model.path),
-            "cvtool_version": meta.get("cvtool_version")}
+    return {"precision": precision(meta), "half": precision(meta) == "fp16",
+            "same_source": meta.get("source_sha256") == file_digest(model.path), "cvtool_version": meta.get("cvtool_version")}
 
 
 def is_onnx_file(path: Path) -> bool:
@@ -192,9 +192,9 @@ def export(
     from cvtool.cli.models import build_onnx, open_model
     from cvtool.errors import CvtoolError, UsageError
     from cvtool.fsutil import atomic_path
+    from cvtool.model.precision import EXPORTS, parse_precision
     from cvtool_backends.onnx_format.export import INPUT, OUTPUT
     from cvtool_backends.onnx_format.opset import OLDEST, newest_opset
-    from cvtool.model.precision import EXPORTS, parse_precision
 
     precision = parse_precision(precision, EXPORTS)
     if half and precision not in ("fp32", "fp16"):
@@ -259,8 +259,8 @@ def export(
     with atomic_path(output) as tmp:  # an unwritable place fails here, before any work; no partial file ever
         m = build_onnx(model, opset, half)
         if calibration is not None:
-            from cvtool_backends.ort_backend.quantize import quantize_int8
             from cvtool.model.calibrate import net_inputs
+            from cvtool_backends.ort_backend.quantize import quantize_int8
 
             err().print(f"int8: calibrating on {calibration.what} ...", soft_wrap=True, markup=False)
             m = quantize_int8(m, net_inputs(calibration, model.spec, model.meta))

@@ -51,11 +51,15 @@ def mask_report(model, onnx_path: Path, precision: str, images, *, quiet: bool) 
     from rich.progress import Progress
 
     import cvtool_backends as registry
+    from cvtool.cli.models import runner_for
     from cvtool.compare import MASK_TOLERANCE
     from cvtool.model.calibrate import compare_masks
+    from cvtool_backends.base import hook
 
     ort = registry.get("ort", "cpu")
-    ref, got = ort.runner(model.spec, model.params), ort.load_onnx(onnx_path)
+    load_onnx = hook(ort, "load_onnx")
+    assert load_onnx is not None  # the ort backend runs ONNX files
+    ref, got = runner_for(ort, model), load_onnx(onnx_path)
     tol = MASK_TOLERANCE[precision]
     with Progress(console=err(), transient=True, disable=quiet) as prog:
         task = prog.add_task(f"judge {precision} masks", total=len(images.images))

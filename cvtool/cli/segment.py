@@ -103,8 +103,8 @@ def output_stems(paths: list[Path]) -> list[str]:
 
 def precision_runner(be, backend: str, model, precision: str):
     """The network in a reduced precision on this backend (its precision_runner hook), or one line saying why not."""
-    from cvtool_backends.base import hook
     from cvtool.errors import BackendUnavailable, UsageError
+    from cvtool_backends.base import hook
 
     if model.kind == "onnx":
         raise UsageError(f"--precision {precision} takes a checkpoint; {model.path} is an export, which runs in its "
@@ -160,8 +160,8 @@ def segment(
         tile_margin,
         with_tta,
     )
-    from cvtool.model.tiling import plan_tiling
     from cvtool.model.precision import parse_precision
+    from cvtool.model.tiling import plan_tiling
     from cvtool_backends.base import hook
 
     precision = parse_precision(precision)

@@ -95,8 +95,8 @@ def folder(root: Path, limit: int | None) -> Images:
 def net_inputs(images: Images, spec: ModelSpec, meta: ModelMeta, tile: int = TILE) -> list[np.ndarray]:
     """Each image as the net sees it in `cvtool segment`: (1, C, H, W) float32, resampled by the model's scale,
     normalised, cut to its central tile when larger than one, edge-padded to the net's multiple."""
-    from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.arithmetic import ceil_div
+    from cvtool.data.memory import resize_image, scaled_hw
     from cvtool.model.inference import prepare
 
     out = []
@@ -147,6 +147,7 @@ def compare_masks(ref: Callable, got: Callable, data: Images, spec: ModelSpec, m
         same += int((pred[0] == pred[1]).sum())
         total += pred[0].size
         if scores is not None:
+            assert data.masks is not None  # scores are kept only where the data has masks
             for m, p in zip(scores, pred):
                 m.update(p, data.masks[i])
         if on_image is not None:

@@ -56,7 +56,7 @@ class DataSource(NamedTuple):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataSource:
         return cls(d.get("root"), float(d["val_split"]), int(d["seed"]), int(d.get("synth_size", 128)),
-                   tuple(int(v) for v in d.get("synth_n", (2400, 64))))
+                   _pair(d.get("synth_n", (2400, 64))))
 
 
 @dataclass
@@ -153,3 +153,9 @@ def _existing(path: str | Path) -> Path:
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a checkpoint file")
     return path
+
+
+def _pair(v) -> tuple[int, int]:
+    """(train, val) synthetic image counts from a checkpoint's JSON list."""
+    a, b = v
+    return int(a), int(b)

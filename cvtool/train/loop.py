@@ -111,17 +111,22 @@ class Loop:
                                 optim_state=optim if name == "last" else {})
         return ckpt_io.save(ck, self.out_dir / f"{name}.safetensors")
 
+    def write_plan(self) -> None:
+        """plan.json: the plan as it stands (written at the start, again when the first validation replans it)."""
+        run = self.run_
+        if self.rank == 0 and run.plan is not None:
+            from cvtool.fsutil import atomic_write_bytes
+
+            doc = {"plan": run.plan.to_dict(), "fingerprint": run.fingerprint.to_dict()}
+            atomic_write_bytes(self.out_dir / "plan.json", (json.dumps(doc, indent=2) + "\n").encode())
+
     def lr(self, step: int, clock: float) -> float:
         r = self.run_
         return lr_at(self.budget.progress(step, clock), r.lr, schedule=r.schedule, warmup=r.warmup)
 
     def run(self, digest_dir) -> dict[str, Any]:
         run, st, budget = self.run_, self.st, self.budget
-        if self.rank == 0 and run.plan is not None:
-            from cvtool.fsutil import atomic_write_bytes
-
-            doc = {"plan": run.plan.to_dict(), "fingerprint": run.fingerprint.to_dict()}
-            atomic_write_bytes(self.out_dir / "plan.json", (json.dumps(doc, indent=2) + "\n").encode())
+        self.write_plan()
         self.on_event("start", {"spec": run.spec.to_dict(), "params": run.spec.num_params(),
                                 "mode": "epochs" if budget.steps else "time", "budget": budget.seconds,
                                 "steps_per_epoch": budget.steps_per_epoch,
@@ -129,7 +134,8 @@ class Loop:
                                 "resumed_at": asdict(st) if st.step else None, "dice": run.dice,
                                 "class_weights": None if run.class_weights is None else run.class_weights.tolist(),
                                 "elapsed": self.now()})
-        every = max(1, round((budget.steps or (run.plan.steps if run.plan else 1000)) / TRACE_POINTS))
+        every = max(1, round(budget.steps / TRACE_POINTS)) if budget.steps else 1  # a time budget's step count is
+        # an estimate: a point a step, and trace_add merges neighbours past 2 x TRACE_POINTS
         self.w_sum, self.w_n = 0.0, 0  # the loss over the steps since the trace's last point
         stopped = None
         failed: CvtoolError | None = None  # under torchrun: this rank's loss check, raised once the ranks agree
@@ -213,8 +219,7 @@ class Loop:
         took = self.agree_s(self.clock() - tv)
         budget.validated(st.step, took)
         st.elapsed = self.now()
-        if run.plan is not None and budget.validations == 1 and budget.seconds is not None:
-            self.replan(took)
+        replanned = self.replan(took) if run.plan is not None and budget.validations == 1 and budget.seconds else None
         spe = budget.steps_per_epoch
         st.epoch = st.step // spe if spe else st.epoch  # epochs whose validation is done
         epoch = (st.step // spe if st.step % spe == 0 else round(st.step / spe, 2)) if spe else None
@@ -236,12 +241,15 @@ class Loop:
             write_trace(self.out_dir, st.trace)
             write_curves(self.out_dir, st.history, st.trace)
         self.on_event("epoch", {**row, "iou": m.get("iou"), "best": best, "val_seconds": took})
+        if replanned:
+            self.on_event("note", {"text": replanned})
         return True
 
-    def replan(self, took: float) -> None:
+    def replan(self, took: float) -> str | None:
         """The first validation measured against the plan's estimate: off by more than plan.VAL_SLACK, the validation
-        points still to come are spread again over what is left (plan.replan_after_validation), and the plan says so.
-        Every rank replans alike: the seconds it uses are the ranks' agreed ones."""
+        points still to come are spread again over what is left (plan.replan_after_validation), plan.json is written
+        again, and the reason is returned (None: the estimate held). Every rank replans alike: the seconds it uses
+        are the ranks' agreed ones."""
         from cvtool.train.plan import replan_after_validation
 
         run, budget = self.run_, self.budget
@@ -249,9 +257,10 @@ class Loop:
         q = replan_after_validation(run.plan, took, spent_val_s=budget.val_spent,
                                     elapsed_s=self.agree_s(self.st.elapsed), done=1, steps_done=self.st.step)
         if q is None:
-            return
+            return None
         run.plan, budget.val_at, budget.val_s = q, list(q.val_at), q.val_s
-        self.on_event("note", {"text": q.reasons["val_at"]})
+        self.write_plan()
+        return q.reasons["val_at"]
 
     def summary(self, stopped: str, waited: float) -> dict[str, Any]:
         run, st, m = self.run_, self.st, self.metrics
