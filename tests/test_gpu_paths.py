@@ -308,7 +308,7 @@ class FrozenNetRecorder:
     def __init__(self, cudnn):
         self.cudnn, self.asked = cudnn, []
 
-    def __call__(self, spec, params, device):
+    def __call__(self, spec, params, device, **kw):
         self.asked.append((device, self.cudnn.conv.fp32_precision))
         return lambda t: t
 

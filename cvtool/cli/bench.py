@@ -19,19 +19,22 @@ A backend without `gemm` adds no GEMM source: NumPy's matmul and the others' set
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from cvtool.bounds import COUNT, DEPTH, INT32_MAX, NON_NEGATIVE, SEED, Bound, check_all
 from cvtool.cli.bench_report import render, write_csv, write_markdown, write_plot
 from cvtool.cli.bench_rows import (
+    BenchNet,
     NotSupported,
     backend_rows,
     compare,
+    cpu_count,
+    cpu_name,
     gemm_rates,
+    load_average,
     merge_rounds,
     onnx_reference_row,
     op_flops,
@@ -40,19 +43,8 @@ from cvtool.cli.options import number
 from cvtool.cli.output import emit_json, err
 
 if TYPE_CHECKING:
-    import numpy as np
 
-    from cvtool.model.spec import ModelSpec
     from cvtool_backends.base import Backend
-
-
-class BenchNet(NamedTuple):
-    """The network benched, as cli/models.runner_for takes it: an .onnx runs as that file where a backend can."""
-
-    spec: ModelSpec
-    params: dict[str, np.ndarray]
-    path: Path
-    kind: str  # "checkpoint" | "onnx"
 
 
 OPS = {"conv2d": (False, None), "conv_transpose2d": (True, None), "max_pool2d": (False, "max")}
@@ -100,7 +92,7 @@ def bench(
     if device not in ("all", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}", hint="use all, cpu or cuda")
     cfg = {"sizes": _ints(sizes, "--sizes"), "batch_sizes": _ints(batch_sizes, "--batch-sizes"), "min_time": min_time,
-           "warmup": warmup, "threads": threads or _cpus(), "seed": seed, "gemm_size": gemm_size, "load": _load(),
+           "warmup": warmup, "threads": threads or cpu_count(), "seed": seed, "gemm_size": gemm_size, "load": load_average(),
            "rounds": rounds, "precisions": precisions}
     if op is not None:
         if precisions != ["fp32"]:
@@ -158,23 +150,6 @@ def _ints(text: str, what: str) -> list[int]:
         raise UsageError(f"{what} needs positive whole numbers, got {text!r}")
     check_all(what, vals, Bound(lo=1, integer=True))  # no upper bound: what fits in memory is checked later
     return sorted(set(vals), key=vals.index)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _load() -> float | None:
-    """The 1-minute load average: other work on the machine shows in every timing, so it is recorded."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def _cpu_name() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        return None
 
 
 def _targets(registry, backend: str, device: str, networks: bool = False) -> list[tuple[str, str]]:
@@ -410,8 +385,8 @@ def _doc(mode: str, what: dict, cfg: dict, gemm: dict, rows: list[dict], tol: fl
              f"threads: set to {cfg['threads']} for torch and ORT; NumPy's BLAS keeps the count it started with",
              *precision_notes(cfg.get("precisions", ["fp32"]), tol)]
     return {"mode": mode, **what, "settings": cfg, "gemm": gemm, "tolerance": tol,
-            "machine": {"cpu": _cpu_name() or platform.machine(), "cpus": _cpus(), "platform": platform.platform(),
-                        "python": platform.python_version(), "load_1min": {"start": cfg.get("load"), "end": _load()}},
+            "machine": {"cpu": cpu_name() or platform.machine(), "cpus": cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "load_1min": {"start": cfg.get("load"), "end": load_average()}},
             "rows": rows, "notes": notes, "ok": not any(r["status"] in ("mismatch", "failed") for r in rows)}
 
 

@@ -4,11 +4,27 @@ rounds merged, and the GEMM rate the GFLOP/s are set against (cvtool/cli/bench.p
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from cvtool.cli.output import err
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cvtool.model.spec import ModelSpec
+
 MB = 1024 * 1024
+
+
+class BenchNet(NamedTuple):
+    """The network benched, as cli/models.runner_for takes it: an .onnx runs as that file where a backend can."""
+
+    spec: ModelSpec
+    params: dict[str, np.ndarray]
+    path: Path
+    kind: str  # "checkpoint" | "onnx"
 
 
 class NotSupported(Exception):
@@ -298,3 +314,22 @@ def fits_in_memory(needs: list, cfg: dict, extra: str = "") -> None:
             doing=f"bench at --sizes {','.join(map(str, cfg['sizes']))} --batch-sizes "
                   f"{','.join(map(str, cfg['batch_sizes']))}{extra}",
             hint="use smaller --sizes, --batch-sizes, -c or --gemm-size")
+
+
+# --- the machine a bench ran on --------------------------------------------------------------------
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: other work on the machine shows in every timing, so it is recorded."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        return None
