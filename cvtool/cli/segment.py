@@ -123,7 +123,7 @@ def segment(
     sources: List[str] = typer.Argument(..., help="Image files, folders or globs (PNG, JPEG, BMP, TIFF)."),
     model_path: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (.safetensors) or exported .onnx. "
                                               "Default: best checkpoint of the latest training run."),
-    backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached beside it)."),
+    backend: str = typer.Option("torch", help="numpy | torch | ort (ort exports a checkpoint first, cached in runs/.cache/onnx)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/segment/expN)."),
     tile: Optional[int] = typer.Option(None, callback=within(COUNT), help="Tiles of at most this many pixels a side "
