@@ -137,6 +137,11 @@ def test_train_with_a_few_seconds_writes_no_model(tmp_path):
                         "numpy", "--workers", "1", "--out", str(tmp_path / "run")], capture_output=True, text=True,
                        timeout=300)
     last = p.stderr.strip().splitlines()[-1]
+    if p.returncode == 0:  # a fast machine: 4 s hold a few steps; what is written has trained, never step 0
+        from cvtool.model import checkpoint as ckpt_io
+
+        assert ckpt_io.load(tmp_path / "run" / "best.safetensors").train_state["run"]["step"] >= 1
+        return
     assert p.returncode == 2 and ("the minimum here is" in last or "spent before the data is read" in last), p.stderr
     assert not (tmp_path / "run" / "best.safetensors").exists() and not (tmp_path / "run" / "last.safetensors").exists()
 

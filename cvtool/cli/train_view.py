@@ -168,7 +168,7 @@ class ProgressUI:
             self._update(d["seconds"], "")
             mark = " *" if d.get("best") else ""
             loss = "-" if d["train_loss"] is None else f"{d['train_loss']:.4f}"  # no step since the last one
-            self._print(f"validation {d['epoch']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
+            self._print(f"validation {d['validation']} at {d['seconds']:.0f} s, step {d['step']}: train loss "
                         f"{loss}  pixel acc {d['pixel_accuracy']:.4f}  mIoU {d['mean_iou']:.4f}{mark} "
                         f"({d['val_seconds']:.1f} s)")
         elif kind == "start":

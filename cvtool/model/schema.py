@@ -118,7 +118,9 @@ FINITE = Num(Bound())
 SPEC = Fields({"in_channels": _int(1, 64), "num_classes": _int(2, MAX_CLASSES), "width": _int(1, 4096), "depth": _int(0, 6),
                "activation": Text(ACTIVATIONS), "norm": Text(NORMS), "arch": Text(("unet",)),
                "encoder": Text(ENCODERS)}, required=("in_channels", "num_classes"), closed=True)
-CONFIG = Fields({"epochs": Num(COUNT), "batch_size": Num(COUNT), "img_size": Num(COUNT), "lr": Num(POSITIVE),
+EPOCHS_DONE = Bound(lo=0, hi=2**31 - 1, integer=True)  # a checkpoint's epochs: 0 for a start saved before any
+
+CONFIG = Fields({"epochs": Num(EPOCHS_DONE), "batch_size": Num(COUNT), "img_size": Num(COUNT), "lr": Num(POSITIVE),
                  "warmup": Num(Bound(lo=0, hi=1, hi_open=True)), "weight_decay": Num(NON_NEGATIVE),
                  "width": Num(COUNT), "depth": _int(0, 6), "val_split": Num(OPEN_FRACTION), "seed": Num(SEED),
                  "time_budget": Maybe(Num(POSITIVE)), "dice": Num(NON_NEGATIVE), "synth_train": Num(COUNT),
@@ -133,7 +135,7 @@ META = Fields({
     "preprocess": Fields({"scale": Num(Bound(lo=0, hi=16, lo_open=True)), "tta": Text(("none", "flip", "dihedral"))}),
     "train_state": Fields({"config": CONFIG, "epoch": Num(Bound(lo=0, integer=True)),
                            "step": Num(Bound(lo=0, integer=True)), "optim_step": Num(Bound(lo=0, integer=True)),
-                           "class_weights": Items(FINITE), "plan": Fields({}), "run": Fields({})}),
+                           "class_weights": Maybe(Items(FINITE)), "plan": Fields({}), "run": Fields({})}),
     "half": Flag(), "source_sha256": Maybe(Text()), "input": Text(), "output": Text(),  # an ONNX export's
 }, required=("spec", "classes", "colors"))
 

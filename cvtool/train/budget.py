@@ -52,8 +52,8 @@ class Budget:
     def due(self, step: int, clock: float) -> bool:
         if self.steps_per_epoch and step > self.last_val_step and step % self.steps_per_epoch == 0:
             return True
-        return (self.seconds is not None and self.validations < len(self.val_at)
-                and clock >= self.val_at[self.validations] * self.end())
+        return (self.seconds is not None and self.validations < len(self.val_at) and step > self.last_val_step
+                and clock >= self.val_at[self.validations] * self.end())  # never twice without a step between
 
     def validated(self, step: int, took: float) -> None:
         """A validation took `took` seconds: the next should take about as long; where validating runs slower than

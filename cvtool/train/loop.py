@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from cvtool.errors import CvtoolError
+from cvtool.errors import CvtoolError, UsageError
 from cvtool.model import checkpoint as ckpt_io
 from cvtool.model.pretrained import EncoderStart
 from cvtool.train.batches import Batches
@@ -111,6 +111,16 @@ class Loop:
                                 optim_state=optim if name == "last" else {})
         return ckpt_io.save(ck, self.out_dir / f"{name}.safetensors")
 
+    def too_short(self, clock: float) -> UsageError:
+        """The clock ran out before the first step: nothing trained is written (the plan's check at its start could
+        not see the set-up still to come)."""
+        from cvtool.train.plan import minimum_budget
+
+        plan = self.run_.plan
+        need = minimum_budget(step_s=plan.step_s if plan is not None else 0.0, val_s=self.budget.val_s, setup_s=clock)
+        return UsageError(f"--time {self.budget.seconds:g} was spent before the first training step ({clock:.1f} s of "
+                          f"set-up); the minimum here is about {need:.0f} s", hint="give a larger --time")
+
     def write_plan(self) -> None:
         """plan.json: the plan as it stands (written at the start, again when the first validation replans it)."""
         run = self.run_
@@ -149,6 +159,8 @@ class Loop:
                     stopped = STOP_SIGNAL
                     break
                 over = budget.over(st.step, clock)
+                if over == "time" and st.step == 0:
+                    raise self.too_short(clock)
                 if over or budget.due(st.step, clock):
                     if not self.validate():
                         stopped = STOP_SIGNAL
