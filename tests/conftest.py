@@ -15,7 +15,8 @@ import pytest
 
 import cvtool_backends as registry
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"  # ../shared from the repository root
+# ../shared from the repository root; a checkout elsewhere (a git worktree) names it with CVTOOL_SHARED
+DATASETS = Path(os.environ.get("CVTOOL_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "datasets"
 
 
 def cuda_available(name: str = "torch") -> bool:

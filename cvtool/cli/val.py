@@ -104,7 +104,10 @@ def val(
     seed: Optional[int] = number(None, "--seed", bound=SEED,
                                  help="Seed of the hold-out split (default: the checkpoint's, else 0)."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: none | flip | dihedral (default: the model's)."),
-    tile: int = number(512, "--tile", bound=COUNT, help="Images larger than this go through overlapping tiles (as in segment)."),
+    tile: Optional[int] = number(None, "--tile", bound=COUNT,
+                                 help="Tiles of at most this many pixels a side (default, as in segment and training's "
+                                      "validation: an image runs whole while one pass fits in half the free memory, "
+                                      "else in tiles that do)."),
     batch_size: int = number(4, "--batch-size", "-b", bound=COUNT, help="Tiles per forward pass."),
     worst: int = number(5, "--worst", bound=Bound(lo=0, hi=INT32_MAX, integer=True),
                         help="Write overlays of the N images with the lowest mean IoU (0: none)."),
@@ -137,7 +140,7 @@ def val(
     notes = chosen.notes + match_classes(ds, list(meta.classes))
     check_dataset(ds)  # every mask its image's size, every value a class: exit 2 before any inference
     tta = meta.tta if tta is None else tta
-    tile = max(tile, min_tile(spec))
+    tile = None if tile is None else max(tile, min_tile(spec))
     be = registry.get(backend, device)
     run = runner_for(be, model)  # segment's runner: the ort backend runs its cached export of a checkpoint
     run_dir = out_dir or next_run_dir(Path("runs") / "val")
@@ -146,7 +149,7 @@ def val(
     con = err()
     say = (lambda s: None) if json_ else (lambda s: con.print(safe(s, markup=False), soft_wrap=True, markup=False))
     say(f"model: {model.path} ({model.kind}, {spec.num_classes} classes), {backend}/{be.device}, scale {meta.scale}, "
-        f"tta {tta}, tile {tile}")
+        f"tta {tta}, tile {tile or 'as memory allows'}")
     note = getattr(run, "note", None)  # the ort backend's export of a checkpoint: reused or made now
     if note:
         say(f"{backend}: {note}")

@@ -120,7 +120,7 @@ class Evaluation(NamedTuple):
     worst: list[Worst]  # lowest mean IoU first (ties: the earlier image)
 
 
-def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, spec, meta, *, tta: str, tile: int = 512,
+def evaluate(predict: Callable[[np.ndarray], np.ndarray], ds, spec, meta, *, tta: str, tile: int | None = None,
              batch_size: int = 4, worst: int = 0,
              on_image: Callable[[ImageScore, np.ndarray], None] | None = None) -> Evaluation:
     """Segment every image of ds as `cvtool segment` does and score it against its mask.
