@@ -27,12 +27,13 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("CVTOOL_SHARED", ROOT.parent / "shared"))  # a worktree elsewhere: set it
 BASELINE = SHARED / "baselines" / "plain_unet.py"
 MIOU_MARGIN, WALL_FACTOR = 0.03, 1.05
 PREC = (4, 4, 0, 2, 1, 4, 4, 4, 0, 2, 1, 4)  # decimals of the table's columns after the seed
 BASELINE_KEYS = ("pixel_accuracy", "mean_iou", "steps", "seconds", "train", "val", "classes")
-CVTOOL_KEYS = ("best_mean_iou", "final", "steps", "seconds", "epochs", "plan", "stop_reason", "data_wait_share")
+CVTOOL_KEYS = ("best_mean_iou", "final", "steps", "seconds", "epochs", "plan", "stop_reason", "data_wait_share",
+               "val_seconds", "validations", "train_seconds")
 
 
 def log(msg: str) -> None:
@@ -126,11 +127,18 @@ def run_baseline(tr: list, va: list, T: float, seed: int) -> dict:
     return {**res, **{k: s.get(k) for k in BASELINE_KEYS}}
 
 
-def run_cvtool(data: Path, tr: list, va: list, T: float, seed: int) -> dict:
+def arm_flags(side: str) -> list[str]:
+    """The flags an arm adds: `cvtool` none, `cvtool-X` --encoder X, `cvtool-X@F` also --encoder-lr F."""
+    enc, _, lr = side.partition("-")[2].partition("@")
+    return (["--encoder", enc] if enc else []) + (["--encoder-lr", lr] if lr else [])
+
+
+def run_cvtool(data: Path, tr: list, va: list, T: float, seed: int, flags: list[str] | None = None) -> dict:
+    """No flag but --data, --time (and --seed, --out, --json); an arm's own flags (arm_flags) after them."""
     with tempfile.TemporaryDirectory(prefix="own_data_cvtool_") as tmp:
         rundir, segdir = Path(tmp) / "run", Path(tmp) / "seg"
         cmd = [sys.executable, "-m", "cvtool", "train", "--data", str(data), "--time", str(T), "--seed", str(seed),
-               "--out", str(rundir), "--json"]
+               "--out", str(rundir), "--json", *(flags or [])]
         rc, out, err, wall = run_timed(cmd, timeout=3 * T + 300)
         res = {"rc": rc, "wall_s": round(wall, 2), "stderr_tail": err.strip()[-600:]}
         s = parse_json(out) if rc == 0 else None
@@ -157,7 +165,7 @@ def check_cvtool(model: Path, segdir: Path, tr: list, va: list) -> dict:
         got = score([(masks[str(it.image)], it.mask) for it in va], is_binary(tr + va))
     except ValueError as e:
         return {"error": str(e)}
-    return {**got, "segment_wall_s": round(wall, 2)}
+    return {**got, "segment_wall_s": round(wall, 2), "pixel_ratio": doc.get("pixel_ratio")}
 
 
 def save(doc: dict, path: Path) -> None:
@@ -179,7 +187,7 @@ def load_results(path: Path, T: float) -> dict:
 
 
 def measure(a: argparse.Namespace, doc: dict, out: Path) -> None:
-    sides = [a.only] if a.only else ["baseline", "cvtool"]
+    sides = [a.only] if a.only else a.arms.split(",")
     doc["machine"] = machine()
     for name in a.datasets.split(","):
         data = SHARED / "datasets" / name
@@ -191,13 +199,17 @@ def measure(a: argparse.Namespace, doc: dict, out: Path) -> None:
                 continue
             log(f"{name} seed {seed}: {len(tr)} train / {len(va)} val")
             for i, side in enumerate(sides if k % 2 == 0 else sides[::-1]):
+                key = f"{name}/{seed}/{side}"
+                if a.skip_done and key in doc["runs"] and "error" not in doc["runs"][key]:
+                    log(f"{key}: measured already ({doc['runs'][key].get('date')}), kept")
+                    continue
                 if i:
                     time.sleep(a.pause)
                 load = os.getloadavg()[0]
                 res = (run_baseline(tr, va, a.time, seed) if side == "baseline" else
-                       run_cvtool(data, tr, va, a.time, seed))
+                       run_cvtool(data, tr, va, a.time, seed, arm_flags(side)))
                 res.update(load_at_start=round(load, 2), date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-                doc["runs"][f"{name}/{seed}/{side}"] = res
+                doc["runs"][key] = res
                 save(doc, out)
                 log(f"{name} seed {seed} {side}: " + ("FAILED " + res["error"][-300:] if "error" in res else
                     f"mIoU {fmt(miou(side, res))}, {res.get('steps')} steps, wall {res['wall_s']} s"))
@@ -283,6 +295,71 @@ def render(doc: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def arms_of(runs: dict) -> list[str]:
+    """The cvtool arms the results hold, the plain `cvtool` first."""
+    arms = sorted({k.split("/")[2] for k in runs if k.split("/")[2] != "baseline"})
+    return sorted(arms, key=lambda a: (a != "cvtool", a))
+
+
+def plan_cell(p: dict | None, arm: str = "cvtool") -> str:
+    if not p:
+        return "–"
+    enc = p.get("encoder") or (arm_flags(arm) + [None, "unet"])[1]  # a plan written before the field: the arm's
+    return (f"{enc}, x{p.get('scale')}, {p.get('crop')} px x {p.get('batch_size')}, "
+            f"depth {p.get('depth')}")
+
+
+def render_summary(doc: dict) -> str:
+    """One row per dataset and cvtool arm, seeds averaged: the plan's key values, steps, validation seconds planned
+    against spent, net pixels / image pixels, mIoU both sides, wall clock; then issue 18's and 19's targets."""
+    T, runs = doc["budget_s"], doc["runs"]
+    names = list(dict.fromkeys(k.split("/")[0] for k in runs))
+    lines = [f"### All datasets, {T:g} s (seeds averaged where there are two)\n",
+             "val planned = the plan's seconds per validation x validations planned; spent = what the run's "
+             "validations took; net px / image px = what `cvtool segment` ran on the val images over their pixels "
+             "(tiles, padding; before test-time augmentation).\n"]
+    for arm in arms_of(runs):
+        lines += [f"#### `{arm}`" + (" (no flag but --data and --time)" if arm == "cvtool" else
+                                      f" ({' '.join(arm_flags(arm))})") + "\n",
+                  "| dataset | plan (encoder, scale, crop x batch, depth) | steps | val planned s | val spent s "
+                  "| val % of budget | net px / image px | baseline mIoU | cvtool mIoU | Δ | wall s |",
+                  "|" + "---|" * 11]
+        deltas, bad_wall, bad_val, below = [], [], [], []
+        for name in names:
+            seeds = sorted({int(k.split("/")[1]) for k in runs if k.startswith(name + "/")})
+            rows = []
+            for sd in seeds:
+                b, c = runs.get(f"{name}/{sd}/baseline") or {}, runs.get(f"{name}/{sd}/{arm}") or {}
+                if not c or "error" in c:
+                    continue
+                p = c.get("plan") or {}
+                planned = (p.get("val_s") or 0) * len(p.get("val_at") or [])
+                bm, cm = miou("baseline", b), miou("cvtool", c)
+                rows.append([plan_cell(p, arm), c.get("steps"), planned, c.get("val_seconds"),
+                             100 * (c.get("val_seconds") or 0) / T, (c.get("independent") or {}).get("pixel_ratio"),
+                             bm, cm, None if bm is None or cm is None else cm - bm, c.get("wall_s")])
+            if not rows:
+                continue
+            m = [rows[0][0]] + [mean([r[j] for r in rows]) for j in range(1, 10)]
+            d, wall, vshare = m[8], max(r[9] for r in rows if r[9] is not None), max(r[4] for r in rows)
+            deltas.append(d)
+            if d is not None and d < -0.01:
+                below.append(name)
+            if wall > T * WALL_FACTOR + 15:
+                bad_wall.append(name)
+            if vshare > 12:
+                bad_val.append(name)
+            prec = (0, 0, 1, 1, 1, 3, 4, 4, 4, 1)
+            lines.append(f"| {name} | " + " | ".join(fmt(v, q) if not isinstance(v, str) else v
+                                                      for v, q in zip(m, prec)) + " |")
+        md = mean(deltas)
+        lines += ["", f"Targets: no dataset below the baseline - 0.01: **{'holds' if not below else 'FAILS: ' + ', '.join(below)}**; "
+                      f"mean gain over {len(deltas)} dataset(s) {fmt(md)} (issue 18: >= +0.05, issue 19: >= +0.10); "
+                      f"wall <= {T * WALL_FACTOR + 15:g} s: **{'holds' if not bad_wall else 'FAILS: ' + ', '.join(bad_wall)}**; "
+                      f"validation <= 12% of the budget: **{'holds' if not bad_val else 'FAILS: ' + ', '.join(bad_val)}**.\n"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--time", type=float, default=300.0, help="wall-clock budget per run, seconds")
@@ -291,6 +368,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "own_data.json")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--only", choices=["cvtool", "baseline"])
+    ap.add_argument("--arms", default="baseline,cvtool",
+                    help="what runs, in order: baseline, cvtool (the plan decides everything), cvtool-ENCODER "
+                         "(cvtool with --encoder ENCODER)")
+    ap.add_argument("--skip-done", action="store_true", help="keep the runs --out already holds (no error)")
     ap.add_argument("--pause", type=float, default=5.0, help="seconds between runs")
     ap.add_argument("--report-only", action="store_true", help="re-render the markdown from --out, run nothing")
     a = ap.parse_args()
@@ -300,7 +381,7 @@ def main() -> None:
         doc = load_results(a.out, a.time)
         measure(a, doc, a.out)
         log(f"wrote {a.out}")
-    md = render(doc)
+    md = render(doc) + "\n" + render_summary(doc)
     if a.markdown:
         a.markdown.parent.mkdir(parents=True, exist_ok=True)
         a.markdown.write_text(md)

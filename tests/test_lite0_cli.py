@@ -4,6 +4,8 @@ the normalisation of its encoder's ImageNet training."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,7 @@ def bad_weights(tmp_path_factory):
 
 
 BAD = [(["--encoder", "resnet"], "unknown --encoder 'resnet'"),
-       (["--weights", "none"], "--weights is for the lite0 encoder"),
+       (["--encoder", "unet", "--weights", "none"], "--weights is for the lite0 encoder"),
        (["--encoder", "lite0", "--weights", "W/wrong.safetensors"],
         "tensor '_blocks.5._project_conv.weight' has shape (80, 240, 3, 3), EfficientNet-Lite0 needs (80, 240, 1, 1)"),
        (["--encoder", "lite0", "--weights", "W/evil.pth"], "is not a readable torch state dict"),
@@ -104,3 +106,36 @@ def test_a_lite0_run_resumes_and_trains_on_numpy(shapes, tmp_path, capsys):
     np.testing.assert_allclose([out.meta.mean, out.meta.std], [mean, std], rtol=1e-7)
     moved = np.abs(out.params["enc.b3.dw.weight"] - ck.params["enc.b3.dw.weight"]).max()
     assert 0 < moved < 0.1  # trained a little, from the ImageNet weights
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple[str, str]:
+    """10 colour and 10 grayscale 160 x 160 images (the shapes set at 160 px): crops of 160 carry lite0's stride."""
+    root = tmp_path_factory.mktemp("photos")
+    rgb = write_dataset(root / "rgb", 10, 160)
+    grey = root / "grey"
+    for sub in ("images", "masks"):
+        (grey / sub).mkdir(parents=True)
+    for f in sorted((rgb / "images").iterdir()):
+        Image.open(f).convert("L").save(grey / "images" / f.name)
+        (grey / "masks" / f.name).write_bytes((rgb / "masks" / f.name).read_bytes())
+    (grey / "classes.json").write_text((rgb / "classes.json").read_text())
+    return str(rgb), str(grey)
+
+
+@pytest.mark.slow  # three plans, each timing its step on torch (lite0 ~20 s of it)
+def test_the_plan_chooses_the_encoder_and_says_why(photos, capsys):
+    """No --encoder: colour and grayscale images whose crops carry stride 32 get the ImageNet lite0 (depth 5, the
+    weights' normalisation); --encoder unet is the user's and says so."""
+    rgb, grey = photos
+    plans = {}
+    for name, args in (("rgb", [rgb]), ("grey", [grey]), ("given", [rgb, "--encoder", "unet"])):
+        code, out, err = cli(capsys, "train", "--data", *args, "--plan", "--backend", "torch", "--time", "120",
+                             "--json")
+        assert code == 0, err
+        plans[name] = json.loads(out)["plan"]
+    p = plans["rgb"]
+    assert (p["encoder"], p["depth"]) == ("lite0", 5) and "seven shared" in p["reasons"]["encoder"]
+    assert p["mean"] == [127 / 255] * 3 and p["std"] == [128 / 255] * 3  # what the ImageNet weights expect
+    assert plans["grey"]["encoder"] == "lite0" and plans["grey"]["mean"] == [127 / 255]  # one channel, folded stem
+    assert plans["given"]["encoder"] == "unet" and "encoder" in plans["given"]["given"]

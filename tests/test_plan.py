@@ -7,6 +7,7 @@ from cvtool.errors import UsageError
 from cvtool.model.inference import halo
 from cvtool.model.spec import ModelSpec
 from cvtool.train.plan import (
+    LITE0_MIN_CROP,
     MIN_BN_BATCH,
     MIN_CROP,
     MIN_STEPS,
@@ -174,7 +175,8 @@ def test_a_validation_estimate_does_not_shrink_the_crop():
     """The aerial run: validation estimated at 184 s of 300 leaves under 400 steps, but training alone (validation
     held to its 10%) has 856: the crop stays. Too slow a step still shrinks."""
     p = fill_budget(propose(AERIAL, budget=300), step_s=0.3, val_s=184.0, setup_s=10.0)
-    assert p.steps < MIN_STEPS and training_steps(p) == int((300 * 0.99 - 10 - 30) / 0.3) >= MIN_STEPS
+    # the 14 validation images are sampled (val_fraction) so that two validations fit in 30 s: the steps are all there
+    assert p.val_fraction < 0.1 and p.steps == training_steps(p) == int((300 * 0.99 - 10 - 30) / 0.3) >= MIN_STEPS
     assert shrink(p) is None
     slow = fill_budget(propose(AERIAL, budget=300), step_s=1.0, val_s=184.0, setup_s=10.0)
     assert training_steps(slow) < MIN_STEPS and shrink(slow).crop < slow.crop
@@ -190,3 +192,45 @@ def test_replan_after_the_first_validation():
     assert "took 2.0 s against ~10.0 s" in fast.reasons["val_at"]
     slow = replan_after_validation(p, 25.0, spent_val_s=25.0, elapsed_s=150.0, steps_done=600)  # 2.5x dearer
     assert slow.val_at == [0.5, 1.0] and slow.steps == 600 + int((297 - 150 - 25.0) / 0.2)
+
+
+def test_the_encoder_is_chosen_only_from_what_this_machine_can_start():
+    for fp in (PETS, MEMBRANE, STREET, AERIAL, TINY):
+        p = propose(fp, budget=300)  # the default: the U-Net alone
+        assert p.encoder == "unet" and "lite0" in p.reasons["encoder"]
+    p = propose(PETS, budget=300, encoders=("unet", "lite0"), overrides={"encoder": "unet"})
+    assert p.encoder == "unet" and dict((k, r) for k, _, r in p.rows())["encoder"] == "set by you"
+
+
+def test_a_lite0_plan_keeps_its_five_levels():
+    p = propose(PETS, budget=300, overrides={"encoder": "lite0"}, encoders=("unet", "lite0"))
+    assert (p.encoder, p.depth) == ("lite0", 5) and p.crop % 32 == 0
+    crops = []
+    while (p := shrink(p)) is not None:  # a smaller crop never lowers lite0's depth (its strides are fixed)
+        crops.append(p.crop)
+        assert p.depth == 5 and p.crop % 32 == 0
+    assert crops and crops[-1] == LITE0_MIN_CROP  # 4 x 4 features at stride 32
+    assert Plan.from_dict(propose(PETS, encoders=("unet", "lite0")).to_dict()).encoder in ("unet", "lite0")
+
+
+def test_the_plan_picks_lite0_where_a_crop_carries_its_stride():
+    both = ("unet", "lite0")
+    for fp in (PETS, STREET, MEMBRANE):  # colour and grayscale alike
+        p = propose(fp, budget=300, encoders=both)
+        assert (p.encoder, p.depth) == ("lite0", 5) and "seven shared sets" in p.reasons["encoder"]
+    t = propose(TINY, budget=300, encoders=both)  # 64-px crops: 2 x 2 features at stride 32
+    assert (t.encoder, t.depth) == ("unet", 3) and "it needs 128" in t.reasons["encoder"]
+
+
+def test_a_validation_set_too_large_for_the_share_is_sampled_not_let_eat_the_budget():
+    """ccp (2026-12-03, 300 s): 120 validation images at ~43 s a pass took 27% of the budget in two validations.
+    Where a whole pass exceeds half of the validation share, every validation runs the same evenly spaced subset."""
+    p = propose(STREET, budget=300)  # 20 validation images
+    q = fill_budget(p, step_s=0.1, val_s=60.0, setup_s=5.0)
+    assert q.val_fraction == pytest.approx(0.25) and q.val_s == pytest.approx(15.0)
+    assert len(q.val_at) == 2 and len(q.val_at) * q.val_s <= 0.10 * 300
+    assert "5 of them" in q.reasons["val_fraction"]
+    assert fill_budget(p, step_s=0.1, val_s=10.0, setup_s=5.0).val_fraction == 1.0  # a pass that fits runs whole
+    from cvtool.train.prepare import val_subset
+
+    assert val_subset(20, 0.25) == [0, 5, 10, 14, 19] and val_subset(3, 0.01) == [0] and val_subset(4, 1.0) == [0, 1, 2, 3]

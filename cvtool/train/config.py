@@ -21,6 +21,7 @@ class TrainConfig:
     optimizer: str = "adam"
     schedule: str = "poly"
     warmup: float = 0.03  # fraction of the run
+    encoder_lr: float = 1.0  # a pretrained encoder's learning rate, as a fraction of the rest's (cvtool.train.optim)
     weight_decay: float = 0.0
     activation: str = "relu"
     width: int = 16
@@ -50,6 +51,8 @@ class TrainConfig:
             raise UsageError("--lr must be positive")
         if not 0 <= self.warmup < 1:
             raise UsageError(f"--warmup is a fraction of the run: 0 <= warmup < 1, got {self.warmup}")
+        if not 0 < self.encoder_lr <= 10:
+            raise UsageError(f"--encoder-lr is a fraction of the learning rate: 0 < f <= 10, got {self.encoder_lr}")
         if self.weight_decay < 0:
             raise UsageError("--weight-decay must be at least 0")
         if self.width < 1 or not 0 <= self.depth <= 6:

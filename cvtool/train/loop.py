@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from cvtool.errors import CvtoolError, UsageError
 from cvtool.model import checkpoint as ckpt_io
-from cvtool.model.pretrained import EncoderStart
+from cvtool.model.pretrained import Starts
 from cvtool.train.batches import Batches
 from cvtool.train.config import TrainConfig
 from cvtool.train.guards import check_loss, other_rank_failed
@@ -43,7 +43,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, planned_ru
           t0: float | None = None, clock: Callable[[], float] = time.perf_counter, overrides: dict | None = None,
           resume: ckpt_io.Checkpoint | None = None, cache_dir: Path | None = None, plan_only: bool = False,
           on_event: Callable[[str, dict], None] = lambda k, d: None, should_stop: Callable[[], bool] = lambda: False,
-          rank: int = 0, world: int = 1, digest_dir: str | Path | None = None, start: EncoderStart | None = None) -> dict[str, Any]:
+          rank: int = 0, world: int = 1, digest_dir: str | Path | None = None, start: Starts | None = None) -> dict[str, Any]:
     """Train; returns a summary. Only rank 0 writes files.
 
     planned_run: fingerprint the data and plan the run to fill cfg.time_budget (else: cfg's options, cfg.epochs).
@@ -51,6 +51,7 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, planned_ru
     should_stop() is polled every turn (and between validation images): when it says yes (Ctrl-C, SIGTERM)
     last.safetensors gets everything a resume needs and the status is "interrupted".
     digest_dir: each rank writes a digest of its final weights there (a test hook).
+    start: the encoders a new network may start from (a planned run chooses one); None: the U-Net, random.
     """
     cfg.validate()
     t0 = clock() if t0 is None else t0
@@ -63,14 +64,14 @@ def train(cfg: TrainConfig, make_trainer: Callable, out_dir: Path, *, planned_ru
 
     if planned_run:
         run = planned(cfg, make_trainer, t0=t0, clock=clock, overrides=overrides, resume=resume, cache_dir=cache_dir,
-                      on_event=on_event, rank=rank, world=world, checked=checked, start=start)
+                      on_event=on_event, rank=rank, world=world, checked=checked, starts=start)
         assert run.plan is not None  # a planned run has its plan
         on_event("plan", {"plan": run.plan.to_dict(), "rows": run.plan.rows()})
         if plan_only:
             return {"status": "plan", "plan": run.plan.to_dict(), "fingerprint": run.fingerprint.to_dict(),
                     "out": str(out_dir)}
     else:
-        run = configured(cfg, resume=resume, on_event=on_event, rank=rank, world=world, checked=checked, start=start)
+        run = configured(cfg, resume=resume, on_event=on_event, rank=rank, world=world, checked=checked, starts=start)
     return Loop(cfg, run, make_trainer, out_dir, t0=t0, clock=clock, resume=resume, on_event=on_event,
                 should_stop=should_stop, rank=rank, world=world).run(digest_dir)
 

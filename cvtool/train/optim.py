@@ -12,3 +12,12 @@ class OptimConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    encoder_lr: float = 1.0  # a pretrained encoder's learning rate, as a fraction of the rest's
+
+
+PRETRAINED = "enc."  # the names of a pretrained encoder's parameters (lite0: enc.stem, enc.b0 .. enc.b15, enc.head)
+
+
+def lr_scale(name: str, cfg: OptimConfig) -> float:
+    """The factor on the learning rate of parameter `name`: encoder_lr for a pretrained encoder's, 1 for the rest."""
+    return cfg.encoder_lr if name.startswith(PRETRAINED) else 1.0

@@ -22,7 +22,7 @@ import numpy as np
 from cvtool.errors import UsageError
 from cvtool.model.checkpoint import Checkpoint
 from cvtool.model.meta import ModelMeta
-from cvtool.model.pretrained import EncoderStart
+from cvtool.model.pretrained import Starts
 from cvtool.model.spec import ModelSpec, init_params
 from cvtool.train.batches import batch_indices, class_weights, dataset_class_weights
 from cvtool.train.budget import Budget
@@ -87,7 +87,7 @@ def _refuse_spent(budget: Budget, st: RunState, resume: Checkpoint | None, cfg: 
 
 
 def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: int = 0, world: int = 1,
-               checked: Callable[[], None] = lambda: None, start: EncoderStart | None = None) -> Setup:
+               checked: Callable[[], None] = lambda: None, starts: Starts | None = None) -> Setup:
     """checked(): called once the data has passed its checks (the loop then makes the run folder)."""
     from cvtool.data import open_datasets
     from cvtool.data.loader import channel_stats, collate
@@ -119,6 +119,7 @@ def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: i
         cw = resume.train_state.get("class_weights")
         weights = np.array(cw, np.float32) if cw else None
     else:
+        start = None if starts is None else starts.get(cfg.encoder)
         spec = ModelSpec(in_channels=train_ds.in_channels, num_classes=len(train_ds.classes), width=cfg.width,
                          depth=cfg.depth, activation=cfg.activation, norm=cfg.norm, encoder=cfg.encoder)
         params = init_params(spec, cfg.seed) if start is None else start.params(spec, cfg.seed)
@@ -142,7 +143,8 @@ def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: i
         return ((x - mean[:, None, None]) / std[:, None, None]).astype(np.float32), y
 
     va = load_arrays(val_ds)
-    return Setup(spec=spec, params=params, optim=OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay),
+    return Setup(spec=spec, params=params, optim=OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay,
+                                                                encoder_lr=cfg.encoder_lr),
                  class_weights=weights, dice=cfg.dice, meta=meta, sample=sample, val_images=va.images,
                  val_masks=va.masks, ignore=train_ds.ignore_index, budget=budget, state=st, lr=cfg.lr,
                  schedule=cfg.schedule, warmup=cfg.warmup, batch_size=B)
@@ -150,7 +152,7 @@ def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: i
 
 def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Callable[[], float],
             overrides: dict | None, resume: Checkpoint | None, cache_dir: Path | None, on_event,
-            rank: int = 0, world: int = 1, checked: Callable[[], None] = lambda: None, start: EncoderStart | None = None) -> Setup:
+            rank: int = 0, world: int = 1, checked: Callable[[], None] = lambda: None, starts: Starts | None = None) -> Setup:
     from cvtool.data import check_dataset, open_datasets
     from cvtool.data.fingerprint import dataset_fingerprint
     from cvtool.data.memory import load_arrays, rescale
@@ -179,19 +181,24 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
                                       f"(was {plan.budget:g} s), of which {st.elapsed:.0f} s are spent"})
             plan.budget = float(cfg.time_budget)
     else:
-        plan = propose(fp, device=cfg.device, budget=float(cfg.time_budget or 300.0), overrides=overrides)
+        plan = propose(fp, device=cfg.device, budget=float(cfg.time_budget or 300.0), overrides=overrides,
+                       encoders=starts.encoders if starts is not None else ("unet",))
+        cfg.encoder = plan.encoder
+        start = None if starts is None else starts.get(plan.encoder)
         given = None if start is None else start.normalization(train_ds.in_channels)
         if given is not None:  # the encoder's weights were trained on this normalisation: the batches get it too
             plan.mean, plan.std = given
             plan.reasons["mean"] = plan.reasons["std"] = "what the encoder's pretrained weights expect"
         st = RunState.from_dict(None)
+    if resume is not None:
+        start = None
     tr_s = rescale(tr_a, plan.scale)
     hist = np.asarray(fp.class_share, np.float64) * 1e6
     weights = class_weights(hist, plan.class_power) if cfg.class_balance else None
 
     def spec_for(p: Plan) -> ModelSpec:
         return ModelSpec(in_channels=train_ds.in_channels, num_classes=K, width=p.width, depth=p.depth,
-                         activation=cfg.activation, norm=cfg.norm, encoder=cfg.encoder)
+                         activation=cfg.activation, norm=cfg.norm, encoder=p.encoder)
 
     if resume is None:  # measure this backend's step at the planned shape; shrink while too few steps fit
         va_s = rescale(va_a, plan.scale)
@@ -214,11 +221,21 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
     budget = _budget(st, seconds=plan.budget, val_at=list(plan.val_at), val_s=plan.val_s)
     _refuse_spent(budget, st, resume, cfg)
     _apply(cfg, plan)
-    return Setup(spec=spec, params=params, optim=OptimConfig(name=plan.optimizer, weight_decay=cfg.weight_decay),
+    keep = val_subset(len(va_a.images), plan.val_fraction)
+    return Setup(spec=spec, params=params, optim=OptimConfig(name=plan.optimizer, weight_decay=cfg.weight_decay,
+                                                                encoder_lr=plan.encoder_lr),
                  class_weights=weights, dice=plan.dice, meta=meta, sample=_sampler(plan, tr_s, cfg.seed, rank, world),
-                 val_images=va_a.images, val_masks=va_a.masks, ignore=train_ds.ignore_index, budget=budget, state=st,
+                 val_images=[va_a.images[i] for i in keep], val_masks=[va_a.masks[i] for i in keep],
+                 ignore=train_ds.ignore_index, budget=budget, state=st,
                  lr=plan.lr, schedule=plan.schedule, warmup=plan.warmup, batch_size=plan.batch_size, plan=plan,
                  fingerprint=fp)
+
+
+def val_subset(n: int, fraction: float) -> list[int]:
+    """Evenly spaced indices of round(n * fraction) of n validation images (at least one): the same ones every
+    validation, so that the best checkpoint is chosen on one set."""
+    k = max(1, min(n, round(n * fraction)))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
 def _sampler(p: Plan, tr, seed: int, rank: int, world: int) -> Sampler:
@@ -289,4 +306,4 @@ def _apply(cfg: TrainConfig, plan: Plan) -> None:
     """Write the plan's values into the config (what the summary and the checkpoint report)."""
     cfg.img_size, cfg.batch_size, cfg.depth, cfg.width = plan.crop, plan.batch_size, plan.depth, plan.width
     cfg.lr, cfg.warmup, cfg.schedule, cfg.optimizer = plan.lr, plan.warmup, plan.schedule, plan.optimizer
-    cfg.dice = plan.dice
+    cfg.dice, cfg.encoder, cfg.encoder_lr = plan.dice, plan.encoder, plan.encoder_lr
