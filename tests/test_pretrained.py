@@ -117,3 +117,18 @@ def test_the_pretrained_encoder_tells_cats_from_dogs(sd):
     assert top.tolist() == top_t.tolist()
     species = ["dog" if k in DOGS else "cat" if k in CATS else f"class {k}" for k in top]
     assert species == ["dog" if n.startswith("american_bulldog") else "cat" for n in names], list(zip(names, species))
+
+
+def test_the_encoder_learning_rate_reaches_exactly_the_pretrained_parameters():
+    """--encoder-lr scales the parameters the ImageNet weights start (all 240 of lite0's encoder), none of the
+    decoder's, and nothing of a U-Net (its encoder starts random: enc0.*, not enc.*)."""
+    from cvtool.model.pretrained import encoder_shapes
+    from cvtool.model.spec import ModelSpec, init_params
+    from cvtool.train.optim import OptimConfig, lr_scale
+
+    cfg = OptimConfig(encoder_lr=0.1)
+    lite = init_params(ModelSpec(encoder="lite0", depth=5, in_channels=3, num_classes=2), 0)
+    scaled = {k for k in lite if lr_scale(k, cfg) == 0.1}
+    assert scaled == set(encoder_shapes(3)) and len(scaled) == 240 and len(lite) > len(scaled)
+    unet = init_params(ModelSpec(in_channels=3, num_classes=2), 0)
+    assert all(lr_scale(k, cfg) == 1.0 for k in unet)
