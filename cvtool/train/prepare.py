@@ -205,7 +205,8 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
         while True:
             sample = _sampler(plan, tr_s, cfg.seed, rank, world)
             step_s, val_s, agree_s = _measure(make_trainer, spec_for(plan), plan, sample, cfg.seed, weights,
-                                              va_s.images, world)
+                                              va_s.images, world, full=(va_a.images, va_a.masks),
+                                              ignore=train_ds.ignore_index)
             plan = fill_budget(plan, step_s=step_s, val_s=val_s, setup_s=agree_s(clock() - t0))
             smaller = shrink(plan) if plan.steps < MIN_STEPS else None
             if smaller is None:
@@ -261,10 +262,15 @@ def _sampler(p: Plan, tr, seed: int, rank: int, world: int) -> Sampler:
 
 
 def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list,
-             world: int = 1) -> tuple[float, float, Callable[[float], float]]:
+             world: int = 1, full: tuple[list, list] | None = None,
+             ignore: int = 255) -> tuple[float, float, Callable[[float], float]]:
     """(seconds a training step takes, seconds one validation pass should take, the ranks' agreement on seconds) on
     this backend, measured on a throw-away trainer: 2 warm-up steps, then 3 timed; predict warmed up on the
-    median-sized validation image, then timed on up to 3 more. Under torchrun both times are the slowest rank's."""
+    median-sized validation image, then timed on up to 3 more. full: the validation images and masks at their own
+    size (val_images are them at the plan's scale), for what validation costs beyond the net: resampling the image
+    down, the K-class logits back up to every pixel, argmax, loss and confusion (ccp: 59 classes on 0.45 MP images
+    cost more than its net at scale 0.31, and an estimate of the net alone was 2.7x short). Under torchrun both
+    times are the slowest rank's."""
     from cvtool.model.inference import TTA, net_pixels, predict_batch, prepare
 
     tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
@@ -287,19 +293,44 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
             seen.add(val_images[i].shape)
             probes.append(int(i))
     probes = probes or [med] * 3  # one size only: its steady rate
-    rates = []
+    rates, post = [], []
     for k, i in enumerate([med] + probes):  # the first call warms the code up, untimed
         xv = prepare(val_images[i], spec.in_channels, plan.mean, plan.std).x
         padded = int(np.prod([-(-v // spec.multiple) * spec.multiple for v in xv.shape[1:]]))
         t = time.perf_counter()
-        predict_batch(tr.predict, [xv], spec.multiple)
+        lg = predict_batch(tr.predict, [xv], spec.multiple)[0]
         if k:
             rates.append(padded / max(time.perf_counter() - t, 1e-6))
+        if full is not None:  # the first one warms up (imports, first allocations), untimed
+            post.append(_post_seconds(lg, full[0][i], full[1][i], val_images[i].shape[:2], ignore))
+    post = post[1:]
     px_s = float(np.median(rates))
     work = sum(net_pixels(im.shape[:2], spec) for im in val_images)  # tiles overlap where an image is cut
     agree = seconds_agreed(tr, world)
-    val_s = 1.2 * TTA[plan.tta] * work / px_s + 0.02 * len(sizes)  # + resampling, argmax, metrics
+    after = 0.02 * len(sizes)  # without the images at their size: a guess per image
+    if full is not None and post:  # seconds per image pixel, times every validation image's pixels
+        after = float(np.median(post)) * sum(int(np.prod(m.shape[:2])) for m in full[1])
+    val_s = 1.2 * (TTA[plan.tta] * work / px_s + after)
     return agree(step_s), agree(val_s), agree
+
+
+def _post_seconds(lg: np.ndarray, image: np.ndarray, mask: np.ndarray, hw: tuple[int, int], ignore: int) -> float:
+    """Seconds per image pixel that validating one image costs beyond its net (cvtool.train.validate.evaluate_images:
+    the image resampled to the net's hw, logits (K, h, w) resized back, argmax, cross-entropy, confusion)."""
+    from cvtool.data.memory import resize_image
+    from cvtool.metrics import SegMetrics
+    from cvtool.model.inference import resize_logits
+    from cvtool.train.validate import softmax_ce
+
+    K = lg.shape[0]
+    t = time.perf_counter()
+    img = image[..., None] if image.ndim == 2 else image
+    if tuple(img.shape[:2]) != tuple(hw):
+        resize_image(np.ascontiguousarray(img), hw)
+    up = resize_logits(lg[:, : hw[0], : hw[1]], mask.shape[:2])
+    SegMetrics(K, ignore).update(up.argmax(0), mask)
+    softmax_ce(up[None], mask[None].astype(np.int64), ignore)
+    return (time.perf_counter() - t) / max(1, int(np.prod(mask.shape[:2])))
 
 
 def _apply(cfg: TrainConfig, plan: Plan) -> None:
