@@ -13,13 +13,9 @@ from cvtool.train.plan import (
     MIN_STEPS,
     Plan,
     depth_cap,
-    fill_budget,
     propose,
-    replan_after_validation,
-    shrink,
-    thin,
-    training_steps,
 )
+from cvtool.train.plan_budget import fill_budget, replan_after_validation, shrink, thin, training_steps
 
 
 def fp_of(**kw) -> Fingerprint:

@@ -18,7 +18,8 @@ from cvtool import __version__
 from cvtool.convcalc import verify
 from cvtool.convcalc.chain import make_layer
 from cvtool.errors import UsageError
-from cvtool.train.plan import END_SLACK, RESERVE, UNTIMED_VAL_MARGIN, fill_budget, minimum_budget, propose
+from cvtool.train.plan import END_SLACK, RESERVE, UNTIMED_VAL_MARGIN, propose
+from cvtool.train.plan_budget import fill_budget, minimum_budget
 
 
 def one_line(err: str) -> str:

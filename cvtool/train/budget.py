@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from cvtool.train.plan import END_SLACK, RESERVE, UNTIMED_VAL_MARGIN, thin
+from cvtool.train.plan import END_SLACK, RESERVE, UNTIMED_VAL_MARGIN
+from cvtool.train.plan_budget import thin
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Budget:
 
     def validated(self, step: int, took: float) -> None:
         """A validation took `took` seconds: the next should take about as long; where validating runs slower than
-        planned, fewer validations follow (plan.thin)."""
+        planned, fewer validations follow (plan_budget.thin)."""
         self.val_s = max(self.val_s, took) if self.validations == 0 else took
         self.validations += 1
         self.last_val_step = step

@@ -115,7 +115,7 @@ class Loop:
     def too_short(self, clock: float) -> UsageError:
         """The clock ran out before the first step: nothing trained is written (the plan's check at its start could
         not see the set-up still to come)."""
-        from cvtool.train.plan import minimum_budget
+        from cvtool.train.plan_budget import minimum_budget
 
         plan = self.run_.plan
         need = minimum_budget(step_s=plan.step_s if plan is not None else 0.0, val_s=self.budget.val_s, setup_s=clock)
@@ -259,11 +259,11 @@ class Loop:
         return True
 
     def replan(self, took: float) -> str | None:
-        """The first validation measured against the plan's estimate: off by more than plan.VAL_SLACK, the validation
-        points still to come are spread again over what is left (plan.replan_after_validation), plan.json is written
+        """The first validation measured against the plan's estimate: off by more than plan_budget.VAL_SLACK, the validation
+        points still to come are spread again over what is left (plan_budget.replan_after_validation), plan.json is written
         again, and the reason is returned (None: the estimate held). Every rank replans alike: the seconds it uses
         are the ranks' agreed ones."""
-        from cvtool.train.plan import replan_after_validation
+        from cvtool.train.plan_budget import replan_after_validation
 
         run, budget = self.run_, self.budget
         assert run.plan is not None

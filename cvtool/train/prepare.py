@@ -28,7 +28,8 @@ from cvtool.train.batches import batch_indices, class_weights, dataset_class_wei
 from cvtool.train.budget import Budget
 from cvtool.train.config import TrainConfig
 from cvtool.train.optim import OptimConfig
-from cvtool.train.plan import MIN_STEPS, Plan, fill_budget, propose, shrink
+from cvtool.train.plan import MIN_STEPS, Plan, propose
+from cvtool.train.plan_budget import fill_budget, shrink
 from cvtool.train.ranks import seconds_agreed
 from cvtool.train.records import RunState
 
