@@ -132,3 +132,28 @@ def test_the_encoder_learning_rate_reaches_exactly_the_pretrained_parameters():
     assert scaled == set(encoder_shapes(3)) and len(scaled) == 240 and len(lite) > len(scaled)
     unet = init_params(ModelSpec(in_channels=3, num_classes=2), 0)
     assert all(lr_scale(k, cfg) == 1.0 for k in unet)
+
+
+def test_a_configured_lite0_run_takes_the_plans_encoder_lr_and_a_unet_refuses_one(capsys, monkeypatch, tmp_path):
+    """--epochs with --encoder lite0: the encoder at LITE0_ENCODER_LR (what the plan measured), --encoder-lr wins;
+    --encoder-lr on a U-Net from scratch has nothing to scale: one line, exit 2."""
+    from conftest import cli
+
+    from cvtool.train.plan import LITE0_ENCODER_LR
+
+    seen = []
+
+    def capture(cfg, *a, **k):
+        seen.append(cfg.encoder_lr)
+        raise UsageError("captured")
+
+    monkeypatch.setattr("cvtool.train.loop.train", capture)
+    for i, (extra, want) in enumerate((([], LITE0_ENCODER_LR), (["--encoder-lr", "0.5"], 0.5))):
+        code, _, err = cli(capsys, "train", "--epochs", "1", "--encoder", "lite0", "--backend", "numpy",
+                           "--out", str(tmp_path / f"run{i}"), *extra)
+        assert (code, err.strip()) == (2, "error: captured"), err
+        assert seen[-1] == want
+    for extra in (["--encoder", "unet"], []):
+        code, _, err = cli(capsys, "train", "--epochs", "1", "--encoder-lr", "0.5", "--backend", "numpy", *extra)
+        assert code == 2 and "U-Net from scratch" in err and len(err.strip().splitlines()) <= 2, err
+    assert len(seen) == 2

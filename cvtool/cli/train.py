@@ -32,8 +32,8 @@ def train(
     optimizer: Optional[str] = _opt("sgd | momentum | adam (default adam)."),
     schedule: Optional[str] = _opt("poly | cosine | constant, after linear warm-up (default poly)."),
     warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03).", Bound(lo=0, hi=1, hi_open=True)),
-    encoder_lr: Optional[float] = _opt("A pretrained encoder's learning rate as a fraction of --lr (default: the "
-                                       "plan's; else 1).", Bound(lo=0, hi=10, lo_open=True), "--encoder-lr"),
+    encoder_lr: Optional[float] = _opt("A pretrained encoder's learning rate as a fraction of --lr (lite0 only; "
+                                       "default 0.1, measured).", Bound(lo=0, hi=10, lo_open=True), "--encoder-lr"),
     weight_decay: Optional[float] = _opt("L2 weight decay (default 0).", NON_NEGATIVE, "--weight-decay"),
     activation: Optional[str] = _opt("relu | sigmoid | tanh (default relu)."),
     width: Optional[int] = _opt("Channels at the first level (default 16).", COUNT),
@@ -81,6 +81,7 @@ def train(
     from cvtool.model import checkpoint as ckpt_io
     from cvtool.train.config import TrainConfig
     from cvtool.train.loop import train as run_train
+    from cvtool.train.plan import LITE0_ENCODER_LR
     from cvtool_backends.base import Trains, hook
 
     t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
@@ -122,6 +123,11 @@ def train(
         if depth not in (None, 5):
             raise UsageError(f"--depth {depth}: the lite0 encoder has 5 levels (stride 32)", hint="leave --depth out")
         cfg.encoder, cfg.depth = "lite0", 5
+        if encoder_lr is None and not timed:  # the plan's measured default, for a configured run too
+            cfg.encoder_lr = LITE0_ENCODER_LR
+    if encoder_lr is not None and start.encoders == ("unet",):
+        raise UsageError(f"--encoder-lr {encoder_lr:g} scales a pretrained encoder's learning rate, and this run's "
+                         "net is a U-Net from scratch", hint="add --encoder lite0, or leave --encoder-lr out")
     if timed and cfg.time_budget is None:
         cfg.time_budget = 300.0
     if plan_only and not timed:
