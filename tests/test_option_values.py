@@ -151,14 +151,15 @@ def test_unet_training_needs_count_every_layer_output_by_hand():
 def test_layer_shapes_follow_the_formulas_on_the_lite0_graph():
     """Strided, SAME-padded and depthwise convolutions: the logits come out at the input's size, and the stride-32
     bottom at 224 / 32 = 7 (EfficientNet-Lite0's last feature map)."""
-    from cvtool.model.footprint import output_shape
+    from cvtool.model.spec import trace
 
     spec = ModelSpec(in_channels=3, num_classes=2, depth=5, encoder="lite0")
-    shapes = {"input": (3, 224, 224)}
-    for node in spec.graph():
-        shapes[node.name] = output_shape(node.layer, [shapes[i] for i in node.inputs])
+    shapes = {t.name: t.out_shape for t in trace(spec, (224, 224))}
     assert shapes[spec.graph()[-1].name] == (2, 224, 224)
     assert min(h for _, h, _ in shapes.values()) == 7
+    need = {n.what: n.bytes for n in unet_needs(spec, 2, 224, 224, training=True)}  # trace's shapes, every layer
+    assert need["the activations kept for the backward pass"] == 2 * 4 * sum(
+        math.prod(s) for k, s in shapes.items() if k != spec.graph()[-1].name)
 
 
 def test_require_compares_with_the_memory_given():

@@ -1,30 +1,15 @@
 """What the network of a ModelSpec (the U-Net, with its own encoder or lite0's) needs in memory, as cvtool.footprint
 Needs: its weights, and the arrays of one forward pass (inference) or one training step, per layer of its graph.
-Lower bounds, as everything there."""
+Lower bounds, as everything there: they refuse what cannot fit, and a refusal must never stop what would.
+cvtool.model.activations is the other side on purpose, an upper bound that sizes a pass (whole image or tiles),
+which must never overflow. Both read the layer shapes from cvtool.model.spec.trace."""
 
 from __future__ import annotations
 
 import math
 
-from cvtool.arithmetic import conv2d_output, conv_transpose2d_output, pool2d_output
 from cvtool.footprint import Need, array
-from cvtool.model.spec import Concat, Conv2d, ConvTranspose2d, MaxPool2d, ModelSpec
-
-
-def output_shape(layer, inputs: list[tuple[int, int, int]]) -> tuple[int, int, int]:
-    """(C, H, W) out of one layer of the graph, from its inputs' (cvtool.arithmetic's formulas)."""
-    C, h, w = inputs[0]
-    if isinstance(layer, Conv2d):
-        p = layer.padding if isinstance(layer.padding, int) else tuple(layer.padding)
-        return (layer.out_channels, *conv2d_output((h, w), layer.kernel_size, layer.stride, p, layer.dilation))
-    if isinstance(layer, ConvTranspose2d):
-        return (layer.out_channels, *conv_transpose2d_output((h, w), layer.kernel_size, layer.stride, layer.padding,
-                                                             layer.output_padding))
-    if isinstance(layer, MaxPool2d):
-        return (C, *pool2d_output((h, w), layer.kernel_size, layer.stride))
-    if isinstance(layer, Concat):
-        return (sum(c for c, _, _ in inputs), h, w)
-    return (C, h, w)  # BatchNorm, activations, Add: the shape they are given
+from cvtool.model.spec import ModelSpec, trace
 
 
 def weights_need(spec: ModelSpec, itemsize: int = 8) -> Need:
@@ -35,10 +20,11 @@ def weights_need(spec: ModelSpec, itemsize: int = 8) -> Need:
 
 def unet_needs(spec: ModelSpec, N: int, H: int, W: int, *, itemsize: int = 4, training: bool = False) -> list[Need]:
     """The network of `spec` on a batch N x C x H x W: its weights, input and logits; inference at least its largest
-    layer output, training every layer's output for the backward pass."""
-    shapes = {"input": (spec.in_channels, H, W)}
-    for node in spec.graph():
-        shapes[node.name] = output_shape(node.layer, [shapes[i] for i in node.inputs])
+    layer output, training every layer's output for the backward pass. The layers' shapes are spec.trace's at H x W
+    rounded down to the net's multiple (a bound from below stays one)."""
+    m = spec.multiple
+    hw = (max(m, H // m * m), max(m, W // m * m))
+    shapes = {"input": (spec.in_channels, H, W), **{t.name: t.out_shape for t in trace(spec, hw)}}
     per = {k: N * math.prod(v) * itemsize for k, v in shapes.items()}
     needs = [weights_need(spec), array("the input batch", (N, spec.in_channels, H, W), itemsize),
              array("the logits", (N, spec.num_classes, H, W), itemsize)]
@@ -51,4 +37,4 @@ def unet_needs(spec: ModelSpec, N: int, H: int, W: int, *, itemsize: int = 4, tr
     return needs
 
 
-__all__ = ["unet_needs", "weights_need", "output_shape"]
+__all__ = ["unet_needs", "weights_need"]
