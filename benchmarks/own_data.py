@@ -128,7 +128,10 @@ def run_baseline(tr: list, va: list, T: float, seed: int) -> dict:
 
 
 def arm_flags(side: str) -> list[str]:
-    """The flags an arm adds: `cvtool` none, `cvtool-X` --encoder X, `cvtool-X@F` also --encoder-lr F."""
+    """The flags an arm adds: `cvtool` none, `cvtool-X` --encoder X, `cvtool-X@F` also --encoder-lr F, and
+    `cvtool+--flag=V+--other=W` any train flags (the plan's other values measured one at a time)."""
+    if side.startswith("cvtool+"):
+        return [t for kv in side.split("+")[1:] for t in kv.split("=", 1)]
     enc, _, lr = side.partition("-")[2].partition("@")
     return (["--encoder", enc] if enc else []) + (["--encoder-lr", lr] if lr else [])
 
@@ -370,7 +373,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["cvtool", "baseline"])
     ap.add_argument("--arms", default="baseline,cvtool",
                     help="what runs, in order: baseline, cvtool (the plan decides everything), cvtool-ENCODER "
-                         "(cvtool with --encoder ENCODER)")
+                         "(cvtool with --encoder ENCODER), cvtool-ENCODER@F (and --encoder-lr F), "
+                         "cvtool+--FLAG=V+... (any train flags)")
     ap.add_argument("--skip-done", action="store_true", help="keep the runs --out already holds (no error)")
     ap.add_argument("--pause", type=float, default=5.0, help="seconds between runs")
     ap.add_argument("--report-only", action="store_true", help="re-render the markdown from --out, run nothing")
