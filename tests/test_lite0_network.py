@@ -40,14 +40,17 @@ def test_network_gradients_equal_autograd():
     assert_running_stats_equal(tr, net, 1e-10)  # 16 blocks deep, 2 values a channel at stride 32
 
 
-def test_trainer_steps_equal_torch():
+@pytest.mark.parametrize("frozen_bn", [False, True])
+def test_trainer_steps_equal_torch(frozen_bn):
+    """Both trainers alike, the encoder's BatchNorm on batch statistics or (--frozen-bn) on its running ones: those
+    then stay as loaded on both, the decoder's move."""
     spec = ModelSpec(**SMALL, in_channels=3, num_classes=3)
     p = random_params(spec, seed=5, dtype=np.float32)
     x, y, w = batch(spec, N=2, HW=64, dtype=np.float32)  # 32 x 32: BatchNorm at stride 32 sees 2 values, too few
     # for float32 (x_hat = +-1 flips with rounding)
     # SGD with momentum, not Adam: the biases whose every path is batch-normalised have gradients that are rounding
     # noise (1e-16), which Adam scales to full steps of either sign, on each backend its own
-    cfg = OptimConfig("momentum")
+    cfg = OptimConfig("momentum", frozen_bn=frozen_bn)
     nt = NumpyTrainer(spec, p, optim=cfg, class_weights=w, dice=0.5)
     tt = TorchTrainer(spec, p, device="cpu", optim=cfg, class_weights=w, amp=False, dice=0.5)
     for _ in range(2):
@@ -58,6 +61,13 @@ def test_trainer_steps_equal_torch():
     worst = max(pt, key=lambda k: rel_err(pn[k], pt[k]))
     assert rel_err(pn[worst], pt[worst]) < 1e-4, worst
     assert rel_err(nt.predict(x), tt.predict(x)) < 1e-4
+    stats = [k for k in p if k.endswith(".running_mean")]
+    enc, dec = [k for k in stats if k.startswith("enc.")], [k for k in stats if not k.startswith("enc.")]
+    assert len(enc) == 48 and dec  # lite0: a stem and 16 blocks (the first without an expansion conv)
+    for both in (pn, pt):
+        assert all(np.array_equal(both[k], p[k]) == frozen_bn for k in enc)
+        assert not any(np.array_equal(both[k], p[k]) for k in dec)
+        assert not np.array_equal(both["enc.b5.bn1.weight"], p["enc.b5.bn1.weight"])  # the affine still trains
 
 
 def test_runners_equal_the_float64_reference():

@@ -135,8 +135,8 @@ def test_the_encoder_learning_rate_reaches_exactly_the_pretrained_parameters():
 
 
 def test_a_configured_lite0_run_takes_the_plans_encoder_lr_and_a_unet_refuses_one(capsys, monkeypatch, tmp_path):
-    """--epochs with --encoder lite0: the encoder at LITE0_ENCODER_LR (what the plan measured), --encoder-lr wins;
-    --encoder-lr on a U-Net from scratch has nothing to scale: one line, exit 2."""
+    """--epochs with --encoder lite0: the encoder at LITE0_ENCODER_LR (what the plan measured), --encoder-lr wins,
+    --frozen-bn reaches the config; either on a U-Net from scratch has nothing to act on: one line, exit 2."""
     from conftest import cli
 
     from cvtool.train.plan import LITE0_ENCODER_LR
@@ -144,16 +144,18 @@ def test_a_configured_lite0_run_takes_the_plans_encoder_lr_and_a_unet_refuses_on
     seen = []
 
     def capture(cfg, *a, **k):
-        seen.append(cfg.encoder_lr)
+        seen.append((cfg.encoder_lr, cfg.frozen_bn))
         raise UsageError("captured")
 
     monkeypatch.setattr("cvtool.train.loop.train", capture)
-    for i, (extra, want) in enumerate((([], LITE0_ENCODER_LR), (["--encoder-lr", "0.5"], 0.5))):
+    for i, (extra, want) in enumerate((([], (LITE0_ENCODER_LR, False)), (["--encoder-lr", "0.5", "--frozen-bn"],
+                                                                         (0.5, True)))):
         code, _, err = cli(capsys, "train", "--epochs", "1", "--encoder", "lite0", "--backend", "numpy",
                            "--out", str(tmp_path / f"run{i}"), *extra)
         assert (code, err.strip()) == (2, "error: captured"), err
         assert seen[-1] == want
     for extra in (["--encoder", "unet"], []):
-        code, _, err = cli(capsys, "train", "--epochs", "1", "--encoder-lr", "0.5", "--backend", "numpy", *extra)
-        assert code == 2 and "U-Net from scratch" in err and len(err.strip().splitlines()) <= 2, err
+        for flag in (["--encoder-lr", "0.5"], ["--frozen-bn"]):
+            code, _, err = cli(capsys, "train", "--epochs", "1", *flag, "--backend", "numpy", *extra)
+            assert code == 2 and "U-Net from scratch" in err and len(err.strip().splitlines()) <= 2, err
     assert len(seen) == 2

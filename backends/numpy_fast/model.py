@@ -34,7 +34,7 @@ from cvtool.model.spec import (
     check_params,
     trainable,
 )
-from cvtool.train.optim import OptimConfig, lr_scale
+from cvtool.train.optim import OptimConfig, frozen_statistics, lr_scale
 from cvtool_backends.numpy_fast import layers
 from cvtool_backends.numpy_fast import optim as rules
 from cvtool_backends.numpy_fast.activations import ReluCache
@@ -110,7 +110,7 @@ def _chunks(n: int, itemsize: int, block_bytes: int = 1 << 20) -> list[tuple[int
 
 
 def _node_forward(n: GraphNode, xs: list[np.ndarray], p: dict[str, np.ndarray], training: bool, owned: bool,
-                  keep: bool = True):
+                  keep: bool = True, frozen: frozenset[str] = frozenset()):
     """One node: inputs -> (output, cache). owned: the (single) input may be overwritten;
     keep: backward will follow (else layers may skip building their cache)."""
     L = n.layer
@@ -124,10 +124,10 @@ def _node_forward(n: GraphNode, xs: list[np.ndarray], p: dict[str, np.ndarray], 
     if isinstance(L, ConvTranspose2d):
         return layers.conv_transpose2d_forward(xs[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), stride=L.stride,
                                                padding=L.padding, output_padding=L.output_padding)
-    if isinstance(L, BatchNorm2d):  # running stats change in place when training
+    if isinstance(L, BatchNorm2d):  # running stats change in place when training, unless frozen
         return layers.batchnorm2d_forward(xs[0], p[f"{n.name}.weight"], p[f"{n.name}.bias"],
                                           p[f"{n.name}.running_mean"], p[f"{n.name}.running_var"],
-                                          training=training, momentum=L.momentum, eps=L.eps)
+                                          training=training and n.name not in frozen, momentum=L.momentum, eps=L.eps)
     if isinstance(L, Activation):
         if L.kind == "relu" and owned:
             return _relu_inplace_forward(xs[0])
@@ -142,15 +142,16 @@ def _node_forward(n: GraphNode, xs: list[np.ndarray], p: dict[str, np.ndarray], 
 
 
 def forward(nodes: Sequence[GraphNode], params: dict[str, np.ndarray], x: np.ndarray, *, training: bool,
-            keep: bool = True) -> tuple[np.ndarray, Tape | None]:
-    """x (N, C, H, W) -> logits (N, K, H, W), and the tape for backward (None when keep is False)."""
+            keep: bool = True, frozen: frozenset[str] = frozenset()) -> tuple[np.ndarray, Tape | None]:
+    """x (N, C, H, W) -> logits (N, K, H, W), and the tape for backward (None when keep is False). frozen: the
+    BatchNorm nodes that normalise with their running statistics even when training."""
     last = _last_use(nodes)
     uses = Counter(src for n in nodes for src in n.inputs)
     vals = {"input": x}
     caches: dict[str, Any] = {}
     for i, n in enumerate(nodes):
         owned = len(n.inputs) == 1 and n.inputs[0] != "input" and uses[n.inputs[0]] == 1  # never the caller's x
-        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training, owned, keep)
+        out, cache = _node_forward(n, [vals[s] for s in n.inputs], params, training, owned, keep, frozen)
         if keep:
             caches[n.name] = cache
         for s in n.inputs:
@@ -258,13 +259,15 @@ class NumpyTrainer:
         self.names = [k for k in self.p if trainable(k)]  # torch's named_parameters() order
         self.update = _update_rule(optim)
         self.lr_scale = {k: lr_scale(k, optim) for k in self.names}  # a pretrained encoder's factor
+        self.frozen = frozenset(n.name for n in self.nodes if isinstance(n.layer, BatchNorm2d) and
+                                frozen_statistics(n.name, optim))
         self.state: dict[str, dict] = {k: {} for k in self.names}  # per parameter, torch's slot names
         self.weight = None if class_weights is None else np.asarray(class_weights, self.dtype)
         self.dice = float(dice)  # weight of the soft Dice term added to the cross-entropy
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Training-mode forward (BN running stats move), the loss, and every parameter's gradient."""
-        logits, tape = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=True)
+        logits, tape = forward(self.nodes, self.p, np.asarray(x, self.dtype), training=True, frozen=self.frozen)
         assert tape is not None  # keep=True: forward kept its tape
         loss, dlogits = layers.softmax_cross_entropy(logits, y, weight=self.weight, ignore_index=IGNORE_INDEX)
         if self.dice:

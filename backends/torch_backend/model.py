@@ -25,7 +25,7 @@ from cvtool.model.spec import (
     Node,
     check_params,
 )
-from cvtool.train.optim import OptimConfig, lr_scale
+from cvtool.train.optim import OptimConfig, frozen_statistics, lr_scale
 
 
 class PaddedConv2d(nn.Conv2d):
@@ -181,6 +181,8 @@ class TorchTrainer:
 
             self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = _make_optimizer(self.net, optim)
+        self.frozen = [m for name, m in self.net._mods.items()  # BatchNorm on its running statistics (eval mode)
+                       if isinstance(m, nn.BatchNorm2d) and frozen_statistics(name, optim)]
         self.names = [k for k, _ in self.net.named_parameters()]
         self.weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
         self.amp = native_bf16(self.device) if amp is None else amp
@@ -191,6 +193,8 @@ class TorchTrainer:
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         self.model.train()
+        for m in self.frozen:
+            m.eval()
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         xt = self._x(x)

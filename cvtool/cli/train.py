@@ -34,6 +34,8 @@ def train(
     warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03).", Bound(lo=0, hi=1, hi_open=True)),
     encoder_lr: Optional[float] = _opt("A pretrained encoder's learning rate as a fraction of --lr (lite0 only; "
                                        "default 0.1, measured).", Bound(lo=0, hi=10, lo_open=True), "--encoder-lr"),
+    frozen_bn: bool = typer.Option(False, "--frozen-bn", help="lite0: its encoder's BatchNorm normalises with the "
+                                   "ImageNet statistics while training, and keeps them (default: batch statistics)."),
     weight_decay: Optional[float] = _opt("L2 weight decay (default 0).", NON_NEGATIVE, "--weight-decay"),
     activation: Optional[str] = _opt("relu | sigmoid | tanh (default relu)."),
     width: Optional[int] = _opt("Channels at the first level (default 16).", COUNT),
@@ -88,7 +90,8 @@ def train(
     given: dict[str, Any]  # TrainConfig's fields as given, each value of its field's type
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
-                                   encoder_lr=encoder_lr, activation=activation, width=width, depth=depth, norm=norm,
+                                   encoder_lr=encoder_lr, frozen_bn=frozen_bn or None, activation=activation, width=width,
+                                   depth=depth, norm=norm,
                                    val_split=val_split,
                                    seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
     ck = None
@@ -128,6 +131,9 @@ def train(
     if encoder_lr is not None and start.encoders == ("unet",):
         raise UsageError(f"--encoder-lr {encoder_lr:g} scales a pretrained encoder's learning rate, and this run's "
                          "net is a U-Net from scratch", hint="add --encoder lite0, or leave --encoder-lr out")
+    if frozen_bn and start.encoders == ("unet",):
+        raise UsageError("--frozen-bn keeps a pretrained encoder's BatchNorm statistics, and this run's net is a U-Net "
+                         "from scratch", hint="add --encoder lite0, or leave --frozen-bn out")
     if timed and cfg.time_budget is None:
         cfg.time_budget = 300.0
     if plan_only and not timed:

@@ -22,6 +22,7 @@ class TrainConfig:
     schedule: str = "poly"
     warmup: float = 0.03  # fraction of the run
     encoder_lr: float = 1.0  # a pretrained encoder's learning rate, as a fraction of the rest's (cvtool.train.optim)
+    frozen_bn: bool = False  # a pretrained encoder's BatchNorm statistics frozen (cvtool.train.optim)
     weight_decay: float = 0.0
     activation: str = "relu"
     width: int = 16

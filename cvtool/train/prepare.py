@@ -145,7 +145,7 @@ def configured(cfg: TrainConfig, *, resume: Checkpoint | None, on_event, rank: i
 
     va = load_arrays(val_ds)
     return Setup(spec=spec, params=params, optim=OptimConfig(name=cfg.optimizer, weight_decay=cfg.weight_decay,
-                                                                encoder_lr=cfg.encoder_lr),
+                                                                encoder_lr=cfg.encoder_lr, frozen_bn=cfg.frozen_bn),
                  class_weights=weights, dice=cfg.dice, meta=meta, sample=sample, val_images=va.images,
                  val_masks=va.masks, ignore=train_ds.ignore_index, budget=budget, state=st, lr=cfg.lr,
                  schedule=cfg.schedule, warmup=cfg.warmup, batch_size=B)
@@ -225,7 +225,7 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
     _apply(cfg, plan)
     keep = val_subset(len(va_a.images), plan.val_fraction)
     return Setup(spec=spec, params=params, optim=OptimConfig(name=plan.optimizer, weight_decay=cfg.weight_decay,
-                                                                encoder_lr=plan.encoder_lr),
+                                                                encoder_lr=plan.encoder_lr, frozen_bn=cfg.frozen_bn),
                  class_weights=weights, dice=plan.dice, meta=meta, sample=_sampler(plan, tr_s, cfg.seed, rank, world),
                  val_images=[va_a.images[i] for i in keep], val_masks=[va_a.masks[i] for i in keep],
                  ignore=train_ds.ignore_index, budget=budget, state=st,
