@@ -49,13 +49,22 @@ class Timed:
         return y
 
 
-def variants(model, calib_inputs, with_torch: bool = True) -> dict:
+def variants(model, calib_inputs, with_torch: bool = True, subpixel: bool = False) -> dict:
     import cvtool_backends as registry
 
     ort, torch = registry.get("ort", "cpu"), registry.get("torch", "cpu")
     out = {"ort fp32": ort.runner(model.spec, model.params)}
     for p in ("fp16", "int8"):
         out[f"ort {p}"] = ort.precision_runner(model.spec, model.params, p, calib_inputs if p == "int8" else None)
+    if subpixel:  # the int8 alternative measured against: transposed convolutions as int8 sub-pixel convolutions
+        from cvtool_backends.onnx_format.export import build_model
+        from cvtool_backends.onnx_format.opset import newest_opset
+        from cvtool_backends.ort_backend.quantize import quantize_int8
+        from cvtool_backends.ort_backend.runner import OrtRunner
+
+        q = quantize_int8(build_model(model.spec, model.params, {}, opset=newest_opset()), list(calib_inputs),
+                          sub_pixel=True)
+        out["ort int8 subpixel"] = OrtRunner(q.SerializeToString(), "cpu")
     if not with_torch:
         return out
     out["torch fp32"] = torch.runner(model.spec, model.params)
@@ -86,7 +95,8 @@ def miou(preds, truths, K: int) -> float:
     return m.summary()["mean_iou"]
 
 
-def one_model(name: str, path: Path, rounds: int, n_calib: int, with_torch: bool = True) -> dict:
+def one_model(name: str, path: Path, rounds: int, n_calib: int, with_torch: bool = True,
+              subpixel: bool = False) -> dict:
     from cvtool.cli.models import open_model
     from cvtool.model import calibrate as cal
 
@@ -96,7 +106,7 @@ def one_model(name: str, path: Path, rounds: int, n_calib: int, with_torch: bool
     val = cal.remembered(model.data, "val", None)
     calib = cal.remembered(model.data, "train", n_calib)
     log(f"{name}: {len(val.images)} val images, calibrating int8 on {len(calib.images)} ...")
-    runs = variants(model, cal.net_inputs(calib, model.spec, model.meta), with_torch)
+    runs = variants(model, cal.net_inputs(calib, model.spec, model.meta), with_torch, subpixel)
     times = {k: [] for k in runs}
     net = {k: [] for k in runs}
     masks = {}
@@ -143,13 +153,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calibration-images", type=int, default=32)
     ap.add_argument("--no-torch", action="store_true", help="ORT variants only (torch's rows take the longest)")
+    ap.add_argument("--subpixel", action="store_true", help="also int8 with the transposed "
+                    "convolutions as int8 sub-pixel convolutions (quantize.subpixel), side by side")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision.json")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
     results = []
     for item in a.models.split(","):
         name, path = item.split("=", 1)
-        results.append(one_model(name, Path(path), a.rounds, a.calibration_images, not a.no_torch))
+        results.append(one_model(name, Path(path), a.rounds, a.calibration_images, not a.no_torch, a.subpixel))
     doc = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                        "load_1min": {"start": load0, "end": os.getloadavg()[0]},
                        "note": "a 2-core machine shared with other engineers' work while this ran"},

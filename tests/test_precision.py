@@ -196,6 +196,42 @@ def test_int8_keeps_the_head_and_transposed_convs_in_float32():
     assert y.shape == ref.shape and np.abs(y - ref).max() <= 0.25 * np.abs(ref).max()  # int8: close, not float-close
 
 
+def test_subpixel_is_the_transposed_convolution_it_replaces():
+    """A kernel-2 stride-2 ConvTranspose (with and without bias, Ci != Co) is a 1x1 Conv and a depth-to-space
+    shuffle, to float rounding, on any input size; a kernel-3 stride-2 one is left alone. Oracle: ONNX's own
+    ReferenceEvaluator on the original graph."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from cvtool_backends.ort_backend.quantize import subpixel
+
+    rng = np.random.default_rng(0)
+    Ci, Co = 3, 5
+    w2 = rng.standard_normal((Ci, Co, 2, 2)).astype(np.float32)
+    w3 = rng.standard_normal((Co, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(Co).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w2", "b"], ["u"], name="up", kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("ConvTranspose", ["u", "w3"], ["y"], name="odd", kernel_shape=[3, 3], strides=[2, 2]),
+         helper.make_node("ConvTranspose", ["x", "w2"], ["v"], name="nobias", kernel_shape=[2, 2], strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, Ci, None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, None, None]),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [None, Co, None, None])],
+        [numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    s = subpixel(m)
+    ops = [n.op_type for n in s.graph.node]
+    assert ops.count("ConvTranspose") == 1 and ops.count("Conv") == 2 and ops.count("Transpose") == 2
+    onnx.checker.check_model(s)
+    for shape in [(1, Ci, 4, 6), (2, Ci, 7, 3)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = ReferenceEvaluator(m).run(None, {"x": x})
+        got = ReferenceEvaluator(s).run(None, {"x": x})
+        for a, c in zip(want, got):
+            assert a.shape == c.shape
+            np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+
+
 # --- bf16 -------------------------------------------------------------------------------------------------
 
 def test_cpu_bf16_reads_the_flags():
