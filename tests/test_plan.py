@@ -187,7 +187,20 @@ def test_replan_after_the_first_validation():
     assert fast.val_at == sorted(fast.val_at) and fast.steps == 600 + int((297 - 150 - 7 * 2.0) / 0.2)
     assert "took 2.0 s against ~10.0 s" in fast.reasons["val_at"]
     slow = replan_after_validation(p, 25.0, spent_val_s=25.0, elapsed_s=150.0, steps_done=600)  # 2.5x dearer
-    assert slow.val_at == [0.5, 1.0] and slow.steps == 600 + int((297 - 150 - 25.0) / 0.2)
+    # 5 s of the 30 s share left: the final validation runs on a fifth of the images (5 s), not all of them (25 s)
+    assert slow.val_at == [0.5, 1.0] and slow.val_fraction == pytest.approx(0.2) and slow.val_s == pytest.approx(5.0)
+    assert slow.steps == 600 + int((297 - 150 - 5.0) / 0.2) and "validate" in slow.reasons["val_fraction"]
+
+
+def test_a_final_validation_inside_the_slack_but_over_the_share_is_sampled():
+    """msrc_v2 seed 0: 15 s planned a validation (two fill the 30 s share), 18.9 s measured (1.26x, inside the
+    slack): the final one at 18.9 s would take validation to 12.6% of the budget. It runs on 59% of the images."""
+    p = fill_budget(propose(PETS, budget=300), step_s=0.2, val_s=15.0, setup_s=10.0)
+    assert p.val_at == [0.5, 1.0] and p.val_fraction == 1.0
+    q = replan_after_validation(p, 18.9, spent_val_s=18.9, elapsed_s=150.0, steps_done=600)
+    assert q.val_at == [0.5, 1.0] and q.val_fraction == pytest.approx((30 - 18.9) / 18.9)
+    assert 18.9 + q.val_s == pytest.approx(30.0)  # validation held to its share
+    assert replan_after_validation(p, 14.0, spent_val_s=14.0, elapsed_s=150.0, steps_done=600) is None  # it fits
 
 
 def test_the_encoder_is_chosen_only_from_what_this_machine_can_start():

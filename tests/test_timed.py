@@ -167,7 +167,7 @@ def test_interrupted_timed_run_resumes_on_its_plan_and_a_new_time_is_used_or_ref
                        **FakeClock(0.25).start(), resume=ck)
     # within the budget, but for one step and the few reads after it of this coarse test clock (0.25 s a read)
     assert res2["status"] == STOP_TIME and res2["steps"] > 3 and res2["seconds"] <= 15.0 + 8 * 0.25
-    replanned = ("val_s", "val_at", "steps", "reasons")  # what the first validation may replan (its measured time)
+    replanned = ("val_s", "val_at", "val_fraction", "steps", "reasons")  # what the first validation may replan
     assert {k: v for k, v in res2["plan"].items() if k not in replanned} == \
         {k: v for k, v in ck.train_state["plan"].items() if k not in replanned}  # the same plan, not a new one
     done = ckpt_io.load(tmp_path / "run" / "last.safetensors")
@@ -179,6 +179,42 @@ def test_interrupted_timed_run_resumes_on_its_plan_and_a_new_time_is_used_or_ref
                        **FakeClock(0.25).start(), resume=done, on_event=lambda k, d: notes.append(d) if k == "note" else 0)
     assert res3["plan"]["budget"] == 30.0 and res3["steps"] > res2["steps"] and 15.0 < res3["seconds"] <= 30.0 + 8 * 0.25
     assert any("30 s" in n["text"] and "was 15 s" in n["text"] for n in notes)  # the new budget is said, and used
+
+
+def test_a_final_validation_that_would_overrun_the_share_runs_on_fewer_images(tmp_path, monkeypatch):
+    """msrc_v2 at 300 s: two validations planned to fill the 10% share, the first ~1.3x its estimate (inside the
+    replan's slack): the final one alone would overrun the share. The replan then scales val_fraction down; the rest
+    validate an evenly spaced subset of the images validated so far, and the best so far is scored on that subset."""
+    import cvtool.train.plan_budget as pb
+    from cvtool.train.prepare import val_subset
+
+    real = pb.replan_after_validation
+
+    def share_nearly_spent(p, measured_s, *, spent_val_s, **kw):  # as if half a validation were left of the share
+        q = real(p, measured_s, spent_val_s=pb.VAL_SHARE * p.budget - measured_s / 2, **kw)
+        calls.append((p.val_fraction, q))
+        return q
+
+    calls: list = []
+    monkeypatch.setattr(pb, "replan_after_validation", share_nearly_spent)
+    data = make_set(tmp_path / "data", n=12, seed=2)
+    events: list = []
+    res = train_timed(TrainConfig(data=str(data), time_budget=100.0, val_split=0.5), trainer_factory(),
+                      tmp_path / "run", **FakeClock(0.2).start(), cache_dir=tmp_path / "cache",
+                      overrides={"crop": 32, "batch_size": 4, "width": 8}, on_event=lambda k, d: events.append((k, d)))
+    (before, q), = calls
+    assert q is not None and q.val_fraction == pytest.approx(before / 2)
+    shown = [d["images"] for k, d in events if k == "validating"]
+    assert len(shown) >= 2 and shown[0] == len(val_subset(6, before)) >= 4  # the fake clock's estimate: 4-6 of 6
+    assert set(shown[1:]) == {len(val_subset(shown[0], 0.5))} and shown[1] < shown[0]
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["plan"]["val_fraction"] == q.val_fraction
+    assert any(f"validate {shown[1]} of them" in d["text"] for k, d in events if k == "note")
+    rows = [d for k, d in events if k == "epoch"]
+    later = max(r["mean_iou"] for r in rows[1:])
+    # the best is a later validation's mIoU, or the first one's on the 3 images (which then stays the best checkpoint)
+    ck = ckpt_io.load(tmp_path / "run" / "best.safetensors")
+    if res["best_mean_iou"] != later:
+        assert res["best_mean_iou"] > later and ck.train_state["run"]["step"] == rows[0]["step"]
 
 
 def test_cli_plan_prints_and_exits(tmp_path, monkeypatch, capsys):

@@ -223,16 +223,18 @@ class Loop:
         self.on_event("validating", {"images": len(run.val_images), "expected_s": budget.val_s, "elapsed": self.now()})
         tv = self.clock()
         stop = self.should_stop if self.world == 1 else None  # ranks must run the same calls: they stop next turn
+        first_planned = run.plan is not None and budget.validations == 0 and bool(budget.seconds)
+        per_image: list | None = [] if first_planned else None  # a replan may score a subset of them again
         m = evaluate_images(self.trainer.predict, run.val_images, run.val_masks, run.spec, run.meta.mean,
                             run.meta.std, run.meta.scale, run.spec.num_classes, run.ignore, run.meta.tta,
-                            should_stop=stop)
+                            should_stop=stop, per_image=per_image)
         if m is None:
             return False
         self.metrics = m
         took = self.agree_s(self.clock() - tv)
         budget.validated(st.step, took)
         st.elapsed = self.now()
-        replanned = self.replan(took) if run.plan is not None and budget.validations == 1 and budget.seconds else None
+        replanned, rescored = self.replan(took, per_image) if first_planned else (None, None)
         spe = budget.steps_per_epoch
         st.epoch = st.step // spe if spe else st.epoch  # epochs whose validation is done
         epoch = (st.step // spe if st.step % spe == 0 else round(st.step / spe, 2)) if spe else None
@@ -248,6 +250,8 @@ class Loop:
         if best:
             st.best_miou = miou if math.isfinite(miou) else st.best_miou
             self.save("best", m)
+        if rescored is not None:  # the validations to come run on a subset: the best so far, scored on it alike
+            st.best_miou = rescored
         self.save("last", m)
         if self.rank == 0:
             write_metrics(self.out_dir, st.history)
@@ -258,22 +262,36 @@ class Loop:
             self.on_event("note", {"text": replanned})
         return True
 
-    def replan(self, took: float) -> str | None:
-        """The first validation measured against the plan's estimate: off by more than plan_budget.VAL_SLACK, the validation
-        points still to come are spread again over what is left (plan_budget.replan_after_validation), plan.json is written
-        again, and the reason is returned (None: the estimate held). Every rank replans alike: the seconds it uses
-        are the ranks' agreed ones."""
+    def replan(self, took: float, per_image: list | None) -> tuple[str | None, float | None]:
+        """The first validation measured against the plan's estimate: off by more than plan_budget.VAL_SLACK, or
+        leaving too little of the validation share for the final one, the validation points still to come are spread
+        again over what is left (plan_budget.replan_after_validation) and plan.json is written again. Where the plan
+        now validates fewer images, the rest of the run validates an evenly spaced subset of the images validated so
+        far, and this validation's mIoU on that subset (from per_image, its confusions) is what the next ones must
+        beat. Returns (the reason or None: the estimate held, that mIoU or None). Every rank replans alike: the
+        seconds it uses are the ranks' agreed ones."""
+        from cvtool.metrics import mean_iou
         from cvtool.train.plan_budget import replan_after_validation
+        from cvtool.train.prepare import val_subset
 
         run, budget = self.run_, self.budget
         assert run.plan is not None
         q = replan_after_validation(run.plan, took, spent_val_s=budget.val_spent,
                                     elapsed_s=self.agree_s(self.st.elapsed), done=1, steps_done=self.st.step)
         if q is None:
-            return None
+            return None, None
+        rescored = None
+        if q.val_fraction < run.plan.val_fraction:
+            keep = val_subset(len(run.val_images), q.val_fraction / run.plan.val_fraction)
+            run.val_images = [run.val_images[i] for i in keep]
+            run.val_masks = [run.val_masks[i] for i in keep]
+            score = float(mean_iou(sum(per_image[i] for i in keep))) if per_image else math.nan
+            rescored = score if math.isfinite(score) else None
         run.plan, budget.val_at, budget.val_s = q, list(q.val_at), q.val_s
         self.write_plan()
-        return q.reasons["val_at"]
+        why = q.reasons["val_at"] + ("; " + q.reasons["val_fraction"] if q.val_fraction < 1.0 and
+                                     q.reasons.get("val_fraction", "").startswith("replanned") else "")
+        return why, rescored
 
     def summary(self, stopped: str, waited: float) -> dict[str, Any]:
         run, st, m = self.run_, self.st, self.metrics

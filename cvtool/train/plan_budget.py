@@ -106,20 +106,35 @@ def replan_after_validation(p: Plan, measured_s: float, *, spent_val_s: float, e
     gone): a plan whose validation estimate p.val_s was off by more than VAL_SLACK, with the measured time as its
     estimate, the validation points still to come re-spread over the rest of the budget's second half as many as
     VAL_SHARE affords (more when validation is cheaper than planned, fewer when dearer; the final one always kept)
-    and the run's steps re-estimated (steps_done so far + what the rest holds); None while the estimate holds.
-    Pure: the training loop calls it and swaps plans."""
-    if not p.val_s or measured_s <= 0 or 1 / VAL_SLACK <= measured_s / p.val_s <= VAL_SLACK:
+    and the run's steps re-estimated (steps_done so far + what the rest holds). Where what is left of VAL_SHARE does
+    not hold even the final validation at the measured cost (an estimate off by less than VAL_SLACK can do that when
+    two validations were planned to fill the share), the rest validate on fewer images: val_fraction scaled down so
+    that the final one fits (the loop keeps them a subset of the images validated so far). None while the estimate
+    holds and the rest fits. Pure: the training loop calls it and swaps plans."""
+    if not p.val_s or measured_s <= 0:
+        return None
+    left_s = max(0.0, VAL_SHARE * p.budget - spent_val_s)
+    n_img = sum(n for _, _, n in p.val_sizes) or 1_000_000  # sizes unknown (an old plan): as if images were many
+    to_come = len(p.val_at) > done
+    starved = to_come and left_s < measured_s and round(n_img * p.val_fraction) > 1
+    if 1 / VAL_SLACK <= measured_s / p.val_s <= VAL_SLACK and not starved:
         return None
     q = Plan.from_dict(p.to_dict())
     q.reasons = dict(p.reasons)
     q.val_s = float(measured_s)
-    left_s = max(0.0, VAL_SHARE * p.budget - spent_val_s)
-    n = int(max(1, min(8 - done, left_s // max(measured_s, 1e-3))))  # 8 at most in all, as fill_budget plans
+    if starved:  # the final validation alone overruns the share: it runs on the fraction of the images that fits
+        q.val_fraction = max(1 / n_img, p.val_fraction * left_s / measured_s)
+        q.val_s = measured_s * q.val_fraction / p.val_fraction
+        q.reasons["val_fraction"] = (f"replanned at validation {done}: {round(n_img * p.val_fraction)} images took "
+                                     f"{measured_s:.1f} s and {left_s:.1f} s of the {VAL_SHARE:.0%} share is left: "
+                                     f"the rest validate {round(n_img * q.val_fraction)} of them (evenly spaced, "
+                                     "among those validated so far)")
+    n = int(max(1, min(8 - done, left_s // max(q.val_s, 1e-3))))  # 8 at most in all, as fill_budget plans
     now = min(1.0, elapsed_s / max(p.budget * (1 - RESERVE), 1e-6))
     first = max(0.5, now)
     nxt = [1.0] if n == 1 else [round(first + (1.0 - first) * (i + 1) / n, 3) for i in range(n)]
     q.val_at = list(p.val_at[:done]) + [v for v in nxt if v > now] or [1.0]
-    train_left = p.budget * (1 - RESERVE) - elapsed_s - (len(q.val_at) - done) * measured_s
+    train_left = p.budget * (1 - RESERVE) - elapsed_s - (len(q.val_at) - done) * q.val_s
     q.steps = steps_done + int(max(0.0, train_left) / max(p.step_s, 1e-6))
     q.reasons["val_at"] = (f"replanned at validation {done}: it took {measured_s:.1f} s against ~{p.val_s:.1f} s "
                            f"planned ({measured_s / p.val_s:.1f}x); {len(q.val_at) - done} more fit in what is left of "

@@ -207,7 +207,7 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
             sample = _sampler(plan, tr_s, cfg.seed, rank, world)
             step_s, val_s, agree_s = _measure(make_trainer, spec_for(plan), plan, sample, cfg.seed, weights,
                                               va_s.images, world, full=(va_a.images, va_a.masks),
-                                              ignore=train_ds.ignore_index)
+                                              ignore=train_ds.ignore_index, clock=clock)
             plan = fill_budget(plan, step_s=step_s, val_s=val_s, setup_s=agree_s(clock() - t0))
             smaller = shrink(plan) if plan.steps < MIN_STEPS else None
             if smaller is None:
@@ -264,24 +264,26 @@ def _sampler(p: Plan, tr, seed: int, rank: int, world: int) -> Sampler:
 
 def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_images: list,
              world: int = 1, full: tuple[list, list] | None = None,
-             ignore: int = 255) -> tuple[float, float, Callable[[float], float]]:
+             ignore: int = 255, clock: Callable[[], float] = time.perf_counter,
+             ) -> tuple[float, float, Callable[[float], float]]:
     """(seconds a training step takes, seconds one validation pass should take, the ranks' agreement on seconds) on
     this backend, measured on a throw-away trainer: 2 warm-up steps, then 3 timed; predict warmed up on the
     median-sized validation image, then timed on up to 3 more. full: the validation images and masks at their own
     size (val_images are them at the plan's scale), for what validation costs beyond the net: resampling the image
     down, the K-class logits back up to every pixel, argmax, loss and confusion (ccp: 59 classes on 0.45 MP images
     cost more than its net at scale 0.31, and an estimate of the net alone was 2.7x short). Under torchrun both
-    times are the slowest rank's."""
+    times are the slowest rank's. clock: the run's (a test's fake clock makes the plan independent of the machine's
+    load)."""
     from cvtool.model.inference import TTA, net_pixels, predict_batch, prepare
 
     tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
     x, y = sample(0)
     for _ in range(2):
         tr.step(x, y, 1e-6)
-    t = time.perf_counter()
+    t = clock()
     for _ in range(3):
         tr.step(x, y, 1e-6)
-    step_s = (time.perf_counter() - t) / 3
+    step_s = (clock() - t) / 3
     sizes = [int(np.prod(im.shape[:2])) for im in val_images]
     order = np.argsort(sizes)
     med = int(order[len(order) // 2])
@@ -298,12 +300,12 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     for k, i in enumerate([med] + probes):  # the first call warms the code up, untimed
         xv = prepare(val_images[i], spec.in_channels, plan.mean, plan.std).x
         padded = int(np.prod([-(-v // spec.multiple) * spec.multiple for v in xv.shape[1:]]))
-        t = time.perf_counter()
+        t = clock()
         lg = predict_batch(tr.predict, [xv], spec.multiple)[0]
         if k:
-            rates.append(padded / max(time.perf_counter() - t, 1e-6))
+            rates.append(padded / max(clock() - t, 1e-6))
         if full is not None:  # the first one warms up (imports, first allocations), untimed
-            post.append(_post_seconds(lg, full[0][i], full[1][i], val_images[i].shape[:2], ignore))
+            post.append(_post_seconds(lg, full[0][i], full[1][i], val_images[i].shape[:2], ignore, clock))
     post = post[1:]
     px_s = float(np.median(rates))
     work = sum(net_pixels(im.shape[:2], spec) for im in val_images)  # tiles overlap where an image is cut
@@ -315,7 +317,8 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     return agree(step_s), agree(val_s), agree
 
 
-def _post_seconds(lg: np.ndarray, image: np.ndarray, mask: np.ndarray, hw: tuple[int, int], ignore: int) -> float:
+def _post_seconds(lg: np.ndarray, image: np.ndarray, mask: np.ndarray, hw: tuple[int, int], ignore: int,
+                  clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per image pixel that validating one image costs beyond its net (cvtool.train.validate.evaluate_images:
     the image resampled to the net's hw, logits (K, h, w) resized back, argmax, cross-entropy, confusion)."""
     from cvtool.data.memory import resize_image
@@ -324,14 +327,14 @@ def _post_seconds(lg: np.ndarray, image: np.ndarray, mask: np.ndarray, hw: tuple
     from cvtool.train.validate import softmax_ce
 
     K = lg.shape[0]
-    t = time.perf_counter()
+    t = clock()
     img = image[..., None] if image.ndim == 2 else image
     if tuple(img.shape[:2]) != tuple(hw):
         resize_image(np.ascontiguousarray(img), hw)
     up = resize_logits(lg[:, : hw[0], : hw[1]], mask.shape[:2])
     SegMetrics(K, ignore).update(up.argmax(0), mask)
     softmax_ce(up[None], mask[None].astype(np.int64), ignore)
-    return (time.perf_counter() - t) / max(1, int(np.prod(mask.shape[:2])))
+    return (clock() - t) / max(1, int(np.prod(mask.shape[:2])))
 
 
 def _apply(cfg: TrainConfig, plan: Plan) -> None:

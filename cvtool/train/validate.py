@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from cvtool.metrics import SegMetrics
+from cvtool.metrics import SegMetrics, confusion_matrix
 from cvtool.model.spec import ModelSpec
 
 
@@ -24,10 +24,12 @@ def softmax_ce(logits: np.ndarray, y: np.ndarray, ignore: int = 255) -> float:
 
 
 def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: float, K: int, ignore: int,
-                    tta: str = "none", should_stop: Callable[[], bool] | None = None) -> dict | None:
+                    tta: str = "none", should_stop: Callable[[], bool] | None = None,
+                    per_image: list[np.ndarray] | None = None) -> dict | None:
     """Whole-image validation: one confusion matrix over every image, each segmented as `cvtool segment` would, and
     the mean cross-entropy over the labelled pixels of all images. None when should_stop() says yes between two
-    images (Ctrl-C during a validation stops it there)."""
+    images (Ctrl-C during a validation stops it there). per_image: a list that receives each image's (K, K) confusion
+    (to score a subset of the images again without running them: cvtool.train.loop's replan)."""
     from cvtool.model.inference import segment_logits
 
     m = SegMetrics(K, ignore)
@@ -36,7 +38,11 @@ def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: f
         if should_stop is not None and should_stop():
             return None
         lg = segment_logits(predict, img, spec, mean, std, scale=scale, tta=tta)  # (K, H, W) at the image's size
-        m.update(lg.argmax(0), msk)
+        if per_image is None:
+            m.update(lg.argmax(0), msk)
+        else:
+            per_image.append(confusion_matrix(lg.argmax(0), msk, K, ignore))
+            m.cm += per_image[-1]
         n = int((msk != ignore).sum())
         if n:
             ce_sum += softmax_ce(lg[None], msk[None].astype(np.int64), ignore) * n
