@@ -101,6 +101,11 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def _slicer(a):
+    """rows(r0, r1) of an image held whole: what cvtool.data.strips gives for a file read in strips."""
+    return lambda r0, r1: a[r0:r1]
+
+
 def precision_runner(be, backend: str, model, precision: str):
     """The network in a reduced precision on this backend (its precision_runner hook), or one line saying why not."""
     from cvtool.errors import BackendUnavailable, UsageError
@@ -144,8 +149,16 @@ def segment(
     import cvtool_backends as registry
     from cvtool import glibc_malloc as heap
     from cvtool.cli.models import open_model, runner_for
-    from cvtool.data.io import MAX_CLASSES, MAX_PIXELS, read_image, write_mask_png, write_overlay_png
+    from cvtool.data.io import (
+        MAX_CLASSES,
+        MAX_PIXELS,
+        read_image,
+        write_mask_overlay_bands,
+        write_mask_png,
+        write_overlay_png,
+    )
     from cvtool.data.memory import resize_image, scaled_hw
+    from cvtool.data.strips import open_strips
     from cvtool.errors import CvtoolError, DataError, UsageError, WriteError
     from cvtool.fsutil import make_dir, next_run_dir, release_if_empty
     from cvtool.model.activations import pass_pixels
@@ -220,15 +233,20 @@ def segment(
             finish(path, raw, lg)
         queue.clear()
 
-    def finish(path: Path, raw, logits, mask=None):
+    def finish(path: Path, raw, logits, mask=None, rows=None):
+        """The mask and overlay PNGs of one image; rows (the banded path): its rows(r0, r1), both written a band at
+        a time."""
         t0 = time.perf_counter()
         if mask is None:
             if logits.shape[-2:] != raw.shape[:2]:  # the model ran at its scale: back to the image's pixels
                 logits = resize_logits(logits, raw.shape[:2])
             mask = logits.argmax(0).astype(np.uint8)
         mask_png, overlay_png = dest / f"{stems[path]}_mask.png", dest / f"{stems[path]}_overlay.png"
-        write_mask_png(mask_png, mask, meta.colors)
-        write_overlay_png(overlay_png, raw, mask, meta.colors, alpha=alpha)
+        if rows is not None:
+            write_mask_overlay_bands(mask_png, overlay_png, rows, mask, meta.colors, alpha=alpha)
+        else:
+            write_mask_png(mask_png, mask, meta.colors)
+            write_overlay_png(overlay_png, raw, mask, meta.colors, alpha=alpha)
         results.append({"image": str(path), "size": [int(mask.shape[0]), int(mask.shape[1])], "mask": str(mask_png),
                         "overlay": str(overlay_png), "tiled": tilings[path]["mode"] != "whole", "tiling": tilings[path],
                         "fractions": class_fractions(mask, meta.classes)})
@@ -247,21 +265,30 @@ def segment(
                     raise DataError(f"{foreign[0]} exists and was not written by cvtool: not overwritten",
                                     hint="move it, or choose another --out")
                 t0 = time.perf_counter()
-                raw = read_image(path, max_pixels=max_pixels)
-                net_in = raw if meta.scale == 1.0 else resize_image(raw, scaled_hw(raw.shape[:2], meta.scale))
-                tiling = plan_tiling(spec, net_in.shape[:2], max_pixels=budget, max_side=tile)
+                # a file that stores its pixels raw (uncompressed TIFF strips, BMP) is read a band at a time
+                strips = open_strips(path, max_pixels=max_pixels) if meta.scale == 1.0 else None
+                if strips is not None:
+                    raw, hw, read_rows = None, strips.hw, strips.rows
+                else:
+                    raw = read_image(path, max_pixels=max_pixels)
+                    hw, read_rows = raw.shape[:2], _slicer(raw)
+                net_hw = hw if meta.scale == 1.0 else scaled_hw(hw, meta.scale)
+                tiling = plan_tiling(spec, net_hw, max_pixels=budget, max_side=tile)
                 tilings[path] = tiling.to_dict()
                 if tiling.mode != "whole" and meta.scale == 1.0:  # band by band: memory follows a band of tiles
                     flush()
                     t0 = time.perf_counter()
-                    mask = segment_bands(forward, lambda r0, r1: raw[r0:r1], tiling,
-                                         lambda rows: prepare(rows, spec.in_channels, meta.mean, meta.std,
+                    mask = segment_bands(forward, read_rows, tiling,
+                                         lambda band: prepare(band, spec.in_channels, meta.mean, meta.std,
                                                               name=str(path)).x,
                                          batch_size=batch_size, max_pixels=budget)
                     timings["inference"] += time.perf_counter() - t0
-                    finish(path, raw, None, mask)
+                    finish(path, None, None, mask, rows=read_rows)
                     prog.advance(task)
                     continue
+                if raw is None:
+                    raw = read_rows(0, hw[0])  # whole after all: as read_image gives it
+                net_in = raw if meta.scale == 1.0 else resize_image(raw, net_hw)
                 prep = prepare(net_in, spec.in_channels, meta.mean, meta.std, name=str(path))
                 timings["preprocess"] += time.perf_counter() - t0
                 if tiling.mode != "whole":  # at the model's scale: the logits are resampled back whole

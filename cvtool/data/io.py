@@ -335,3 +335,18 @@ def overlay(image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.5) -> 
 def write_overlay_png(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.5) -> None:
     """The image with the mask's class colours blended in (alpha), as an RGB PNG. Atomic."""
     write_image_png(path, overlay(image, mask, colors, alpha), kind="overlay")
+
+
+def write_mask_overlay_bands(mask_path: str | os.PathLike, overlay_path: str | os.PathLike, rows, mask: np.ndarray,
+                             colors, alpha: float = 0.5) -> None:
+    """write_mask_png and write_overlay_png of a large image a band of rows at a time (cvtool.data.png_rows): the
+    image behind rows(r0, r1) is never held whole, nor its overlay, nor the overlay's float blend."""
+    from cvtool import __version__
+    from cvtool.data.png_rows import write_png_rows
+
+    H, W = mask.shape
+    texts = {"Software": f"cvtool {__version__}"}
+    write_png_rows(mask_path, (H, W), 1, lambda r0, r1: mask[r0:r1], texts={OWN_KEY: "mask", **texts},
+                   palette=_rgb_table(colors))
+    write_png_rows(overlay_path, (H, W), 3, lambda r0, r1: overlay(rows(r0, r1), mask[r0:r1], colors, alpha),
+                   texts={OWN_KEY: "overlay", **texts})
