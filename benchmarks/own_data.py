@@ -278,9 +278,9 @@ def render(doc: dict) -> str:
                 notes.append(f"seed {s} cvtool independent check failed: `{last_line(ind['error'])}`")
             if "plan" in c:
                 p = c["plan"]
-                shown = ", ".join(f"{k} {p[k]}" for k in ("scale", "crop", "batch_size", "depth", "lr", "augment", "tta",
-                                                          "p_focus") if k in p)
-                notes.append(f"seed {s} cvtool plan: {shown}; {c.get('epochs')} validations; stop: "
+                keys = ("encoder", "frozen_bn", "scale", "crop", "batch_size", "depth", "lr", "augment", "tta", "p_focus")
+                shown = ", ".join(f"{k} {p[k]}" for k in keys if k in p)
+                notes.append(f"seed {s} cvtool plan: {shown}; {c.get('validations', c.get('epochs'))} validations; stop: "
                              f"{c.get('stop_reason')}; the step waited for data {100 * (c.get('data_wait_share') or 0):.2f}% "
                              f"of its time")
         mrow = [mean([r[j] for r in rows]) for j in range(12)]

@@ -32,7 +32,7 @@ def test_the_validation_estimate_counts_every_pixel_after_the_net(monkeypatch, w
     masks = [np.zeros((h, w), np.uint8) for h, w in sizes]
     scaled = [im[::2, ::2] for im in full_imgs]  # the plan's scale 0.5
     seen = []
-    monkeypatch.setattr(prepare, "_post_seconds", lambda lg, im, m, hw, ig: seen.append((lg.shape, hw)) or per_px)
+    monkeypatch.setattr(prepare, "_post_seconds", lambda lg, im, m, hw, ig, clock=None: seen.append((lg.shape, hw)) or per_px)
     plan = Plan(tta="none", mean=[0.5] * 3, std=[0.25] * 3)
     _, val_s, _ = prepare._measure(lambda *a: FreeNet(K), spec, plan, lambda i: (None, None), 0, None, scaled,
                                    full=(full_imgs, masks) if with_full else None)

@@ -227,8 +227,11 @@ def test_the_plan_picks_lite0_where_a_crop_carries_its_stride():
     for fp in (PETS, STREET, MEMBRANE):  # colour and grayscale alike
         p = propose(fp, budget=300, encoders=both)
         assert (p.encoder, p.depth) == ("lite0", 5) and "seven shared sets" in p.reasons["encoder"]
+        assert p.frozen_bn and "ImageNet statistics" in p.reasons["frozen_bn"]  # its pretrained statistics kept
+        assert not propose(fp, budget=300, encoders=both, overrides={"frozen_bn": False}).frozen_bn
     t = propose(TINY, budget=300, encoders=both)  # 64-px crops: 2 x 2 features at stride 32
     assert (t.encoder, t.depth) == ("unet", 3) and "it needs 128" in t.reasons["encoder"]
+    assert not t.frozen_bn and not propose(TINY, budget=300, encoders=both, overrides={"frozen_bn": True}).frozen_bn
 
 
 def test_a_validation_set_too_large_for_the_share_is_sampled_not_let_eat_the_budget():

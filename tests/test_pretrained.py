@@ -135,11 +135,12 @@ def test_the_encoder_learning_rate_reaches_exactly_the_pretrained_parameters():
 
 
 def test_a_configured_lite0_run_takes_the_plans_encoder_lr_and_a_unet_refuses_one(capsys, monkeypatch, tmp_path):
-    """--epochs with --encoder lite0: the encoder at LITE0_ENCODER_LR (what the plan measured), --encoder-lr wins,
-    --frozen-bn reaches the config; either on a U-Net from scratch has nothing to act on: one line, exit 2."""
+    """--epochs with --encoder lite0: the encoder at LITE0_ENCODER_LR and its BatchNorm frozen (LITE0_FROZEN_BN: what
+    the plan measured), --encoder-lr and --trained-bn win; either on a U-Net from scratch has nothing to act on: one
+    line, exit 2."""
     from conftest import cli
 
-    from cvtool.train.plan import LITE0_ENCODER_LR
+    from cvtool.train.plan import LITE0_ENCODER_LR, LITE0_FROZEN_BN
 
     seen = []
 
@@ -148,8 +149,8 @@ def test_a_configured_lite0_run_takes_the_plans_encoder_lr_and_a_unet_refuses_on
         raise UsageError("captured")
 
     monkeypatch.setattr("cvtool.train.loop.train", capture)
-    for i, (extra, want) in enumerate((([], (LITE0_ENCODER_LR, False)), (["--encoder-lr", "0.5", "--frozen-bn"],
-                                                                         (0.5, True)))):
+    for i, (extra, want) in enumerate((([], (LITE0_ENCODER_LR, LITE0_FROZEN_BN)), (["--trained-bn"], (0.1, False)),
+                                       (["--encoder-lr", "0.5", "--frozen-bn"], (0.5, True)))):
         code, _, err = cli(capsys, "train", "--epochs", "1", "--encoder", "lite0", "--backend", "numpy",
                            "--out", str(tmp_path / f"run{i}"), *extra)
         assert (code, err.strip()) == (2, "error: captured"), err
@@ -158,4 +159,4 @@ def test_a_configured_lite0_run_takes_the_plans_encoder_lr_and_a_unet_refuses_on
         for flag in (["--encoder-lr", "0.5"], ["--frozen-bn"]):
             code, _, err = cli(capsys, "train", "--epochs", "1", *flag, "--backend", "numpy", *extra)
             assert code == 2 and "U-Net from scratch" in err and len(err.strip().splitlines()) <= 2, err
-    assert len(seen) == 2
+    assert len(seen) == 3

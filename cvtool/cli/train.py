@@ -34,8 +34,9 @@ def train(
     warmup: Optional[float] = _opt("Warm-up as a fraction of the run (default 0.03).", Bound(lo=0, hi=1, hi_open=True)),
     encoder_lr: Optional[float] = _opt("A pretrained encoder's learning rate as a fraction of --lr (lite0 only; "
                                        "default 0.1, measured).", Bound(lo=0, hi=10, lo_open=True), "--encoder-lr"),
-    frozen_bn: bool = typer.Option(False, "--frozen-bn", help="lite0: its encoder's BatchNorm normalises with the "
-                                   "ImageNet statistics while training, and keeps them (default: batch statistics)."),
+    frozen_bn: Optional[bool] = typer.Option(None, "--frozen-bn/--trained-bn", help="lite0: its encoder's BatchNorm "
+                                             "normalises with the ImageNet statistics while training and keeps them, or "
+                                             "with batch statistics (lite0's default: frozen, measured)."),
     weight_decay: Optional[float] = _opt("L2 weight decay (default 0).", NON_NEGATIVE, "--weight-decay"),
     activation: Optional[str] = _opt("relu | sigmoid | tanh (default relu)."),
     width: Optional[int] = _opt("Channels at the first level (default 16).", COUNT),
@@ -83,14 +84,14 @@ def train(
     from cvtool.model import checkpoint as ckpt_io
     from cvtool.train.config import TrainConfig
     from cvtool.train.loop import train as run_train
-    from cvtool.train.plan import LITE0_ENCODER_LR
+    from cvtool.train.plan import LITE0_ENCODER_LR, LITE0_FROZEN_BN
     from cvtool_backends.base import Trains, hook
 
     t0 = time.perf_counter() - process_age()  # the budget counts from the process's start
     given: dict[str, Any]  # TrainConfig's fields as given, each value of its field's type
     given = {k: v for k, v in dict(data=data, epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr,
                                    optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
-                                   encoder_lr=encoder_lr, frozen_bn=frozen_bn or None, activation=activation, width=width,
+                                   encoder_lr=encoder_lr, frozen_bn=frozen_bn, activation=activation, width=width,
                                    depth=depth, norm=norm,
                                    val_split=val_split,
                                    seed=seed, dice=dice, time_budget=time_budget, synth_train=synth_images).items() if v is not None}
@@ -126,8 +127,10 @@ def train(
         if depth not in (None, 5):
             raise UsageError(f"--depth {depth}: the lite0 encoder has 5 levels (stride 32)", hint="leave --depth out")
         cfg.encoder, cfg.depth = "lite0", 5
-        if encoder_lr is None and not timed:  # the plan's measured default, for a configured run too
+        if encoder_lr is None and not timed:  # the plan's measured defaults, for a configured run too
             cfg.encoder_lr = LITE0_ENCODER_LR
+        if frozen_bn is None and not timed:
+            cfg.frozen_bn = LITE0_FROZEN_BN
     if encoder_lr is not None and start.encoders == ("unet",):
         raise UsageError(f"--encoder-lr {encoder_lr:g} scales a pretrained encoder's learning rate, and this run's "
                          "net is a U-Net from scratch", hint="add --encoder lite0, or leave --encoder-lr out")
@@ -192,7 +195,8 @@ def train(
             chosen = None if ck is not None else encoder or ("lite0" if weights is not None else None)  # given
             over = {k: v for k, v in dict(encoder=chosen, crop=img_size, batch_size=batch_size, depth=depth,
                                           width=width, lr=lr,
-                                          warmup=warmup, encoder_lr=encoder_lr, schedule=schedule,
+                                          warmup=warmup, encoder_lr=encoder_lr, frozen_bn=frozen_bn,
+                                          schedule=schedule,
                                           optimizer=optimizer, dice=dice,
                                           augment=augment, scale=scale, elastic=elastic).items() if v is not None}
             result = run_train(cfg, make, Path(run_dir or "."), planned_run=timed, t0=t0, overrides=over, resume=ck,

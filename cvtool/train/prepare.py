@@ -225,7 +225,7 @@ def planned(cfg: TrainConfig, make_trainer: Callable, *, t0: float, clock: Calla
     _apply(cfg, plan)
     keep = val_subset(len(va_a.images), plan.val_fraction)
     return Setup(spec=spec, params=params, optim=OptimConfig(name=plan.optimizer, weight_decay=cfg.weight_decay,
-                                                                encoder_lr=plan.encoder_lr, frozen_bn=cfg.frozen_bn),
+                                                                encoder_lr=plan.encoder_lr, frozen_bn=plan.frozen_bn),
                  class_weights=weights, dice=plan.dice, meta=meta, sample=_sampler(plan, tr_s, cfg.seed, rank, world),
                  val_images=[va_a.images[i] for i in keep], val_masks=[va_a.masks[i] for i in keep],
                  ignore=train_ds.ignore_index, budget=budget, state=st,
@@ -276,7 +276,8 @@ def _measure(make_trainer, spec, plan: Plan, sample, seed: int, weights, val_ima
     load)."""
     from cvtool.model.inference import TTA, net_pixels, predict_batch, prepare
 
-    tr = make_trainer(spec, init_params(spec, seed), OptimConfig(name=plan.optimizer), weights, seed, plan.dice)
+    opt = OptimConfig(name=plan.optimizer, encoder_lr=plan.encoder_lr, frozen_bn=plan.frozen_bn)  # as it will train
+    tr = make_trainer(spec, init_params(spec, seed), opt, weights, seed, plan.dice)
     x, y = sample(0)
     for _ in range(2):
         tr.step(x, y, 1e-6)
@@ -341,4 +342,4 @@ def _apply(cfg: TrainConfig, plan: Plan) -> None:
     """Write the plan's values into the config (what the summary and the checkpoint report)."""
     cfg.img_size, cfg.batch_size, cfg.depth, cfg.width = plan.crop, plan.batch_size, plan.depth, plan.width
     cfg.lr, cfg.warmup, cfg.schedule, cfg.optimizer = plan.lr, plan.warmup, plan.schedule, plan.optimizer
-    cfg.dice, cfg.encoder, cfg.encoder_lr = plan.dice, plan.encoder, plan.encoder_lr
+    cfg.dice, cfg.encoder, cfg.encoder_lr, cfg.frozen_bn = plan.dice, plan.encoder, plan.encoder_lr, plan.frozen_bn
