@@ -3,8 +3,10 @@
 Uncompressed TIFF (in strips) and uncompressed BMP hold each row's bytes at a known offset: a 20000 x 20000 image
 is read a band of rows at a time, never whole (segment's band-by-band path, cvtool.model.bands). Pillow reads the
 header and says where each strip lies (its "raw" tiles: extents, offset, rawmode, stride, orientation); the bytes
-come from a read-only memory map. PNG, JPEG and compressed TIFF have no such layout (a row's bytes depend on every
-row before it): open_strips returns None and the image is decoded whole (cvtool.data.io.read_image).
+of a band are read when it is asked for (not memory-mapped: mapped pages count in the process's resident memory,
+and a mapped 180 MB TIFF measured no lower than its PNG decoded whole). PNG, JPEG and compressed TIFF have no such
+layout (a row's bytes depend on every row before it): open_strips returns None and the image is decoded whole
+(cvtool.data.io.read_image).
 
     s = open_strips("scan.tif")           # None: decode it whole
     band = s.rows(0, 512)                 # uint8 (512, W, C), exactly read_image(...)[0:512]
@@ -68,21 +70,24 @@ def open_strips(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Strips
     if any(s.offset + (s.y1 - s.y0) * s.row_bytes > size for s in strips):
         raise DataError(f"{path}: the header says {W}x{H} pixels, the file holds fewer bytes than that "
                         "(truncated or a header that lies)")
-    data = np.memmap(path, np.uint8, mode="r")
     C = RAW[strips[0].rawmode][1]
 
     def rows(r0: int, r1: int) -> np.ndarray:
         out = np.empty((r1 - r0, W, C), np.uint8)
-        for s in strips:
-            a, b = max(r0, s.y0), min(r1, s.y1)
-            if a >= b:
-                continue
-            # the file rows of image rows a..b-1 (bottom-up: the strip's last image row comes first)
-            f0, f1 = (s.y1 - b, s.y1 - a) if s.bottom_up else (a - s.y0, b - s.y0)
-            buf = np.asarray(data[s.offset + f0 * s.row_bytes: s.offset + f1 * s.row_bytes]).reshape(f1 - f0, -1)
-            if s.bottom_up:
-                buf = buf[::-1]
-            out[a - r0: b - r0] = _pixels(buf, s.rawmode, W)
+        with open(path, "rb") as f:  # read, not memory-mapped: mapped pages would count in the process's memory
+            for s in strips:
+                a, b = max(r0, s.y0), min(r1, s.y1)
+                if a >= b:
+                    continue
+                # the file rows of image rows a..b-1 (bottom-up: the strip's last image row comes first)
+                f0, f1 = (s.y1 - b, s.y1 - a) if s.bottom_up else (a - s.y0, b - s.y0)
+                buf = np.empty((f1 - f0, s.row_bytes), np.uint8)
+                f.seek(s.offset + f0 * s.row_bytes)
+                if f.readinto(memoryview(buf).cast("B")) != buf.size:
+                    raise DataError(f"{path}: the file ended inside its pixels (changed while being read?)")
+                if s.bottom_up:
+                    buf = buf[::-1]
+                out[a - r0: b - r0] = _pixels(buf, s.rawmode, W)
         return out
 
     return Strips((H, W), C, rows)
