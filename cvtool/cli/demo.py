@@ -24,7 +24,8 @@ def demo(
     quick: bool = typer.Option(False, help="A much shorter run (tiny network, seconds; used by the tests)."),
     out_dir: Path = typer.Option(None, "--out", help="Folder for everything the demo writes (default runs/demo/expN)."),
 ) -> None:
-    """The tour on built-in data: convcalc and a cross-backend check, then train, segment, export, segment with ORT, bench."""
+    """The tour on built-in data: convcalc and a cross-backend check, then train, segment, export, segment with ORT, bench;
+    then the layers of the ImageNet-pretrained lite0 encoder (train --data picks it on photos)."""
     from cvtool.cli.convcalc.command import convcalc_tour
     from cvtool.errors import CvtoolError
     from cvtool.fsutil import next_run_dir
@@ -45,6 +46,8 @@ def demo(
         f"--out {q(str(root / 'segment-ort'))}",
         f"bench --model {q(str(root / 'train' / 'best.safetensors'))} {bench_opts}",
     ]
+    if not quick:  # the ImageNet-pretrained encoder in cvtool's own layers: its strides and receptive field
+        steps.append("convcalc --model lite0 --input 224")
     for args in steps:
         rc = _run(" ".join(args.split()))
         if rc != 0:
