@@ -443,3 +443,18 @@ def test_a_real_time_budget_holds_on_the_wall_clock(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["status"] == STOP_TIME and doc["steps"] > 0 and doc["validations"] >= 1
     assert wall <= budget * 1.05 + 5, f"{wall:.1f} s for a {budget} s budget"
+
+
+def test_a_planned_checkpoint_at_a_scale_is_not_resumed_by_epochs(tmp_path, capsys):
+    """--epochs resumes on images at their own size; a plan's checkpoint trained on images resampled x0.5 would then
+    train on other pixels than it validates on: one line, exit 2, nothing written."""
+    from dataclasses import asdict
+
+    spec = ModelSpec(in_channels=1, num_classes=2, width=4, depth=2)
+    meta = ModelMeta(["bg", "fg"], [[0, 0, 0], [255, 255, 255]], [0.5], [0.25], scale=0.5)
+    state = {"config": asdict(TrainConfig(data=str(make_set(tmp_path / "data")))), "plan": {"scale": 0.5}}
+    ck = ckpt_io.save(ckpt_io.Checkpoint(spec, init_params(spec, 0), meta, train_state=state), tmp_path / "last.safetensors")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = cli(capsys, "train", "--resume", str(ck), "--epochs", "1")
+    assert code == 2 and "resampled x0.5" in err and "without --epochs" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

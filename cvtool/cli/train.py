@@ -105,6 +105,10 @@ def train(
         if not saved:
             raise UsageError(f"{path} holds no training state to resume from")
         timed = "plan" in ck.train_state and epochs is None
+        if "plan" in ck.train_state and epochs is not None and ck.meta.scale != 1.0:
+            raise UsageError(f"{path} was trained by a plan on images resampled x{ck.meta.scale:g}; --epochs resumes "
+                             "on images at their own size", hint="resume it without --epochs (--time gives it a new "
+                             "budget)")
         if "data" in given and not same_data(given["data"], saved.get("data")):
             raise UsageError(f"--data {given['data']} is not the data {path} was trained on "
                              f"({saved.get('data') or 'the synthetic shapes'})",

@@ -81,10 +81,11 @@ def open_strips(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Strips
                     continue
                 # the file rows of image rows a..b-1 (bottom-up: the strip's last image row comes first)
                 f0, f1 = (s.y1 - b, s.y1 - a) if s.bottom_up else (a - s.y0, b - s.y0)
-                buf = np.empty((f1 - f0, s.row_bytes), np.uint8)
                 f.seek(s.offset + f0 * s.row_bytes)
-                if f.readinto(memoryview(buf).cast("B")) != buf.size:
+                raw = f.read((f1 - f0) * s.row_bytes)
+                if len(raw) != (f1 - f0) * s.row_bytes:
                     raise DataError(f"{path}: the file ended inside its pixels (changed while being read?)")
+                buf = np.frombuffer(raw, np.uint8).reshape(f1 - f0, s.row_bytes)
                 if s.bottom_up:
                     buf = buf[::-1]
                 out[a - r0: b - r0] = _pixels(buf, s.rawmode, W)
