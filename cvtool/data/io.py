@@ -290,12 +290,17 @@ def _own_info(kind: str):
     """The PNG text chunks that mark a file as cvtool's (before the pixels, so a header read finds them)."""
     from PIL.PngImagePlugin import PngInfo
 
+    info = PngInfo()
+    for key, text in own_texts(kind).items():
+        info.add_text(key, text)
+    return info
+
+
+def own_texts(kind: str) -> dict[str, str]:
+    """The text chunks of every PNG cvtool writes: its OWN_KEY mark ("mask" | "overlay" | "image") and the version."""
     from cvtool import __version__
 
-    info = PngInfo()
-    info.add_text(OWN_KEY, kind)
-    info.add_text("Software", f"cvtool {__version__}")
-    return info
+    return {OWN_KEY: kind, "Software": f"cvtool {__version__}"}
 
 
 def written_by_cvtool(path: str | os.PathLike) -> bool:
@@ -341,12 +346,10 @@ def write_mask_overlay_bands(mask_path: str | os.PathLike, overlay_path: str | o
                              colors, alpha: float = 0.5) -> None:
     """write_mask_png and write_overlay_png of a large image a band of rows at a time (cvtool.data.png_rows): the
     image behind rows(r0, r1) is never held whole, nor its overlay, nor the overlay's float blend."""
-    from cvtool import __version__
     from cvtool.data.png_rows import write_png_rows
 
     H, W = mask.shape
-    texts = {"Software": f"cvtool {__version__}"}
-    write_png_rows(mask_path, (H, W), 1, lambda r0, r1: mask[r0:r1], texts={OWN_KEY: "mask", **texts},
+    write_png_rows(mask_path, (H, W), 1, lambda r0, r1: mask[r0:r1], texts=own_texts("mask"),
                    palette=_rgb_table(colors))
     write_png_rows(overlay_path, (H, W), 3, lambda r0, r1: overlay(rows(r0, r1), mask[r0:r1], colors, alpha),
-                   texts={OWN_KEY: "overlay", **texts})
+                   texts=own_texts("overlay"))

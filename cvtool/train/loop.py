@@ -280,8 +280,8 @@ class Loop:
                                     elapsed_s=self.agree_s(self.st.elapsed), done=1, steps_done=self.st.step)
         if q is None:
             return None, None
-        rescored = None
-        if q.val_fraction < run.plan.val_fraction:
+        rescored, shrunk = None, q.val_fraction < run.plan.val_fraction
+        if shrunk:
             keep = val_subset(len(run.val_images), q.val_fraction / run.plan.val_fraction)
             run.val_images = [run.val_images[i] for i in keep]
             run.val_masks = [run.val_masks[i] for i in keep]
@@ -289,8 +289,7 @@ class Loop:
             rescored = score if math.isfinite(score) else None
         run.plan, budget.val_at, budget.val_s = q, list(q.val_at), q.val_s
         self.write_plan()
-        why = q.reasons["val_at"] + ("; " + q.reasons["val_fraction"] if q.val_fraction < 1.0 and
-                                     q.reasons.get("val_fraction", "").startswith("replanned") else "")
+        why = q.reasons["val_at"] + ("; " + q.reasons["val_fraction"] if shrunk else "")
         return why, rescored
 
     def summary(self, stopped: str, waited: float) -> dict[str, Any]:

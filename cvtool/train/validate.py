@@ -38,11 +38,10 @@ def evaluate_images(predict, images, masks, spec: ModelSpec, mean, std, scale: f
         if should_stop is not None and should_stop():
             return None
         lg = segment_logits(predict, img, spec, mean, std, scale=scale, tta=tta)  # (K, H, W) at the image's size
-        if per_image is None:
-            m.update(lg.argmax(0), msk)
-        else:
-            per_image.append(confusion_matrix(lg.argmax(0), msk, K, ignore))
-            m.cm += per_image[-1]
+        cm = confusion_matrix(lg.argmax(0), msk, K, ignore)
+        m.cm += cm
+        if per_image is not None:
+            per_image.append(cm)
         n = int((msk != ignore).sum())
         if n:
             ce_sum += softmax_ce(lg[None], msk[None].astype(np.int64), ignore) * n
